@@ -1,0 +1,12 @@
+//! `canopy-node`: one Canopy node — the library behind the `canopy` binary and
+//! the simulator.
+//!
+//! One module per seam (see `docs/architecture.md`):
+//! - [`env`] — clock, randomness, data directory: what the node is built from.
+
+pub mod env;
+
+/// The version of this node, as built.
+pub fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
