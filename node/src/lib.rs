@@ -2,8 +2,10 @@
 //! the simulator.
 //!
 //! One module per seam (see `docs/architecture.md`):
+//! - [`body`] — the streamed HTTP body type every seam shares.
 //! - [`env`] — clock, randomness, data directory: what the node is built from.
 
+pub mod body;
 pub mod env;
 
 /// The version of this node, as built.
