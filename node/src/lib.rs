@@ -2,11 +2,31 @@
 //! the simulator.
 //!
 //! One module per seam (see `docs/architecture.md`):
-//! - [`body`] — the streamed HTTP body type every seam shares.
 //! - [`env`] — clock, randomness, data directory: what the node is built from.
+//! - [`config`] — the `canopy.yaml` schema and its located errors.
+//! - [`git`] — the Git remote users push to, and reading commits with gix.
+//! - [`store`] — content-addressed blobs (CIDv1), verified on every read.
+//! - [`runtime`] — wasmtime: wasi:http components, compiled-code cache, limits.
+//! - [`gateway`] — HTTP/1.1 + HTTP/2 ingress, routing by host and path.
+//! - [`deploy`] — from a pushed commit to a live release, atomically.
+//! - [`admin`] — the admin API (status JSON) and the Git remote's mount.
+//! - [`node`] — one node assembled from its environment.
+//! - [`status`] — the status report and its rendering.
+//! - [`cli`] — the `canopy` command line.
+//! - [`body`] — the streamed HTTP body type every seam shares.
 
+pub mod admin;
 pub mod body;
+pub mod cli;
+pub mod config;
+pub mod deploy;
 pub mod env;
+pub mod gateway;
+pub mod git;
+pub mod node;
+pub mod runtime;
+pub mod status;
+pub mod store;
 
 /// The version of this node, as built.
 pub fn version() -> &'static str {

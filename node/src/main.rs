@@ -1,1 +1,3 @@
-fn main() { println!("{}", canopy_node::version()); }
+fn main() -> std::process::ExitCode {
+    canopy_node::cli::main()
+}

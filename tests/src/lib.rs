@@ -1,1 +1,337 @@
+//! Test harness for end-to-end tests: start real `canopy` processes on free
+//! ports, push real Git repositories to them, and wait on conditions with
+//! deadlines (never fixed sleeps).
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The `canopy` binary of this build (built on first use if missing).
+pub fn canopy_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "canopy-node", "--bin", "canopy"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the canopy binary failed");
+        let bin = target_dir().join("debug/canopy");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Poll `check` until it returns `Some`, or fail after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running `canopy dream`.
+pub struct Dream {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub git_remote: String,
+    pub http: String,
+    pub admin: String,
+    pub facts: Value,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Dream {
+    /// Start a dream on a fresh temporary data directory.
+    pub fn start() -> Result<Dream> {
+        let temp = tempfile::tempdir()?;
+        let mut dream = Self::start_in(temp.path())?;
+        dream._temp = Some(temp);
+        Ok(dream)
+    }
+
+    /// Start a dream on `data_dir` (kept after the dream stops).
+    pub fn start_in(data_dir: &Path) -> Result<Dream> {
+        let facts_path = data_dir.join("dream.json");
+        let _ = std::fs::remove_file(&facts_path);
+        let log = std::fs::File::create(data_dir.join("dream.log"))
+            .or_else(|_| {
+                std::fs::create_dir_all(data_dir)?;
+                std::fs::File::create(data_dir.join("dream.log"))
+            })?;
+        let mut child = Command::new(canopy_bin())
+            .arg("dream")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting canopy dream")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let facts: Value = loop {
+            if let Ok(bytes) = std::fs::read(&facts_path) {
+                if let Ok(v) = serde_json::from_slice(&bytes) {
+                    break v;
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "canopy dream exited with {status} before it was ready:\n{}",
+                    std::fs::read_to_string(data_dir.join("dream.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("canopy dream did not write dream.json within 60s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let field = |k: &str| facts[k].as_str().map(str::to_owned).context(format!("dream.json lacks {k}"));
+        Ok(Dream {
+            git_remote: field("git_remote")?,
+            http: field("http")?,
+            admin: field("admin")?,
+            data_dir: data_dir.to_owned(),
+            facts,
+            child: Some(child),
+            _temp: None,
+        })
+    }
+
+    /// Stop with SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("canopy dream did not stop within 20s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The dream's log so far (stdout and stderr), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("dream.log")).unwrap_or_default()
+    }
+
+    /// GET `path` on the gateway with `Host: host`.
+    pub async fn get(&self, host: &str, path: &str) -> reqwest::Response {
+        client()
+            .get(format!("{}{path}", self.http))
+            .header("host", host)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    /// The admin API's status report.
+    pub async fn status(&self) -> Value {
+        client()
+            .get(format!("{}/api/status", self.admin))
+            .send()
+            .await
+            .expect("admin answers")
+            .json()
+            .await
+            .expect("status is JSON")
+    }
+
+    /// The status entry of one environment, if any.
+    pub async fn environment(&self, project: &str, branch: &str) -> Option<Value> {
+        let status = self.status().await;
+        status["deployments"]
+            .as_array()?
+            .iter()
+            .find(|d| d["project"] == project && d["branch"] == branch)
+            .cloned()
+    }
+
+    /// Wait until `commit` is live for project/branch; panics with the
+    /// environment's error if that push fails instead.
+    pub async fn wait_live(&self, project: &str, branch: &str, commit: &str) {
+        wait_for(&format!("{project}@{branch} live at {commit}"), Duration::from_secs(120), || async {
+            let env = self.environment(project, branch).await?;
+            if env["failed_commit"] == commit {
+                panic!("push {commit} of {project}@{branch} failed: {}\n{}", env["error"], self.log());
+            }
+            (env["live_commit"] == commit && env["pending_commit"].is_null()).then_some(())
+        })
+        .await
+    }
+
+    /// Wait until the push of `commit` has failed, and return its error.
+    pub async fn wait_failed(&self, project: &str, branch: &str, commit: &str) -> String {
+        wait_for(&format!("{project}@{branch} push {commit} to fail"), Duration::from_secs(120), || async {
+            let env = self.environment(project, branch).await?;
+            (env["failed_commit"] == commit && env["pending_commit"].is_null())
+                .then(|| env["error"].as_str().unwrap_or_default().to_owned())
+        })
+        .await
+    }
+}
+
+impl Drop for Dream {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A shared HTTP client (HTTP/1.1; no proxy).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client builds")
+}
+
+/// A Git work tree to build projects in and push from.
+pub struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Result<Project> {
+        let project = Project { dir: tempfile::tempdir()? };
+        project.git(&["init", "--quiet", "--initial-branch=main"])?;
+        Ok(project)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write a file (creating directories).
+    pub fn write(&self, path: &str, contents: impl AsRef<[u8]>) -> &Self {
+        let full = self.dir.path().join(path);
+        std::fs::create_dir_all(full.parent().expect("file has a parent")).expect("mkdir");
+        std::fs::write(full, contents).expect("write");
+        self
+    }
+
+    pub fn remove(&self, path: &str) -> &Self {
+        std::fs::remove_file(self.dir.path().join(path)).expect("remove");
+        self
+    }
+
+    /// Run git in the work tree with an isolated configuration.
+    pub fn git(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new("git")
+            .args(["-c", "user.name=Canopy Test", "-c", "user.email=test@canopy.invalid", "-c", "commit.gpgsign=false"])
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .context("running git")?;
+        if !output.status.success() {
+            bail!(
+                "git {args:?} failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
+    }
+
+    /// Commit everything and return the commit id.
+    pub fn commit(&self, message: &str) -> Result<String> {
+        self.git(&["add", "-A"])?;
+        self.git(&["commit", "--quiet", "--allow-empty", "-m", message])?;
+        Ok(self.git(&["rev-parse", "HEAD"])?.trim().to_owned())
+    }
+
+    /// Switch to (creating if needed) `branch`.
+    pub fn checkout(&self, branch: &str) -> Result<()> {
+        if self.git(&["checkout", "--quiet", branch]).is_err() {
+            self.git(&["checkout", "--quiet", "-b", branch])?;
+        }
+        Ok(())
+    }
+
+    /// Push the current HEAD to `branch` of `remote` (forced, like a deploy).
+    pub fn push(&self, remote: &str, branch: &str) -> Result<String> {
+        self.git(&["push", "--force", remote, &format!("HEAD:refs/heads/{branch}")])
+    }
+}
+
+/// Build a guest crate (outside the workspace) for wasm32-wasip2 and return
+/// its component. Cached under the target dir between runs.
+pub fn guest(crate_dir: &str, artifact: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let manifest = workspace_root().join(crate_dir).join("Cargo.toml");
+    let target = target_dir().join("guests");
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "building {crate_dir} failed (is the target installed? `rustup target add wasm32-wasip2`):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release").join(format!("{artifact}.wasm"));
+    assert!(wasm.exists(), "{} missing after build", wasm.display());
+    wasm
+}
+
+/// The marker the test guest embeds, patched per version.
+pub const VERSION_MARKER: &[u8; 16] = b"CANOPY-VERSION-0";
+
+/// The test guest (`tests/guests/testfn`) with its version marker replaced by
+/// `version` (at most 16 bytes, padded with `-`): a distinct, valid component
+/// per version, without a rebuild.
+pub fn testfn(version: &str) -> Vec<u8> {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    let wasm = WASM.get_or_init(|| std::fs::read(guest("tests/guests/testfn", "testfn")).expect("read testfn"));
+    assert!(version.len() <= 16, "version {version:?} is longer than the 16-byte marker");
+    let mut replacement = [b'-'; 16];
+    replacement[..version.len()].copy_from_slice(version.as_bytes());
+    let at = wasm
+        .windows(16)
+        .position(|w| w == VERSION_MARKER)
+        .expect("the test guest embeds its version marker");
+    let mut patched = wasm.clone();
+    patched[at..at + 16].copy_from_slice(&replacement);
+    patched
+}

@@ -1,0 +1,580 @@
+//! Deployments: turning a pushed commit into a live release, atomically.
+//!
+//! The deployer owns the path from "the push is acknowledged" (the git seam
+//! has stored the commit and moved the ref) to "the new version serves": check
+//! out the tree, parse and check `canopy.yaml`, build or read every function,
+//! store every artifact by CID, compile and verify every component, store the
+//! manifest, then swap the gateway's routes in one step. Any failure on the
+//! way leaves the previous release serving and records the error where
+//! `canopy status` shows it.
+//!
+//! It must not touch the network or the gateway's connections; it only
+//! replaces the route table.
+
+pub mod build;
+pub mod manifest;
+mod routes;
+pub use routes::hosts_of;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::config;
+use crate::env::Env;
+use crate::gateway::Gateway;
+use crate::git::{self, PushEvent};
+use crate::runtime::{Function, Runtime};
+use crate::status::EnvironmentStatus;
+use crate::store::BlobStore;
+
+use manifest::{FileArtifact, FunctionArtifact, Manifest, WebsiteArtifact};
+pub use state::EnvKey;
+use state::{DeploymentState, Failure, Release};
+
+/// The branch that is the production environment.
+pub const PRODUCTION_BRANCH: &str = "main";
+
+/// What happened to a push, for people watching (`canopy dream` prints these).
+#[derive(Clone, Debug)]
+pub enum DeployEvent {
+    Started { key: EnvKey, commit: String },
+    Live { key: EnvKey, commit: String, elapsed_ms: u128 },
+    Failed { key: EnvKey, commit: String, error: String },
+    Removed { key: EnvKey },
+}
+
+
+/// A loaded release: its manifest and the compiled functions it serves.
+struct LiveRelease {
+    manifest: Manifest,
+    functions: BTreeMap<String, Arc<Function>>,
+}
+
+pub struct Deployer {
+    env: Env,
+    store: Arc<BlobStore>,
+    runtime: Arc<Runtime>,
+    gateway: Arc<Gateway>,
+    repos_dir: PathBuf,
+    work_dir: PathBuf,
+    state_path: PathBuf,
+    state: Mutex<DeploymentState>,
+    live: Mutex<BTreeMap<EnvKey, LiveRelease>>,
+    events: broadcast::Sender<DeployEvent>,
+}
+
+/// Why a push did not go live: already phrased for a person.
+#[derive(Debug)]
+struct DeployError(String);
+
+impl<E: std::fmt::Display> From<E> for DeployError {
+    fn from(e: E) -> Self {
+        DeployError(e.to_string())
+    }
+}
+
+impl Deployer {
+    pub fn new(
+        env: Env,
+        store: Arc<BlobStore>,
+        runtime: Arc<Runtime>,
+        gateway: Arc<Gateway>,
+        repos_dir: PathBuf,
+    ) -> anyhow::Result<Arc<Self>> {
+        let state_path = env.data_dir.join("deployments.json");
+        let work_dir = env.data_dir.join("work");
+        // Checkouts of a previous run are garbage: nothing refers to them.
+        let _ = std::fs::remove_dir_all(&work_dir);
+        std::fs::create_dir_all(&work_dir)?;
+        let state = DeploymentState::load(&state_path)?;
+        let (events, _) = broadcast::channel(256);
+        Ok(Arc::new(Self {
+            env,
+            store,
+            runtime,
+            gateway,
+            repos_dir,
+            work_dir,
+            state_path,
+            state: Mutex::new(state),
+            live: Mutex::new(BTreeMap::new()),
+            events,
+        }))
+    }
+
+    /// Follow what happens to pushes.
+    pub fn subscribe(&self) -> broadcast::Receiver<DeployEvent> {
+        self.events.subscribe()
+    }
+
+    /// Serve every release that was live before the node stopped, from the
+    /// store and the compiled-code cache, without a push.
+    pub async fn restore(&self) {
+        let releases: Vec<(EnvKey, Release)> = {
+            let state = self.state.lock().expect("state lock");
+            state
+                .environments
+                .iter()
+                .filter_map(|(k, e)| e.live.clone().map(|r| (k.clone(), r)))
+                .collect()
+        };
+        for (key, release) in releases {
+            match self.load_release(&release.manifest).await {
+                Ok(live) => {
+                    self.live.lock().expect("live lock").insert(key.clone(), live);
+                    tracing::info!(env = %key, commit = %release.commit, "restored live release");
+                }
+                Err(DeployError(error)) => {
+                    tracing::error!(env = %key, %error, "cannot restore live release");
+                    self.update_state(&key, |e| {
+                        e.failed = Some(Failure {
+                            commit: release.commit.clone(),
+                            error: format!("restoring the live release failed: {error}; push again to redeploy"),
+                        })
+                    });
+                }
+            }
+        }
+        self.publish_routes();
+    }
+
+    /// Deploy pushes that were acknowledged but never finished (the node
+    /// stopped mid-deploy): every branch head no environment has handled.
+    pub fn unfinished_pushes(&self) -> Vec<PushEvent> {
+        let handled: std::collections::BTreeSet<String> = {
+            let state = self.state.lock().expect("state lock");
+            state
+                .environments
+                .values()
+                .flat_map(|e| {
+                    e.live
+                        .as_ref()
+                        .map(|r| r.commit.clone())
+                        .into_iter()
+                        .chain(e.failed.as_ref().map(|f| f.commit.clone()))
+                })
+                .collect()
+        };
+        let mut events = Vec::new();
+        for (repo, repo_dir) in git::list_repos(&self.repos_dir) {
+            let Ok(heads) = git::branches(&repo_dir) else { continue };
+            let updates: Vec<git::RefUpdate> = heads
+                .into_iter()
+                .filter(|(_, id)| !handled.contains(&id.to_string()))
+                .map(|(branch, id)| git::RefUpdate {
+                    refname: format!("refs/heads/{branch}"),
+                    branch: Some(branch),
+                    old: None,
+                    new: Some(id),
+                })
+                .collect();
+            if !updates.is_empty() {
+                events.push(PushEvent { repo, updates });
+            }
+        }
+        events
+    }
+
+    /// Deploy pushes as they arrive, one at a time; when several pushes of
+    /// the same branch are queued only the newest is deployed.
+    pub async fn run(self: Arc<Self>, mut pushes: mpsc::UnboundedReceiver<PushEvent>) {
+        while let Some(first) = pushes.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = pushes.try_recv() {
+                batch.push(more);
+            }
+            // (repo, branch) → newest target; later events override earlier.
+            let mut latest: BTreeMap<(String, String), Option<gix::ObjectId>> = BTreeMap::new();
+            for event in batch {
+                for update in event.updates {
+                    if let Some(branch) = update.branch {
+                        latest.insert((event.repo.clone(), branch), update.new);
+                    }
+                }
+            }
+            for ((repo, branch), new) in latest {
+                match new {
+                    Some(commit) => self.deploy(&repo, &branch, commit).await,
+                    None => self.remove_branch(&repo, &branch),
+                }
+            }
+        }
+    }
+
+    /// Deploy one pushed commit; on any failure the live release stays.
+    pub async fn deploy(&self, repo: &str, branch: &str, commit: gix::ObjectId) {
+        let started = self.env.clock.now();
+        let repo_dir = self.repo_dir(repo);
+        let key = EnvKey {
+            project: self.project_of(repo, &repo_dir, commit),
+            branch: branch.to_owned(),
+        };
+        let commit_hex = commit.to_string();
+        self.update_state(&key, |e| e.pending = Some(commit_hex.clone()));
+        let _ = self.events.send(DeployEvent::Started {
+            key: key.clone(),
+            commit: commit_hex.clone(),
+        });
+        tracing::info!(env = %key, commit = %commit_hex, "deploying");
+
+        match self.build_release(&repo_dir, &key, commit).await {
+            Ok((manifest_cid, live)) => {
+                self.live.lock().expect("live lock").insert(key.clone(), live);
+                self.publish_routes();
+                self.update_state(&key, |e| {
+                    e.pending = None;
+                    e.failed = None;
+                    e.live = Some(Release {
+                        commit: commit_hex.clone(),
+                        manifest: manifest_cid.clone(),
+                        repo: repo.to_owned(),
+                    });
+                });
+                let elapsed_ms = (self.env.clock.now() - started).as_millis();
+                tracing::info!(env = %key, commit = %commit_hex, elapsed_ms, "live");
+                let _ = self.events.send(DeployEvent::Live {
+                    key,
+                    commit: commit_hex,
+                    elapsed_ms,
+                });
+            }
+            Err(DeployError(error)) => {
+                tracing::warn!(env = %key, commit = %commit_hex, %error, "push not deployed");
+                self.update_state(&key, |e| {
+                    e.pending = None;
+                    e.failed = Some(Failure {
+                        commit: commit_hex.clone(),
+                        error: error.clone(),
+                    });
+                });
+                let _ = self.events.send(DeployEvent::Failed {
+                    key,
+                    commit: commit_hex,
+                    error,
+                });
+            }
+        }
+    }
+
+    /// A deleted branch takes its environment down.
+    fn remove_branch(&self, repo: &str, branch: &str) {
+        let keys: Vec<EnvKey> = {
+            let state = self.state.lock().expect("state lock");
+            state
+                .environments
+                .iter()
+                .filter(|(k, e)| {
+                    k.branch == branch && e.live.as_ref().is_some_and(|r| r.repo == repo)
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        for key in keys {
+            self.live.lock().expect("live lock").remove(&key);
+            {
+                let mut state = self.state.lock().expect("state lock");
+                state.environments.remove(&key);
+                self.save(&state);
+            }
+            tracing::info!(env = %key, "branch deleted; environment removed");
+            let _ = self.events.send(DeployEvent::Removed { key });
+        }
+        self.publish_routes();
+    }
+
+    async fn build_release(
+        &self,
+        repo_dir: &Path,
+        key: &EnvKey,
+        commit: gix::ObjectId,
+    ) -> Result<(String, LiveRelease), DeployError> {
+        let checkout = tempfile::Builder::new()
+            .prefix("checkout-")
+            .tempdir_in(&self.work_dir)?;
+        let root = checkout.path().to_owned();
+        {
+            let repo_dir = repo_dir.to_owned();
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || git::checkout(&repo_dir, commit, &root))
+                .await
+                .map_err(|e| DeployError(format!("checkout task failed: {e}")))??;
+        }
+        let text = match std::fs::read_to_string(root.join("canopy.yaml")) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(DeployError(format!(
+                    "canopy.yaml: not found at the root of commit {}; add a canopy.yaml (see docs/canopy-yaml.md)",
+                    short(&commit.to_string())
+                )));
+            }
+            Err(e) => return Err(DeployError(format!("canopy.yaml: cannot read: {e}"))),
+        };
+        let project_file = config::parse("canopy.yaml", &text)?;
+        let problems = project_file.check_files(&root);
+        if !problems.is_empty() {
+            return Err(DeployError(config::Diagnostics(problems).to_string()));
+        }
+        let project = &project_file.project;
+        debug_assert_eq!(project.name, key.project, "the environment is named by canopy.yaml");
+
+        let mut functions = BTreeMap::new();
+        let mut artifacts = BTreeMap::new();
+        for (name, function) in &project.functions {
+            let bytes = match &function.source {
+                config::Source::Wasm { path } => std::fs::read(root.join(path)).map_err(|e| {
+                    project_file.diagnostic(
+                        &["functions", name, "wasm"],
+                        format!("cannot read {path}: {e}"),
+                        None,
+                    )
+                })?,
+                config::Source::Build {
+                    dir,
+                    command,
+                    output,
+                    timeout,
+                } => {
+                    let build_dir = root.join(dir);
+                    build::run(command, &build_dir, *timeout).await.map_err(|e| {
+                        project_file.diagnostic(
+                            &["functions", name, "build", "command"],
+                            e.to_string(),
+                            Some("run the command in a clean checkout to reproduce it".into()),
+                        )
+                    })?;
+                    let bytes = std::fs::read(build_dir.join(output)).map_err(|e| {
+                        project_file.diagnostic(
+                            &["functions", name, "build", "output"],
+                            format!("the build succeeded but {dir}/{output} cannot be read: {e}"),
+                            Some("point `output` at the component the command writes, relative to `dir`".into()),
+                        )
+                    })?;
+                    project_file.check_built_component(name, &bytes)?;
+                    bytes
+                }
+            };
+            let cid = self.store.put(&bytes)?;
+            self.store.verify(&cid)?;
+            let loaded = self.runtime.load(&cid, &bytes).await.map_err(|e| {
+                project_file.diagnostic(&["functions", name], e.to_string(), None)
+            })?;
+            functions.insert(name.clone(), loaded);
+            artifacts.insert(
+                name.clone(),
+                FunctionArtifact {
+                    cid: cid.to_string(),
+                    http_path: function.http.as_ref().map(|h| h.path.clone()),
+                    http_methods: function.http.as_ref().and_then(|h| {
+                        h.methods
+                            .as_ref()
+                            .map(|ms| ms.iter().map(|m| m.to_string()).collect())
+                    }),
+                    timeout_ms: function.limits.timeout.as_millis() as u64,
+                    memory_bytes: function.limits.memory_bytes,
+                },
+            );
+        }
+
+        let mut websites = BTreeMap::new();
+        for (name, website) in &project.websites {
+            let dir = root.join(&website.dir);
+            let mut files = BTreeMap::new();
+            for (relative, path) in walk_files(&dir)? {
+                let cid = self.store.put_file(&path)?;
+                let size_bytes = std::fs::metadata(&path)?.len();
+                files.insert(relative, FileArtifact { cid: cid.to_string(), size_bytes });
+            }
+            websites.insert(
+                name.clone(),
+                WebsiteArtifact {
+                    path: website.path.clone(),
+                    files,
+                },
+            );
+        }
+
+        let manifest = Manifest {
+            project: project.name.clone(),
+            branch: key.branch.clone(),
+            commit: commit.to_string(),
+            domains: project.domains.clone(),
+            functions: artifacts,
+            websites,
+        };
+        let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
+        let manifest_cid = self.store.put(&manifest_bytes)?;
+        self.store.verify(&manifest_cid)?;
+        Ok((manifest_cid.to_string(), LiveRelease { manifest, functions }))
+    }
+
+    /// Load a stored release: manifest and components, verified.
+    async fn load_release(&self, manifest_cid: &str) -> Result<LiveRelease, DeployError> {
+        let cid = parse_cid(manifest_cid)?;
+        let manifest: Manifest = serde_json::from_slice(&self.store.get(&cid)?)?;
+        let mut functions = BTreeMap::new();
+        for (name, artifact) in &manifest.functions {
+            let cid = parse_cid(&artifact.cid)?;
+            let bytes = self.store.get(&cid)?;
+            let loaded = self.runtime.load(&cid, &bytes).await?;
+            functions.insert(name.clone(), loaded);
+        }
+        Ok(LiveRelease {
+            manifest,
+            functions,
+        })
+    }
+
+    /// Rebuild the gateway's route table from every live release and swap it
+    /// in: requests see the old table or the new one, never a mix.
+    fn publish_routes(&self) {
+        let live = self.live.lock().expect("live lock");
+        let table = routes::route_table(live.iter().map(|(k, r)| (k, &r.manifest, &r.functions)), &self.store);
+        self.gateway.replace_routes(table);
+    }
+
+    /// Every environment, for `canopy status` and the admin API.
+    pub fn status(&self) -> Vec<EnvironmentStatus> {
+        let state = self.state.lock().expect("state lock");
+        state
+            .environments
+            .iter()
+            .map(|(key, e)| {
+                let hosts = self
+                    .live
+                    .lock()
+                    .expect("live lock")
+                    .get(key)
+                    .map(|r| routes::hosts_of(key, &r.manifest.domains))
+                    .unwrap_or_default();
+                let state = match (&e.live, &e.pending, &e.failed) {
+                    (_, Some(_), _) => "deploying",
+                    (Some(_), None, Some(_)) => "degraded",
+                    (Some(_), None, None) => "live",
+                    (None, None, _) => "failed",
+                };
+                EnvironmentStatus {
+                    project: key.project.clone(),
+                    branch: key.branch.clone(),
+                    state: state.to_owned(),
+                    hosts,
+                    live_commit: e.live.as_ref().map(|r| r.commit.clone()),
+                    pending_commit: e.pending.clone(),
+                    failed_commit: e.failed.as_ref().map(|f| f.commit.clone()),
+                    error: e.failed.as_ref().map(|f| f.error.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// The project a commit belongs to: its `canopy.yaml`'s `project` if that
+    /// can be read at all, else the project this repo and branch deployed
+    /// before, else the repository's name — so even a push whose YAML is
+    /// broken shows up in status under a name the user recognises.
+    fn project_of(&self, repo: &str, repo_dir: &Path, commit: gix::ObjectId) -> String {
+        if let Ok(Some(bytes)) = git::read_file(repo_dir, commit, "canopy.yaml") {
+            if let Some(name) = lenient_project_name(&bytes) {
+                return name;
+            }
+        }
+        let state = self.state.lock().expect("state lock");
+        state
+            .environments
+            .iter()
+            .find(|(_, e)| e.live.as_ref().is_some_and(|r| r.repo == repo))
+            .map(|(k, _)| k.project.clone())
+            .unwrap_or_else(|| repo.trim_end_matches(".git").to_owned())
+    }
+
+    fn repo_dir(&self, repo: &str) -> PathBuf {
+        git::repo_dir(&self.repos_dir, repo)
+    }
+
+    fn update_state(&self, key: &EnvKey, change: impl FnOnce(&mut state::Environment)) {
+        let mut state = self.state.lock().expect("state lock");
+        change(state.environments.entry(key.clone()).or_default());
+        self.save(&state);
+    }
+
+    fn save(&self, state: &DeploymentState) {
+        if let Err(e) = state.save(&self.state_path) {
+            // The release still serves; only its memory across a restart is at risk.
+            tracing::error!(error = %e, "cannot persist deployment state");
+        }
+    }
+}
+
+/// `project:` from a YAML document, if it is there and a plausible name.
+fn lenient_project_name(bytes: &[u8]) -> Option<String> {
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_slice(bytes).ok()?;
+    let name = value.get("project")?.as_str()?;
+    let plausible = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    plausible.then(|| name.to_owned())
+}
+
+fn parse_cid(text: &str) -> Result<cid::Cid, DeployError> {
+    cid::Cid::try_from(text).map_err(|e| DeployError(format!("invalid CID {text:?}: {e}")))
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(10)]
+}
+
+/// Every regular file below `dir`, as (path relative to `dir` with `/`
+/// separators, full path), in sorted order.
+fn walk_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(current) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&current)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let relative = path
+                    .strip_prefix(dir)
+                    .expect("walked paths are below dir")
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push((relative, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenient_name_reads_broken_projects() {
+        assert_eq!(lenient_project_name(b"project: shop\nfunctions: 3\n").as_deref(), Some("shop"));
+        assert_eq!(lenient_project_name(b"project: Shop!\n"), None);
+        assert_eq!(lenient_project_name(b"{{{"), None);
+    }
+
+    #[test]
+    fn walk_lists_nested_files_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("css/deep")).unwrap();
+        std::fs::write(dir.path().join("index.html"), "x").unwrap();
+        std::fs::write(dir.path().join("css/a.css"), "x").unwrap();
+        std::fs::write(dir.path().join("css/deep/b.css"), "x").unwrap();
+        let names: Vec<String> = walk_files(dir.path()).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["css/a.css", "css/deep/b.css", "index.html"]);
+    }
+}

@@ -1,0 +1,167 @@
+//! What the node remembers about every environment (project × branch): the
+//! live release, the push being deployed and the last failure.
+//!
+//! Persisted as one JSON file written atomically, so a restart serves every
+//! live release again without a push.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// An environment's key: the project and the branch it was pushed on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EnvKey {
+    pub project: String,
+    pub branch: String,
+}
+
+impl std::fmt::Display for EnvKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.project, self.branch)
+    }
+}
+
+/// A release that serves: a commit and the manifest that lists its artifacts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub commit: String,
+    /// CID of the [`super::manifest::Manifest`] blob in the store.
+    pub manifest: String,
+    /// The repository it was pushed to.
+    pub repo: String,
+}
+
+/// A push that did not go live, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub commit: String,
+    pub error: String,
+}
+
+/// Everything known about one environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    pub live: Option<Release>,
+    /// The commit being built and verified right now.
+    pub pending: Option<String>,
+    /// The newest push that failed; cleared when a newer push goes live.
+    pub failed: Option<Failure>,
+}
+
+/// The persisted state of all environments on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentState {
+    pub environments: BTreeMap<EnvKey, Environment>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read deployment state {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "deployment state {path} is not valid ({source}); move it aside and push again to redeploy"
+    )]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write deployment state {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// The on-disk form: a list, because JSON object keys must be strings.
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    environments: Vec<(EnvKey, Environment)>,
+}
+
+const STATE_FILE_VERSION: u32 = 1;
+
+impl DeploymentState {
+    /// Load the state at `path`; a missing file is an empty state.
+    pub fn load(path: &Path) -> Result<Self, StateError> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let file: StateFile = serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            environments: file.environments.into_iter().collect(),
+        })
+    }
+
+    /// Write the state atomically: a crash leaves the old or the new file,
+    /// never a torn one.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let file = StateFile {
+            version: STATE_FILE_VERSION,
+            environments: self
+                .environments
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).expect("state serialises");
+        write_atomically(path, &bytes).map_err(|source| StateError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Write `bytes` to `path` via a synced temp file and a rename, then sync the
+/// directory so the rename itself is durable.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/deployments.json");
+        assert_eq!(DeploymentState::load(&path).unwrap(), DeploymentState::default());
+
+        let mut state = DeploymentState::default();
+        state.environments.insert(
+            EnvKey { project: "shop".into(), branch: "main".into() },
+            Environment {
+                live: Some(Release { commit: "abc".into(), manifest: "bafk".into(), repo: "r".into() }),
+                pending: None,
+                failed: Some(Failure { commit: "def".into(), error: "boom".into() }),
+            },
+        );
+        state.save(&path).unwrap();
+        assert_eq!(DeploymentState::load(&path).unwrap(), state);
+    }
+
+    #[test]
+    fn corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deployments.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        let err = DeploymentState::load(&path).unwrap_err().to_string();
+        assert!(err.contains("move it aside"), "{err}");
+    }
+}

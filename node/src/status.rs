@@ -1,0 +1,163 @@
+//! What a node reports about itself and its deployments: the admin API's
+//! JSON schema (`GET /api/status`) and its rendering for `canopy status`.
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole answer of `GET /api/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub nodes: Vec<NodeStatus>,
+    pub deployments: Vec<EnvironmentStatus>,
+    pub certificates: Vec<CertificateStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub version: String,
+    /// `standalone` until the node is part of a cluster.
+    pub role: String,
+    pub http: String,
+    pub admin: String,
+    pub git_remote: String,
+    pub runtime: RuntimeStatus,
+}
+
+/// How the node's components were loaded since it started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeStatus {
+    /// Compiled from WebAssembly (first deploy of a component).
+    pub compiled: u64,
+    /// Loaded from the on-disk compiled-code cache (restarts).
+    pub from_disk: u64,
+    /// Already in memory (the same component in several deployments).
+    pub from_memory: u64,
+}
+
+/// One environment (project × branch).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentStatus {
+    pub project: String,
+    pub branch: String,
+    /// `live`, `deploying`, `failed` (nothing ever went live) or `degraded`
+    /// (live, but the newest push failed and did not replace it).
+    pub state: String,
+    pub hosts: Vec<String>,
+    pub live_commit: Option<String>,
+    pub pending_commit: Option<String>,
+    pub failed_commit: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    pub domain: String,
+    pub issuer: String,
+    pub not_after: String,
+}
+
+fn short(commit: &Option<String>) -> String {
+    match commit {
+        Some(c) => c[..c.len().min(10)].to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+impl StatusReport {
+    /// The report as `canopy status` prints it for a person.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "NODES");
+        for node in &self.nodes {
+            let _ = writeln!(
+                out,
+                "  {}  {}  v{}  http {}  admin {}",
+                node.id, node.role, node.version, node.http, node.admin
+            );
+            let _ = writeln!(out, "      git remote {}", node.git_remote);
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "DEPLOYMENTS");
+        if self.deployments.is_empty() {
+            let _ = writeln!(out, "  none yet: push a project to the git remote above");
+        }
+        for d in &self.deployments {
+            let _ = writeln!(
+                out,
+                "  {}@{}  {}  live {}{}",
+                d.project,
+                d.branch,
+                d.state,
+                short(&d.live_commit),
+                match &d.pending_commit {
+                    Some(_) => format!("  deploying {}", short(&d.pending_commit)),
+                    None => String::new(),
+                }
+            );
+            for host in &d.hosts {
+                let _ = writeln!(out, "      http://{host}");
+            }
+            if let Some(error) = &d.error {
+                let _ = writeln!(out, "      push {} failed:", short(&d.failed_commit));
+                for line in error.lines() {
+                    let _ = writeln!(out, "        {line}");
+                }
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "CERTIFICATES");
+        if self.certificates.is_empty() {
+            let _ = writeln!(out, "  none: this node serves plain HTTP");
+        }
+        for c in &self.certificates {
+            let _ = writeln!(out, "  {}  issued by {}  valid until {}", c.domain, c.issuer, c.not_after);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_for_a_person() {
+        let report = StatusReport {
+            nodes: vec![NodeStatus {
+                id: "7f3a9c21".into(),
+                version: "0.1.0".into(),
+                role: "standalone".into(),
+                http: "http://127.0.0.1:8080".into(),
+                admin: "http://127.0.0.1:8081".into(),
+                git_remote: "http://127.0.0.1:8081/git/dream.git".into(),
+                runtime: RuntimeStatus::default(),
+            }],
+            deployments: vec![
+                EnvironmentStatus {
+                    project: "shop".into(),
+                    branch: "main".into(),
+                    state: "degraded".into(),
+                    hosts: vec!["shop.localhost".into()],
+                    live_commit: Some("0123456789abcdef".into()),
+                    pending_commit: None,
+                    failed_commit: Some("fedcba9876543210".into()),
+                    error: Some("canopy.yaml:3:5: unknown field `wsam`\n  help: did you mean `wasm`?".into()),
+                },
+                EnvironmentStatus {
+                    project: "shop".into(),
+                    branch: "dev".into(),
+                    state: "deploying".into(),
+                    hosts: vec![],
+                    live_commit: None,
+                    pending_commit: Some("aaaaaaaaaaaaaaaa".into()),
+                    failed_commit: None,
+                    error: None,
+                },
+            ],
+            certificates: vec![],
+        };
+        insta::assert_snapshot!(report.render());
+    }
+}
