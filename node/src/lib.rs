@@ -3,9 +3,11 @@
 //!
 //! One module per seam (see `docs/architecture.md`):
 //! - [`body`] — the streamed HTTP body type every seam shares.
+//! - [`config`] — the project schema (`canopy.yaml`), its checks and errors.
 //! - [`env`] — clock, randomness, data directory: what the node is built from.
 
 pub mod body;
+pub mod config;
 pub mod env;
 
 /// The version of this node, as built.
