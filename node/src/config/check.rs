@@ -33,12 +33,22 @@ impl<'a> Reporter<'a> {
     }
 
     /// A diagnostic at `position`.
-    pub fn at(&self, position: Position, message: impl Into<String>, help: Option<String>) -> Diagnostic {
+    pub fn at(
+        &self,
+        position: Position,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) -> Diagnostic {
         Diagnostic::new(self.file, position.line, position.column, message, help)
     }
 
     /// A diagnostic pointing at the field `path`.
-    pub fn diagnostic(&self, path: &[&str], message: impl Into<String>, help: Option<String>) -> Diagnostic {
+    pub fn diagnostic(
+        &self,
+        path: &[&str],
+        message: impl Into<String>,
+        help: Option<String>,
+    ) -> Diagnostic {
         self.at(self.map.locate(path), message, help)
     }
 
@@ -70,7 +80,11 @@ pub fn display_path(path: &[&str]) -> String {
             out.push_str(segment);
         }
     }
-    if out.is_empty() { "canopy.yaml".to_string() } else { out }
+    if out.is_empty() {
+        "canopy.yaml".to_string()
+    } else {
+        out
+    }
 }
 
 /// Check every value of `raw`. Returns the project, or all the errors found.
@@ -124,7 +138,20 @@ pub fn check(raw: RawProject, reporter: &mut Reporter<'_>) -> Option<Project> {
     })
 }
 
-fn check_label(reporter: &mut Reporter<'_>, path: &[&str], what: &str, value: &str) -> Option<String> {
+fn check_label(
+    reporter: &mut Reporter<'_>,
+    path: &[&str],
+    what: &str,
+    value: &str,
+) -> Option<String> {
+    if value.is_empty() {
+        reporter.error(
+            path,
+            format!("the {what} is empty"),
+            "use a DNS label: 1-63 characters of lowercase letters, digits and `-`, e.g. `shop`",
+        );
+        return None;
+    }
     match names::check_label(value) {
         Ok(()) => Some(value.to_string()),
         Err(problem) => {
@@ -133,7 +160,10 @@ fn check_label(reporter: &mut Reporter<'_>, path: &[&str], what: &str, value: &s
                 .unwrap_or_default();
             // A map key (function or website name): point at the key itself.
             let position = if path.len() == 2 {
-                reporter.map.key(path).unwrap_or_else(|| reporter.map.locate(path))
+                reporter
+                    .map
+                    .key(path)
+                    .unwrap_or_else(|| reporter.map.locate(path))
             } else {
                 reporter.map.locate(path)
             };
@@ -207,9 +237,8 @@ fn check_function(reporter: &mut Reporter<'_>, name: &str, raw: RawFunction) -> 
             );
             None
         }
-        (Some(wasm), None) => {
-            check_repo_path(reporter, &["functions", name, "wasm"], &wasm).map(|path| Source::Wasm { path })
-        }
+        (Some(wasm), None) => check_repo_path(reporter, &["functions", name, "wasm"], &wasm)
+            .map(|path| Source::Wasm { path }),
         (None, Some(build)) => check_build(reporter, name, build),
     };
     let http = raw.http.and_then(|http| check_http(reporter, name, http));
@@ -337,7 +366,8 @@ fn check_http_path(reporter: &mut Reporter<'_>, path: &[&str], value: &str) -> O
         Ok(normal) => Some(normal),
         Err(problem) => {
             let example = format!("/{}", value.trim_matches('/'));
-            let example = paths::normalize_http_path(&example).unwrap_or_else(|_| "/hello".to_string());
+            let example =
+                paths::normalize_http_path(&example).unwrap_or_else(|_| "/hello".to_string());
             reporter.error(
                 path,
                 format!("`{value}` {problem}"),
@@ -394,7 +424,10 @@ fn check_duration(
             reporter.error(
                 path,
                 format!("`{text}` is out of bounds: it must be {range}"),
-                format!("pick a duration {range}; the default is {}", units::format_duration(default)),
+                format!(
+                    "pick a duration {range}; the default is {}",
+                    units::format_duration(default)
+                ),
             );
             None
         }
@@ -432,12 +465,19 @@ fn check_size(
             reporter.error(
                 path,
                 format!("`{text}` is out of bounds: it must be {range}"),
-                format!("pick a size {range}; the default is {}", units::format_size(default)),
+                format!(
+                    "pick a size {range}; the default is {}",
+                    units::format_size(default)
+                ),
             );
             None
         }
         Err(error) => {
-            reporter.error(path, error.to_string(), format!("write {}", units::SIZE_FORMS));
+            reporter.error(
+                path,
+                error.to_string(),
+                format!("write {}", units::SIZE_FORMS),
+            );
             None
         }
     }
@@ -446,7 +486,10 @@ fn check_size(
 fn check_website(reporter: &mut Reporter<'_>, name: &str, raw: RawWebsite) -> Option<Website> {
     let dir = check_repo_path(reporter, &["websites", name, "dir"], &raw.dir);
     let path = check_http_path(reporter, &["websites", name, "path"], &raw.path);
-    Some(Website { dir: dir?, path: path? })
+    Some(Website {
+        dir: dir?,
+        path: path?,
+    })
 }
 
 /// One route, for conflict checks.
@@ -490,7 +533,12 @@ fn check_routes(
             owner: format!("websites.{name}"),
             field: field.iter().map(|s| s.to_string()).collect(),
             path: website.path.clone(),
-            methods: Some(Website::methods().iter().map(|m| m.as_str().to_string()).collect()),
+            methods: Some(
+                Website::methods()
+                    .iter()
+                    .map(|m| m.as_str().to_string())
+                    .collect(),
+            ),
             at: reporter.map.locate(&field),
         });
     }

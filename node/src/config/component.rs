@@ -186,7 +186,10 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_modules_garbage_and_broken_components() {
-        assert_eq!(check_component(&core_module()), Err(ComponentError::CoreModule));
+        assert_eq!(
+            check_component(&core_module()),
+            Err(ComponentError::CoreModule)
+        );
         assert_eq!(check_component(b"hello"), Err(ComponentError::NotWasm));
         assert_eq!(check_component(b""), Err(ComponentError::NotWasm));
         let mut truncated = http_component();
@@ -201,7 +204,9 @@ pub(crate) mod tests {
     fn handler_names() {
         assert!(is_http_handler("wasi:http/incoming-handler@0.2.0"));
         assert!(is_http_handler("wasi:http/incoming-handler@0.2.10"));
-        assert!(is_http_handler("wasi:http/incoming-handler@0.2.0-rc-2023-12-05"));
+        assert!(is_http_handler(
+            "wasi:http/incoming-handler@0.2.0-rc-2023-12-05"
+        ));
         assert!(!is_http_handler("wasi:http/incoming-handler"));
         assert!(!is_http_handler("wasi:http/incoming-handler@0.2."));
         assert!(!is_http_handler("wasi:http/incoming-handler@0.20.0"));

@@ -47,9 +47,27 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.location(), self.message)?;
+        write!(f, "{}: {}", self.location(), Printable(&self.message))?;
         if let Some(help) = &self.help {
-            write!(f, "\n  help: {help}")?;
+            write!(f, "\n  help: {}", Printable(help))?;
+        }
+        Ok(())
+    }
+}
+
+/// Text with control characters escaped (`\n`, `\0`, `\u{1b}`): messages
+/// quote user input, and one diagnostic must stay one line (plus its help)
+/// whatever a value holds.
+struct Printable<'a>(&'a str);
+
+impl fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
         }
         Ok(())
     }
@@ -94,3 +112,31 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_one_line_plus_help_whatever_the_message_holds() {
+        let d = Diagnostic::new(
+            "canopy.yaml",
+            2,
+            7,
+            "project: `a\nb\u{1b}`",
+            Some("fix\tit".into()),
+        );
+        assert_eq!(
+            d.to_string(),
+            "canopy.yaml:2:7: project: `a\\nb\\u{1b}`\n  help: fix\\tit"
+        );
+        let none = Diagnostic::new("canopy.yaml", 1, 1, "empty", None);
+        assert_eq!(
+            Diagnostics(vec![d.clone(), none])
+                .to_string()
+                .lines()
+                .count(),
+            3
+        );
+    }
+}

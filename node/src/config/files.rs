@@ -17,16 +17,30 @@ pub fn check_files(project: &Project, root: &Path, reporter: &mut Reporter<'_>) 
     let canonical_root = fs::canonicalize(root).ok();
     for (name, function) in &project.functions {
         match &function.source {
-            Source::Wasm { path } => {
-                check_component_file(reporter, root, canonical_root.as_deref(), &["functions", name, "wasm"], path)
-            }
-            Source::Build { dir, .. } => {
-                check_dir(reporter, root, canonical_root.as_deref(), &["functions", name, "build", "dir"], dir)
-            }
+            Source::Wasm { path } => check_component_file(
+                reporter,
+                root,
+                canonical_root.as_deref(),
+                &["functions", name, "wasm"],
+                path,
+            ),
+            Source::Build { dir, .. } => check_dir(
+                reporter,
+                root,
+                canonical_root.as_deref(),
+                &["functions", name, "build", "dir"],
+                dir,
+            ),
         }
     }
     for (name, website) in &project.websites {
-        check_dir(reporter, root, canonical_root.as_deref(), &["websites", name, "dir"], &website.dir);
+        check_dir(
+            reporter,
+            root,
+            canonical_root.as_deref(),
+            &["websites", name, "dir"],
+            &website.dir,
+        );
     }
 }
 
@@ -106,13 +120,20 @@ fn check_component_file(
                 "`{path}` is {} bytes; the limit is {MAX_COMPONENT_SIZE_BYTES} bytes",
                 metadata.len()
             ),
-            Some("strip debug information (`wasm-tools strip`) or build in release mode".to_string()),
+            Some(
+                "strip debug information (`wasm-tools strip`) or build in release mode".to_string(),
+            ),
         );
     }
     match fs::read(&full) {
         Ok(bytes) => {
             if let Err(problem) = check_component(&bytes) {
-                error(reporter, field, format!("`{path}` {problem}"), problem.help());
+                error(
+                    reporter,
+                    field,
+                    format!("`{path}` {problem}"),
+                    problem.help(),
+                );
             }
         }
         Err(e) => error(

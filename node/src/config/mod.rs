@@ -32,7 +32,7 @@ pub use component::{ComponentError, HTTP_HANDLER_INTERFACE, check_component};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use files::MAX_COMPONENT_SIZE_BYTES;
 pub use model::*;
-pub use units::{format_duration, format_size, parse_duration, parse_size, UnitError};
+pub use units::{UnitError, format_duration, format_size, parse_duration, parse_size};
 
 use check::{REFERENCE, Reporter, display_path};
 use source_map::{Position, RootKind, SourceMap, SourceMapError};
@@ -72,7 +72,11 @@ pub fn parse(file_name: &str, text: &str) -> Result<ProjectFile, Diagnostics> {
                 .into());
         }
         kind @ (RootKind::Sequence | RootKind::Scalar) => {
-            let what = if kind == RootKind::Sequence { "a list" } else { "a single value" };
+            let what = if kind == RootKind::Sequence {
+                "a list"
+            } else {
+                "a single value"
+            };
             return Err(reporter
                 .at(
                     Position::START,
@@ -100,13 +104,17 @@ pub fn parse(file_name: &str, text: &str) -> Result<ProjectFile, Diagnostics> {
                         duplicate.first.line,
                         duplicate.first.column
                     ),
-                    Some("remove or rename one of them; each key may appear once in a mapping".to_string()),
+                    Some(
+                        "remove or rename one of them; each key may appear once in a mapping"
+                            .to_string(),
+                    ),
                 )
             })
             .collect();
         return Err(Diagnostics::sorted(diagnostics));
     }
-    let raw: raw::RawProject = serde_yaml_ng::from_str(text).map_err(|error| serde_diagnostic(&reporter, &error))?;
+    let raw: raw::RawProject =
+        serde_yaml_ng::from_str(text).map_err(|error| serde_diagnostic(&reporter, &error))?;
     let mut reporter = reporter;
     match check::check(raw, &mut reporter) {
         Some(project) if reporter.diagnostics.is_empty() => Ok(ProjectFile {
@@ -115,7 +123,10 @@ pub fn parse(file_name: &str, text: &str) -> Result<ProjectFile, Diagnostics> {
             source_map: map.clone(),
         }),
         _ => {
-            debug_assert!(!reporter.diagnostics.is_empty(), "a rejected project has a reason");
+            debug_assert!(
+                !reporter.diagnostics.is_empty(),
+                "a rejected project has a reason"
+            );
             Err(Diagnostics::sorted(reporter.diagnostics))
         }
     }
@@ -132,7 +143,10 @@ pub fn load_dir(root: &Path) -> Result<ProjectFile, Diagnostics> {
     let text = match std::fs::metadata(&path) {
         Ok(metadata) if metadata.is_file() && metadata.len() > MAX_FILE_SIZE_BYTES => {
             return Err(at_start(
-                format!("is {} bytes; the limit is {MAX_FILE_SIZE_BYTES} bytes", metadata.len()),
+                format!(
+                    "is {} bytes; the limit is {MAX_FILE_SIZE_BYTES} bytes",
+                    metadata.len()
+                ),
                 "a project file holds configuration only; keep data in other files".to_string(),
             ));
         }
@@ -145,7 +159,10 @@ pub fn load_dir(root: &Path) -> Result<ProjectFile, Diagnostics> {
         Ok(_) => match std::fs::read(&path) {
             Ok(bytes) => String::from_utf8(bytes).map_err(|e| {
                 at_start(
-                    format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                    format!(
+                        "is not UTF-8 text (invalid byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    ),
                     "save the file as UTF-8".to_string(),
                 )
             })?,
@@ -213,7 +230,11 @@ impl ProjectFile {
             }
         };
         check_component(bytes).map_err(|problem| {
-            self.diagnostic(&output_field, format!("`{output_path}` {problem}"), problem.help())
+            self.diagnostic(
+                &output_field,
+                format!("`{output_path}` {problem}"),
+                problem.help(),
+            )
         })
     }
 
@@ -222,7 +243,12 @@ impl ProjectFile {
     /// (a failing build). The message is prefixed with the field's dotted
     /// name unless it already starts with it. A field that is not in the
     /// file points at its nearest ancestor.
-    pub fn diagnostic(&self, field_path: &[&str], message: impl Into<String>, help: Option<String>) -> Diagnostic {
+    pub fn diagnostic(
+        &self,
+        field_path: &[&str],
+        message: impl Into<String>,
+        help: Option<String>,
+    ) -> Diagnostic {
         let message = message.into();
         let name = display_path(field_path);
         let message = if message.starts_with(&name) {
@@ -271,7 +297,13 @@ fn source_map_diagnostic(file_name: &str, error: SourceMapError) -> Diagnostics 
 
 /// Keys that the design plans but this version does not implement yet.
 const PLANNED_KEYS: &[&str] = &[
-    "databases", "storages", "channels", "pubsub", "timer", "storage", "fuel",
+    "databases",
+    "storages",
+    "channels",
+    "pubsub",
+    "timer",
+    "storage",
+    "fuel",
 ];
 
 /// serde_yaml_ng's error, located, with its position suffix removed and a
@@ -304,18 +336,28 @@ fn serde_help(message: &str) -> String {
     };
     if let Some(key) = quoted("unknown field `") {
         if PLANNED_KEYS.contains(&key.as_str()) {
-            return format!("`{key}` is planned but not supported by this version of Canopy; remove it");
+            return format!(
+                "`{key}` is planned but not supported by this version of Canopy; remove it"
+            );
         }
-        return format!("remove `{key}` or correct its spelling (the keys allowed here are named above; see {REFERENCE})");
+        return format!(
+            "remove `{key}` or correct its spelling (the keys allowed here are named above; see {REFERENCE})"
+        );
     }
     if let Some(key) = quoted("missing field `") {
         return match key.as_str() {
-            "project" => "add the project's name at the top: `project: NAME` (a DNS label, e.g. `shop`)".to_string(),
+            "project" => {
+                "add the project's name at the top: `project: NAME` (a DNS label, e.g. `shop`)"
+                    .to_string()
+            }
             other => format!("add `{other}:`; see {REFERENCE}"),
         };
     }
     if message.contains("more than one document") {
         return "keep a single YAML document: remove the extra `---` lines".to_string();
+    }
+    if message.contains("expected a sequence") {
+        return format!("write a list, e.g. `[a, b]` or one `- item` per line; see {REFERENCE}");
     }
     if message.contains("invalid type") {
         return format!("give this field a value of the expected type; see {REFERENCE}");

@@ -103,9 +103,17 @@ mod tests {
 
     #[test]
     fn domains() {
-        assert_eq!(normalize_domain("Shop.Example.com"), Ok("shop.example.com".into()));
-        assert_eq!(normalize_domain("*.shop.example.com"), Ok("*.shop.example.com".into()));
-        for bad in ["", "shop", "*.com", "a..b", ".a.b", "a.b.", "a.*.b", "a_b.com", "-a.com"] {
+        assert_eq!(
+            normalize_domain("Shop.Example.com"),
+            Ok("shop.example.com".into())
+        );
+        assert_eq!(
+            normalize_domain("*.shop.example.com"),
+            Ok("*.shop.example.com".into())
+        );
+        for bad in [
+            "", "shop", "*.com", "a..b", ".a.b", "a.b.", "a.*.b", "a_b.com", "-a.com",
+        ] {
             assert!(normalize_domain(bad).is_err(), "{bad:?} should be rejected");
         }
     }

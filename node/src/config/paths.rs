@@ -96,7 +96,9 @@ pub fn normalize_http_path(text: &str) -> Result<String, String> {
         match segment {
             "" => return Err("has an empty segment (`//`)".to_string()),
             "." | ".." => {
-                return Err(format!("has a `{segment}` segment; write the path it means"))
+                return Err(format!(
+                    "has a `{segment}` segment; write the path it means"
+                ));
             }
             _ => {}
         }
@@ -110,12 +112,18 @@ mod tests {
 
     #[test]
     fn repo_paths() {
-        assert_eq!(normalize_repo_path("functions/hello.wasm"), Ok("functions/hello.wasm".into()));
+        assert_eq!(
+            normalize_repo_path("functions/hello.wasm"),
+            Ok("functions/hello.wasm".into())
+        );
         assert_eq!(normalize_repo_path("./a//b/./c/"), Ok("a/b/c".into()));
         assert_eq!(normalize_repo_path("a/../b"), Ok("b".into()));
         assert_eq!(normalize_repo_path("."), Ok(".".into()));
         for bad in ["", "/etc/passwd", "..", "a/../../b", "C:/x", "a\\b"] {
-            assert!(normalize_repo_path(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                normalize_repo_path(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         assert_eq!(
             join_repo_path("functions/api", "target/x.wasm"),
@@ -136,8 +144,13 @@ mod tests {
         assert_eq!(normalize_http_path("//"), Ok("/".into()));
         assert_eq!(normalize_http_path("/hello/"), Ok("/hello".into()));
         assert_eq!(normalize_http_path("/api/v1"), Ok("/api/v1".into()));
-        for bad in ["", "hello", "/a?b", "/a#b", "/a//b", "/a/../b", "/./a", "/a b"] {
-            assert!(normalize_http_path(bad).is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "", "hello", "/a?b", "/a#b", "/a//b", "/a/../b", "/./a", "/a b",
+        ] {
+            assert!(
+                normalize_http_path(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 }

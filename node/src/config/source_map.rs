@@ -296,17 +296,35 @@ mod tests {
         let text = "project: shop\nfunctions:\n  hello:\n    wasm: a.wasm\n    http: { path: /hello, methods: [GET] }\n";
         let map = SourceMap::build(text).unwrap();
         assert_eq!(map.root(), RootKind::Mapping);
-        assert_eq!(map.locate(&["project"]), Position { line: 1, column: 10 });
-        assert_eq!(map.key(&["functions", "hello"]), Some(Position { line: 3, column: 3 }));
+        assert_eq!(
+            map.locate(&["project"]),
+            Position {
+                line: 1,
+                column: 10
+            }
+        );
+        assert_eq!(
+            map.key(&["functions", "hello"]),
+            Some(Position { line: 3, column: 3 })
+        );
         // A mapping value: point at its key.
-        assert_eq!(map.locate(&["functions", "hello"]), Position { line: 3, column: 3 });
+        assert_eq!(
+            map.locate(&["functions", "hello"]),
+            Position { line: 3, column: 3 }
+        );
         assert_eq!(
             map.locate(&["functions", "hello", "http", "path"]),
-            Position { line: 5, column: 19 }
+            Position {
+                line: 5,
+                column: 19
+            }
         );
         assert_eq!(
             map.locate(&["functions", "hello", "http", "methods", "0"]),
-            Position { line: 5, column: 37 }
+            Position {
+                line: 5,
+                column: 37
+            }
         );
         // Missing: the nearest ancestor.
         assert_eq!(
@@ -332,10 +350,19 @@ mod tests {
     #[test]
     fn empty_and_non_mapping_roots() {
         assert_eq!(SourceMap::build("").unwrap().root(), RootKind::Empty);
-        assert_eq!(SourceMap::build("# only a comment\n").unwrap().root(), RootKind::Empty);
+        assert_eq!(
+            SourceMap::build("# only a comment\n").unwrap().root(),
+            RootKind::Empty
+        );
         assert_eq!(SourceMap::build("---\n").unwrap().root(), RootKind::Empty);
-        assert_eq!(SourceMap::build("- a\n").unwrap().root(), RootKind::Sequence);
-        assert_eq!(SourceMap::build("hello\n").unwrap().root(), RootKind::Scalar);
+        assert_eq!(
+            SourceMap::build("- a\n").unwrap().root(),
+            RootKind::Sequence
+        );
+        assert_eq!(
+            SourceMap::build("hello\n").unwrap().root(),
+            RootKind::Scalar
+        );
     }
 
     #[test]
@@ -345,6 +372,9 @@ mod tests {
             Err(SourceMapError::Syntax { .. })
         ));
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-        assert!(matches!(SourceMap::build(&deep), Err(SourceMapError::TooDeep { .. })));
+        assert!(matches!(
+            SourceMap::build(&deep),
+            Err(SourceMapError::TooDeep { .. })
+        ));
     }
 }

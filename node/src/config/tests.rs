@@ -78,7 +78,10 @@ websites:
     let file = parse("canopy.yaml", text).unwrap();
     let expected = Project {
         name: "shop".to_string(),
-        domains: vec!["shop.example.com".to_string(), "*.shop.example.com".to_string()],
+        domains: vec![
+            "shop.example.com".to_string(),
+            "*.shop.example.com".to_string(),
+        ],
         functions: BTreeMap::from([
             (
                 "hello".to_string(),
@@ -151,7 +154,10 @@ websites:
 fn minimal_and_empty_sections_are_fine() {
     let file = parse("canopy.yaml", "project: shop\nfunctions:\nwebsites: {}\n").unwrap();
     assert!(file.project.functions.is_empty() && file.project.websites.is_empty());
-    assert_eq!(file.summary(), "canopy.yaml: project `shop` is valid (0 functions, 0 websites)");
+    assert_eq!(
+        file.summary(),
+        "canopy.yaml: project `shop` is valid (0 functions, 0 websites)"
+    );
 }
 
 #[test]
@@ -170,17 +176,23 @@ websites:
 
 #[test]
 fn unknown_key_at_top_level() {
-    insta::assert_snapshot!(errors("project: shop\nfunctoins:\n  hello: { wasm: a.wasm }\n"));
+    insta::assert_snapshot!(errors(
+        "project: shop\nfunctoins:\n  hello: { wasm: a.wasm }\n"
+    ));
 }
 
 #[test]
 fn unknown_key_nested() {
-    insta::assert_snapshot!(errors("project: shop\nfunctions:\n  hello:\n    wasm: a.wasm\n    http: { pat: /hello }\n"));
+    insta::assert_snapshot!(errors(
+        "project: shop\nfunctions:\n  hello:\n    wasm: a.wasm\n    http: { pat: /hello }\n"
+    ));
 }
 
 #[test]
 fn planned_key_not_supported_yet() {
-    insta::assert_snapshot!(errors("project: shop\nfunctions:\n  on-order: { wasm: w.wasm, pubsub: orders }\n"));
+    insta::assert_snapshot!(errors(
+        "project: shop\nfunctions:\n  on-order: { wasm: w.wasm, pubsub: orders }\n"
+    ));
 }
 
 #[test]
@@ -242,7 +254,9 @@ fn both_wasm_and_build() {
 
 #[test]
 fn neither_wasm_nor_build() {
-    insta::assert_snapshot!(errors("project: shop\nfunctions:\n  hello:\n    http: { path: /hello }\n"));
+    insta::assert_snapshot!(errors(
+        "project: shop\nfunctions:\n  hello:\n    http: { path: /hello }\n"
+    ));
 }
 
 #[test]
@@ -313,7 +327,9 @@ fn not_a_mapping() {
 
 #[test]
 fn yaml_syntax_error() {
-    insta::assert_snapshot!(errors("project: shop\nfunctions:\n  hello: { wasm: a.wasm\n"));
+    insta::assert_snapshot!(errors(
+        "project: shop\nfunctions:\n  hello: { wasm: a.wasm\n"
+    ));
 }
 
 #[test]
@@ -324,7 +340,10 @@ fn missing_wasm_file() {
 
 #[test]
 fn not_a_component() {
-    let dir = repo(HELLO, &[("functions/hello.wasm", b"#!/bin/sh\necho hello\n")]);
+    let dir = repo(
+        HELLO,
+        &[("functions/hello.wasm", b"#!/bin/sh\necho hello\n")],
+    );
     insta::assert_snapshot!(dir_errors(dir.path()));
 }
 
@@ -369,10 +388,19 @@ fn missing_canopy_yaml() {
 #[test]
 fn valid_directory_loads() {
     let yaml = format!("{HELLO}websites:\n  www: {{ dir: public, path: / }}\n");
-    let dir = repo(&yaml, &[("functions/hello.wasm", &http_component()), ("public/index.html", b"hi")]);
+    let dir = repo(
+        &yaml,
+        &[
+            ("functions/hello.wasm", &http_component()),
+            ("public/index.html", b"hi"),
+        ],
+    );
     let file = load_dir(dir.path()).unwrap();
     assert_eq!(file.project.name, "shop");
-    assert_eq!(file.summary(), "canopy.yaml: project `shop` is valid (1 function, 1 website)");
+    assert_eq!(
+        file.summary(),
+        "canopy.yaml: project `shop` is valid (1 function, 1 website)"
+    );
 }
 
 #[cfg(unix)]
@@ -382,8 +410,11 @@ fn symlink_out_of_the_repository_is_refused() {
     std::fs::write(outside.path().join("hello.wasm"), http_component()).unwrap();
     let dir = repo(HELLO, &[]);
     std::fs::create_dir_all(dir.path().join("functions")).unwrap();
-    std::os::unix::fs::symlink(outside.path().join("hello.wasm"), dir.path().join("functions/hello.wasm"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("hello.wasm"),
+        dir.path().join("functions/hello.wasm"),
+    )
+    .unwrap();
     let errors = dir_errors(dir.path());
     assert!(errors.contains("leads outside the repository"), "{errors}");
 }
@@ -398,11 +429,19 @@ functions:
 ";
     let file = parse("canopy.yaml", text).unwrap();
     assert_eq!(file.check_built_component("api", &http_component()), Ok(()));
-    let error = file.check_built_component("api", &core_module()).unwrap_err();
+    let error = file
+        .check_built_component("api", &core_module())
+        .unwrap_err();
     assert_eq!((error.line, error.column), (4, 57));
     insta::assert_snapshot!(error.to_string());
-    assert!(file.check_built_component("hello", &http_component()).is_err());
-    assert!(file.check_built_component("nope", &http_component()).is_err());
+    assert!(
+        file.check_built_component("hello", &http_component())
+            .is_err()
+    );
+    assert!(
+        file.check_built_component("nope", &http_component())
+            .is_err()
+    );
 
     let failed = file.diagnostic(
         &["functions", "api", "build", "command"],
@@ -414,20 +453,61 @@ functions:
         "canopy.yaml:4:43: functions.api.build.command: exited with status 1: error[E0425]\n  help: run the command locally"
     );
     // A field not in the file: its nearest ancestor.
-    let limits = file.diagnostic(&["functions", "hello", "limits"], "functions.hello.limits: x", None);
-    assert_eq!(limits.to_string(), "canopy.yaml:5:3: functions.hello.limits: x");
+    let limits = file.diagnostic(
+        &["functions", "hello", "limits"],
+        "functions.hello.limits: x",
+        None,
+    );
+    assert_eq!(
+        limits.to_string(),
+        "canopy.yaml:5:3: functions.hello.limits: x"
+    );
 }
 
 /// Plausible pieces of a project file, to assemble at random.
 fn yaml_piece() -> impl Strategy<Value = String> {
     let keys = prop::sample::select(vec![
-        "project", "domains", "functions", "websites", "hello", "wasm", "build", "dir", "command",
-        "output", "timeout", "http", "path", "methods", "limits", "memory", "www", "x",
+        "project",
+        "domains",
+        "functions",
+        "websites",
+        "hello",
+        "wasm",
+        "build",
+        "dir",
+        "command",
+        "output",
+        "timeout",
+        "http",
+        "path",
+        "methods",
+        "limits",
+        "memory",
+        "www",
+        "x",
     ]);
     let values = prop::sample::select(vec![
-        "shop", "/hello", "/", "a.wasm", "../x", "/abs", "2s", "1m30s", "64MiB", "0", "-1",
-        "[GET, POST]", "[]", "{}", "~", "''", "'*.a.b'", "[a.b, a.b]", "99999999999999999999h",
-        "{ path: / }", "[GET, 'G T']",
+        "shop",
+        "/hello",
+        "/",
+        "a.wasm",
+        "../x",
+        "/abs",
+        "2s",
+        "1m30s",
+        "64MiB",
+        "0",
+        "-1",
+        "[GET, POST]",
+        "[]",
+        "{}",
+        "~",
+        "''",
+        "'*.a.b'",
+        "[a.b, a.b]",
+        "99999999999999999999h",
+        "{ path: / }",
+        "[GET, 'G T']",
     ]);
     (0usize..4, keys, values, any::<bool>()).prop_map(|(indent, key, value, nested)| {
         let pad = "  ".repeat(indent);

@@ -117,7 +117,7 @@ pub fn format_duration(duration: Duration) -> String {
 /// A size the way a user writes it (`64MiB`), for messages.
 pub fn format_size(size_bytes: u64) -> String {
     for (unit, unit_bytes) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if size_bytes >= unit_bytes && size_bytes % unit_bytes == 0 {
+        if size_bytes >= unit_bytes && size_bytes.is_multiple_of(unit_bytes) {
             return format!("{}{unit}", size_bytes / unit_bytes);
         }
     }
@@ -135,7 +135,10 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1h0m5s10ms"), Ok(Duration::from_millis(3_605_010)));
+        assert_eq!(
+            parse_duration("1h0m5s10ms"),
+            Ok(Duration::from_millis(3_605_010))
+        );
         assert_eq!(
             parse_duration("30"),
             Err(UnitError::DurationWithoutUnit("30".into()))
@@ -159,7 +162,10 @@ mod tests {
         for bad in ["", "MiB", "64mib", "64 XB", "-1", "1.5GiB"] {
             assert!(parse_size(bad).is_err(), "{bad} should be rejected");
         }
-        assert!(matches!(parse_size("99999999999TiB"), Err(UnitError::Overflow(_))));
+        assert!(matches!(
+            parse_size("99999999999TiB"),
+            Err(UnitError::Overflow(_))
+        ));
     }
 
     proptest! {
