@@ -6,7 +6,7 @@
 //! `canopy validate` ([`load_dir`]), and the "is this a wasi:http component"
 //! check ([`check_component`]). It does not build, store or run anything.
 //!
-//! How: saphyr-parser builds a [`SourceMap`](source_map::SourceMap) (field
+//! How: saphyr-parser builds a source map (field
 //! path → line:column) and finds syntax errors and duplicate keys;
 //! serde_yaml_ng reads the shape (unknown keys are errors); `check.rs`
 //! checks the values; `files.rs` checks the repository's files. The reference
@@ -32,6 +32,7 @@ pub use component::{ComponentError, HTTP_HANDLER_INTERFACE, check_component};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use files::MAX_COMPONENT_SIZE_BYTES;
 pub use model::*;
+pub use paths::path_matches_prefix;
 pub use units::{UnitError, format_duration, format_size, parse_duration, parse_size};
 
 use check::{REFERENCE, Reporter, display_path};

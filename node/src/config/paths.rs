@@ -106,6 +106,21 @@ pub fn normalize_http_path(text: &str) -> Result<String, String> {
     Ok(trimmed.to_string())
 }
 
+/// Whether the route prefix `prefix` (normalised) matches the request path
+/// `request_path`: equal, or followed by `/` (`/hello` matches `/hello/x`,
+/// not `/hellox`); `/` matches every path. The gateway picks the longest
+/// matching prefix.
+pub fn path_matches_prefix(prefix: &str, request_path: &str) -> bool {
+    debug_assert!(prefix.starts_with('/'), "route prefixes are normalised");
+    if prefix == "/" {
+        return request_path.starts_with('/');
+    }
+    match request_path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +151,16 @@ mod tests {
         assert_eq!(join_repo_path(".", "x.wasm"), Ok("x.wasm".into()));
         assert!(join_repo_path("functions/api", "../../../x.wasm").is_err());
         assert!(join_repo_path("functions/api", "/x.wasm").is_err());
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(path_matches_prefix("/", "/anything"));
+        assert!(path_matches_prefix("/hello", "/hello"));
+        assert!(path_matches_prefix("/hello", "/hello/"));
+        assert!(path_matches_prefix("/hello", "/hello/x/y"));
+        assert!(!path_matches_prefix("/hello", "/hellox"));
+        assert!(!path_matches_prefix("/hello", "/"));
     }
 
     #[test]
