@@ -13,7 +13,7 @@ fn validate_accepts_a_good_project() {
     let output = Command::new(canopy_bin()).arg("validate").arg(project.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("project shop"), "{stdout}");
+    assert!(stdout.contains("project `shop` is valid"), "{stdout}");
 }
 
 #[test]

@@ -20,15 +20,7 @@ pub struct ValidateArgs {
 pub fn run(args: ValidateArgs) -> ExitCode {
     match config::load_dir(&args.dir) {
         Ok(file) => {
-            let p = &file.project;
-            println!(
-                "canopy.yaml: ok: project {} with {} function{} and {} website{}",
-                p.name,
-                p.functions.len(),
-                if p.functions.len() == 1 { "" } else { "s" },
-                p.websites.len(),
-                if p.websites.len() == 1 { "" } else { "s" },
-            );
+            println!("{}", file.summary());
             ExitCode::SUCCESS
         }
         Err(diagnostics) => {
