@@ -4,9 +4,13 @@
 //! One module per seam (see `docs/architecture.md`):
 //! - [`body`] — the streamed HTTP body type every seam shares.
 //! - [`env`] — clock, randomness, data directory: what the node is built from.
+//! - [`gateway`] — the HTTP ingress: routing by host and path, websites.
+//! - [`store`] — content-addressed blobs on disk, verified on every read.
 
 pub mod body;
 pub mod env;
+pub mod gateway;
+pub mod store;
 
 /// The version of this node, as built.
 pub fn version() -> &'static str {
