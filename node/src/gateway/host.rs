@@ -63,7 +63,10 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(request_host(&req).as_deref(), Some("dev.shop.localhost"));
-        let req = http::Request::get("/x").header("host", "Shop.localhost:99").body(()).unwrap();
+        let req = http::Request::get("/x")
+            .header("host", "Shop.localhost:99")
+            .body(())
+            .unwrap();
         assert_eq!(request_host(&req).as_deref(), Some("shop.localhost"));
         let req = http::Request::get("/x").body(()).unwrap();
         assert_eq!(request_host(&req), None);

@@ -114,7 +114,15 @@ mod tests {
         let m = c.snapshot();
         assert_eq!(m.total, 5);
         let shop = m.hosts["shop.localhost"];
-        assert_eq!((shop.success_2xx, shop.redirection_3xx, shop.client_error_4xx, shop.server_error_5xx), (1, 1, 1, 1));
+        assert_eq!(
+            (
+                shop.success_2xx,
+                shop.redirection_3xx,
+                shop.client_error_4xx,
+                shop.server_error_5xx
+            ),
+            (1, 1, 1, 1)
+        );
         assert_eq!(shop.total(), 4);
         assert_eq!(m.hosts[UNKNOWN_HOST].client_error_4xx, 1);
     }

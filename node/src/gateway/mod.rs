@@ -42,7 +42,9 @@ pub use static_site::{STREAM_THRESHOLD_BYTES, StaticFile, StaticSite, content_ty
 
 use crate::body::Body;
 use metrics::Counters;
-use responses::{method_not_allowed, no_host_message, no_route_message, text, unknown_host_message};
+use responses::{
+    method_not_allowed, no_host_message, no_route_message, text, unknown_host_message,
+};
 
 /// Limits of a gateway.
 #[derive(Clone, Debug)]
@@ -89,7 +91,10 @@ impl Gateway {
     }
 
     pub fn with_config(config: GatewayConfig) -> Arc<Self> {
-        debug_assert!(config.max_connections > 0, "a gateway must accept connections");
+        debug_assert!(
+            config.max_connections > 0,
+            "a gateway must accept connections"
+        );
         Arc::new(Gateway {
             routes: RwLock::new(Arc::new(RouteTable::new())),
             counters: Counters::default(),
@@ -105,7 +110,10 @@ impl Gateway {
 
     /// The route table in use.
     pub fn routes(&self) -> Arc<RouteTable> {
-        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Request counts per host and status class since start.
@@ -116,7 +124,11 @@ impl Gateway {
     /// Accept connections on `listener` until `shutdown` resolves; then stop
     /// accepting and let open connections finish their requests, for at most
     /// `shutdown_grace_ms`. Must run inside a tokio runtime.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -165,7 +177,10 @@ impl Gateway {
         }
         drop(listener);
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 open = connections.len(),
                 grace_ms = self.config.shutdown_grace_ms,
@@ -184,13 +199,20 @@ impl Gateway {
         let host = request_host(&req);
         let table = self.routes();
         let (metrics_key, mut resp) = match host.as_deref() {
-            None => (UNKNOWN_HOST.to_string(), text(StatusCode::NOT_FOUND, no_host_message())),
+            None => (
+                UNKNOWN_HOST.to_string(),
+                text(StatusCode::NOT_FOUND, no_host_message()),
+            ),
             Some(h) => match table.entry(h) {
-                None => (UNKNOWN_HOST.to_string(), text(StatusCode::NOT_FOUND, unknown_host_message(h))),
+                None => (
+                    UNKNOWN_HOST.to_string(),
+                    text(StatusCode::NOT_FOUND, unknown_host_message(h)),
+                ),
                 Some((key, site)) => (key.to_string(), dispatch(site, req, &path).await),
             },
         };
-        resp.headers_mut().insert(header::SERVER, HeaderValue::from_static("canopy"));
+        resp.headers_mut()
+            .insert(header::SERVER, HeaderValue::from_static("canopy"));
         self.counters.record(&metrics_key, resp.status());
         tracing::debug!(
             host = host.as_deref().unwrap_or(""),
@@ -224,13 +246,22 @@ async fn dispatch(site: &Arc<Site>, mut req: Request<Incoming>, path: &str) -> R
                 Ok(resp) => resp,
                 Err(_) => {
                     tracing::error!(project = %site.project, prefix = %route.prefix, "gateway: function target panicked");
-                    text(StatusCode::INTERNAL_SERVER_ERROR, "the function failed while handling this request\n".into())
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the function failed while handling this request\n".into(),
+                    )
                 }
             }
         }
         Target::Website(website) => {
             website
-                .serve(req.method(), req.headers(), path, req.uri().query(), route.rest(path))
+                .serve(
+                    req.method(),
+                    req.headers(),
+                    path,
+                    req.uri().query(),
+                    route.rest(path),
+                )
                 .await
         }
     }

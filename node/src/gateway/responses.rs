@@ -26,7 +26,9 @@ pub(crate) fn unknown_host_message(host: &str) -> String {
 }
 
 pub(crate) fn no_host_message() -> String {
-    format!("the request names no host: send a Host header (HTTP/1.1) or an :authority (HTTP/2)\n{ROUTING_HINT}\n")
+    format!(
+        "the request names no host: send a Host header (HTTP/1.1) or an :authority (HTTP/2)\n{ROUTING_HINT}\n"
+    )
 }
 
 pub(crate) fn no_route_message(site: &Site, path: &str) -> String {
@@ -44,7 +46,11 @@ pub(crate) fn no_route_message(site: &Site, path: &str) -> String {
     )
 }
 
-pub(crate) fn method_not_allowed_message(what: &str, method: &Method, allowed: &[Method]) -> String {
+pub(crate) fn method_not_allowed_message(
+    what: &str,
+    method: &Method,
+    allowed: &[Method],
+) -> String {
     format!(
         "{what} does not accept method {method}; allowed: {}\n",
         allow_list(allowed)
@@ -52,7 +58,11 @@ pub(crate) fn method_not_allowed_message(what: &str, method: &Method, allowed: &
 }
 
 /// 405 with the `Allow` header the RFC requires.
-pub(crate) fn method_not_allowed(what: &str, method: &Method, allowed: &[Method]) -> Response<Body> {
+pub(crate) fn method_not_allowed(
+    what: &str,
+    method: &Method,
+    allowed: &[Method],
+) -> Response<Body> {
     let mut resp = text(
         StatusCode::METHOD_NOT_ALLOWED,
         method_not_allowed_message(what, method, allowed),
@@ -64,7 +74,11 @@ pub(crate) fn method_not_allowed(what: &str, method: &Method, allowed: &[Method]
 }
 
 fn allow_list(allowed: &[Method]) -> String {
-    allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+    allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn short_commit(commit: &str) -> &str {

@@ -78,7 +78,10 @@ impl Route {
     /// The part of `path` below the prefix, without a leading `/`
     /// (`/hello/a/b` under `/hello` → `a/b`). `path` must match.
     pub fn rest<'p>(&self, path: &'p str) -> &'p str {
-        debug_assert!(self.matches(path), "rest() of a path the route does not match");
+        debug_assert!(
+            self.matches(path),
+            "rest() of a path the route does not match"
+        );
         let below = if self.prefix == "/" {
             path
         } else {
@@ -108,7 +111,7 @@ impl Site {
                 r
             })
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Site {
             project: project.to_string(),
             branch: branch.to_string(),

@@ -116,7 +116,12 @@ impl StaticSite {
         not_found(request_path)
     }
 
-    async fn serve_file(&self, method: &Method, headers: &HeaderMap, file: &StaticFile) -> Response<Body> {
+    async fn serve_file(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        file: &StaticFile,
+    ) -> Response<Body> {
         let etag = format!("\"{}\"", file.cid);
         let mut resp = if if_none_match(headers, &etag) {
             let mut resp = Response::new(body::empty());
@@ -124,14 +129,16 @@ impl StaticSite {
             resp
         } else if method == Method::HEAD {
             let mut resp = Response::new(body::empty());
-            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(file.size_bytes));
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(file.size_bytes));
             resp
         } else if file.size_bytes <= STREAM_THRESHOLD_BYTES {
             match self.read_whole(file.cid).await {
                 Ok(bytes) => {
                     let len = bytes.len() as u64;
                     let mut resp = Response::new(body::full(bytes));
-                    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                    resp.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
                     resp
                 }
                 Err(resp) => return resp,
@@ -140,7 +147,8 @@ impl StaticSite {
             match self.stream(file.cid).await {
                 Ok((body, len)) => {
                     let mut resp = Response::new(body);
-                    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                    resp.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
                     resp
                 }
                 Err(resp) => return resp,
@@ -150,7 +158,10 @@ impl StaticSite {
         if let Ok(etag) = HeaderValue::from_str(&etag) {
             h.insert(header::ETAG, etag);
         }
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(CACHE_CONTROL),
+        );
         h.insert(header::CONTENT_TYPE, file.content_type.clone());
         resp
     }
@@ -163,7 +174,10 @@ impl StaticSite {
             Ok(Err(e)) => Err(store_error_response(&e)),
             Err(join) => {
                 tracing::error!(cid = %cid, error = %join, "gateway: reading a website file panicked");
-                Err(text(StatusCode::INTERNAL_SERVER_ERROR, "could not read stored file\n".into()))
+                Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not read stored file\n".into(),
+                ))
             }
         }
     }
@@ -184,30 +198,42 @@ impl StaticSite {
             if ready_tx.send(Ok(reader.size_bytes())).is_err() {
                 return;
             }
+            // The last chunk is held back until the reader has verified the
+            // whole blob: a client must never receive all `Content-Length`
+            // bytes of a corrupt file, or it would take them as complete.
+            let mut held: Option<Bytes> = None;
             let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
             loop {
-                match reader.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
-                            break; // the client went away
-                        }
-                    }
+                let item = match reader.read(&mut buf) {
+                    Ok(0) => match held.take() {
+                        Some(last) => Ok(last),
+                        None => break,
+                    },
+                    Ok(n) => match held.replace(Bytes::copy_from_slice(&buf[..n])) {
+                        Some(previous) => Ok(previous),
+                        None => continue,
+                    },
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         // Too late for a 500: failing the body aborts the
                         // response, so the client never sees it complete.
                         tracing::error!(cid = %cid, error = %e, "gateway: a streamed website file failed");
-                        let _ = tx.blocking_send(Err(Box::new(e)));
-                        break;
+                        Err(Box::new(e) as BoxError)
                     }
+                };
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    break; // the client went away, or the stream ended in error
                 }
             }
         });
         match ready_rx.await {
             Ok(Ok(size_bytes)) => Ok((ChannelBody { rx }.boxed(), size_bytes)),
             Ok(Err(e)) => Err(store_error_response(&e)),
-            Err(_) => Err(text(StatusCode::INTERNAL_SERVER_ERROR, "could not read stored file\n".into())),
+            Err(_) => Err(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not read stored file\n".into(),
+            )),
         }
     }
 }
@@ -221,8 +247,13 @@ impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(Frame::data)))
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|r| r.map(Frame::data)))
     }
 }
 
@@ -237,7 +268,10 @@ fn store_error_response(err: &StoreError) -> Response<Body> {
 }
 
 fn not_found(request_path: &str) -> Response<Body> {
-    text(StatusCode::NOT_FOUND, format!("no file at {request_path:?} in this website\n"))
+    text(
+        StatusCode::NOT_FOUND,
+        format!("no file at {request_path:?} in this website\n"),
+    )
 }
 
 fn redirect_to_dir(request_path: &str, query: Option<&str>) -> Response<Body> {
@@ -268,13 +302,17 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
 pub fn content_type_for(path: &str) -> HeaderValue {
     let mime = mime_guess::from_path(path).first_or_octet_stream();
     let is_text = mime.type_() == mime_guess::mime::TEXT
-        || matches!(mime.essence_str(), "application/javascript" | "application/json" | "image/svg+xml");
+        || matches!(
+            mime.essence_str(),
+            "application/javascript" | "application/json" | "image/svg+xml"
+        );
     let value = if is_text {
         format!("{}; charset=utf-8", mime.essence_str())
     } else {
         mime.essence_str().to_string()
     };
-    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+    HeaderValue::from_str(&value)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
 /// Decode `%XX` escapes; `None` for a bad escape, invalid UTF-8 or a NUL.
@@ -293,7 +331,11 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     let decoded = String::from_utf8(out).ok()?;
-    if decoded.contains('\0') { None } else { Some(decoded) }
+    if decoded.contains('\0') {
+        None
+    } else {
+        Some(decoded)
+    }
 }
 
 #[cfg(test)]
@@ -305,13 +347,22 @@ mod tests {
         assert_eq!(content_type_for("index.html"), "text/html; charset=utf-8");
         assert_eq!(content_type_for("css/a.css"), "text/css; charset=utf-8");
         assert_eq!(content_type_for("img/logo.png"), "image/png");
-        assert_eq!(content_type_for("blob.unknownext"), "application/octet-stream");
+        assert_eq!(
+            content_type_for("blob.unknownext"),
+            "application/octet-stream"
+        );
     }
 
     #[test]
     fn decoding() {
-        assert_eq!(percent_decode("my%20file.html").as_deref(), Some("my file.html"));
-        assert_eq!(percent_decode("plain/a.css").as_deref(), Some("plain/a.css"));
+        assert_eq!(
+            percent_decode("my%20file.html").as_deref(),
+            Some("my file.html")
+        );
+        assert_eq!(
+            percent_decode("plain/a.css").as_deref(),
+            Some("plain/a.css")
+        );
         assert_eq!(percent_decode("bad%2"), None);
         assert_eq!(percent_decode("bad%zz"), None);
         assert_eq!(percent_decode("nul%00"), None);
@@ -322,7 +373,10 @@ mod tests {
     fn etag_matching() {
         let mut h = HeaderMap::new();
         assert!(!if_none_match(&h, "\"x\""));
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"a\", W/\"x\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"a\", W/\"x\""),
+        );
         assert!(if_none_match(&h, "\"x\""));
         assert!(!if_none_match(&h, "\"y\""));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));

@@ -61,11 +61,24 @@ fn longest_prefix_wins_whatever_the_order() {
     let mut table = RouteTable::new();
     table.insert_host(
         "shop.localhost",
-        site(vec![function_route("/"), function_route("/api"), function_route("/api/v2")]),
+        site(vec![
+            function_route("/"),
+            function_route("/api"),
+            function_route("/api/v2"),
+        ]),
     );
-    assert_eq!(found_prefix(&table, "shop.localhost", "/api/v2/x").as_deref(), Some("/api/v2"));
-    assert_eq!(found_prefix(&table, "shop.localhost", "/api/v3").as_deref(), Some("/api"));
-    assert_eq!(found_prefix(&table, "shop.localhost", "/apix").as_deref(), Some("/"));
+    assert_eq!(
+        found_prefix(&table, "shop.localhost", "/api/v2/x").as_deref(),
+        Some("/api/v2")
+    );
+    assert_eq!(
+        found_prefix(&table, "shop.localhost", "/api/v3").as_deref(),
+        Some("/api")
+    );
+    assert_eq!(
+        found_prefix(&table, "shop.localhost", "/apix").as_deref(),
+        Some("/")
+    );
 
     // Even if a caller built the Site by hand, unsorted.
     let mut unsorted = RouteTable::new();
@@ -78,7 +91,10 @@ fn longest_prefix_wins_whatever_the_order() {
             routes: vec![function_route("/"), function_route("/api")],
         }),
     );
-    assert_eq!(found_prefix(&unsorted, "x.localhost", "/api/1").as_deref(), Some("/api"));
+    assert_eq!(
+        found_prefix(&unsorted, "x.localhost", "/api/1").as_deref(),
+        Some("/api")
+    );
 }
 
 #[test]
@@ -89,21 +105,34 @@ fn hosts_are_case_and_port_insensitive_and_wildcards_match_one_label() {
     assert!(table.site("shop.localhost:8080").is_some());
     assert!(table.site("SHOP.LOCALHOST").is_some());
     assert!(table.site("dev.shop.localhost").is_none());
-    assert_eq!(table.entry("eu.shop.example.com").map(|(k, _)| k), Some("*.shop.example.com"));
+    assert_eq!(
+        table.entry("eu.shop.example.com").map(|(k, _)| k),
+        Some("*.shop.example.com")
+    );
     assert!(table.site("a.b.shop.example.com").is_none());
-    assert!(matches!(table.lookup("other.localhost", "/"), Lookup::UnknownHost));
+    assert!(matches!(
+        table.lookup("other.localhost", "/"),
+        Lookup::UnknownHost
+    ));
 }
 
 #[test]
 fn known_host_without_a_matching_route() {
     let mut table = RouteTable::new();
     table.insert_host("shop.localhost", site(vec![function_route("/hello")]));
-    assert!(matches!(table.lookup("shop.localhost", "/other"), Lookup::NoRoute { .. }));
+    assert!(matches!(
+        table.lookup("shop.localhost", "/other"),
+        Lookup::NoRoute { .. }
+    ));
 }
 
 #[test]
 fn methods_filter() {
-    let r = Route::new("/api", Some(vec![Method::GET, Method::POST]), Target::Function(Arc::new(Nothing)));
+    let r = Route::new(
+        "/api",
+        Some(vec![Method::GET, Method::POST]),
+        Target::Function(Arc::new(Nothing)),
+    );
     assert!(r.allows(&Method::GET));
     assert!(!r.allows(&Method::PUT));
     assert!(function_route("/").allows(&Method::DELETE));
@@ -114,8 +143,14 @@ fn website_route_debug_does_not_need_a_function() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(crate::store::BlobStore::open(dir.path()).unwrap());
     let cid = store.put(b"<h1>hi</h1>").unwrap();
-    let site = StaticSite::from_files(BTreeMap::from([("/index.html".to_string(), (cid, 11))]), store);
-    assert!(site.file("index.html").is_some(), "a leading slash in a key is ignored");
+    let site = StaticSite::from_files(
+        BTreeMap::from([("/index.html".to_string(), (cid, 11))]),
+        store,
+    );
+    assert!(
+        site.file("index.html").is_some(),
+        "a leading slash in a key is ignored"
+    );
     let route = Route::new("/", None, Target::Website(Arc::new(site)));
     assert!(format!("{route:?}").contains("Website"));
 }
