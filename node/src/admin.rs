@@ -40,9 +40,8 @@ impl Admin {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
-        if let Some(rest) = path.strip_prefix(GIT_MOUNT).filter(|r| r.starts_with('/')) {
-            let rest = rest.to_owned();
-            return self.git.handle(&rest, req).await;
+        if path.strip_prefix(GIT_MOUNT).is_some_and(|rest| rest.starts_with('/')) {
+            return self.git.handle(req).await;
         }
         match (req.method(), path.as_str()) {
             (&Method::GET, "/api/health") => json(StatusCode::OK, &serde_json::json!({"ok": true})),

@@ -13,7 +13,7 @@ use crate::admin::{self, Admin, AdminSource};
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
 use crate::gateway::Gateway;
-use crate::git::GitHttp;
+use crate::git::{GitHttp, Repos};
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::status::{NodeStatus, RuntimeStatus, StatusReport};
 use crate::store::BlobStore;
@@ -85,15 +85,12 @@ impl Node {
         let id = node_id(&env, &data)?;
 
         let store = Arc::new(BlobStore::open(&data.join("store"))?);
-        let runtime = Runtime::new(RuntimeConfig {
-            cache_dir: data.join("compiled"),
-            ..RuntimeConfig::default()
-        })?;
+        let runtime = Runtime::new(RuntimeConfig::new(data.join("compiled")))?;
         let gateway = Gateway::new();
         let (pushes_tx, pushes_rx) = mpsc::unbounded_channel();
-        let repos_dir = data.join("git");
-        let git = Arc::new(GitHttp::new(&repos_dir, pushes_tx.clone())?);
-        let deployer = Deployer::new(env.clone(), store, runtime.clone(), gateway.clone(), repos_dir)?;
+        let repos = Repos::new(data.join("git"))?;
+        let git = Arc::new(GitHttp::new(repos.clone(), pushes_tx.clone()).with_mount_prefix(admin::GIT_MOUNT));
+        let deployer = Deployer::new(env.clone(), store, runtime.clone(), gateway.clone(), repos)?;
         deployer.restore().await;
 
         let http_listener = tokio::net::TcpListener::bind(options.http_listen)

@@ -59,7 +59,7 @@ pub struct Deployer {
     store: Arc<BlobStore>,
     runtime: Arc<Runtime>,
     gateway: Arc<Gateway>,
-    repos_dir: PathBuf,
+    repos: git::Repos,
     work_dir: PathBuf,
     state_path: PathBuf,
     state: Mutex<DeploymentState>,
@@ -83,7 +83,7 @@ impl Deployer {
         store: Arc<BlobStore>,
         runtime: Arc<Runtime>,
         gateway: Arc<Gateway>,
-        repos_dir: PathBuf,
+        repos: git::Repos,
     ) -> anyhow::Result<Arc<Self>> {
         let state_path = env.data_dir.join("deployments.json");
         let work_dir = env.data_dir.join("work");
@@ -97,7 +97,7 @@ impl Deployer {
             store,
             runtime,
             gateway,
-            repos_dir,
+            repos,
             work_dir,
             state_path,
             state: Mutex::new(state),
@@ -160,8 +160,10 @@ impl Deployer {
                 .collect()
         };
         let mut events = Vec::new();
-        for (repo, repo_dir) in git::list_repos(&self.repos_dir) {
-            let Ok(heads) = git::branches(&repo_dir) else { continue };
+        for repo in self.repos.list().unwrap_or_default() {
+            let Ok(heads) = self.repos.branches(&repo) else {
+                continue;
+            };
             let updates: Vec<git::RefUpdate> = heads
                 .into_iter()
                 .filter(|(_, id)| !handled.contains(&id.to_string()))
@@ -208,7 +210,13 @@ impl Deployer {
     /// Deploy one pushed commit; on any failure the live release stays.
     pub async fn deploy(&self, repo: &str, branch: &str, commit: gix::ObjectId) {
         let started = self.env.clock.now();
-        let repo_dir = self.repo_dir(repo);
+        let repo_dir = match self.repos.dir(repo) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::error!(repo, error = %e, "push names a repository that cannot exist");
+                return;
+            }
+        };
         let key = EnvKey {
             project: self.project_of(repo, &repo_dir, commit),
             branch: branch.to_owned(),
@@ -486,11 +494,7 @@ impl Deployer {
             .iter()
             .find(|(_, e)| e.live.as_ref().is_some_and(|r| r.repo == repo))
             .map(|(k, _)| k.project.clone())
-            .unwrap_or_else(|| repo.trim_end_matches(".git").to_owned())
-    }
-
-    fn repo_dir(&self, repo: &str) -> PathBuf {
-        git::repo_dir(&self.repos_dir, repo)
+            .unwrap_or_else(|| repo.to_owned())
     }
 
     fn update_state(&self, key: &EnvKey, change: impl FnOnce(&mut state::Environment)) {

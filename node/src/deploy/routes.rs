@@ -68,10 +68,10 @@ pub(super) fn route_table<'a>(
                     .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
                     .collect()
             });
-            routes.push(Route {
-                prefix: path.clone(),
+            routes.push(Route::new(
+                path,
                 methods,
-                target: Target::Function(Arc::new(FunctionRoute {
+                Target::Function(Arc::new(FunctionRoute {
                     name: name.clone(),
                     function: function.clone(),
                     limits: FunctionLimits {
@@ -79,7 +79,7 @@ pub(super) fn route_table<'a>(
                         memory_bytes: artifact.memory_bytes,
                     },
                 })),
-            });
+            ));
         }
         for website in manifest.websites.values() {
             let files = website
@@ -90,18 +90,13 @@ pub(super) fn route_table<'a>(
                     Some((path.clone(), (cid, file.size_bytes)))
                 })
                 .collect();
-            routes.push(Route {
-                prefix: website.path.clone(),
-                methods: None,
-                target: Target::Website(Arc::new(StaticSite::from_files(files, store.clone()))),
-            });
+            routes.push(Route::new(
+                &website.path,
+                None,
+                Target::Website(Arc::new(StaticSite::from_files(files, store.clone()))),
+            ));
         }
-        let site = Arc::new(Site::new(
-            key.project.clone(),
-            key.branch.clone(),
-            manifest.commit.clone(),
-            routes,
-        ));
+        let site = Arc::new(Site::new(&key.project, &key.branch, &manifest.commit, routes));
         for host in hosts_of(key, &manifest.domains) {
             if let Some(owner) = owners.get(&host) {
                 tracing::warn!(%host, owner = %owner, ignored = %key, "two environments claim one host; the first keeps it");
