@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod env;
+pub mod git;
 
 /// The version of this node, as built.
 pub fn version() -> &'static str {
