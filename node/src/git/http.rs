@@ -656,4 +656,37 @@ mod tests {
         assert!(!dir.path().join("shop.git").exists());
         assert!(rx.try_recv().is_err());
     }
+
+    #[tokio::test]
+    async fn gzip_request_bodies_are_decoded() {
+        use std::io::Write;
+        let (dir, git, mut rx) = remote();
+        let mut plain = Vec::new();
+        let (old, zero) = ("1".repeat(40), "0".repeat(40));
+        pktline::write(
+            &mut plain,
+            format!("{old} {zero} refs/heads/gone\0report-status\n").as_bytes(),
+        );
+        pktline::flush(&mut plain);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let request = Request::post("/git/shop/git-receive-pack")
+            .header(
+                header::CONTENT_TYPE,
+                "application/x-git-receive-pack-request",
+            )
+            .header(header::CONTENT_ENCODING, "gzip")
+            .body(http_body_util::Full::new(Bytes::from(gz.finish().unwrap())))
+            .unwrap();
+        let response = git.handle(request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = String::from_utf8(body_bytes(response).await).unwrap();
+        // Deleting a branch that does not exist: the old value is stale.
+        assert_eq!(
+            body,
+            "000eunpack ok\n0022ng refs/heads/gone stale info\n0000"
+        );
+        assert!(dir.path().join("shop.git/HEAD").is_file());
+        assert!(rx.try_recv().is_err());
+    }
 }

@@ -64,14 +64,14 @@ pub(crate) fn read_commands(input: &mut dyn BufRead) -> io::Result<Commands> {
             Some(nul) => (&line[..nul], Some(&line[nul + 1..])),
             None => (line, None),
         };
-        if let Some(caps) = caps {
-            if parsed.commands.is_empty() {
-                parsed.capabilities = String::from_utf8_lossy(caps)
-                    .split(' ')
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-            }
+        if let Some(caps) = caps
+            && parsed.commands.is_empty()
+        {
+            parsed.capabilities = String::from_utf8_lossy(caps)
+                .split(' ')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         // A shallow client names its shallow boundary first; nothing to do.
         if line.starts_with(b"shallow ") {
@@ -209,10 +209,10 @@ pub(crate) fn receive(
         outcome.refs.push((command.refname.clone(), result));
     }
     // The refs now protect the new objects; the pack may be collected normally.
-    if let Some(keep) = keep_path {
-        if let Err(e) = std::fs::remove_file(&keep) {
-            tracing::warn!(path = %keep.display(), error = %e, "could not remove the pack's .keep file");
-        }
+    if let Some(keep) = keep_path
+        && let Err(e) = std::fs::remove_file(&keep)
+    {
+        tracing::warn!(path = %keep.display(), error = %e, "could not remove the pack's .keep file");
     }
     outcome
 }
