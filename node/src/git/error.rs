@@ -60,12 +60,12 @@ impl GitError {
     pub(crate) fn gix(
         context: &'static str,
         path: impl Into<PathBuf>,
-        err: impl std::fmt::Display,
+        err: impl std::error::Error + 'static,
     ) -> Self {
         GitError::Gix {
             context,
             path: path.into(),
-            message: err.to_string(),
+            message: error_chain(&err),
         }
     }
 
@@ -81,4 +81,20 @@ impl GitError {
             source,
         }
     }
+}
+
+/// An error and its causes on one line (`outer: inner: root`): gix's errors
+/// put the useful detail in their sources.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }

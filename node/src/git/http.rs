@@ -658,6 +658,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_corrupt_pack_is_reported_and_changes_nothing() {
+        let (dir, git, mut rx) = remote();
+        let mut request = Vec::new();
+        let (zero, new) = ("0".repeat(40), "1".repeat(40));
+        pktline::write(
+            &mut request,
+            format!("{zero} {new} refs/heads/main\0report-status side-band-64k\n").as_bytes(),
+        );
+        pktline::flush(&mut request);
+        request.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\x01garbage");
+        let request = Request::post("/git/shop/git-receive-pack")
+            .header(
+                header::CONTENT_TYPE,
+                "application/x-git-receive-pack-request",
+            )
+            .body(http_body_util::Full::new(Bytes::from(request)))
+            .unwrap();
+        let response = git.handle(request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = String::from_utf8_lossy(&body_bytes(response).await).into_owned();
+        assert!(
+            body.contains("unpack the pack could not be stored: "),
+            "{body}"
+        );
+        assert!(body.contains("corrupt deflate stream"), "{body}");
+        assert!(body.contains("ng refs/heads/main unpacker error"), "{body}");
+        assert!(rx.try_recv().is_err());
+        let repos = Repos::new(dir.path()).unwrap();
+        assert_eq!(repos.branches("shop").unwrap(), vec![]);
+    }
+
+    #[tokio::test]
     async fn gzip_request_bodies_are_decoded() {
         use std::io::Write;
         let (dir, git, mut rx) = remote();

@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use gix::objs::tree::EntryKind;
 
+use super::error::error_chain;
 use super::{GitError, Result};
 
 /// What a person wants to see about a commit.
@@ -145,7 +146,7 @@ pub fn commit_info(repo_dir: &Path, commit: gix::ObjectId) -> Result<CommitInfo>
 fn open(repo_dir: &Path) -> Result<gix::Repository> {
     gix::open(repo_dir).map_err(|e| GitError::Open {
         path: repo_dir.to_owned(),
-        message: e.to_string(),
+        message: error_chain(&e),
     })
 }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicBool;
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 
 use super::RefUpdate;
+use super::error::error_chain;
 use super::pktline::{self, Packet};
 
 /// The most commands one push may carry (git has no limit; we want one).
@@ -314,7 +315,7 @@ fn update_ref(repo: &gix::Repository, command: &Command) -> Result<(), String> {
             if current != expected_now {
                 Err("stale info".to_owned())
             } else {
-                Err(format!("failed to update ref: {e}"))
+                Err(format!("failed to update ref: {}", error_chain(&e)))
             }
         }
     }
@@ -340,7 +341,7 @@ fn index_pack(
         repo.object_hash(),
         gix::odb::pack::bundle::write::Options::default(),
     )
-    .map_err(|e| format!("the pack could not be stored: {e}"))?;
+    .map_err(|e| format!("the pack could not be stored: {}", error_chain(&e)))?;
     tracing::debug!(
         objects = outcome.index.num_objects,
         pack = ?outcome.data_path,

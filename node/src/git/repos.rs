@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::error::error_chain;
 use super::{GitError, Result};
 
 /// The bare repositories under one root directory.
@@ -61,12 +62,12 @@ impl Repos {
         if self.exists(name)? {
             return gix::open(&dir).map_err(|e| GitError::Open {
                 path: dir.clone(),
-                message: e.to_string(),
+                message: error_chain(&e),
             });
         }
         let repo = gix::init_bare(&dir).map_err(|e| GitError::Init {
             path: dir.clone(),
-            message: e.to_string(),
+            message: error_chain(&e),
         })?;
         // Production is `main` (design.md); point HEAD there whatever the
         // library's default branch name is.
@@ -87,7 +88,7 @@ impl Repos {
         }
         gix::open(&dir).map_err(|e| GitError::Open {
             path: dir,
-            message: e.to_string(),
+            message: error_chain(&e),
         })
     }
 
