@@ -1,0 +1,25 @@
+//! What a push tells the rest of the node once it is acknowledged.
+
+/// One acknowledged push to one repository: its refs are updated and every
+/// object they name is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushEvent {
+    /// The repository name without the `.git` suffix (`shop` for `shop.git`).
+    pub repo: String,
+    /// The branch updates of this push that succeeded, in the order the client
+    /// sent them. Tags are stored but not reported; refused updates are absent.
+    pub updates: Vec<RefUpdate>,
+}
+
+/// One reference that a push changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefUpdate {
+    /// The full name, e.g. `refs/heads/main`.
+    pub refname: String,
+    /// The branch name (`main` for `refs/heads/main`), `None` for other refs.
+    pub branch: Option<String>,
+    /// The previous target, `None` when the ref was created.
+    pub old: Option<gix::ObjectId>,
+    /// The new target, `None` when the ref was deleted.
+    pub new: Option<gix::ObjectId>,
+}

@@ -1,0 +1,450 @@
+//! The receive-pack core, independent of HTTP: read the client's commands,
+//! index the pack into the repository, update each ref with its old value
+//! checked, and say what happened (git's `gitprotocol-pack`, "Pushing Data
+//! To a Server").
+//!
+//! Blocking (file I/O, zlib, hashing): run it in `spawn_blocking`.
+
+use std::collections::BTreeSet;
+use std::io::{self, BufRead};
+use std::sync::atomic::AtomicBool;
+
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+
+use super::RefUpdate;
+use super::error::error_chain;
+use super::pktline::{self, Packet};
+
+/// The most commands one push may carry (git has no limit; we want one).
+const MAX_COMMANDS: usize = 10_000;
+
+/// One `<old> <new> <ref>` line of a push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Command {
+    pub old: gix::ObjectId,
+    pub new: gix::ObjectId,
+    pub refname: String,
+}
+
+impl Command {
+    fn is_delete(&self) -> bool {
+        self.new.is_null()
+    }
+}
+
+/// The command section of a receive-pack request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Commands {
+    pub commands: Vec<Command>,
+    /// Capabilities the client asked for on its first command line.
+    pub capabilities: BTreeSet<String>,
+}
+
+impl Commands {
+    pub fn wants(&self, capability: &str) -> bool {
+        self.capabilities.contains(capability)
+    }
+}
+
+/// Reads the commands up to the flush-pkt; the pack (if any) follows in `input`.
+pub(crate) fn read_commands(input: &mut dyn BufRead) -> io::Result<Commands> {
+    let mut parsed = Commands::default();
+    loop {
+        let line = match pktline::read(input)? {
+            None if parsed.commands.is_empty() => return Ok(parsed),
+            None => {
+                return Err(invalid(
+                    "the request ended before the flush after the commands",
+                ));
+            }
+            Some(Packet::Flush) => return Ok(parsed),
+            Some(Packet::Data(line)) => line,
+        };
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let (line, caps) = match line.iter().position(|b| *b == 0) {
+            Some(nul) => (&line[..nul], Some(&line[nul + 1..])),
+            None => (line, None),
+        };
+        if let Some(caps) = caps
+            && parsed.commands.is_empty()
+        {
+            parsed.capabilities = String::from_utf8_lossy(caps)
+                .split(' ')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        // A shallow client names its shallow boundary first; nothing to do.
+        if line.starts_with(b"shallow ") {
+            continue;
+        }
+        let text = std::str::from_utf8(line).map_err(|_| invalid("a command line is not UTF-8"))?;
+        let mut parts = text.splitn(3, ' ');
+        let (Some(old), Some(new), Some(refname)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid("a command line is not `<old-id> <new-id> <ref>`"));
+        };
+        let parse = |hex: &str| {
+            gix::ObjectId::from_hex(hex.as_bytes())
+                .map_err(|_| invalid("a command names an invalid object id"))
+        };
+        parsed.commands.push(Command {
+            old: parse(old)?,
+            new: parse(new)?,
+            refname: refname.to_owned(),
+        });
+        if parsed.commands.len() > MAX_COMMANDS {
+            return Err(invalid("more than 10000 ref updates in one push"));
+        }
+    }
+}
+
+fn invalid(message: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// What happened to a push, for the report-status and the push event.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// `Ok` or why the pack could not be stored.
+    pub unpack: Result<(), String>,
+    /// Per command, in order: `Ok` or the reason it was refused.
+    pub refs: Vec<(String, Result<(), String>)>,
+    /// The updates applied, in command order (branches and tags).
+    pub applied: Vec<RefUpdate>,
+}
+
+impl Outcome {
+    /// Every command refused because the pack was not stored.
+    pub fn unpack_failed(commands: &[Command], reason: String) -> Self {
+        Outcome {
+            unpack: Err(reason),
+            refs: commands
+                .iter()
+                .map(|c| (c.refname.clone(), Err("unpacker error".to_owned())))
+                .collect(),
+            applied: Vec::new(),
+        }
+    }
+
+    /// The report-status pkt-lines (flush included).
+    pub fn report_status(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match &self.unpack {
+            Ok(()) => pktline::write(&mut out, b"unpack ok\n"),
+            Err(reason) => pktline::write(
+                &mut out,
+                format!("unpack {}\n", one_line(reason)).as_bytes(),
+            ),
+        }
+        for (refname, result) in &self.refs {
+            let line = match result {
+                Ok(()) => format!("ok {refname}\n"),
+                Err(reason) => format!("ng {refname} {}\n", one_line(reason)),
+            };
+            pktline::write(&mut out, line.as_bytes());
+        }
+        pktline::flush(&mut out);
+        out
+    }
+}
+
+/// A reason fit for one pkt-line.
+fn one_line(reason: &str) -> String {
+    let line: String = reason
+        .chars()
+        .map(|c| if c == '\n' { ' ' } else { c })
+        .collect();
+    line.chars().take(1000).collect()
+}
+
+/// Applies `commands` to `repo`, reading the pack from `pack` when any
+/// command creates or updates a ref.
+pub(crate) fn receive(
+    repo: &gix::Repository,
+    commands: &[Command],
+    pack: &mut dyn BufRead,
+) -> Outcome {
+    let checks: Vec<Result<(), String>> = commands.iter().map(check_command).collect();
+
+    let mut keep_path = None;
+    if commands.iter().any(|c| !c.is_delete()) {
+        match index_pack(repo, pack) {
+            Ok(keep) => keep_path = keep,
+            Err(reason) => return Outcome::unpack_failed(commands, reason),
+        }
+    }
+    // Reopen so the object database sees the pack just written.
+    let repo = match gix::open(repo.path()) {
+        Ok(repo) => repo,
+        Err(e) => {
+            return Outcome::unpack_failed(
+                commands,
+                format!("could not reopen the repository: {e}"),
+            );
+        }
+    };
+
+    let mut outcome = Outcome {
+        unpack: Ok(()),
+        refs: Vec::with_capacity(commands.len()),
+        applied: Vec::new(),
+    };
+    for (command, check) in commands.iter().zip(checks) {
+        let result = check
+            .and_then(|()| check_objects(&repo, command))
+            .and_then(|()| update_ref(&repo, command));
+        if result.is_ok() {
+            outcome.applied.push(RefUpdate {
+                refname: command.refname.clone(),
+                branch: command
+                    .refname
+                    .strip_prefix("refs/heads/")
+                    .map(str::to_owned),
+                old: (!command.old.is_null()).then_some(command.old),
+                new: (!command.new.is_null()).then_some(command.new),
+            });
+        } else if let Err(reason) = &result {
+            tracing::info!(repo = %repo.path().display(), refname = %command.refname, %reason, "ref update refused");
+        }
+        outcome.refs.push((command.refname.clone(), result));
+    }
+    // The refs now protect the new objects; the pack may be collected normally.
+    if let Some(keep) = keep_path
+        && let Err(e) = std::fs::remove_file(&keep)
+    {
+        tracing::warn!(path = %keep.display(), error = %e, "could not remove the pack's .keep file");
+    }
+    outcome
+}
+
+/// The checks that need no objects: which refs may be pushed at all.
+fn check_command(command: &Command) -> Result<(), String> {
+    if gix::refs::FullName::try_from(command.refname.as_str()).is_err() {
+        return Err("invalid reference name".to_owned());
+    }
+    if !(command.refname.starts_with("refs/heads/") || command.refname.starts_with("refs/tags/")) {
+        return Err(
+            "only branches (refs/heads/*) and tags (refs/tags/*) can be pushed here".to_owned(),
+        );
+    }
+    if command.old.is_null() && command.new.is_null() {
+        return Err("nothing to do: both old and new ids are zero".to_owned());
+    }
+    Ok(())
+}
+
+/// The new target must be stored, and a branch must name a commit whose tree
+/// is stored too (a cheap connectivity check).
+fn check_objects(repo: &gix::Repository, command: &Command) -> Result<(), String> {
+    if command.is_delete() {
+        return Ok(());
+    }
+    let header = match repo.try_find_header(command.new) {
+        Ok(Some(header)) => header,
+        Ok(None) => {
+            return Err(format!(
+                "missing necessary objects: {} was not sent",
+                command.new
+            ));
+        }
+        Err(e) => return Err(format!("could not read object {}: {e}", command.new)),
+    };
+    if command.refname.starts_with("refs/heads/") {
+        if header.kind() != gix::object::Kind::Commit {
+            return Err(format!(
+                "{} is not a commit; a branch must point to a commit",
+                command.new
+            ));
+        }
+        let tree = repo
+            .find_commit(command.new)
+            .and_then(|commit| commit.tree_id().map(|id| id.detach()))
+            .map_err(|e| format!("could not read commit {}: {e}", command.new))?;
+        if !repo.has_object(tree) {
+            return Err(format!(
+                "missing necessary objects: tree {tree} was not sent"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Updates (or deletes) one ref atomically, refusing if it no longer has the
+/// value the client saw.
+fn update_ref(repo: &gix::Repository, command: &Command) -> Result<(), String> {
+    let name =
+        gix::refs::FullName::try_from(command.refname.as_str()).map_err(|e| e.to_string())?;
+    let expected = if command.old.is_null() {
+        PreviousValue::MustNotExist
+    } else {
+        PreviousValue::MustExistAndMatch(gix::refs::Target::Object(command.old))
+    };
+    let change = if command.is_delete() {
+        Change::Delete {
+            expected,
+            log: RefLog::AndReference,
+        }
+    } else {
+        Change::Update {
+            log: LogChange {
+                mode: RefLog::AndReference,
+                force_create_reflog: false,
+                message: "push".into(),
+            },
+            expected,
+            new: gix::refs::Target::Object(command.new),
+        }
+    };
+    // Bare repositories keep no reflog by default; should one exist, it gets a
+    // fixed identity and no wall-clock time (the node reads no OS clock).
+    let committer = gix::actor::SignatureRef {
+        name: "canopy".into(),
+        email: "canopy@localhost".into(),
+        time: "0 +0000",
+    };
+    match repo.edit_references_as(Some(RefEdit::new(name, change)), Some(committer)) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let current = repo
+                .try_find_reference(command.refname.as_str())
+                .ok()
+                .flatten()
+                .and_then(|r| r.target().try_id().map(ToOwned::to_owned));
+            let expected_now = (!command.old.is_null()).then_some(command.old);
+            if current != expected_now {
+                Err("stale info".to_owned())
+            } else {
+                Err(format!("failed to update ref: {}", error_chain(&e)))
+            }
+        }
+    }
+}
+
+/// Indexes the pack in `pack` into `objects/pack`, completing a thin pack
+/// from the repository's objects. Returns the `.keep` file to remove once the
+/// refs point into the pack.
+fn index_pack(
+    repo: &gix::Repository,
+    pack: &mut dyn BufRead,
+) -> Result<Option<std::path::PathBuf>, String> {
+    let pack_dir = repo.common_dir().join("objects").join("pack");
+    std::fs::create_dir_all(&pack_dir)
+        .map_err(|e| format!("could not create {}: {e}", pack_dir.display()))?;
+    let interrupt = AtomicBool::new(false);
+    let outcome = gix::odb::pack::Bundle::write_to_directory(
+        pack,
+        Some(&pack_dir),
+        &mut gix::progress::Discard,
+        &interrupt,
+        Some(repo.objects.clone()),
+        repo.object_hash(),
+        gix::odb::pack::bundle::write::Options::default(),
+    )
+    .map_err(|e| format!("the pack could not be stored: {}", error_chain(&e)))?;
+    tracing::debug!(
+        objects = outcome.index.num_objects,
+        pack = ?outcome.data_path,
+        "indexed received pack"
+    );
+    Ok(outcome.keep_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(hex_digit: char) -> String {
+        std::iter::repeat_n(hex_digit, 40).collect()
+    }
+
+    #[test]
+    fn parses_commands_and_capabilities() {
+        let mut input = Vec::new();
+        pktline::write(
+            &mut input,
+            format!(
+                "{} {} refs/heads/main\0report-status side-band-64k agent=git/2\n",
+                id('0'),
+                id('a')
+            )
+            .as_bytes(),
+        );
+        pktline::write(
+            &mut input,
+            format!("{} {} refs/heads/old\n", id('b'), id('0')).as_bytes(),
+        );
+        pktline::flush(&mut input);
+        input.extend_from_slice(b"PACK...");
+        let mut reader = &input[..];
+        let parsed = read_commands(&mut reader).unwrap();
+        assert_eq!(parsed.commands.len(), 2);
+        assert!(parsed.wants("side-band-64k") && parsed.wants("report-status"));
+        assert!(!parsed.wants("quiet"));
+        assert_eq!(parsed.commands[0].refname, "refs/heads/main");
+        assert!(parsed.commands[0].old.is_null());
+        assert!(parsed.commands[1].is_delete());
+        assert_eq!(reader, b"PACK...");
+    }
+
+    #[test]
+    fn probe_request_has_no_commands() {
+        assert_eq!(
+            read_commands(&mut &b"0000"[..]).unwrap(),
+            Commands::default()
+        );
+        assert_eq!(read_commands(&mut &b""[..]).unwrap(), Commands::default());
+    }
+
+    #[test]
+    fn rejects_malformed_commands() {
+        for line in [
+            "garbage",
+            "zz zz refs/heads/x",
+            &format!("{} refs/heads/x", id('a')),
+        ] {
+            let mut input = Vec::new();
+            pktline::write(&mut input, line.as_bytes());
+            pktline::flush(&mut input);
+            assert!(read_commands(&mut &input[..]).is_err(), "{line}");
+        }
+    }
+
+    #[test]
+    fn only_branches_and_tags() {
+        let cmd = |refname: &str| Command {
+            old: gix::ObjectId::null(gix::hash::Kind::Sha1),
+            new: gix::ObjectId::from_hex(id('a').as_bytes()).unwrap(),
+            refname: refname.to_owned(),
+        };
+        assert!(check_command(&cmd("refs/heads/main")).is_ok());
+        assert!(check_command(&cmd("refs/tags/v1")).is_ok());
+        assert!(
+            check_command(&cmd("refs/notes/x"))
+                .unwrap_err()
+                .contains("only branches")
+        );
+        assert!(
+            check_command(&cmd("refs/heads/a..b"))
+                .unwrap_err()
+                .contains("invalid")
+        );
+        assert!(check_command(&cmd("HEAD")).is_err());
+    }
+
+    #[test]
+    fn report_status_format() {
+        let outcome = Outcome {
+            unpack: Ok(()),
+            refs: vec![
+                ("refs/heads/main".to_owned(), Ok(())),
+                ("refs/heads/x".to_owned(), Err("stale info".to_owned())),
+            ],
+            applied: Vec::new(),
+        };
+        assert_eq!(
+            outcome.report_status(),
+            b"000eunpack ok\n0017ok refs/heads/main\n001fng refs/heads/x stale info\n0000"
+        );
+    }
+}

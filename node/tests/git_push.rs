@@ -1,0 +1,515 @@
+//! `git push` with the real git CLI against `GitHttp` mounted at `/git/` on a
+//! hyper server: every push produces the expected `PushEvent`, and `checkout`
+//! yields exactly the committed files.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use bytes::Bytes;
+use canopy_node::git::{GitHttp, PushEvent, RefUpdate, Repos, checkout, commit_info, read_file};
+use http_body_util::BodyExt;
+use rand::{RngCore, SeedableRng};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// How long any one wait in these tests may take before it is a failure.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A Git remote served over HTTP on 127.0.0.1, with its repositories in a
+/// temporary directory.
+struct Remote {
+    _dir: tempfile::TempDir,
+    repos_root: PathBuf,
+    base_url: String,
+    events: UnboundedReceiver<PushEvent>,
+}
+
+impl Remote {
+    async fn start(max_push_bytes: Option<u64>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repos_root = dir.path().join("repos");
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut git = GitHttp::new(Repos::new(&repos_root).unwrap(), tx).with_mount_prefix("/git/");
+        if let Some(max) = max_push_bytes {
+            git = git.with_max_push_bytes(max);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let git = git.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let git = git.clone();
+                        async move { Ok::<_, Infallible>(git.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Remote {
+            _dir: dir,
+            repos_root,
+            base_url: format!("http://{addr}/git"),
+            events,
+        }
+    }
+
+    fn url(&self, repo: &str) -> String {
+        format!("{}/{repo}", self.base_url)
+    }
+
+    fn repo_dir(&self, repo: &str) -> PathBuf {
+        self.repos_root.join(format!("{repo}.git"))
+    }
+
+    async fn next_event(&mut self) -> PushEvent {
+        tokio::time::timeout(DEADLINE, self.events.recv())
+            .await
+            .expect("no push event before the deadline")
+            .expect("event channel closed")
+    }
+
+    /// Events are sent before the push is answered, so after a push returned
+    /// there is nothing more to wait for.
+    fn assert_no_event(&mut self) {
+        if let Ok(event) = self.events.try_recv() {
+            panic!("unexpected push event {event:?}");
+        }
+    }
+}
+
+/// A local repository driven with the git CLI, isolated from the user's config.
+struct Client {
+    _home: tempfile::TempDir,
+    home: PathBuf,
+    work: PathBuf,
+}
+
+impl Client {
+    async fn new(remote_url: &str) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let home_path = home.path().to_owned();
+        let work = home_path.join("work");
+        std::fs::create_dir(&work).unwrap();
+        std::fs::write(home_path.join("gitconfig"), "").unwrap();
+        let client = Client {
+            _home: home,
+            home: home_path,
+            work,
+        };
+        client.ok(&["init", "-q", "-b", "main"]).await;
+        client.ok(&["remote", "add", "origin", remote_url]).await;
+        client
+    }
+
+    async fn git(&self, args: &[&str]) -> Output {
+        let mut command = tokio::process::Command::new("git");
+        command
+            .current_dir(&self.work)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("XDG_CONFIG_HOME", &self.home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", self.home.join("gitconfig"))
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .args([
+                "-c",
+                "user.name=Test Author",
+                "-c",
+                "user.email=author@example.com",
+                "-c",
+                "commit.gpgsign=false",
+                "-c",
+                "core.symlinks=true",
+            ])
+            .args(args);
+        tokio::time::timeout(DEADLINE, command.output())
+            .await
+            .expect("git did not finish before the deadline")
+            .expect("could not run git")
+    }
+
+    /// Runs git and requires success; returns stdout + stderr.
+    async fn ok(&self, args: &[&str]) -> String {
+        let output = self.git(args).await;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "git {args:?} failed:\n{text}");
+        text
+    }
+
+    async fn head(&self) -> gix::ObjectId {
+        let out = self.git(&["rev-parse", "HEAD"]).await;
+        gix::ObjectId::from_hex(String::from_utf8(out.stdout).unwrap().trim().as_bytes()).unwrap()
+    }
+
+    fn write(&self, path: &str, content: &[u8]) {
+        let path = self.work.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    async fn commit_all(&self, message: &str) -> gix::ObjectId {
+        self.ok(&["add", "-A"]).await;
+        self.ok(&["commit", "-q", "-m", message]).await;
+        self.head().await
+    }
+}
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    rand_chacha::ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut bytes);
+    bytes
+}
+
+/// What a file tree holds: path → file content (with its executable bit) or
+/// symlink target.
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    File { content: Vec<u8>, executable: bool },
+    Link(PathBuf),
+}
+
+fn snapshot(root: &Path, skip: &[&str]) -> BTreeMap<String, Node> {
+    fn walk(root: &Path, dir: &Path, skip: &[&str], out: &mut BTreeMap<String, Node>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if skip.contains(&rel.as_str()) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                out.insert(rel, Node::Link(std::fs::read_link(&path).unwrap()));
+            } else if meta.is_dir() {
+                walk(root, &path, skip, out);
+            } else {
+                let executable = meta.permissions().mode() & 0o111 != 0;
+                out.insert(
+                    rel,
+                    Node::File {
+                        content: std::fs::read(&path).unwrap(),
+                        executable,
+                    },
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, skip, &mut out);
+    out
+}
+
+/// Checks out `commit` from the remote's repository and compares it with the
+/// client's work tree (minus `.git` and whatever `skip` names).
+fn assert_checkout_matches(remote: &Remote, client: &Client, commit: gix::ObjectId, skip: &[&str]) {
+    let dest = tempfile::tempdir().unwrap();
+    let out = dest.path().join("tree");
+    checkout(&remote.repo_dir("shop"), commit, &out).unwrap();
+    let mut skip_in_work = vec![".git"];
+    skip_in_work.extend_from_slice(skip);
+    let expected = snapshot(&client.work, &skip_in_work);
+    let actual = snapshot(&out, &[]);
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "checkout has other files than the commit"
+    );
+    assert!(
+        actual == expected,
+        "checkout content differs from the commit"
+    );
+}
+
+fn update(branch: &str, old: Option<gix::ObjectId>, new: Option<gix::ObjectId>) -> RefUpdate {
+    RefUpdate {
+        refname: format!("refs/heads/{branch}"),
+        branch: Some(branch.to_owned()),
+        old,
+        new,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_produce_events_and_checkouts_match() {
+    let mut remote = Remote::start(None).await;
+    let client = Client::new(&remote.url("shop.git")).await;
+
+    // 1. First push of a new branch: a 3 MB binary, an executable script, a
+    //    symlink inside the tree and one pointing outside (not checked out).
+    client.write("canopy.yaml", b"project: shop\n");
+    client.write("functions/app.bin", &random_bytes(1, 3 * 1024 * 1024));
+    client.write("scripts/build.sh", b"#!/bin/sh\necho build\n");
+    std::fs::set_permissions(
+        client.work.join("scripts/build.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../canopy.yaml", client.work.join("scripts/config.yaml")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", client.work.join("outside")).unwrap();
+    let first = client.commit_all("First commit\n\nWith a body.").await;
+    let out = client.ok(&["push", "origin", "main"]).await;
+    let short = first.to_hex_with_len(7).to_string();
+    assert!(
+        out.contains(&format!(
+            "remote: canopy: received {short} on main; deploying — see `canopy status`"
+        )),
+        "{out}"
+    );
+    let event = remote.next_event().await;
+    assert_eq!(
+        event,
+        PushEvent {
+            repo: "shop".into(),
+            updates: vec![update("main", None, Some(first))]
+        }
+    );
+    assert_checkout_matches(&remote, &client, first, &["outside"]);
+    let info = commit_info(&remote.repo_dir("shop"), first).unwrap();
+    assert_eq!(info.summary, "First commit");
+    assert_eq!(info.author, "Test Author <author@example.com>");
+    assert_eq!(
+        read_file(&remote.repo_dir("shop"), first, "canopy.yaml")
+            .unwrap()
+            .as_deref(),
+        Some(&b"project: shop\n"[..])
+    );
+    assert_eq!(
+        read_file(&remote.repo_dir("shop"), first, "functions").unwrap(),
+        None
+    );
+    assert_eq!(
+        read_file(&remote.repo_dir("shop"), first, "missing.txt").unwrap(),
+        None
+    );
+
+    // 2. An incremental push: a few bytes of the big binary change, so git
+    //    sends a thin pack whose delta base exists only on the remote.
+    let mut binary = random_bytes(1, 3 * 1024 * 1024);
+    binary[1000..1010].copy_from_slice(b"0123456789");
+    client.write("functions/app.bin", &binary);
+    client.write("README.md", b"# shop\n");
+    let second = client.commit_all("Second").await;
+    let out = client.ok(&["push", "--progress", "origin", "main"]).await;
+    assert!(out.contains("main -> main"), "{out}");
+    // git sent the binary as a delta against a base it did not send ...
+    assert!(out.contains("(delta 1)"), "the push was not thin: {out}");
+    let event = remote.next_event().await;
+    assert_eq!(
+        event.updates,
+        vec![update("main", Some(first), Some(second))]
+    );
+    assert_checkout_matches(&remote, &client, second, &["outside"]);
+    // ... and the remote completed that thin pack with the 3 MB base from its
+    // own objects (as `git index-pack --fix-thin` does), so the stored pack
+    // is as large as the first one.
+    let mut pack_sizes: Vec<u64> = std::fs::read_dir(remote.repo_dir("shop").join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    pack_sizes.sort();
+    let keep_files = std::fs::read_dir(remote.repo_dir("shop").join("objects/pack"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "keep")
+        })
+        .count();
+    assert_eq!(keep_files, 0, "a .keep file was left behind");
+    assert_eq!(pack_sizes.len(), 2, "{pack_sizes:?}");
+    assert!(pack_sizes[0] > 3 * 1000 * 1000, "{pack_sizes:?}");
+
+    // 3. A second branch.
+    client.ok(&["checkout", "-q", "-b", "feature/login"]).await;
+    client.write("login.txt", b"login\n");
+    let feature = client.commit_all("Login").await;
+    let out = client.ok(&["push", "origin", "feature/login"]).await;
+    assert!(out.contains("on feature/login"), "{out}");
+    let event = remote.next_event().await;
+    assert_eq!(
+        event.updates,
+        vec![update("feature/login", None, Some(feature))]
+    );
+    assert_checkout_matches(&remote, &client, feature, &["outside"]);
+
+    // 4. A force push rewriting main.
+    client.ok(&["checkout", "-q", "main"]).await;
+    client.write("README.md", b"# shop, amended\n");
+    client.ok(&["add", "-A"]).await;
+    client
+        .ok(&["commit", "-q", "--amend", "-m", "Second, amended"])
+        .await;
+    let amended = client.head().await;
+    let refused = client.git(&["push", "origin", "main"]).await;
+    assert!(
+        !refused.status.success(),
+        "a non-fast-forward push without --force must fail"
+    );
+    let out = client.ok(&["push", "--force", "origin", "main"]).await;
+    assert!(out.contains("forced update"), "{out}");
+    let event = remote.next_event().await;
+    assert_eq!(
+        event.updates,
+        vec![update("main", Some(second), Some(amended))]
+    );
+    assert_checkout_matches(&remote, &client, amended, &["outside"]);
+
+    // 5. A tag is stored but announces nothing.
+    client.ok(&["tag", "-a", "v1", "-m", "v1"]).await;
+    client.ok(&["push", "origin", "v1"]).await;
+    remote.assert_no_event();
+
+    // 6. Deleting a branch.
+    client
+        .ok(&["push", "origin", "--delete", "feature/login"])
+        .await;
+    let event = remote.next_event().await;
+    assert_eq!(
+        event.updates,
+        vec![update("feature/login", Some(feature), None)]
+    );
+
+    let repos = Repos::new(&remote.repos_root).unwrap();
+    assert_eq!(
+        repos.branches("shop").unwrap(),
+        vec![("main".to_owned(), amended)]
+    );
+    assert_eq!(repos.list().unwrap(), vec!["shop".to_owned()]);
+    let repo = gix::open(remote.repo_dir("shop")).unwrap();
+    let tag = repo.find_reference("refs/tags/v1").unwrap();
+    assert!(tag.target().try_id().is_some());
+    remote.assert_no_event();
+}
+
+/// A receive-pack request with old values that no longer match: both the
+/// update and the delete are refused with `stale info`, nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_old_value_is_refused() {
+    let mut remote = Remote::start(None).await;
+    let client = Client::new(&remote.url("shop")).await;
+    client.write("a.txt", b"a\n");
+    let a = client.commit_all("A").await;
+    client.write("a.txt", b"b\n");
+    let b = client.commit_all("B").await;
+    client.ok(&["push", "origin", "main"]).await;
+    client.write("a.txt", b"c\n");
+    let c = client.commit_all("C").await;
+    client
+        .ok(&["push", "origin", "HEAD:refs/heads/other"])
+        .await;
+    assert_eq!(
+        remote.next_event().await.updates,
+        vec![update("main", None, Some(b))]
+    );
+    assert_eq!(
+        remote.next_event().await.updates,
+        vec![update("other", None, Some(c))]
+    );
+
+    // The client believes main and other are still at A.
+    let mut request = Vec::new();
+    let lines = [
+        format!("{a} {c} refs/heads/main\0report-status agent=test\n"),
+        format!("{a} 0000000000000000000000000000000000000000 refs/heads/other\n"),
+    ];
+    for line in &lines {
+        request.extend_from_slice(format!("{:04x}", line.len() + 4).as_bytes());
+        request.extend_from_slice(line.as_bytes());
+    }
+    request.extend_from_slice(b"0000");
+    let empty_pack = std::process::Command::new("git")
+        .args(["pack-objects", "--stdout"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(empty_pack.status.success());
+    request.extend_from_slice(&empty_pack.stdout);
+
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = http::Request::post(format!("{}/git-receive-pack", remote.url("shop.git")))
+        .header("content-type", "application/x-git-receive-pack-request")
+        .body(http_body_util::Full::new(Bytes::from(request)))
+        .unwrap();
+    let response = tokio::time::timeout(DEADLINE, http.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/x-git-receive-pack-result"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("unpack ok\n"), "{body}");
+    assert!(body.contains("ng refs/heads/main stale info\n"), "{body}");
+    assert!(body.contains("ng refs/heads/other stale info\n"), "{body}");
+    remote.assert_no_event();
+    let repos = Repos::new(&remote.repos_root).unwrap();
+    assert_eq!(
+        repos.branches("shop").unwrap(),
+        vec![("main".to_owned(), b), ("other".to_owned(), c)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_and_fetch_are_refused() {
+    let remote = Remote::start(None).await;
+    let client = Client::new(&remote.url("shop.git")).await;
+    let clone = client
+        .git(&["clone", &remote.url("shop.git"), "copy"])
+        .await;
+    assert!(!clone.status.success());
+    let stderr = String::from_utf8_lossy(&clone.stderr);
+    assert!(stderr.contains("accepts pushes only"), "{stderr}");
+    let fetch = client.git(&["fetch", "origin"]).await;
+    assert!(!fetch.status.success());
+    assert!(String::from_utf8_lossy(&fetch.stderr).contains("accepts pushes only"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_push_is_refused_with_a_clear_message() {
+    let mut remote = Remote::start(Some(1024 * 1024)).await;
+    let client = Client::new(&remote.url("shop.git")).await;
+    client.write("big.bin", &random_bytes(2, 3 * 1024 * 1024));
+    client.commit_all("Big").await;
+    let push = client.git(&["push", "origin", "main"]).await;
+    assert!(!push.status.success());
+    let stderr = String::from_utf8_lossy(&push.stderr);
+    assert!(
+        stderr.contains("larger than this remote's limit of 1048576 bytes"),
+        "{stderr}"
+    );
+    remote.assert_no_event();
+    assert!(
+        Repos::new(&remote.repos_root)
+            .unwrap()
+            .list()
+            .unwrap()
+            .is_empty()
+    );
+}
