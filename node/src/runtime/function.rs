@@ -1,0 +1,357 @@
+//! A loaded function and how one request runs through it: a fresh instance
+//! per request, limited in memory and wall-clock time, with the request
+//! body streamed in and the response body streamed out.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cid::Cid;
+use http::{Request, Response};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wasmtime::component::Resource;
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+
+use super::Shared;
+use super::guest_body::GuestBody;
+use super::guest_log::{GuestLog, Stream};
+use super::host::{Host, HttpHooks, MemoryLimiter};
+use super::responses::Failure;
+use crate::body::Body;
+
+/// Longest trap reason put in a response; the full error goes to the log.
+const MAX_REASON_CHARS: usize = 200;
+
+/// The limits one request to a function runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionLimits {
+    /// Wall-clock time from the start of the request until the guest has
+    /// returned (its whole response streamed).
+    pub timeout: Duration,
+    /// Largest linear memory the guest may grow to (capped at the runtime's
+    /// `max_memory_bytes`).
+    pub memory_bytes: u64,
+}
+
+impl Default for FunctionLimits {
+    /// Two seconds and 64 MiB.
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(2),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A compiled, pre-linked wasi:http component, ready to serve requests.
+pub struct Function {
+    cid: Cid,
+    pre: ProxyPre<Host>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function")
+            .field("cid", &self.cid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a guest's run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Returned,
+    Failed(Failure),
+}
+
+impl Function {
+    pub(super) fn new(cid: Cid, pre: ProxyPre<Host>, shared: Arc<Shared>) -> Self {
+        Self { cid, pre, shared }
+    }
+
+    /// The CID this function was loaded from.
+    pub fn cid(&self) -> &Cid {
+        &self.cid
+    }
+
+    /// Serve one request with a fresh instance of the function, named `name`
+    /// in messages and logs.
+    ///
+    /// Never fails: a trap, a timeout, the memory limit or a full instance
+    /// pool become 500 / 504 / 500 / 503 responses. The response head is
+    /// returned as soon as the guest sets it; its body streams while the
+    /// guest keeps running, and breaks off (rather than ending) if the guest
+    /// then fails. The URI's scheme is passed on when the request carries
+    /// one (HTTP/2, or a gateway that rewrote the URI), else `http`.
+    ///
+    /// Must be called inside a tokio runtime (the guest runs on a task).
+    pub async fn handle<B>(
+        &self,
+        request: Request<B>,
+        limits: &FunctionLimits,
+        name: &str,
+    ) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let memory_bytes = limits.memory_bytes.min(self.shared.max_memory_bytes);
+        let timeout = limits.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let name: Arc<str> = Arc::from(name);
+
+        let mut store = self.new_store(&name, memory_bytes, deadline);
+        let (response_tx, response_rx) = oneshot::channel();
+        let (guest_request, response_out) = match hand_over(&mut store, request, response_tx) {
+            Ok(resources) => resources,
+            Err(failure) => return failure.response(&name),
+        };
+
+        let pre = self.pre.clone();
+        let task_name = name.clone();
+        let mut task = GuestTask::spawn(async move {
+            // The epoch callback traps a running guest at the deadline; this
+            // also ends one that is blocked in the host (on a slow client).
+            let run = tokio::time::timeout(
+                timeout,
+                run_guest(&pre, &mut store, guest_request, response_out),
+            )
+            .await;
+            match run {
+                Err(_elapsed) => Outcome::Failed(Failure::Timeout { timeout }),
+                Ok(result) => classify(result, store.data(), &task_name, timeout, memory_bytes),
+            }
+        });
+
+        match tokio::time::timeout_at(deadline, response_rx).await {
+            Ok(Ok(Ok(response))) => response.map(|body: HyperOutgoingBody| {
+                Body::new(GuestBody::new(body, task, name.to_string()))
+            }),
+            Ok(Ok(Err(code))) => {
+                // Let the guest finish on its own; it has answered.
+                task.detach();
+                Failure::GuestError {
+                    code: format!("{code:?}"),
+                }
+                .response(&name)
+            }
+            // The guest dropped its response-outparam: it is done, one way
+            // or another.
+            Ok(Err(_closed)) => match std::future::poll_fn(|cx| task.poll_outcome(cx)).await {
+                Outcome::Returned => Failure::NoResponse.response(&name),
+                Outcome::Failed(failure) => failure.response(&name),
+            },
+            Err(_elapsed) => {
+                task.abort();
+                Failure::Timeout { timeout }.response(&name)
+            }
+        }
+    }
+
+    fn new_store(
+        &self,
+        name: &Arc<str>,
+        memory_bytes: u64,
+        deadline: tokio::time::Instant,
+    ) -> Store<Host> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.env("CANOPY_FUNCTION", name)
+            .stdout(GuestLog::new(name.clone(), Stream::Stdout))
+            .stderr(GuestLog::new(name.clone(), Stream::Stderr))
+            // No raw sockets; wasi:http is the way out.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let host = Host {
+            wasi: wasi.build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            table: wasmtime::component::ResourceTable::new(),
+            hooks: HttpHooks::default(),
+            limiter: MemoryLimiter::new(memory_bytes),
+            deadline_exceeded: false,
+        };
+        let mut store = Store::new(&self.shared.engine, host);
+        store.limiter(|host| &mut host.limiter);
+        // Every epoch tick: past the deadline, trap; otherwise yield to the
+        // executor, so a spinning guest shares its worker thread.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut context| {
+            if tokio::time::Instant::now() >= deadline {
+                context.data_mut().deadline_exceeded = true;
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+}
+
+/// Turn the hyper request into the guest's `incoming-request` and create the
+/// `response-outparam` the guest answers through.
+fn hand_over<B>(
+    store: &mut Store<Host>,
+    request: Request<B>,
+    response_tx: oneshot::Sender<Result<hyper::Response<HyperOutgoingBody>, ErrorCode>>,
+) -> Result<
+    (
+        Resource<HostIncomingRequest>,
+        Resource<HostResponseOutparam>,
+    ),
+    Failure,
+>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let scheme = match request.uri().scheme_str() {
+        Some("https") => Scheme::Https,
+        _ => Scheme::Http,
+    };
+    if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
+        return Err(Failure::BadRequest {
+            reason: "it has no Host header; send one (HTTP/1.1 requires it)".to_string(),
+        });
+    }
+    let host = store.data_mut();
+    host.hooks.admit_host_header = true;
+    let guest_request = host.http().new_incoming_request(scheme, request);
+    host.hooks.admit_host_header = false;
+    let guest_request = guest_request.map_err(|error| Failure::BadRequest {
+        reason: short_reason(&error),
+    })?;
+    let response_out = host
+        .http()
+        .new_response_outparam(response_tx)
+        .map_err(|error| Failure::Trap {
+            reason: short_reason(&error),
+        })?;
+    Ok((guest_request, response_out))
+}
+
+async fn run_guest(
+    pre: &ProxyPre<Host>,
+    store: &mut Store<Host>,
+    request: Resource<HostIncomingRequest>,
+    response_out: Resource<HostResponseOutparam>,
+) -> wasmtime::Result<()> {
+    let proxy = pre.instantiate_async(&mut *store).await?;
+    proxy
+        .wasi_http_incoming_handler()
+        .call_handle(&mut *store, request, response_out)
+        .await
+}
+
+/// What a finished guest run means for the client.
+fn classify(
+    result: wasmtime::Result<()>,
+    host: &Host,
+    name: &str,
+    timeout: Duration,
+    memory_bytes: u64,
+) -> Outcome {
+    let Err(error) = result else {
+        return Outcome::Returned;
+    };
+    if let Some(exit) = find_cause::<I32Exit>(&error)
+        && exit.0 == 0
+    {
+        return Outcome::Returned;
+    }
+    let failure = if host.deadline_exceeded {
+        Failure::Timeout { timeout }
+    } else if host.limiter.memory_limit_hit {
+        Failure::MemoryLimit { memory_bytes }
+    } else if let Some(limit) = find_cause::<PoolConcurrencyLimitError>(&error) {
+        Failure::PoolExhausted {
+            reason: limit.to_string(),
+        }
+    } else if let Some(exit) = find_cause::<I32Exit>(&error) {
+        Failure::Trap {
+            reason: format!("it exited with status {}", exit.0),
+        }
+    } else if let Some(trap) = find_cause::<Trap>(&error) {
+        Failure::Trap {
+            reason: trap.to_string(),
+        }
+    } else {
+        Failure::Trap {
+            reason: short_reason(&error),
+        }
+    };
+    tracing::warn!(target: "canopy::runtime", function = name, error = ?error, "function failed");
+    Outcome::Failed(failure)
+}
+
+fn find_cause<E: std::error::Error + 'static>(error: &wasmtime::Error) -> Option<&E> {
+    error.chain().find_map(|cause| cause.downcast_ref::<E>())
+}
+
+/// The first line of an error's outermost message, bounded in length.
+fn short_reason(error: &wasmtime::Error) -> String {
+    let text = error.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    let mut reason: String = line.chars().take(MAX_REASON_CHARS).collect();
+    if line.chars().count() > MAX_REASON_CHARS {
+        reason.push('…');
+    }
+    reason
+}
+
+/// The task a guest runs on. Aborted when dropped, so a guest whose client
+/// has gone away stops (and frees its instance slot) at once.
+pub struct GuestTask(Option<JoinHandle<Outcome>>);
+
+impl GuestTask {
+    fn spawn(run: impl Future<Output = Outcome> + Send + 'static) -> Self {
+        Self(Some(tokio::spawn(run)))
+    }
+
+    /// Stop the guest now.
+    pub fn abort(&self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+
+    /// Let the guest run to its own end (still bounded by its timeout).
+    fn detach(mut self) {
+        // Dropping a tokio `JoinHandle` detaches its task.
+        drop(self.0.take());
+    }
+
+    /// Poll for how the guest ended.
+    pub fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let Some(task) = self.0.as_mut() else {
+            return Poll::Ready(Outcome::Failed(Failure::Trap {
+                reason: "it was detached".to_string(),
+            }));
+        };
+        Pin::new(task).poll(cx).map(|joined| match joined {
+            Ok(outcome) => outcome,
+            Err(error) if error.is_cancelled() => Outcome::Failed(Failure::Trap {
+                reason: "it was stopped".to_string(),
+            }),
+            Err(error) => Outcome::Failed(Failure::Trap {
+                reason: format!("the host task running it failed: {error}"),
+            }),
+        })
+    }
+}
+
+impl Drop for GuestTask {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
