@@ -40,7 +40,10 @@ impl Admin {
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
-        if path.strip_prefix(GIT_MOUNT).is_some_and(|rest| rest.starts_with('/')) {
+        if path
+            .strip_prefix(GIT_MOUNT)
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
             return self.git.handle(req).await;
         }
         match (req.method(), path.as_str()) {

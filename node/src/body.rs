@@ -14,7 +14,9 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A body holding `bytes` in full (small, generated responses).
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body (HEAD, 304, 204).

@@ -71,7 +71,10 @@ impl Rng {
     }
 
     pub fn fill_bytes(&self, dest: &mut [u8]) {
-        self.inner.lock().expect("rng lock poisoned").fill_bytes(dest)
+        self.inner
+            .lock()
+            .expect("rng lock poisoned")
+            .fill_bytes(dest)
     }
 }
 

@@ -89,7 +89,9 @@ impl Node {
         let gateway = Gateway::new();
         let (pushes_tx, pushes_rx) = mpsc::unbounded_channel();
         let repos = Repos::new(data.join("git"))?;
-        let git = Arc::new(GitHttp::new(repos.clone(), pushes_tx.clone()).with_mount_prefix(admin::GIT_MOUNT));
+        let git = Arc::new(
+            GitHttp::new(repos.clone(), pushes_tx.clone()).with_mount_prefix(admin::GIT_MOUNT),
+        );
         let deployer = Deployer::new(env.clone(), store, runtime.clone(), gateway.clone(), repos)?;
         deployer.restore().await;
 
@@ -98,7 +100,12 @@ impl Node {
             .with_context(|| format!("cannot listen for HTTP on {}", options.http_listen))?;
         let admin_listener = tokio::net::TcpListener::bind(options.admin_listen)
             .await
-            .with_context(|| format!("cannot listen for the admin API on {}", options.admin_listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen for the admin API on {}",
+                    options.admin_listen
+                )
+            })?;
         let http_addr = http_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 

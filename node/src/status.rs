@@ -112,7 +112,11 @@ impl StatusReport {
             let _ = writeln!(out, "  none: this node serves plain HTTP");
         }
         for c in &self.certificates {
-            let _ = writeln!(out, "  {}  issued by {}  valid until {}", c.domain, c.issuer, c.not_after);
+            let _ = writeln!(
+                out,
+                "  {}  issued by {}  valid until {}",
+                c.domain, c.issuer, c.not_after
+            );
         }
         out
     }
@@ -143,7 +147,10 @@ mod tests {
                     live_commit: Some("0123456789abcdef".into()),
                     pending_commit: None,
                     failed_commit: Some("fedcba9876543210".into()),
-                    error: Some("canopy.yaml:3:5: unknown field `wsam`\n  help: did you mean `wasm`?".into()),
+                    error: Some(
+                        "canopy.yaml:3:5: unknown field `wsam`\n  help: did you mean `wasm`?"
+                            .into(),
+                    ),
                 },
                 EnvironmentStatus {
                     project: "shop".into(),

@@ -12,7 +12,10 @@ use serde_json::Value;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
 }
 
 fn target_dir() -> PathBuf {
@@ -49,7 +52,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -78,16 +84,18 @@ impl Dream {
     pub fn start_in(data_dir: &Path) -> Result<Dream> {
         let facts_path = data_dir.join("dream.json");
         let _ = std::fs::remove_file(&facts_path);
-        let log = std::fs::File::create(data_dir.join("dream.log"))
-            .or_else(|_| {
-                std::fs::create_dir_all(data_dir)?;
-                std::fs::File::create(data_dir.join("dream.log"))
-            })?;
+        let log = std::fs::File::create(data_dir.join("dream.log")).or_else(|_| {
+            std::fs::create_dir_all(data_dir)?;
+            std::fs::File::create(data_dir.join("dream.log"))
+        })?;
         let mut child = Command::new(canopy_bin())
             .arg("dream")
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -112,7 +120,12 @@ impl Dream {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let field = |k: &str| facts[k].as_str().map(str::to_owned).context(format!("dream.json lacks {k}"));
+        let field = |k: &str| {
+            facts[k]
+                .as_str()
+                .map(str::to_owned)
+                .context(format!("dream.json lacks {k}"))
+        };
         Ok(Dream {
             git_remote: field("git_remote")?,
             http: field("http")?,
@@ -182,23 +195,35 @@ impl Dream {
     /// Wait until `commit` is live for project/branch; panics with the
     /// environment's error if that push fails instead.
     pub async fn wait_live(&self, project: &str, branch: &str, commit: &str) {
-        wait_for(&format!("{project}@{branch} live at {commit}"), Duration::from_secs(120), || async {
-            let env = self.environment(project, branch).await?;
-            if env["failed_commit"] == commit {
-                panic!("push {commit} of {project}@{branch} failed: {}\n{}", env["error"], self.log());
-            }
-            (env["live_commit"] == commit && env["pending_commit"].is_null()).then_some(())
-        })
+        wait_for(
+            &format!("{project}@{branch} live at {commit}"),
+            Duration::from_secs(120),
+            || async {
+                let env = self.environment(project, branch).await?;
+                if env["failed_commit"] == commit {
+                    panic!(
+                        "push {commit} of {project}@{branch} failed: {}\n{}",
+                        env["error"],
+                        self.log()
+                    );
+                }
+                (env["live_commit"] == commit && env["pending_commit"].is_null()).then_some(())
+            },
+        )
         .await
     }
 
     /// Wait until the push of `commit` has failed, and return its error.
     pub async fn wait_failed(&self, project: &str, branch: &str, commit: &str) -> String {
-        wait_for(&format!("{project}@{branch} push {commit} to fail"), Duration::from_secs(120), || async {
-            let env = self.environment(project, branch).await?;
-            (env["failed_commit"] == commit && env["pending_commit"].is_null())
-                .then(|| env["error"].as_str().unwrap_or_default().to_owned())
-        })
+        wait_for(
+            &format!("{project}@{branch} push {commit} to fail"),
+            Duration::from_secs(120),
+            || async {
+                let env = self.environment(project, branch).await?;
+                (env["failed_commit"] == commit && env["pending_commit"].is_null())
+                    .then(|| env["error"].as_str().unwrap_or_default().to_owned())
+            },
+        )
         .await
     }
 }
@@ -228,7 +253,9 @@ pub struct Project {
 
 impl Project {
     pub fn new() -> Result<Project> {
-        let project = Project { dir: tempfile::tempdir()? };
+        let project = Project {
+            dir: tempfile::tempdir()?,
+        };
         project.git(&["init", "--quiet", "--initial-branch=main"])?;
         Ok(project)
     }
@@ -253,7 +280,14 @@ impl Project {
     /// Run git in the work tree with an isolated configuration.
     pub fn git(&self, args: &[&str]) -> Result<String> {
         let output = Command::new("git")
-            .args(["-c", "user.name=Canopy Test", "-c", "user.email=test@canopy.invalid", "-c", "commit.gpgsign=false"])
+            .args([
+                "-c",
+                "user.name=Canopy Test",
+                "-c",
+                "user.email=test@canopy.invalid",
+                "-c",
+                "commit.gpgsign=false",
+            ])
             .args(args)
             .current_dir(self.dir.path())
             .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -268,7 +302,8 @@ impl Project {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr))
     }
 
     /// Commit everything and return the commit id.
@@ -288,7 +323,12 @@ impl Project {
 
     /// Push the current HEAD to `branch` of `remote` (forced, like a deploy).
     pub fn push(&self, remote: &str, branch: &str) -> Result<String> {
-        self.git(&["push", "--force", remote, &format!("HEAD:refs/heads/{branch}")])
+        self.git(&[
+            "push",
+            "--force",
+            remote,
+            &format!("HEAD:refs/heads/{branch}"),
+        ])
     }
 }
 
@@ -300,7 +340,14 @@ pub fn guest(crate_dir: &str, artifact: &str) -> PathBuf {
     let manifest = workspace_root().join(crate_dir).join("Cargo.toml");
     let target = target_dir().join("guests");
     let output = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .env("CARGO_TARGET_DIR", &target)
         .output()
@@ -310,7 +357,9 @@ pub fn guest(crate_dir: &str, artifact: &str) -> PathBuf {
         "building {crate_dir} failed (is the target installed? `rustup target add wasm32-wasip2`):\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let wasm = target.join("wasm32-wasip2/release").join(format!("{artifact}.wasm"));
+    let wasm = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{artifact}.wasm"));
     assert!(wasm.exists(), "{} missing after build", wasm.display());
     wasm
 }
@@ -323,8 +372,13 @@ pub const VERSION_MARKER: &[u8; 16] = b"CANOPY-VERSION-0";
 /// per version, without a rebuild.
 pub fn testfn(version: &str) -> Vec<u8> {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    let wasm = WASM.get_or_init(|| std::fs::read(guest("tests/guests/testfn", "testfn")).expect("read testfn"));
-    assert!(version.len() <= 16, "version {version:?} is longer than the 16-byte marker");
+    let wasm = WASM.get_or_init(|| {
+        std::fs::read(guest("tests/guests/testfn", "testfn")).expect("read testfn")
+    });
+    assert!(
+        version.len() <= 16,
+        "version {version:?} is longer than the 16-byte marker"
+    );
     let mut replacement = [b'-'; 16];
     replacement[..version.len()].copy_from_slice(version.as_bytes());
     let at = wasm

@@ -10,9 +10,17 @@ fn validate_accepts_a_good_project() {
     project
         .write("canopy.yaml", "project: shop\nfunctions:\n  hello:\n    wasm: hello.wasm\n    http: { path: /hello }\n")
         .write("hello.wasm", testfn("ok"));
-    let output = Command::new(canopy_bin()).arg("validate").arg(project.path()).output().unwrap();
+    let output = Command::new(canopy_bin())
+        .arg("validate")
+        .arg(project.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("project `shop` is valid"), "{stdout}");
 }
 
@@ -23,7 +31,11 @@ fn validate_names_file_line_and_column() {
         "canopy.yaml",
         "project: shop\nfunctions:\n  hello:\n    wasm: missing.wasm\n    http: { path: /hello }\n",
     );
-    let output = Command::new(canopy_bin()).arg("validate").arg(project.path()).output().unwrap();
+    let output = Command::new(canopy_bin())
+        .arg("validate")
+        .arg(project.path())
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let first = stdout.lines().next().unwrap_or_default();

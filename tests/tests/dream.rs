@@ -36,7 +36,10 @@ async fn push_serves_function_and_website() {
     let project = shop("v1");
     let commit = project.commit("v1").unwrap();
     let output = project.push(&dream.git_remote, "main").unwrap();
-    assert!(output.contains("canopy:"), "the push reports progress: {output}");
+    assert!(
+        output.contains("canopy:"),
+        "the push reports progress: {output}"
+    );
     dream.wait_live("shop", "main", &commit).await;
 
     let (status, text) = body(&dream, "shop.localhost", "/api/hello").await;
@@ -51,7 +54,12 @@ async fn push_serves_function_and_website() {
 
     let css = dream.get("shop.localhost", "/css/site.css").await;
     assert_eq!(css.status(), 200);
-    assert!(css.headers()["content-type"].to_str().unwrap().starts_with("text/css"));
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
 
     let revalidated = canopy_tests::client()
         .get(format!("{}/", dream.http))
@@ -69,7 +77,10 @@ async fn push_serves_function_and_website() {
 
     // The function sees the Host header and the full path.
     let (_, text) = body(&dream, "shop.localhost", "/api/headers").await;
-    assert!(text.contains("shop.localhost") && text.contains("/api/headers"), "{text}");
+    assert!(
+        text.contains("shop.localhost") && text.contains("/api/headers"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,20 +95,31 @@ async fn branch_preview_serves_beside_main() {
     project.write("functions/testfn.wasm", testfn("preview-v2"));
     let preview_commit = project.commit("preview").unwrap();
     project.push(&dream.git_remote, "feature/new-look").unwrap();
-    dream.wait_live("shop", "feature/new-look", &preview_commit).await;
+    dream
+        .wait_live("shop", "feature/new-look", &preview_commit)
+        .await;
 
     let (_, main_text) = body(&dream, "shop.localhost", "/api/hello").await;
     assert!(main_text.contains("main-v1"), "{main_text}");
     let env = dream.environment("shop", "feature/new-look").await.unwrap();
     let host = env["hosts"][0].as_str().unwrap().to_owned();
-    assert!(host.ends_with(".shop.localhost") && host.starts_with("feature-new-look"), "{host}");
+    assert!(
+        host.ends_with(".shop.localhost") && host.starts_with("feature-new-look"),
+        "{host}"
+    );
     let (_, preview_text) = body(&dream, &host, "/api/hello").await;
     assert!(preview_text.contains("preview-v2"), "{preview_text}");
 
     // Deleting the branch takes the preview down and leaves main alone.
-    project.git(&["push", &dream.git_remote, "--delete", "feature/new-look"]).unwrap();
+    project
+        .git(&["push", &dream.git_remote, "--delete", "feature/new-look"])
+        .unwrap();
     wait_for("preview removed", Duration::from_secs(30), || async {
-        dream.environment("shop", "feature/new-look").await.is_none().then_some(())
+        dream
+            .environment("shop", "feature/new-look")
+            .await
+            .is_none()
+            .then_some(())
     })
     .await;
     let (status, _) = body(&dream, &host, "/api/hello").await;
@@ -116,46 +138,82 @@ async fn broken_pushes_never_replace_the_live_version() {
 
     type Breaker = fn(&Project);
     let cases: [(&str, Breaker, &str); 6] = [
-        ("unknown key", |p| {
-            p.write("canopy.yaml", HELLO_YAML.replace("wasm:", "wsam:"));
-        }, "canopy.yaml:4:"),
-        ("bad yaml", |p| {
-            p.write("canopy.yaml", "project: shop\nfunctions: [\n");
-        }, "canopy.yaml:"),
-        ("missing wasm", |p| {
-            p.remove("functions/testfn.wasm");
-        }, "functions/testfn.wasm"),
-        ("core module, not a component", |p| {
-            // The smallest valid core module: magic + version 1.
-            p.write("functions/testfn.wasm", b"\0asm\x01\0\0\0");
-        }, "component"),
-        ("garbage wasm", |p| {
-            p.write("functions/testfn.wasm", b"this is not wasm");
-        }, "WebAssembly"),
-        ("failing build", |p| {
-            p.write(
+        (
+            "unknown key",
+            |p| {
+                p.write("canopy.yaml", HELLO_YAML.replace("wasm:", "wsam:"));
+            },
+            "canopy.yaml:4:",
+        ),
+        (
+            "bad yaml",
+            |p| {
+                p.write("canopy.yaml", "project: shop\nfunctions: [\n");
+            },
+            "canopy.yaml:",
+        ),
+        (
+            "missing wasm",
+            |p| {
+                p.remove("functions/testfn.wasm");
+            },
+            "functions/testfn.wasm",
+        ),
+        (
+            "core module, not a component",
+            |p| {
+                // The smallest valid core module: magic + version 1.
+                p.write("functions/testfn.wasm", b"\0asm\x01\0\0\0");
+            },
+            "component",
+        ),
+        (
+            "garbage wasm",
+            |p| {
+                p.write("functions/testfn.wasm", b"this is not wasm");
+            },
+            "WebAssembly",
+        ),
+        (
+            "failing build",
+            |p| {
+                p.write(
                 "canopy.yaml",
                 HELLO_YAML.replace(
                     "wasm: functions/testfn.wasm",
                     "build: { dir: functions, command: \"echo compiling; echo 'error: it broke' >&2; exit 3\", output: out.wasm }",
                 ),
             );
-        }, "it broke"),
+            },
+            "it broke",
+        ),
     ];
     for (name, break_it, expected) in cases {
         // Start each case from the good tree.
-        project.git(&["checkout", "--quiet", &good, "--", "."]).unwrap();
+        project
+            .git(&["checkout", "--quiet", &good, "--", "."])
+            .unwrap();
         break_it(&project);
         let bad = project.commit(name).unwrap();
         project.push(&dream.git_remote, "main").unwrap();
         let error = dream.wait_failed("shop", "main", &bad).await;
-        assert!(error.contains(expected), "{name}: error {error:?} should contain {expected:?}");
+        assert!(
+            error.contains(expected),
+            "{name}: error {error:?} should contain {expected:?}"
+        );
         let env = dream.environment("shop", "main").await.unwrap();
-        assert_eq!(env["live_commit"], good.as_str(), "{name}: live commit unchanged");
+        assert_eq!(
+            env["live_commit"],
+            good.as_str(),
+            "{name}: live commit unchanged"
+        );
         assert_eq!(env["state"], "degraded", "{name}");
         let (status, text) = body(&dream, "shop.localhost", "/api/hello").await;
         assert_eq!(status, 200, "{name}: still serving");
-        assert!(text.contains("good"), "{name}: still the good version: {text}");
+        assert!(
+            text.contains("good"),
+            "{name}: still the good version: {text}"
+        );
     }
 
     // The status CLI shows the error for a person.
@@ -165,10 +223,15 @@ async fn broken_pushes_never_replace_the_live_version() {
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}");
-    assert!(text.contains("shop@main") && text.contains("degraded") && text.contains("it broke"), "{text}");
+    assert!(
+        text.contains("shop@main") && text.contains("degraded") && text.contains("it broke"),
+        "{text}"
+    );
 
     // A good push after the failures goes live and clears the error.
-    project.git(&["checkout", "--quiet", &good, "--", "."]).unwrap();
+    project
+        .git(&["checkout", "--quiet", &good, "--", "."])
+        .unwrap();
     project.write("functions/testfn.wasm", testfn("fixed"));
     let fixed = project.commit("fixed").unwrap();
     project.push(&dream.git_remote, "main").unwrap();
@@ -257,7 +320,10 @@ async fn restart_serves_again_without_a_push() {
     assert!(text.contains("persist"));
     let report = dream.status().await;
     let runtime = &report["nodes"][0]["runtime"];
-    assert_eq!(runtime["compiled"], 0, "restored from the compiled cache: {runtime}");
+    assert_eq!(
+        runtime["compiled"], 0,
+        "restored from the compiled cache: {runtime}"
+    );
     assert_eq!(runtime["from_disk"], 1, "{runtime}");
 }
 
@@ -272,9 +338,18 @@ async fn hundred_concurrent_requests_all_succeed() {
     let client = canopy_tests::client();
     let requests = (0..100).map(|i| {
         let client = client.clone();
-        let url = if i % 2 == 0 { format!("{}/api/hello", dream.http) } else { format!("{}/", dream.http) };
+        let url = if i % 2 == 0 {
+            format!("{}/api/hello", dream.http)
+        } else {
+            format!("{}/", dream.http)
+        };
         async move {
-            let response = client.get(url).header("host", "shop.localhost").send().await.unwrap();
+            let response = client
+                .get(url)
+                .header("host", "shop.localhost")
+                .send()
+                .await
+                .unwrap();
             (response.status().as_u16(), response.text().await.unwrap())
         }
     });
@@ -303,7 +378,10 @@ async fn bodies_stream_both_ways() {
         .unwrap();
     assert_eq!(echoed.status(), 200);
     let bytes = echoed.bytes().await.unwrap();
-    assert!(bytes.len() == payload.len() && bytes[..] == payload[..], "echo returns the body intact");
+    assert!(
+        bytes.len() == payload.len() && bytes[..] == payload[..],
+        "echo returns the body intact"
+    );
 
     let streamed = dream.get("shop.localhost", "/api/stream?n=64").await;
     assert_eq!(streamed.status(), 200);
@@ -328,7 +406,10 @@ async fn corrupted_blobs_are_detected_never_served() {
     let response = dream.get("shop.localhost", "/").await;
     assert_eq!(response.status(), 500);
     let text = response.text().await.unwrap();
-    assert!(!text.contains("shop"), "corrupt bytes are never served: {text}");
+    assert!(
+        !text.contains("shop"),
+        "corrupt bytes are never served: {text}"
+    );
 
     // A corrupted component is not executed after a restart.
     let wasm = testfn("corrupt");
@@ -343,7 +424,10 @@ async fn corrupted_blobs_are_detected_never_served() {
     let dream = Dream::start_in(data.path()).unwrap();
     let env = dream.environment("shop", "main").await.unwrap();
     let error = env["error"].as_str().unwrap_or_default();
-    assert!(error.contains("verification") || error.contains("corrupt"), "{env}");
+    assert!(
+        error.contains("verification") || error.contains("corrupt"),
+        "{env}"
+    );
     let (status, _) = body(&dream, "shop.localhost", "/api/hello").await;
     assert_ne!(status, 200, "a corrupt component is never run");
 

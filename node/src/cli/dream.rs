@@ -100,7 +100,10 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", dream_json.display()))?;
 
     let port = node.http_addr().port();
-    println!("Canopy dream is running: 1 node, data in {}", data_dir.display());
+    println!(
+        "Canopy dream is running: 1 node, data in {}",
+        data_dir.display()
+    );
     println!();
     println!("  git remote  {git_remote}");
     println!("  http        {http}");
@@ -138,12 +141,22 @@ fn print_event(event: &DeployEvent, port: u16) {
     let short = |c: &str| c[..c.len().min(10)].to_owned();
     match event {
         DeployEvent::Started { key, commit } => println!("… {key} {} deploying", short(commit)),
-        DeployEvent::Live { key, commit, elapsed_ms } => {
+        DeployEvent::Live {
+            key,
+            commit,
+            elapsed_ms,
+        } => {
             let host = crate::deploy::hosts_of(key, &[]).remove(0);
-            println!("✓ {key} {} live in {elapsed_ms} ms: http://{host}:{port}/", short(commit));
+            println!(
+                "✓ {key} {} live in {elapsed_ms} ms: http://{host}:{port}/",
+                short(commit)
+            );
         }
         DeployEvent::Failed { key, commit, error } => {
-            println!("✗ {key} {} failed; the previous version keeps serving:", short(commit));
+            println!(
+                "✗ {key} {} failed; the previous version keeps serving:",
+                short(commit)
+            );
             for line in error.lines() {
                 println!("    {line}");
             }

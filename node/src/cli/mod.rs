@@ -17,7 +17,9 @@ use clap::{Parser, Subcommand};
 /// node.
 #[derive(Debug, Parser)]
 #[command(name = "canopy", version, propagate_version = true)]
-#[command(after_help = "Start here:\n  canopy dream                 a whole cloud on this machine\n  canopy validate ./my-project check a project before pushing it\n  canopy status --admin URL    what is deployed, and what failed")]
+#[command(
+    after_help = "Start here:\n  canopy dream                 a whole cloud on this machine\n  canopy validate ./my-project check a project before pushing it\n  canopy status --admin URL    what is deployed, and what failed"
+)]
 pub struct Cli {
     /// Log more (-v: info, -vv: debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -54,7 +56,9 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn init_logging(verbose: u8) {

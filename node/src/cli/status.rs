@@ -19,9 +19,12 @@ pub struct StatusArgs {
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let url = format!("{}/api/status", args.admin.trim_end_matches('/'));
-    let uri: http::Uri = url
-        .parse()
-        .with_context(|| format!("--admin {:?} is not a URL like http://127.0.0.1:7070", args.admin))?;
+    let uri: http::Uri = url.parse().with_context(|| {
+        format!(
+            "--admin {:?} is not a URL like http://127.0.0.1:7070",
+            args.admin
+        )
+    })?;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
     let response = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
@@ -30,7 +33,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot reach the admin API at {url}; is the node running?"))?;
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
-    anyhow::ensure!(status.is_success(), "{url} answered {status}: {}", String::from_utf8_lossy(&bytes));
+    anyhow::ensure!(
+        status.is_success(),
+        "{url} answered {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
     let report: StatusReport = serde_json::from_slice(&bytes)
         .with_context(|| format!("{url} did not answer with a Canopy status report"))?;
     if args.json {

@@ -26,7 +26,9 @@ pub enum BuildError {
         status: std::process::ExitStatus,
         output: String,
     },
-    #[error("build command `{command}` did not finish within {timeout_s}s and was killed; raise functions.NAME.build.timeout or speed the build up")]
+    #[error(
+        "build command `{command}` did not finish within {timeout_s}s and was killed; raise functions.NAME.build.timeout or speed the build up"
+    )]
     TimedOut { command: String, timeout_s: u64 },
 }
 
@@ -112,21 +114,31 @@ mod tests {
         run("echo hi > out.txt", dir.path(), Duration::from_secs(10))
             .await
             .unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "hi\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+            "hi\n"
+        );
 
         let err = run("echo oops >&2; exit 3", dir.path(), Duration::from_secs(10))
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("oops") && err.contains("exit status: 3"), "{err}");
+        assert!(
+            err.contains("oops") && err.contains("exit status: 3"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn timeout_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
-        let err = run("sleep 30 & sleep 30", dir.path(), Duration::from_millis(200))
-            .await
-            .unwrap_err();
+        let err = run(
+            "sleep 30 & sleep 30",
+            dir.path(),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, BuildError::TimedOut { .. }), "{err}");
     }
 }

@@ -41,12 +41,24 @@ pub const PRODUCTION_BRANCH: &str = "main";
 /// What happened to a push, for people watching (`canopy dream` prints these).
 #[derive(Clone, Debug)]
 pub enum DeployEvent {
-    Started { key: EnvKey, commit: String },
-    Live { key: EnvKey, commit: String, elapsed_ms: u128 },
-    Failed { key: EnvKey, commit: String, error: String },
-    Removed { key: EnvKey },
+    Started {
+        key: EnvKey,
+        commit: String,
+    },
+    Live {
+        key: EnvKey,
+        commit: String,
+        elapsed_ms: u128,
+    },
+    Failed {
+        key: EnvKey,
+        commit: String,
+        error: String,
+    },
+    Removed {
+        key: EnvKey,
+    },
 }
-
 
 /// A loaded release: its manifest and the compiled functions it serves.
 struct LiveRelease {
@@ -125,7 +137,10 @@ impl Deployer {
         for (key, release) in releases {
             match self.load_release(&release.manifest).await {
                 Ok(live) => {
-                    self.live.lock().expect("live lock").insert(key.clone(), live);
+                    self.live
+                        .lock()
+                        .expect("live lock")
+                        .insert(key.clone(), live);
                     tracing::info!(env = %key, commit = %release.commit, "restored live release");
                 }
                 Err(DeployError(error)) => {
@@ -133,7 +148,9 @@ impl Deployer {
                     self.update_state(&key, |e| {
                         e.failed = Some(Failure {
                             commit: release.commit.clone(),
-                            error: format!("restoring the live release failed: {error}; push again to redeploy"),
+                            error: format!(
+                                "restoring the live release failed: {error}; push again to redeploy"
+                            ),
                         })
                     });
                 }
@@ -231,7 +248,10 @@ impl Deployer {
 
         match self.build_release(&repo_dir, &key, commit).await {
             Ok((manifest_cid, live)) => {
-                self.live.lock().expect("live lock").insert(key.clone(), live);
+                self.live
+                    .lock()
+                    .expect("live lock")
+                    .insert(key.clone(), live);
                 self.publish_routes();
                 self.update_state(&key, |e| {
                     e.pending = None;
@@ -327,7 +347,10 @@ impl Deployer {
             return Err(DeployError(config::Diagnostics(problems).to_string()));
         }
         let project = &project_file.project;
-        debug_assert_eq!(project.name, key.project, "the environment is named by canopy.yaml");
+        debug_assert_eq!(
+            project.name, key.project,
+            "the environment is named by canopy.yaml"
+        );
 
         let mut functions = BTreeMap::new();
         let mut artifacts = BTreeMap::new();
@@ -347,13 +370,15 @@ impl Deployer {
                     timeout,
                 } => {
                     let build_dir = root.join(dir);
-                    build::run(command, &build_dir, *timeout).await.map_err(|e| {
-                        project_file.diagnostic(
-                            &["functions", name, "build", "command"],
-                            e.to_string(),
-                            Some("run the command in a clean checkout to reproduce it".into()),
-                        )
-                    })?;
+                    build::run(command, &build_dir, *timeout)
+                        .await
+                        .map_err(|e| {
+                            project_file.diagnostic(
+                                &["functions", name, "build", "command"],
+                                e.to_string(),
+                                Some("run the command in a clean checkout to reproduce it".into()),
+                            )
+                        })?;
                     let bytes = std::fs::read(build_dir.join(output)).map_err(|e| {
                         project_file.diagnostic(
                             &["functions", name, "build", "output"],
@@ -367,9 +392,10 @@ impl Deployer {
             };
             let cid = self.store.put(&bytes)?;
             self.store.verify(&cid)?;
-            let loaded = self.runtime.load(&cid, &bytes).await.map_err(|e| {
-                project_file.diagnostic(&["functions", name], e.to_string(), None)
-            })?;
+            let loaded =
+                self.runtime.load(&cid, &bytes).await.map_err(|e| {
+                    project_file.diagnostic(&["functions", name], e.to_string(), None)
+                })?;
             functions.insert(name.clone(), loaded);
             artifacts.insert(
                 name.clone(),
@@ -394,7 +420,13 @@ impl Deployer {
             for (relative, path) in walk_files(&dir)? {
                 let cid = self.store.put_file(&path)?;
                 let size_bytes = std::fs::metadata(&path)?.len();
-                files.insert(relative, FileArtifact { cid: cid.to_string(), size_bytes });
+                files.insert(
+                    relative,
+                    FileArtifact {
+                        cid: cid.to_string(),
+                        size_bytes,
+                    },
+                );
             }
             websites.insert(
                 name.clone(),
@@ -416,7 +448,13 @@ impl Deployer {
         let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
         let manifest_cid = self.store.put(&manifest_bytes)?;
         self.store.verify(&manifest_cid)?;
-        Ok((manifest_cid.to_string(), LiveRelease { manifest, functions }))
+        Ok((
+            manifest_cid.to_string(),
+            LiveRelease {
+                manifest,
+                functions,
+            },
+        ))
     }
 
     /// Load a stored release: manifest and components, verified.
@@ -440,7 +478,10 @@ impl Deployer {
     /// in: requests see the old table or the new one, never a mix.
     fn publish_routes(&self) {
         let live = self.live.lock().expect("live lock");
-        let table = routes::route_table(live.iter().map(|(k, r)| (k, &r.manifest, &r.functions)), &self.store);
+        let table = routes::route_table(
+            live.iter().map(|(k, r)| (k, &r.manifest, &r.functions)),
+            &self.store,
+        );
         self.gateway.replace_routes(table);
     }
 
@@ -566,7 +607,10 @@ mod tests {
 
     #[test]
     fn lenient_name_reads_broken_projects() {
-        assert_eq!(lenient_project_name(b"project: shop\nfunctions: 3\n").as_deref(), Some("shop"));
+        assert_eq!(
+            lenient_project_name(b"project: shop\nfunctions: 3\n").as_deref(),
+            Some("shop")
+        );
         assert_eq!(lenient_project_name(b"project: Shop!\n"), None);
         assert_eq!(lenient_project_name(b"{{{"), None);
     }
@@ -578,7 +622,11 @@ mod tests {
         std::fs::write(dir.path().join("index.html"), "x").unwrap();
         std::fs::write(dir.path().join("css/a.css"), "x").unwrap();
         std::fs::write(dir.path().join("css/deep/b.css"), "x").unwrap();
-        let names: Vec<String> = walk_files(dir.path()).unwrap().into_iter().map(|(n, _)| n).collect();
+        let names: Vec<String> = walk_files(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(names, ["css/a.css", "css/deep/b.css", "index.html"]);
     }
 }

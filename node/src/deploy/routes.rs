@@ -43,7 +43,10 @@ struct FunctionRoute {
 }
 
 impl FunctionTarget for FunctionRoute {
-    fn call(&self, req: http::Request<hyper::body::Incoming>) -> BoxFuture<'static, http::Response<Body>> {
+    fn call(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> BoxFuture<'static, http::Response<Body>> {
         let function = self.function.clone();
         let limits = self.limits.clone();
         let name = self.name.clone();
@@ -52,7 +55,13 @@ impl FunctionTarget for FunctionRoute {
 }
 
 pub(super) fn route_table<'a>(
-    releases: impl Iterator<Item = (&'a EnvKey, &'a Manifest, &'a BTreeMap<String, Arc<Function>>)>,
+    releases: impl Iterator<
+        Item = (
+            &'a EnvKey,
+            &'a Manifest,
+            &'a BTreeMap<String, Arc<Function>>,
+        ),
+    >,
     store: &Arc<BlobStore>,
 ) -> RouteTable {
     let mut table = RouteTable::new();
@@ -96,7 +105,12 @@ pub(super) fn route_table<'a>(
                 Target::Website(Arc::new(StaticSite::from_files(files, store.clone()))),
             ));
         }
-        let site = Arc::new(Site::new(&key.project, &key.branch, &manifest.commit, routes));
+        let site = Arc::new(Site::new(
+            &key.project,
+            &key.branch,
+            &manifest.commit,
+            routes,
+        ));
         for host in hosts_of(key, &manifest.domains) {
             if let Some(owner) = owners.get(&host) {
                 tracing::warn!(%host, owner = %owner, ignored = %key, "two environments claim one host; the first keeps it");

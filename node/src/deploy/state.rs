@@ -59,7 +59,10 @@ pub struct DeploymentState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot read deployment state {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "deployment state {path} is not valid ({source}); move it aside and push again to redeploy"
     )]
@@ -68,7 +71,10 @@ pub enum StateError {
         source: serde_json::Error,
     },
     #[error("cannot write deployment state {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The on-disk form: a list, because JSON object keys must be strings.
@@ -93,10 +99,11 @@ impl DeploymentState {
                 });
             }
         };
-        let file: StateFile = serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        let file: StateFile =
+            serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Self {
             environments: file.environments.into_iter().collect(),
         })
@@ -141,15 +148,28 @@ mod tests {
     fn round_trips_through_disk() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/deployments.json");
-        assert_eq!(DeploymentState::load(&path).unwrap(), DeploymentState::default());
+        assert_eq!(
+            DeploymentState::load(&path).unwrap(),
+            DeploymentState::default()
+        );
 
         let mut state = DeploymentState::default();
         state.environments.insert(
-            EnvKey { project: "shop".into(), branch: "main".into() },
+            EnvKey {
+                project: "shop".into(),
+                branch: "main".into(),
+            },
             Environment {
-                live: Some(Release { commit: "abc".into(), manifest: "bafk".into(), repo: "r".into() }),
+                live: Some(Release {
+                    commit: "abc".into(),
+                    manifest: "bafk".into(),
+                    repo: "r".into(),
+                }),
                 pending: None,
-                failed: Some(Failure { commit: "def".into(), error: "boom".into() }),
+                failed: Some(Failure {
+                    commit: "def".into(),
+                    error: "boom".into(),
+                }),
             },
         );
         state.save(&path).unwrap();
