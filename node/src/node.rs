@@ -84,7 +84,7 @@ impl Node {
             .with_context(|| format!("cannot create the data directory {}", data.display()))?;
         let id = node_id(&env, &data)?;
 
-        let store = Arc::new(BlobStore::open(&data.join("store"))?);
+        let store = Arc::new(BlobStore::open(data.join("store"))?);
         let runtime = Runtime::new(RuntimeConfig::new(data.join("compiled")))?;
         let gateway = Gateway::new();
         let (pushes_tx, pushes_rx) = mpsc::unbounded_channel();

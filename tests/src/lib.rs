@@ -103,10 +103,11 @@ impl Dream {
             .context("starting canopy dream")?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let facts: Value = loop {
-            if let Ok(bytes) = std::fs::read(&facts_path) {
-                if let Ok(v) = serde_json::from_slice(&bytes) {
-                    break v;
-                }
+            let ready = std::fs::read(&facts_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(v) = ready {
+                break v;
             }
             if let Some(status) = child.try_wait()? {
                 bail!(

@@ -524,10 +524,12 @@ impl Deployer {
     /// before, else the repository's name — so even a push whose YAML is
     /// broken shows up in status under a name the user recognises.
     fn project_of(&self, repo: &str, repo_dir: &Path, commit: gix::ObjectId) -> String {
-        if let Ok(Some(bytes)) = git::read_file(repo_dir, commit, "canopy.yaml") {
-            if let Some(name) = lenient_project_name(&bytes) {
-                return name;
-            }
+        let declared = git::read_file(repo_dir, commit, "canopy.yaml")
+            .ok()
+            .flatten()
+            .and_then(|bytes| lenient_project_name(&bytes));
+        if let Some(name) = declared {
+            return name;
         }
         let state = self.state.lock().expect("state lock");
         state

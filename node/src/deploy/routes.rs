@@ -48,7 +48,7 @@ impl FunctionTarget for FunctionRoute {
         req: http::Request<hyper::body::Incoming>,
     ) -> BoxFuture<'static, http::Response<Body>> {
         let function = self.function.clone();
-        let limits = self.limits.clone();
+        let limits = self.limits;
         let name = self.name.clone();
         Box::pin(async move { function.handle(req, &limits, &name).await })
     }
