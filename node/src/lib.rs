@@ -10,6 +10,7 @@
 //! - [`gateway`] — HTTP/1.1 + HTTP/2 ingress, routing by host and path.
 //! - [`deploy`] — from a pushed commit to a live release, atomically.
 //! - [`admin`] — the admin API (status JSON) and the Git remote's mount.
+//! - [`net`] — the peer-messaging seam (libp2p in production, turmoil in the simulator).
 //! - [`node`] — one node assembled from its environment.
 //! - [`status`] — the status report and its rendering.
 //! - [`cli`] — the `canopy` command line.
@@ -23,6 +24,7 @@ pub mod deploy;
 pub mod env;
 pub mod gateway;
 pub mod git;
+pub mod net;
 pub mod node;
 pub mod runtime;
 pub mod status;
