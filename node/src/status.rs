@@ -78,6 +78,13 @@ impl StatusReport {
             );
             let _ = writeln!(out, "      git remote {}", node.git_remote);
         }
+        // Hosts answer on the gateway's port; a person wants a URL to click.
+        let port = self
+            .nodes
+            .first()
+            .and_then(|n| n.http.rsplit_once(':'))
+            .map(|(_, port)| format!(":{port}"))
+            .unwrap_or_default();
         let _ = writeln!(out);
         let _ = writeln!(out, "DEPLOYMENTS");
         if self.deployments.is_empty() {
@@ -97,7 +104,7 @@ impl StatusReport {
                 }
             );
             for host in &d.hosts {
-                let _ = writeln!(out, "      http://{host}");
+                let _ = writeln!(out, "      http://{host}{port}/");
             }
             if let Some(error) = &d.error {
                 let _ = writeln!(out, "      push {} failed:", short(&d.failed_commit));

@@ -24,21 +24,47 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// The `canopy` binary of this build (built on first use if missing).
+/// The `canopy` binary of this build.
+///
+/// `cargo test --workspace` builds it (canopy-node has integration tests);
+/// when it is missing or older than the node's sources it is built here.
 pub fn canopy_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "canopy-node", "--bin", "canopy"])
-            .current_dir(workspace_root())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the canopy binary failed");
         let bin = target_dir().join("debug/canopy");
+        let built_at = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let sources_at = newest_mtime(&workspace_root().join("node/src"));
+        if built_at.is_none_or(|built| sources_at.is_some_and(|src| src > built)) {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "canopy-node", "--bin", "canopy"])
+                .current_dir(workspace_root())
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the canopy binary failed");
+        }
         assert!(bin.exists(), "{} missing after build", bin.display());
         bin
     })
     .clone()
+}
+
+/// The newest modification time of any file below `dir` (skipping `target`).
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name() != Some("target".as_ref()) {
+                    stack.push(path);
+                }
+            } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(Some(modified));
+            }
+        }
+    }
+    newest
 }
 
 /// Poll `check` until it returns `Some`, or fail after `timeout`.
