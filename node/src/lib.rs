@@ -6,11 +6,13 @@
 //! - [`env`] — clock, randomness, data directory: what the node is built from.
 //! - [`gateway`] — the HTTP ingress: routing by host and path, websites.
 //! - [`store`] — content-addressed blobs on disk, verified on every read.
+//! - [`tls`] — HTTPS for dream: a local CA, certificates issued per name.
 
 pub mod body;
 pub mod env;
 pub mod gateway;
 pub mod store;
+pub mod tls;
 
 /// The version of this node, as built.
 pub fn version() -> &'static str {
