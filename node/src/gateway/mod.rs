@@ -306,8 +306,10 @@ impl Connection {
             Transport::Plain => self.serve_http(stream, false).await,
             Transport::Tls(acceptor) => {
                 let timeout_ms = self.gateway.config.tls_handshake_timeout_ms;
-                let handshake =
-                    tokio::time::timeout(Duration::from_millis(timeout_ms), acceptor.accept(stream));
+                let handshake = tokio::time::timeout(
+                    Duration::from_millis(timeout_ms),
+                    acceptor.accept(stream),
+                );
                 let tls = tokio::select! {
                     done = handshake => match done {
                         Ok(Ok(tls)) => tls,

@@ -144,12 +144,13 @@ impl LocalCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|source| TlsError::Certificate {
-                action: format!("sign a certificate for {names:?}"),
-                source,
-            })?;
+        let cert =
+            params
+                .signed_by(&key, &self.issuer)
+                .map_err(|source| TlsError::Certificate {
+                    action: format!("sign a certificate for {names:?}"),
+                    source,
+                })?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let certified = CertifiedKey::from_der(vec![cert.der().clone()], key_der, &self.provider)
             .map_err(|source| TlsError::Rustls {
@@ -211,12 +212,15 @@ impl LocalCa {
         let cert_der = CertificateDer::from_pem_slice(&cert_pem)
             .map_err(|e| corrupt(&cert_path, format!("no PEM certificate in it ({e})")))?;
         let key_pem = read(&key_path)?;
-        let key_pem = String::from_utf8(key_pem)
-            .map_err(|_| corrupt(&key_path, "it is not text".into()))?;
+        let key_pem =
+            String::from_utf8(key_pem).map_err(|_| corrupt(&key_path, "it is not text".into()))?;
         let key = KeyPair::from_pem(&key_pem)
             .map_err(|e| corrupt(&key_path, format!("no PKCS#8 private key in it ({e})")))?;
         if !key.is_compatible(&PKCS_ECDSA_P256_SHA256) {
-            return Err(corrupt(&key_path, "the key is not an ECDSA P-256 key".into()));
+            return Err(corrupt(
+                &key_path,
+                "the key is not an ECDSA P-256 key".into(),
+            ));
         }
         warn_if_readable_by_others(&key_path);
         // The issuer (subject name, key usages) is rebuilt from the key:
@@ -285,7 +289,9 @@ fn ca_params(key: &KeyPair) -> CertificateParams {
     let id: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, "Canopy");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Canopy");
     params
         .distinguished_name
         .push(DnType::CommonName, format!("Canopy dream local CA {id}"));
@@ -470,7 +476,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = LocalCa::load_or_create(dir.path(), &Rng::seeded(5)).unwrap();
         for name in ["example.com", "10.1.2.3", "shop.localhost.example.com"] {
-            let err = ca.issue(&["shop.localhost".into(), name.into()]).unwrap_err();
+            let err = ca
+                .issue(&["shop.localhost".into(), name.into()])
+                .unwrap_err();
             assert!(
                 matches!(&err, TlsError::NameNotLocal { name: n } if n == name),
                 "{err}"
@@ -513,8 +521,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         LocalCa::load_or_create(dir.path(), &Rng::seeded(9)).unwrap();
         let key_path = dir.path().join(CA_KEY_FILE);
-        fs::write(&key_path, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-            .unwrap();
+        fs::write(
+            &key_path,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
         let err = LocalCa::load_or_create(dir.path(), &Rng::seeded(9)).unwrap_err();
         match err {
             TlsError::CorruptCa { path, .. } => assert_eq!(path, key_path),

@@ -51,6 +51,8 @@ pub enum TlsError {
 
     /// A name this CA must not certify (only `localhost`, `*.localhost` and
     /// loopback addresses are served in dream).
-    #[error("refusing to issue a certificate for {name:?}: the local CA only certifies localhost, names ending in .localhost and loopback addresses")]
+    #[error(
+        "refusing to issue a certificate for {name:?}: the local CA only certifies localhost, names ending in .localhost and loopback addresses"
+    )]
     NameNotLocal { name: String },
 }

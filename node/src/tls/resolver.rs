@@ -148,7 +148,10 @@ mod tests {
     fn resolver(capacity: usize) -> (LocalCertResolver, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let ca = LocalCa::load_or_create(dir.path(), &Rng::seeded(11)).unwrap();
-        (LocalCertResolver::with_capacity(Arc::new(ca), capacity), dir)
+        (
+            LocalCertResolver::with_capacity(Arc::new(ca), capacity),
+            dir,
+        )
     }
 
     #[test]
@@ -169,7 +172,12 @@ mod tests {
     #[test]
     fn refuses_foreign_names_without_caching() {
         let (r, _dir) = resolver(8);
-        for name in ["example.com", "shop.example.com", "10.0.0.1", "localhost.evil"] {
+        for name in [
+            "example.com",
+            "shop.example.com",
+            "10.0.0.1",
+            "localhost.evil",
+        ] {
             assert!(r.certificate_for(Some(name)).is_none(), "{name}");
         }
         assert_eq!(r.cached_len(), 0);
@@ -181,10 +189,16 @@ mod tests {
         let a = r.certificate_for(Some("a.localhost")).unwrap();
         r.certificate_for(Some("b.localhost")).unwrap();
         // Touch a, so b is the least recently used.
-        assert!(Arc::ptr_eq(&a, &r.certificate_for(Some("a.localhost")).unwrap()));
+        assert!(Arc::ptr_eq(
+            &a,
+            &r.certificate_for(Some("a.localhost")).unwrap()
+        ));
         r.certificate_for(Some("c.localhost")).unwrap();
         assert_eq!(r.cached_len(), 2);
-        assert!(Arc::ptr_eq(&a, &r.certificate_for(Some("a.localhost")).unwrap()));
+        assert!(Arc::ptr_eq(
+            &a,
+            &r.certificate_for(Some("a.localhost")).unwrap()
+        ));
         for i in 0..10 {
             r.certificate_for(Some(&format!("n{i}.localhost"))).unwrap();
             assert!(r.cached_len() <= 2);
