@@ -13,6 +13,7 @@
 //! - [`net`] — the peer-messaging seam (libp2p in production, turmoil in the simulator).
 //! - [`node`] — one node assembled from its environment.
 //! - [`status`] — the status report and its rendering.
+//! - [`tls`] — HTTPS for dream: a local CA issuing certificates for `*.localhost`.
 //! - [`cli`] — the `canopy` command line.
 //! - [`body`] — the streamed HTTP body type every seam shares.
 
@@ -29,6 +30,7 @@ pub mod node;
 pub mod runtime;
 pub mod status;
 pub mod store;
+pub mod tls;
 
 /// The version of this node, as built.
 pub fn version() -> &'static str {

@@ -1,4 +1,5 @@
-//! The HTTP ingress: HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on one port.
+//! The HTTP ingress: HTTP/1.1 and HTTP/2 on one port, in plain text (h2c,
+//! prior knowledge) or over TLS (ALPN `h2` / `http/1.1`).
 //!
 //! The gateway owns accepting connections, routing each request by host and
 //! then by longest path prefix, serving websites from the blob store, handing
@@ -21,6 +22,7 @@ mod static_site;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -30,9 +32,9 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 pub use host::{normalize_host, request_host};
@@ -56,7 +58,13 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// HTTP/1 clients must send their request headers within this time.
     pub header_read_timeout_ms: u64,
+    /// TLS clients ([`Gateway::serve_tls`]) must finish the handshake
+    /// within this time.
+    pub tls_handshake_timeout_ms: u64,
 }
+
+/// `Strict-Transport-Security` on TLS responses for real domains: one year.
+pub const HSTS_VALUE: &str = "max-age=31536000";
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -64,6 +72,7 @@ impl Default for GatewayConfig {
             shutdown_grace_ms: 10_000,
             max_connections: 4_096,
             header_read_timeout_ms: 30_000,
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -94,6 +103,10 @@ impl Gateway {
         debug_assert!(
             config.max_connections > 0,
             "a gateway must accept connections"
+        );
+        debug_assert!(
+            config.tls_handshake_timeout_ms > 0,
+            "a zero handshake timeout fails every TLS connection"
         );
         Arc::new(Gateway {
             routes: RwLock::new(Arc::new(RouteTable::new())),
@@ -129,14 +142,45 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
+        self.serve_with(listener, Transport::Plain, shutdown).await
+    }
+
+    /// Like [`Gateway::serve`], over TLS: each connection first completes a
+    /// TLS handshake (within `tls_handshake_timeout_ms`) with `config`
+    /// (see [`crate::tls::server_config`]), then is served as HTTP/1.1 or
+    /// HTTP/2 — whichever the client speaks, ALPN `h2` included. Responses
+    /// for hosts outside localhost carry `Strict-Transport-Security`.
+    /// Must run inside a tokio runtime.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        self.serve_with(listener, Transport::Tls(acceptor), shutdown)
+            .await
+    }
+
+    /// The accept loop shared by plain HTTP and HTTPS.
+    async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        transport: Transport,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_millis(self.config.header_read_timeout_ms));
         builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
 
         let graceful = GracefulShutdown::new();
+        // Tells connections still in their TLS handshake to give up once
+        // shutdown starts (graceful shutdown only reaches HTTP connections).
+        let (stopping_tx, stopping_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(self.config.max_connections));
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -159,23 +203,23 @@ impl Gateway {
                         tracing::warn!(%peer, max = self.config.max_connections, "gateway: connection limit reached; closing new connection");
                         continue;
                     };
-                    let gateway = self.clone();
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let gateway = gateway.clone();
-                        async move { Ok::<_, Infallible>(gateway.handle(req).await) }
-                    });
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
+                    let connection = Connection {
+                        gateway: self.clone(),
+                        builder: builder.clone(),
+                        watcher: graceful.watcher(),
+                        stopping: stopping_rx.clone(),
+                        peer,
+                    };
+                    let transport = transport.clone();
                     connections.spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "gateway: connection ended with an error");
-                        }
+                        connection.run(stream, transport).await;
                         drop(permit);
                     });
                 }
             }
         }
         drop(listener);
+        let _ = stopping_tx.send(true);
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
         if tokio::time::timeout(grace, graceful.shutdown())
             .await
@@ -189,6 +233,20 @@ impl Gateway {
         }
         connections.shutdown().await;
         Ok(())
+    }
+
+    /// [`Gateway::handle`], plus what a response over TLS adds: HSTS for
+    /// hosts outside localhost (see [`crate::tls::wants_hsts`]).
+    async fn handle_over(&self, req: Request<Incoming>, secure: bool) -> Response<Body> {
+        let hsts = secure && request_host(&req).is_some_and(|host| crate::tls::wants_hsts(&host));
+        let mut resp = self.handle(req).await;
+        if hsts {
+            resp.headers_mut().insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static(HSTS_VALUE),
+            );
+        }
+        resp
     }
 
     /// Answer one request: route it, serve it, count it. Usable behind any
@@ -222,6 +280,78 @@ impl Gateway {
             "gateway request"
         );
         resp
+    }
+}
+
+/// How an accepted TCP stream becomes the byte stream HTTP runs on.
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    stopping: watch::Receiver<bool>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn run(mut self, stream: TcpStream, transport: Transport) {
+        let peer = self.peer;
+        match transport {
+            Transport::Plain => self.serve_http(stream, false).await,
+            Transport::Tls(acceptor) => {
+                let timeout_ms = self.gateway.config.tls_handshake_timeout_ms;
+                let handshake = tokio::time::timeout(
+                    Duration::from_millis(timeout_ms),
+                    acceptor.accept(stream),
+                );
+                let tls = tokio::select! {
+                    done = handshake => match done {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "gateway: TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, timeout_ms, "gateway: TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    _ = self.stopping.wait_for(|stopping| *stopping) => return,
+                };
+                self.serve_http(tls, true).await
+            }
+        }
+    }
+
+    /// Serve HTTP/1.1 or HTTP/2 (the auto builder reads the client's first
+    /// bytes) on `io` until it closes or graceful shutdown finishes it.
+    async fn serve_http<I>(self, io: I, secure: bool)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            gateway,
+            builder,
+            watcher,
+            peer,
+            ..
+        } = self;
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle_over(req, secure).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(%peer, error = %e, "gateway: connection ended with an error");
+        }
     }
 }
 
