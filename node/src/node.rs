@@ -2,7 +2,7 @@
 //! remote, deployer and admin API, and the tasks that run them.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -15,8 +15,9 @@ use crate::env::Env;
 use crate::gateway::Gateway;
 use crate::git::{GitHttp, Repos};
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::status::{NodeStatus, RuntimeStatus, StatusReport};
+use crate::status::{CertificateStatus, NodeStatus, RuntimeStatus, StatusReport};
 use crate::store::BlobStore;
+use crate::tls::LocalCa;
 
 /// The repository name `canopy dream` advertises as its Git remote.
 pub const DEFAULT_REPO: &str = "dream.git";
@@ -28,12 +29,17 @@ pub struct NodeOptions {
     pub http_listen: SocketAddr,
     /// The admin API and the Git remote.
     pub admin_listen: SocketAddr,
+    /// HTTPS with certificates from a local CA kept in the data directory
+    /// (`canopy dream`); `None` serves plain HTTP only.
+    pub https_local_ca: Option<SocketAddr>,
 }
 
 /// A running node. Dropping it does not stop it; call [`Node::stop`].
 pub struct Node {
     id: String,
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
+    ca_pem: Option<PathBuf>,
     admin_addr: SocketAddr,
     deployer: Arc<Deployer>,
     shutdown: watch::Sender<bool>,
@@ -48,6 +54,7 @@ struct Info {
     admin: String,
     deployer: Arc<Deployer>,
     runtime: Arc<Runtime>,
+    certificates: Vec<CertificateStatus>,
 }
 
 impl AdminSource for Info {
@@ -70,7 +77,7 @@ impl AdminSource for Info {
                 },
             }],
             deployments: self.deployer.status(),
-            certificates: Vec::new(),
+            certificates: self.certificates.clone(),
         }
     }
 }
@@ -108,6 +115,29 @@ impl Node {
             })?;
         let http_addr = http_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let https = match options.https_local_ca {
+            Some(listen) => {
+                let ca = Arc::new(LocalCa::load_or_create(&data.join("tls"), &env.rng)?);
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen for HTTPS on {listen}"))?;
+                Some((listener, ca))
+            }
+            None => None,
+        };
+        let https_addr = match &https {
+            Some((listener, _)) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let ca_pem = https.as_ref().map(|(_, ca)| ca.ca_pem_path().to_owned());
+        let certificates = match &ca_pem {
+            Some(path) => vec![CertificateStatus {
+                domain: "localhost, *.localhost, 127.0.0.1".to_owned(),
+                issuer: format!("the dream's local CA ({})", path.display()),
+                not_after: "2045-01-01".to_owned(),
+            }],
+            None => Vec::new(),
+        };
 
         let (shutdown, _) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -123,12 +153,23 @@ impl Node {
                 }
             }
         }));
+        if let Some((listener, ca)) = https {
+            let config = crate::tls::server_config(ca)?;
+            let gateway = gateway.clone();
+            let stop = stopped(shutdown.subscribe());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = gateway.serve_tls(listener, config, stop).await {
+                    tracing::error!(error = %e, "HTTPS gateway stopped");
+                }
+            }));
+        }
         let info = Arc::new(Info {
             id: id.clone(),
             http: format!("http://{http_addr}"),
             admin: format!("http://{admin_addr}"),
             deployer: deployer.clone(),
             runtime,
+            certificates,
         });
         tasks.push(tokio::spawn({
             let admin = Admin::new(info, git);
@@ -147,6 +188,8 @@ impl Node {
         Ok(Node {
             id,
             http_addr,
+            https_addr,
+            ca_pem,
             admin_addr,
             deployer,
             shutdown,
@@ -161,6 +204,16 @@ impl Node {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The HTTPS gateway, when the node serves one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The local CA's certificate that HTTPS clients should trust.
+    pub fn ca_pem(&self) -> Option<&Path> {
+        self.ca_pem.as_deref()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

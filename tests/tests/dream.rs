@@ -455,3 +455,54 @@ fn find_blob(data: &std::path::Path, content: &[u8]) -> Option<std::path::PathBu
     }
     None
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_with_the_local_ca() {
+    let dream = Dream::start().unwrap();
+    let project = shop("tls");
+    let commit = project.commit("tls").unwrap();
+    project.push(&dream.git_remote, "main").unwrap();
+    dream.wait_live("shop", "main", &commit).await;
+
+    let https = dream.facts["https"]
+        .as_str()
+        .expect("dream.json names the HTTPS address");
+    let port = https.rsplit(':').next().unwrap();
+    let ca_path = dream.facts["ca"].as_str().expect("dream.json names the CA");
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_path).unwrap()).unwrap();
+    let addr: std::net::SocketAddr = https.trim_start_matches("https://").parse().unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .resolve("shop.localhost", addr)
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("https://shop.localhost:{port}/api/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN picks HTTP/2"
+    );
+    assert!(response.text().await.unwrap().contains("tls"));
+
+    // A client that does not trust the dream's CA is refused.
+    let untrusting = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .resolve("shop.localhost", addr)
+        .build()
+        .unwrap();
+    assert!(
+        untrusting
+            .get(format!("https://shop.localhost:{port}/"))
+            .send()
+            .await
+            .is_err()
+    );
+}

@@ -29,6 +29,11 @@ pub struct DreamArgs {
     /// The gateway's port for user traffic (0 picks a free one).
     #[arg(long, default_value_t = 0, value_name = "P")]
     http_port: u16,
+    /// The HTTPS gateway's port (0 picks a free one). Certificates come from
+    /// a local CA kept in the data directory: trust DIR/node-1/tls/ca.pem
+    /// (`curl --cacert`).
+    #[arg(long, default_value_t = 0, value_name = "P")]
+    https_port: u16,
     /// The admin API and Git remote port (0 picks a free one).
     #[arg(long, default_value_t = 0, value_name = "P")]
     admin_port: u16,
@@ -40,6 +45,8 @@ struct DreamFile {
     git_remote: String,
     http: String,
     https: Option<String>,
+    /// The local CA certificate HTTPS clients trust.
+    ca: Option<String>,
     admin: String,
     data_dir: String,
     nodes: Vec<DreamNode>,
@@ -75,6 +82,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
         NodeOptions {
             http_listen: localhost(args.http_port),
             admin_listen: localhost(args.admin_port),
+            https_local_ca: Some(localhost(args.https_port)),
         },
     )
     .await?;
@@ -83,10 +91,13 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
     let http = format!("http://{}", node.http_addr());
     let admin = format!("http://{}", node.admin_addr());
     let git_remote = node.git_remote(DEFAULT_REPO);
+    let https = node.https_addr().map(|a| format!("https://{a}"));
+    let ca = node.ca_pem().map(|p| p.display().to_string());
     let facts = DreamFile {
         git_remote: git_remote.clone(),
         http: http.clone(),
-        https: None,
+        https: https.clone(),
+        ca: ca.clone(),
         admin: admin.clone(),
         data_dir: data_dir.display().to_string(),
         nodes: vec![DreamNode {
@@ -107,6 +118,9 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
     println!();
     println!("  git remote  {git_remote}");
     println!("  http        {http}");
+    if let (Some(https), Some(ca)) = (&https, &ca) {
+        println!("  https       {https}  (trust {ca})");
+    }
     println!("  admin       {admin}");
     println!();
     println!("Deploy a project (a Git repository with a canopy.yaml at its root):");

@@ -47,6 +47,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         NodeOptions {
             http_listen: config.http,
             admin_listen: config.admin,
+            https_local_ca: None,
         },
     )
     .await?;

@@ -79,7 +79,10 @@ pub struct Responder(pub oneshot::Sender<Result<Bytes, String>>);
 
 impl Responder {
     pub fn ok(self, payload: Bytes) {
-        debug_assert!(payload.len() <= MAX_PAYLOAD_BYTES, "response over the payload limit");
+        debug_assert!(
+            payload.len() <= MAX_PAYLOAD_BYTES,
+            "response over the payload limit"
+        );
         let _ = self.0.send(Ok(payload));
     }
 
