@@ -1,5 +1,14 @@
 //! The wasmtime engine every function runs on, and the epoch ticker that
 //! bounds how long guest code may run without the host looking.
+//!
+//! Why fuel as well as epochs: the epoch ticker is a tokio task (time comes
+//! from tokio's clock), so it only runs when a worker thread is free. Guests
+//! that spin on every worker would starve it, no epoch would pass, and none
+//! of them would ever yield: a deadlock. Fuel metering makes every guest
+//! yield after a fixed amount of work ([`YIELD_INTERVAL_FUEL`]), whatever
+//! the clock does, so the ticker (and every other task) keeps running and
+//! the epoch deadline can do its job. Fuel is never a limit here: each
+//! store gets `u64::MAX`.
 
 use std::time::Duration;
 
@@ -19,6 +28,10 @@ pub enum Allocator {
     /// Allocation per instance (the pool could not be reserved).
     OnDemand,
 }
+
+/// Fuel (roughly, wasm instructions) a guest runs between yields to the
+/// executor: about a millisecond of work.
+pub const YIELD_INTERVAL_FUEL: u64 = 1_000_000;
 
 /// Core instances a component instance may need: std Rust components have
 /// a handful (the program plus wit-component's shim modules); other
@@ -61,6 +74,7 @@ fn base_config(pool: Option<PoolingAllocationConfig>) -> Config {
         .cranelift_opt_level(OptLevel::Speed)
         .wasm_component_model(true)
         .epoch_interruption(true)
+        .consume_fuel(true)
         .parallel_compilation(true)
         // The workspace enables wasmtime's `gc` feature without a collector,
         // and wasi:http components do not use wasm GC: without this the

@@ -23,6 +23,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use super::Shared;
+use super::engine::YIELD_INTERVAL_FUEL;
 use super::guest_body::GuestBody;
 use super::guest_log::{GuestLog, Stream};
 use super::host::{Host, HttpHooks, MemoryLimiter};
@@ -111,7 +112,10 @@ impl Function {
         let deadline = tokio::time::Instant::now() + timeout;
         let name: Arc<str> = Arc::from(name);
 
-        let mut store = self.new_store(&name, memory_bytes, deadline);
+        let mut store = match self.new_store(&name, memory_bytes, deadline) {
+            Ok(store) => store,
+            Err(failure) => return failure.response(&name),
+        };
         let (response_tx, response_rx) = oneshot::channel();
         let (guest_request, response_out) = match hand_over(&mut store, request, response_tx) {
             Ok(resources) => resources,
@@ -164,7 +168,7 @@ impl Function {
         name: &Arc<str>,
         memory_bytes: u64,
         deadline: tokio::time::Instant,
-    ) -> Store<Host> {
+    ) -> Result<Store<Host>, Failure> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.env("CANOPY_FUNCTION", name)
             .stdout(GuestLog::new(name.clone(), Stream::Stdout))
@@ -183,6 +187,13 @@ impl Function {
         };
         let mut store = Store::new(&self.shared.engine, host);
         store.limiter(|host| &mut host.limiter);
+        // Fuel only paces the guest (see `engine.rs`): it never runs out.
+        store
+            .set_fuel(u64::MAX)
+            .and_then(|()| store.fuel_async_yield_interval(Some(YIELD_INTERVAL_FUEL)))
+            .map_err(|error| Failure::Trap {
+                reason: format!("the runtime could not pace it: {}", short_reason(&error)),
+            })?;
         // Every epoch tick: past the deadline, trap; otherwise yield to the
         // executor, so a spinning guest shares its worker thread.
         store.set_epoch_deadline(1);
@@ -194,7 +205,7 @@ impl Function {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        store
+        Ok(store)
     }
 }
 

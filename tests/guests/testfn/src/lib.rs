@@ -15,10 +15,10 @@
 
 use std::io::Write as _;
 
-use wasi::io::streams::{OutputStream, StreamError};
 use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
+use wasi::io::streams::{OutputStream, StreamError};
 
 /// The version marker. Exactly these 16 bytes must appear once in the
 /// `.wasm`; it is read with a volatile load so the optimiser cannot fold
@@ -45,7 +45,11 @@ impl wasi::exports::http::incoming_handler::Guest for TestFn {
                 // pointer; volatile only to stop constant folding.
                 let marker = unsafe { core::ptr::read_volatile(&VERSION_MARKER) };
                 let marker = String::from_utf8_lossy(&marker).into_owned();
-                respond(response_out, 200, format!("hello from testfn VERSION:{marker}"));
+                respond(
+                    response_out,
+                    200,
+                    format!("hello from testfn VERSION:{marker}"),
+                );
             }
             "loop" => spin_forever(),
             "oom" => allocate_forever(),
@@ -57,7 +61,7 @@ impl wasi::exports::http::incoming_handler::Guest for TestFn {
                     .first()
                     .map(|value| String::from_utf8_lossy(value).into_owned())
                     .unwrap_or_default();
-                let method = format!("{:?}", request.method()).to_uppercase();
+                let method = method_name(request.method());
                 respond(
                     response_out,
                     200,
@@ -79,6 +83,21 @@ impl wasi::exports::http::incoming_handler::Guest for TestFn {
 
 wasi::http::proxy::export!(TestFn);
 
+fn method_name(method: Method) -> String {
+    match method {
+        Method::Get => "GET".to_string(),
+        Method::Head => "HEAD".to_string(),
+        Method::Post => "POST".to_string(),
+        Method::Put => "PUT".to_string(),
+        Method::Delete => "DELETE".to_string(),
+        Method::Connect => "CONNECT".to_string(),
+        Method::Options => "OPTIONS".to_string(),
+        Method::Trace => "TRACE".to_string(),
+        Method::Patch => "PATCH".to_string(),
+        Method::Other(other) => other,
+    }
+}
+
 /// Send a complete text response.
 fn respond(response_out: ResponseOutparam, status: u16, text: String) {
     let body = start_response(response_out, status);
@@ -96,7 +115,9 @@ fn start_response(response_out: ResponseOutparam, status: u16) -> OutgoingBody {
     )])
     .expect("content-type is a valid header");
     let response = OutgoingResponse::new(headers);
-    response.set_status_code(status).expect("a valid status code");
+    response
+        .set_status_code(status)
+        .expect("a valid status code");
     let body = response.body().expect("a new response has a body");
     ResponseOutparam::set(response_out, Ok(response));
     body

@@ -1,0 +1,487 @@
+//! The runtime end to end: real components (built from `tests/guests` and
+//! `docs/examples`), served by a hyper server on 127.0.0.1, called by a
+//! real HTTP client.
+
+#[path = "support/guests.rs"]
+mod guests;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use canopy_node::runtime::{
+    Allocator, Function, FunctionLimits, LoadStats, Runtime, RuntimeConfig, RuntimeError, raw_cid,
+};
+use futures::StreamExt as _;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// How long any single step may take before the test fails (compiling a
+/// component in a debug build on a busy 2-core machine is the slow part).
+const STEP_DEADLINE: Duration = Duration::from_secs(120);
+
+type ClientBody = BoxBody<Bytes, Infallible>;
+
+fn testfn_wasm() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| std::fs::read(guests::testfn()).expect("read testfn.wasm"))
+}
+
+fn hello_wasm() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| std::fs::read(guests::hello()).expect("read hello.wasm"))
+}
+
+fn config(cache_dir: &std::path::Path) -> RuntimeConfig {
+    RuntimeConfig {
+        max_instances: 16,
+        ..RuntimeConfig::new(cache_dir)
+    }
+}
+
+async fn load(runtime: &Runtime, wasm: &[u8]) -> Arc<Function> {
+    tokio::time::timeout(STEP_DEADLINE, runtime.load(&raw_cid(wasm), wasm))
+        .await
+        .expect("loading took too long")
+        .expect("the component loads")
+}
+
+/// Serve `function` as `testfn` on a fresh port (hyper-util's auto server,
+/// HTTP/1.1) and return the address.
+async fn serve(function: Arc<Function>, limits: FunctionLimits) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let function = function.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let function = function.clone();
+                    async move { Ok::<_, Infallible>(function.handle(request, &limits, "testfn").await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .http1_only()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+fn client() -> Client<HttpConnector, ClientBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn empty() -> ClientBody {
+    Full::new(Bytes::new()).boxed()
+}
+
+/// GET `path` and return the status, headers and whole body.
+async fn get(address: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    let request = Request::get(format!("http://{address}{path}"))
+        .body(empty())
+        .unwrap();
+    send(request).await
+}
+
+async fn send(request: Request<ClientBody>) -> (StatusCode, http::HeaderMap, Bytes) {
+    tokio::time::timeout(STEP_DEADLINE, async {
+        let response = client()
+            .request(request)
+            .await
+            .expect("the request is answered");
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .expect("the body arrives whole")
+            .to_bytes();
+        (parts.status, parts.headers, body)
+    })
+    .await
+    .expect("the response took too long")
+}
+
+fn text(body: &Bytes) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+#[tokio::test]
+async fn hello_example_answers_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let function = load(&runtime, hello_wasm()).await;
+    let address = serve(function, FunctionLimits::default()).await;
+
+    let (status, headers, body) = get(address, "/some/path?x=1").await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    assert_eq!(text(&body), "Hello from Canopy!\n/some/path?x=1\n");
+}
+
+#[tokio::test]
+async fn patched_version_marker_makes_a_distinct_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let original = testfn_wasm();
+    let marker = b"CANOPY-VERSION-0";
+    let at = original
+        .windows(marker.len())
+        .position(|window| window == marker)
+        .expect("testfn.wasm carries the marker");
+    let mut patched = original.to_vec();
+    patched[at..at + marker.len()].copy_from_slice(b"CANOPY-VERSION-7");
+
+    let v0 = serve(load(&runtime, original).await, FunctionLimits::default()).await;
+    let v7 = serve(load(&runtime, &patched).await, FunctionLimits::default()).await;
+    let (_, _, body) = get(v0, "/t/hello").await;
+    assert_eq!(text(&body), "hello from testfn VERSION:CANOPY-VERSION-0");
+    let (status, _, body) = get(v7, "/t/hello").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text(&body), "hello from testfn VERSION:CANOPY-VERSION-7");
+    assert_eq!(runtime.load_stats().compiled, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_guest_times_out_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let limits = FunctionLimits {
+        timeout: Duration::from_secs(2),
+        ..FunctionLimits::default()
+    };
+    let address = serve(load(&runtime, testfn_wasm()).await, limits).await;
+
+    // As many spinning guests as worker threads: if they did not yield,
+    // nothing else could run.
+    let loops: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(address, "/t/loop").await }))
+        .collect();
+    let (status, _, body) = get(address, "/t/hello").await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    assert!(
+        loops.iter().all(|spinning| !spinning.is_finished()),
+        "hello must be answered while the loops still run"
+    );
+
+    for spinning in loops {
+        let (status, _, body) =
+            tokio::time::timeout(limits.timeout + Duration::from_secs(10), spinning)
+                .await
+                .expect("the loop is stopped soon after its timeout")
+                .unwrap();
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(text(&body), "function `testfn` exceeded its 2s timeout\n");
+    }
+}
+
+#[tokio::test]
+async fn a_memory_bomb_hits_its_limit_and_the_next_request_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let limits = FunctionLimits {
+        timeout: Duration::from_secs(30),
+        memory_bytes: 32 << 20,
+    };
+    let address = serve(load(&runtime, testfn_wasm()).await, limits).await;
+
+    let (status, _, body) = get(address, "/t/oom").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        text(&body),
+        "function `testfn` failed: it exceeded its memory limit of 32 MiB\n"
+    );
+    let (status, _, body) = get(address, "/t/hello").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text(&body).starts_with("hello from testfn"));
+}
+
+#[tokio::test]
+async fn echo_streams_five_mebibytes_back_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let limits = FunctionLimits {
+        timeout: Duration::from_secs(60),
+        ..FunctionLimits::default()
+    };
+    let address = serve(load(&runtime, testfn_wasm()).await, limits).await;
+
+    const CHUNK_BYTES: usize = 64 * 1024;
+    const CHUNKS: usize = 80; // 5 MiB
+    let payload: Vec<u8> = (0..CHUNK_BYTES * CHUNKS).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = payload
+        .chunks(CHUNK_BYTES)
+        .map(|chunk| Ok(Frame::data(Bytes::copy_from_slice(chunk))))
+        .collect();
+    // A streamed request body (chunked, no content-length).
+    let body = BodyExt::boxed(StreamBody::new(futures::stream::iter(chunks)));
+    let request = Request::post(format!("http://{address}/t/echo"))
+        .body(body)
+        .unwrap();
+    let (status, _, echoed) = send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(echoed.len(), payload.len());
+    assert!(
+        echoed == payload[..],
+        "the echoed body differs from what was sent"
+    );
+}
+
+#[tokio::test]
+async fn the_response_body_streams_before_the_guest_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let limits = FunctionLimits {
+        timeout: Duration::from_secs(60),
+        ..FunctionLimits::default()
+    };
+    let address = serve(load(&runtime, testfn_wasm()).await, limits).await;
+
+    // 64 GiB: only a streamed body can start arriving.
+    let request = Request::get(format!("http://{address}/t/stream?n=1000000"))
+        .body(empty())
+        .unwrap();
+    let received = tokio::time::timeout(STEP_DEADLINE, async {
+        let response = client().request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body().into_data_stream();
+        let mut received = Vec::new();
+        while received.len() < 1 << 20 {
+            let chunk = body.next().await.expect("the stream goes on").unwrap();
+            received.extend_from_slice(&chunk);
+        }
+        received
+    })
+    .await
+    .expect("the first mebibyte arrives");
+    assert!(received[..64 * 1024].iter().all(|&byte| byte == b'a'));
+    assert!(
+        received[64 * 1024..128 * 1024]
+            .iter()
+            .all(|&byte| byte == b'b')
+    );
+
+    // A finite stream arrives whole and ends cleanly.
+    let (status, _, body) = get(address, "/t/stream?n=3").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), 3 * 64 * 1024);
+}
+
+#[tokio::test]
+async fn the_guest_sees_method_path_and_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let address = serve(
+        load(&runtime, testfn_wasm()).await,
+        FunctionLimits::default(),
+    )
+    .await;
+
+    let request = Request::put(format!("http://{address}/shop/headers?q=1"))
+        .header(header::HOST, "shop.example.test")
+        .body(empty())
+        .unwrap();
+    let (status, _, body) = send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        text(&body),
+        "method: PUT\npath: /shop/headers?q=1\nhost: shop.example.test\n"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_loads_compiled_code_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = testfn_wasm();
+    let cid = raw_cid(wasm);
+    {
+        let first = Runtime::new(config(dir.path())).unwrap();
+        load(&first, wasm).await;
+        load(&first, wasm).await;
+        assert_eq!(
+            first.load_stats(),
+            LoadStats {
+                compiled: 1,
+                from_disk: 0,
+                from_memory: 1
+            }
+        );
+        assert!(first.cache_path(&cid).exists());
+    }
+
+    let second = Runtime::new(config(dir.path())).unwrap();
+    let function = load(&second, wasm).await;
+    assert_eq!(
+        second.load_stats(),
+        LoadStats {
+            compiled: 0,
+            from_disk: 1,
+            from_memory: 0
+        }
+    );
+    let address = serve(function, FunctionLimits::default()).await;
+    let (status, _, body) = get(address, "/t/hello").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text(&body).starts_with("hello from testfn"));
+}
+
+#[tokio::test]
+async fn a_corrupted_cache_file_is_recompiled_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = testfn_wasm();
+    let cid = raw_cid(wasm);
+    let path = {
+        let first = Runtime::new(config(dir.path())).unwrap();
+        load(&first, wasm).await;
+        first.cache_path(&cid)
+    };
+    let mut damaged = std::fs::read(&path).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&path, &damaged).unwrap();
+
+    let second = Runtime::new(config(dir.path())).unwrap();
+    let function = load(&second, wasm).await;
+    assert_eq!(
+        second.load_stats(),
+        LoadStats {
+            compiled: 1,
+            from_disk: 0,
+            from_memory: 0
+        }
+    );
+    assert_ne!(
+        std::fs::read(&path).unwrap(),
+        damaged,
+        "the cache entry is rewritten"
+    );
+    let address = serve(function, FunctionLimits::default()).await;
+    let (status, _, _) = get(address, "/t/hello").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn older_wasi_patch_versions_link() {
+    // Rewrite every `@0.2.12` (what the guest was built against) to
+    // `@0.2.10`, as another toolchain would have produced.
+    let original = testfn_wasm();
+    let (from, to) = (b"@0.2.12", b"@0.2.10");
+    let mut patched = original.to_vec();
+    let mut replaced = 0;
+    let mut at = 0;
+    while let Some(offset) = patched[at..]
+        .windows(from.len())
+        .position(|window| window == from)
+    {
+        let start = at + offset;
+        patched[start..start + from.len()].copy_from_slice(to);
+        replaced += 1;
+        at = start + from.len();
+    }
+    assert!(replaced > 0, "testfn imports WASI @0.2.12");
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let address = serve(load(&runtime, &patched).await, FunctionLimits::default()).await;
+    let (status, _, body) = get(address, "/t/hello").await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+}
+
+#[tokio::test]
+async fn a_full_pool_answers_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 1,
+        ..config(dir.path())
+    })
+    .unwrap();
+    assert_eq!(runtime.allocator(), Allocator::Pooling);
+    let limits = FunctionLimits {
+        timeout: Duration::from_secs(5),
+        ..FunctionLimits::default()
+    };
+    let address = serve(load(&runtime, testfn_wasm()).await, limits).await;
+
+    let spinning = tokio::spawn(async move { get(address, "/t/loop").await });
+    // Until the loop holds the only slot, hello may still get it.
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let (status, headers, body) = loop {
+        let answer = get(address, "/t/hello").await;
+        if answer.0 != StatusCode::OK || tokio::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", text(&body));
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(
+        text(&body).contains("every instance slot is busy"),
+        "{}",
+        text(&body)
+    );
+    let (status, _, _) = spinning.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test]
+async fn artifacts_that_are_not_functions_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let refuse = |bytes: &'static [u8]| {
+        let runtime = runtime.clone();
+        async move {
+            let error = runtime.load(&raw_cid(bytes), bytes).await.unwrap_err();
+            (error.to_string(), error)
+        }
+    };
+
+    let (message, error) = refuse(b"\0asm\x01\0\0\0").await;
+    assert!(
+        matches!(error, RuntimeError::CoreModule { .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains("is a core WebAssembly module, not a component"),
+        "{message}"
+    );
+    assert!(message.contains("wasm32-wasip2"), "{message}");
+
+    let (message, error) = refuse(b"#!/bin/sh\necho hello\n").await;
+    assert!(matches!(error, RuntimeError::NotWasm { .. }), "{message}");
+    assert!(message.contains("is not WebAssembly"), "{message}");
+
+    // An empty but valid component: it exports no handler.
+    let (message, error) = refuse(b"\0asm\x0d\0\x01\0").await;
+    assert!(
+        matches!(error, RuntimeError::NotHttpProxy { .. }),
+        "{message}"
+    );
+    assert!(message.contains("is not a wasi:http proxy"), "{message}");
+    assert!(message.contains("wasi:http/incoming-handler"), "{message}");
+
+    // A component that is cut short.
+    let truncated = &testfn_wasm()[..1000];
+    let error = runtime
+        .load(&raw_cid(truncated), truncated)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RuntimeError::Compile { .. }), "{error}");
+
+    // Bytes that do not match their CID.
+    let error = runtime
+        .load(&raw_cid(b"other"), hello_wasm())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, RuntimeError::CidMismatch { .. }), "{error}");
+    assert_eq!(runtime.load_stats(), LoadStats::default());
+}
