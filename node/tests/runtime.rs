@@ -135,10 +135,18 @@ async fn patched_version_marker_makes_a_distinct_function() {
     let runtime = Runtime::new(config(dir.path())).unwrap();
     let original = testfn_wasm();
     let marker = b"CANOPY-VERSION-0";
-    let at = original
+    let positions: Vec<usize> = original
         .windows(marker.len())
-        .position(|window| window == marker)
-        .expect("testfn.wasm carries the marker");
+        .enumerate()
+        .filter(|(_, window)| window == marker)
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(
+        positions.len(),
+        1,
+        "the marker appears exactly once in testfn.wasm"
+    );
+    let at = positions[0];
     let mut patched = original.to_vec();
     patched[at..at + marker.len()].copy_from_slice(b"CANOPY-VERSION-7");
 
@@ -297,6 +305,38 @@ async fn the_guest_sees_method_path_and_host() {
         text(&body),
         "method: PUT\npath: /shop/headers?q=1\nhost: shop.example.test\n"
     );
+}
+
+#[tokio::test]
+async fn the_guest_sees_only_its_own_name_in_its_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let address = serve(
+        load(&runtime, testfn_wasm()).await,
+        FunctionLimits::default(),
+    )
+    .await;
+    let (status, _, body) = get(address, "/t/env").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text(&body), "CANOPY_FUNCTION=testfn\n");
+}
+
+#[tokio::test]
+async fn the_production_defaults_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(RuntimeConfig::new(dir.path())).expect("the default runtime starts");
+    // Either allocator serves; which one this machine got is worth seeing.
+    eprintln!(
+        "allocator with the production defaults: {:?}",
+        runtime.allocator()
+    );
+    let address = serve(
+        load(&runtime, hello_wasm()).await,
+        FunctionLimits::default(),
+    )
+    .await;
+    let (status, _, _) = get(address, "/").await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]

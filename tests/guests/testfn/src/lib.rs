@@ -8,6 +8,7 @@
 //! - `.../echo`        → streams the request body back, chunk by chunk
 //! - `.../headers`     → the method, path and `Host` header it received
 //! - `.../stream?n=N`  → N chunks of 64 KiB
+//! - `.../env`         → the environment variables it sees, `K=V` per line
 //!
 //! The marker is a 16-byte ASCII string stored once in the data section.
 //! Tests patch those bytes in the `.wasm` to make distinct versions of the
@@ -75,6 +76,12 @@ impl wasi::exports::http::incoming_handler::Guest for TestFn {
                     .and_then(|n| n.parse::<usize>().ok())
                     .unwrap_or(1);
                 stream_chunks(response_out, chunks);
+            }
+            "env" => {
+                let vars: String = std::env::vars()
+                    .map(|(key, value)| format!("{key}={value}\n"))
+                    .collect();
+                respond(response_out, 200, vars);
             }
             _ => respond(response_out, 404, format!("testfn: no action `{action}`\n")),
         }
