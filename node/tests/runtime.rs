@@ -322,6 +322,31 @@ async fn the_guest_sees_only_its_own_name_in_its_environment() {
 }
 
 #[tokio::test]
+async fn outbound_http_is_denied() {
+    // A listener the guest would reach if outbound requests were allowed.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let accepted = tokio::spawn(async move { target.accept().await.is_ok() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let address = serve(
+        load(&runtime, testfn_wasm()).await,
+        FunctionLimits::default(),
+    )
+    .await;
+    let (status, _, body) = get(address, &format!("/t/outbound?authority={target_addr}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text(&body).starts_with("outbound error") && text(&body).contains("HttpRequestDenied"),
+        "{}",
+        text(&body)
+    );
+    assert!(!accepted.is_finished(), "the guest never connected out");
+    accepted.abort();
+}
+
+#[tokio::test]
 async fn the_production_defaults_start() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(RuntimeConfig::new(dir.path())).expect("the default runtime starts");

@@ -54,6 +54,30 @@ pub struct HttpHooks {
 }
 
 impl WasiHttpHooks for HttpHooks {
+    /// Functions may not make outbound HTTP requests: like Spin's empty
+    /// `allowed_outbound_hosts`, the default denies every destination, so a
+    /// function cannot reach the node's admin API or anything else on the
+    /// host's network. (An allow-list per function is the way to open it.)
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        tracing::warn!(target: "canopy::guest", uri = %request.uri(), "outbound HTTP request denied");
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+
     fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
         if self.admit_host_header {
             Arc::new(|name: &HeaderName| {

@@ -9,6 +9,8 @@
 //! - `.../headers`     → the method, path and `Host` header it received
 //! - `.../stream?n=N`  → N chunks of 64 KiB
 //! - `.../env`         → the environment variables it sees, `K=V` per line
+//! - `.../outbound?authority=HOST:PORT` → tries an outbound GET there and
+//!   reports `outbound ok <status>` or `outbound error <code>`
 //!
 //! The marker is a 16-byte ASCII string stored once in the data section.
 //! Tests patch those bytes in the `.wasm` to make distinct versions of the
@@ -83,12 +85,37 @@ impl wasi::exports::http::incoming_handler::Guest for TestFn {
                     .collect();
                 respond(response_out, 200, vars);
             }
+            "outbound" => {
+                let authority = query.strip_prefix("authority=").unwrap_or("127.0.0.1:1");
+                respond(response_out, 200, outbound(authority));
+            }
             _ => respond(response_out, 404, format!("testfn: no action `{action}`\n")),
         }
     }
 }
 
 wasi::http::proxy::export!(TestFn);
+
+/// An outbound GET to `authority`, reported as text.
+fn outbound(authority: &str) -> String {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{OutgoingRequest, Scheme};
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some("/"));
+    match outgoing_handler::handle(request, None) {
+        Err(code) => format!("outbound error {code:?}\n"),
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(response))) => format!("outbound ok {}\n", response.status()),
+                Some(Ok(Err(code))) => format!("outbound error {code:?}\n"),
+                other => format!("outbound error {other:?}\n"),
+            }
+        }
+    }
+}
 
 fn method_name(method: Method) -> String {
     match method {
