@@ -148,9 +148,7 @@ mod tests {
 
     fn engine(epoch_interruption: bool) -> Engine {
         let mut config = wasmtime::Config::new();
-        config
-            .gc_support(false)
-            .epoch_interruption(epoch_interruption);
+        config.epoch_interruption(epoch_interruption);
         Engine::new(&config).unwrap()
     }
 

@@ -75,11 +75,7 @@ fn base_config(pool: Option<PoolingAllocationConfig>) -> Config {
         .wasm_component_model(true)
         .epoch_interruption(true)
         .consume_fuel(true)
-        .parallel_compilation(true)
-        // The workspace enables wasmtime's `gc` feature without a collector,
-        // and wasi:http components do not use wasm GC: without this the
-        // engine refuses to start.
-        .gc_support(false);
+        .parallel_compilation(true);
     if let Some(pool) = pool {
         wasmtime_config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     } else {
@@ -97,7 +93,6 @@ fn pooling(config: &RuntimeConfig) -> PoolingAllocationConfig {
         .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
         .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
         .total_stacks(instances)
-        .total_gc_heaps(instances)
         .max_memory_size(max_memory_bytes)
         .max_core_instance_size(MAX_INSTANCE_METADATA_BYTES)
         .max_component_instance_size(MAX_INSTANCE_METADATA_BYTES)
