@@ -17,6 +17,10 @@
 //! is enforced inside the implementation: protocol code never sees an event
 //! from a peer that is not admitted.
 
+pub mod admission;
+pub mod identity;
+pub mod p2p;
+
 use std::fmt;
 
 use bytes::Bytes;
@@ -103,6 +107,10 @@ pub enum NetError {
     TooLarge { size_bytes: usize },
     #[error("the network has stopped")]
     Stopped,
+    #[error("cannot connect to {addr}: {reason}")]
+    Dial { addr: String, reason: String },
+    #[error("cannot start the network: {0}")]
+    Setup(String),
 }
 
 /// What protocol code uses to reach peers. Cheap to clone.

@@ -1,0 +1,713 @@
+//! The swarm task: one tokio task that owns the libp2p swarm, carries out
+//! commands from [`P2pNet`](super::P2pNet) handles, enforces admission and
+//! turns libp2p events into [`NetEvent`]s.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol as AddrProtocol;
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::behaviour::{self, Behaviour, BehaviourEvent};
+use super::codec::{WireRequest, WireResponse};
+use super::{Command, P2pConfig, Shared, lock};
+use crate::net::identity::NodeKey;
+use crate::net::{NetError, NetEvent, NodeId, Responder};
+
+/// How often kad may start a bootstrap query on new peers.
+const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An answer from protocol code on its way back to a requester.
+type PendingResponse = BoxFuture<'static, (ResponseChannel<WireResponse>, WireResponse)>;
+
+/// A dial waiting for the peer to identify itself.
+struct PendingDial {
+    addr: Multiaddr,
+    /// `None` for the driver's own bootstrap redials.
+    reply: Option<oneshot::Sender<Result<NodeId, NetError>>>,
+    bootstrap: bool,
+}
+
+pub struct Driver {
+    swarm: Swarm<Behaviour>,
+    config: P2pConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    events_open: bool,
+    /// Events not yet handed to protocol code (bounded for requests and
+    /// messages by `config.event_queue_len`).
+    outbox: VecDeque<NetEvent>,
+    admitted_rx: watch::Receiver<BTreeSet<NodeId>>,
+    admitted_open: bool,
+    admitted: BTreeSet<PeerId>,
+    /// Peers that identified themselves on a live connection.
+    up: BTreeSet<PeerId>,
+    shared: Arc<Shared>,
+    requests: HashMap<OutboundRequestId, (NodeId, oneshot::Sender<Result<Bytes, NetError>>)>,
+    responses: FuturesUnordered<PendingResponse>,
+    dials: HashMap<ConnectionId, PendingDial>,
+    /// Which peer each bootstrap address turned out to be.
+    bootstrap_peers: BTreeMap<Multiaddr, PeerId>,
+    last_kad_bootstrap: Option<tokio::time::Instant>,
+}
+
+impl Driver {
+    pub fn new(
+        key: &NodeKey,
+        config: P2pConfig,
+        admitted_rx: watch::Receiver<BTreeSet<NodeId>>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+        shared: Arc<Shared>,
+    ) -> Result<Self, NetError> {
+        let keypair = key.to_libp2p();
+        let transport = behaviour::transport(&keypair, &config)?;
+        let behaviour = Behaviour::new(&keypair, &config)?;
+        let swarm = Swarm::new(
+            transport,
+            behaviour,
+            keypair.public().to_peer_id(),
+            libp2p::swarm::Config::with_tokio_executor()
+                .with_idle_connection_timeout(config.idle_connection_timeout),
+        );
+        let mut driver = Self {
+            swarm,
+            config,
+            commands,
+            events,
+            events_open: true,
+            outbox: VecDeque::new(),
+            admitted_rx,
+            admitted_open: true,
+            admitted: BTreeSet::new(),
+            up: BTreeSet::new(),
+            shared,
+            requests: HashMap::new(),
+            responses: FuturesUnordered::new(),
+            dials: HashMap::new(),
+            bootstrap_peers: BTreeMap::new(),
+            last_kad_bootstrap: None,
+        };
+        driver.apply_admitted();
+        Ok(driver)
+    }
+
+    /// Bind every listen address and wait until each has a concrete address.
+    pub async fn listen(mut self) -> Result<Self, NetError> {
+        let local_peer = *self.swarm.local_peer_id();
+        let mut waiting = HashMap::new();
+        for addr in self.config.listen.clone() {
+            let id = self.swarm.listen_on(addr.clone()).map_err(|e| {
+                NetError::Setup(format!(
+                    "cannot listen on {addr}: {e}; pick another address or port"
+                ))
+            })?;
+            waiting.insert(id, addr);
+        }
+        let deadline = tokio::time::sleep(self.config.handshake_timeout);
+        tokio::pin!(deadline);
+        while !waiting.is_empty() {
+            let event = tokio::select! {
+                event = self.swarm.select_next_some() => event,
+                _ = &mut deadline => {
+                    let addrs: Vec<String> = waiting.values().map(|a| a.to_string()).collect();
+                    return Err(NetError::Setup(format!("listeners did not start in time: {}", addrs.join(", "))));
+                }
+            };
+            match event {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    waiting.remove(&listener_id);
+                    self.add_listen_addr(address.with_p2p(local_peer).unwrap_or_else(|a| a));
+                }
+                SwarmEvent::ListenerError { listener_id, error }
+                | SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason: Err(error),
+                    ..
+                } => {
+                    let addr = waiting
+                        .get(&listener_id)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    return Err(NetError::Setup(format!(
+                        "cannot listen on {addr}: {error}; pick another address or port"
+                    )));
+                }
+                other => self.on_swarm_event(other),
+            }
+        }
+        Ok(self)
+    }
+
+    fn add_listen_addr(&mut self, addr: Multiaddr) {
+        tracing::info!(%addr, "listening");
+        let mut addrs = lock(&self.shared.listen_addrs);
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+
+    /// The task body: runs until every handle is dropped.
+    pub async fn run(mut self) {
+        if self.config.cluster_secret.is_some() && self.config.quic {
+            tracing::warn!(
+                "QUIC is on: the cluster secret guards TCP only; QUIC connections are guarded by node-key admission alone"
+            );
+        }
+        for addr in self.config.bootstrap.clone() {
+            self.dial(addr, None, true);
+        }
+        let mut redial = tokio::time::interval(self.config.redial_interval);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the bootstrap peers were just dialed.
+        redial.tick().await;
+        // A handle of its own: a permit from `reserve` borrows the sender
+        // while the select's handlers borrow `self`.
+        let events = self.events.clone();
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                changed = self.admitted_rx.changed(), if self.admitted_open => match changed {
+                    Ok(()) => self.apply_admitted(),
+                    // The owner is gone: keep the last set.
+                    Err(_) => self.admitted_open = false,
+                },
+                Some((channel, response)) = self.responses.next(), if !self.responses.is_empty() => {
+                    if self.swarm.behaviour_mut().requests.send_response(channel, response).is_err() {
+                        tracing::debug!("a requester went away before its answer was sent");
+                    }
+                }
+                permit = events.reserve(), if self.events_open && !self.outbox.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(event) = self.outbox.pop_front() {
+                            permit.send(event);
+                        }
+                    }
+                    Err(_) => {
+                        tracing::debug!("nobody reads network events any more; dropping them");
+                        self.events_open = false;
+                        self.outbox.clear();
+                    }
+                },
+                _ = redial.tick() => self.on_tick(),
+            }
+        }
+        tracing::debug!("network stopped: every handle was dropped");
+    }
+
+    // ---- admission ----
+
+    fn is_admitted(&self, peer: &PeerId) -> bool {
+        self.admitted.contains(peer)
+    }
+
+    /// Bring the allow list in line with the admitted set; peers that left it
+    /// are disconnected by the allow list.
+    fn apply_admitted(&mut self) {
+        let wanted: BTreeSet<PeerId> = self
+            .admitted_rx
+            .borrow_and_update()
+            .iter()
+            .filter_map(|id| {
+                let peer = id.to_peer_id();
+                if peer.is_none() {
+                    tracing::warn!(node = %id, "admitted node id is not an ed25519 public key; ignoring it");
+                }
+                peer
+            })
+            .collect();
+        let allow = &mut self.swarm.behaviour_mut().allow;
+        for peer in wanted.difference(&self.admitted) {
+            allow.allow_peer(*peer);
+        }
+        for peer in self.admitted.difference(&wanted) {
+            tracing::info!(%peer, "peer is no longer admitted; closing its connections");
+            allow.disallow_peer(*peer);
+        }
+        self.admitted = wanted;
+    }
+
+    // ---- events to protocol code ----
+
+    fn emit(&mut self, event: NetEvent) {
+        if !self.events_open {
+            return;
+        }
+        let droppable = matches!(event, NetEvent::Request { .. } | NetEvent::Message { .. });
+        if droppable && self.outbox.len() >= self.config.event_queue_len {
+            // A dropped request's responder answers the requester with an error.
+            let (kind, from) = match &event {
+                NetEvent::Request { from, .. } => ("request", *from),
+                NetEvent::Message { from, .. } => ("message", *from),
+                NetEvent::PeerUp(p) | NetEvent::PeerDown(p) => ("peer event", *p),
+            };
+            tracing::warn!(
+                queue_len = self.outbox.len(),
+                %from,
+                "the node is not reading network events fast enough; dropping a {kind}"
+            );
+            return;
+        }
+        self.outbox.push_back(event);
+    }
+
+    fn mark_up(&mut self, peer: PeerId) {
+        let Some(id) = NodeId::from_peer_id(&peer) else {
+            return;
+        };
+        if self.up.insert(peer) {
+            tracing::info!(%peer, node = %id, "peer up");
+            lock(&self.shared.peers).insert(id);
+            self.emit(NetEvent::PeerUp(id));
+            self.kad_bootstrap();
+        }
+    }
+
+    fn mark_down(&mut self, peer: PeerId) {
+        if self.up.remove(&peer)
+            && let Some(id) = NodeId::from_peer_id(&peer)
+        {
+            tracing::info!(%peer, node = %id, "peer down");
+            lock(&self.shared.peers).remove(&id);
+            self.emit(NetEvent::PeerDown(id));
+        }
+    }
+
+    /// Look for more peers through the ones we know, at most once a second.
+    fn kad_bootstrap(&mut self) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_kad_bootstrap
+            .is_some_and(|last| now.duration_since(last) < KAD_BOOTSTRAP_MIN_INTERVAL)
+        {
+            return;
+        }
+        if self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
+            self.last_kad_bootstrap = Some(now);
+        }
+    }
+
+    // ---- commands ----
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request {
+                peer,
+                protocol,
+                payload,
+                reply,
+            } => {
+                let Some(peer_id) = peer.to_peer_id().filter(|p| self.up.contains(p)) else {
+                    let _ = reply.send(Err(NetError::NotConnected(peer)));
+                    return;
+                };
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .requests
+                    .send_request(&peer_id, WireRequest { protocol, payload });
+                self.requests.insert(id, (peer, reply));
+            }
+            Command::Publish { topic, payload } => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .publish(topic.clone(), payload)
+                {
+                    Ok(_) => {}
+                    // Best effort: nobody listening is not an error.
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                        tracing::debug!(%topic, "published with no subscribed peers");
+                    }
+                    Err(gossipsub::PublishError::Duplicate) => {}
+                    Err(e) => tracing::warn!(%topic, "publish failed: {e}"),
+                }
+            }
+            Command::Subscribe { topic } => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                if let Err(e) = self.swarm.behaviour_mut().gossip.subscribe(&topic) {
+                    tracing::warn!(%topic, "subscribe failed: {e:?}");
+                }
+            }
+            Command::Dial { addr, reply } => self.dial(addr, Some(reply), false),
+        }
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        reply: Option<oneshot::Sender<Result<NodeId, NetError>>>,
+        bootstrap: bool,
+    ) {
+        let opts = match addr.iter().last() {
+            // An explicit dial always dials (its caller waits for the
+            // outcome); background dials skip peers already being dialed.
+            Some(AddrProtocol::P2p(peer)) => DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(if reply.is_some() {
+                    PeerCondition::Always
+                } else {
+                    PeerCondition::DisconnectedAndNotDialing
+                })
+                .build(),
+            _ => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let connection = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(
+                    connection,
+                    PendingDial {
+                        addr,
+                        reply,
+                        bootstrap,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::debug!(%addr, "dial failed at once: {e}");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(dial_error(&addr, e.to_string())));
+                }
+            }
+        }
+    }
+
+    fn finish_dial(&mut self, connection: ConnectionId, result: Result<PeerId, String>) {
+        let Some(dial) = self.dials.remove(&connection) else {
+            return;
+        };
+        if let Err(reason) = &result {
+            if dial.bootstrap {
+                tracing::warn!(addr = %dial.addr, "cannot join through bootstrap peer: {reason}");
+            } else {
+                tracing::info!(addr = %dial.addr, "dial failed: {reason}");
+            }
+        }
+        if let Some(reply) = dial.reply {
+            let result = match result {
+                Ok(peer) => NodeId::from_peer_id(&peer)
+                    .ok_or_else(|| dial_error(&dial.addr, "the peer's key is not ed25519".into())),
+                Err(reason) => Err(dial_error(&dial.addr, reason)),
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        // Forget dials whose caller gave up waiting.
+        self.dials
+            .retain(|_, d| d.reply.as_ref().is_none_or(|r| !r.is_closed()));
+        let dialing: BTreeSet<Multiaddr> = self
+            .dials
+            .values()
+            .filter(|d| d.bootstrap)
+            .map(|d| d.addr.clone())
+            .collect();
+        for addr in self.config.bootstrap.clone() {
+            let connected = self
+                .bootstrap_peers
+                .get(&addr)
+                .is_some_and(|peer| self.up.contains(peer));
+            if !connected && !dialing.contains(&addr) {
+                self.dial(addr, None, true);
+            }
+        }
+    }
+
+    // ---- swarm events ----
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                if let Some(dial) = self.dials.get(&connection_id)
+                    && dial.bootstrap
+                {
+                    self.bootstrap_peers.insert(dial.addr.clone(), peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                let reason = match endpoint {
+                    ConnectedPoint::Dialer { .. } => {
+                        "the peer closed the connection before identifying itself: it has not admitted this node (check the invite and the admitted set)".to_owned()
+                    }
+                    ConnectedPoint::Listener { .. } => "connection closed".to_owned(),
+                };
+                self.finish_dial(connection_id, Err(reason));
+                if num_established == 0 {
+                    self.mark_down(peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                let reason = error_chain(&error);
+                tracing::debug!(peer = ?peer_id, "outgoing connection failed: {reason}");
+                self.finish_dial(connection_id, Err(reason));
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                peer_id,
+                ..
+            } => {
+                // A wrong cluster secret or a peer that is not admitted ends up here.
+                tracing::info!(from = %send_back_addr, peer = ?peer_id, "refused an incoming connection: {}", error_chain(&error));
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let local = *self.swarm.local_peer_id();
+                self.add_listen_addr(address.with_p2p(local).unwrap_or_else(|a| a));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let local = *self.swarm.local_peer_id();
+                let address = address.with_p2p(local).unwrap_or_else(|a| a);
+                lock(&self.shared.listen_addrs).retain(|a| a != &address);
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!("a listener failed: {error}");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received {
+                connection_id,
+                peer_id,
+                info,
+            }) => self.on_identified(connection_id, peer_id, info),
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Requests(event) => self.on_request_event(event),
+            BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, message),
+            BehaviourEvent::Gossip(_) => {}
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, is_new_peer, ..
+            }) => {
+                if is_new_peer {
+                    tracing::debug!(%peer, "kad learned a peer");
+                }
+            }
+            BehaviourEvent::Kad(_) => {}
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if !self.is_admitted(&peer) {
+                        tracing::debug!(%peer, "mdns found a peer that is not admitted; ignoring it");
+                        continue;
+                    }
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
+                        self.dial(addr, None, false);
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Allow(never) | BehaviourEvent::Limits(never) => match never {},
+        }
+    }
+
+    fn on_identified(&mut self, connection: ConnectionId, peer: PeerId, info: identify::Info) {
+        if !self.is_admitted(&peer) {
+            // The allow list refuses such connections; this is a second guard.
+            tracing::warn!(%peer, "identify from a peer that is not admitted; dropping it");
+            return;
+        }
+        if info.protocol_version != behaviour::IDENTIFY_PROTOCOL_VERSION {
+            tracing::warn!(%peer, version = %info.protocol_version, "peer speaks another Canopy protocol version");
+        }
+        if info.protocols.contains(&behaviour::KAD_PROTOCOL) {
+            for addr in info.listen_addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+        }
+        self.finish_dial(connection, Ok(peer));
+        self.mark_up(peer);
+    }
+
+    fn on_request_event(&mut self, event: request_response::Event<WireRequest, WireResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                if !self.is_admitted(&peer) {
+                    tracing::warn!(%peer, protocol = %request.protocol, "dropped a request from a peer that is not admitted");
+                    return;
+                }
+                let Some(from) = NodeId::from_peer_id(&peer) else {
+                    return;
+                };
+                // A request can overtake identify on a fresh connection.
+                self.mark_up(peer);
+                let (tx, rx) = oneshot::channel();
+                let timeout = self.config.request_timeout;
+                self.responses.push(Box::pin(async move {
+                    let response = match tokio::time::timeout(timeout, rx).await {
+                        Ok(Ok(answer)) => answer,
+                        Ok(Err(_)) => Err("the peer dropped the request without answering".into()),
+                        Err(_) => Err(format!(
+                            "the peer did not answer within {} ms",
+                            timeout.as_millis()
+                        )),
+                    };
+                    (channel, response)
+                }));
+                self.emit(NetEvent::Request {
+                    from,
+                    protocol: request.protocol,
+                    payload: request.payload,
+                    reply: Responder(tx),
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some((peer, reply)) = self.requests.remove(&request_id) {
+                    let result = response.map_err(|reason| NetError::Refused { peer, reason });
+                    let _ = reply.send(result);
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some((peer, reply)) = self.requests.remove(&request_id) {
+                    let _ = reply.send(Err(self.outbound_error(peer, error)));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "an inbound request failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn outbound_error(&self, peer: NodeId, error: OutboundFailure) -> NetError {
+        match error {
+            OutboundFailure::Timeout => NetError::Timeout {
+                peer,
+                timeout_ms: u64::try_from(self.config.request_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
+            },
+            OutboundFailure::DialFailure | OutboundFailure::ConnectionClosed => {
+                NetError::NotConnected(peer)
+            }
+            OutboundFailure::UnsupportedProtocols => NetError::Refused {
+                peer,
+                reason: "the peer does not speak Canopy requests".into(),
+            },
+            OutboundFailure::Io(e) => NetError::Refused {
+                peer,
+                reason: format!("the request failed: {e}"),
+            },
+        }
+    }
+
+    fn on_gossip(
+        &mut self,
+        propagation_source: PeerId,
+        message_id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let author = message.source;
+        let accepted = author
+            .is_some_and(|a| self.is_admitted(&a) || a == *self.swarm.local_peer_id())
+            && self.is_admitted(&propagation_source);
+        let acceptance = if accepted {
+            gossipsub::MessageAcceptance::Accept
+        } else {
+            tracing::warn!(
+                author = ?author,
+                via = %propagation_source,
+                topic = %message.topic,
+                "dropped a message from a peer that is not admitted"
+            );
+            gossipsub::MessageAcceptance::Reject
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(&message_id, &propagation_source, acceptance);
+        if let (true, Some(from)) = (accepted, author.as_ref().and_then(NodeId::from_peer_id)) {
+            self.emit(NetEvent::Message {
+                from,
+                topic: message.topic.into_string(),
+                payload: Bytes::from(message.data),
+            });
+        }
+    }
+}
+
+fn dial_error(addr: &Multiaddr, reason: String) -> NetError {
+    NetError::Dial {
+        addr: addr.to_string(),
+        reason,
+    }
+}
+
+/// An error with its causes, so "handshake failed" says why.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
