@@ -93,14 +93,19 @@ fn apply(docs: &mut [ClusterState], op: &Op) {
                 )
                 .unwrap();
         }
-        Op::AddHolder { doc, blob, holder } => {
-            docs[doc].add_holder(&cid_of(&[blob]), node(holder)).unwrap()
-        }
+        Op::AddHolder { doc, blob, holder } => docs[doc]
+            .add_holder(&cid_of(&[blob]), node(holder))
+            .unwrap(),
         Op::RemoveHolder { doc, blob, holder } => docs[doc]
             .remove_holder(&cid_of(&[blob]), node(holder))
             .unwrap(),
         Op::Member { doc, member, addr } => docs[doc]
-            .upsert_member(node(member), vec![format!("10.0.0.{addr}:7000")], Role::Full, None)
+            .upsert_member(
+                node(member),
+                vec![format!("10.0.0.{addr}:7000")],
+                Role::Full,
+                None,
+            )
             .unwrap(),
         Op::Admit { doc, member } => docs[doc].admit(node(member), node(1)).unwrap(),
         Op::Revoke { doc, member } => docs[doc].revoke(node(member)).unwrap(),
@@ -294,9 +299,9 @@ async fn three_nodes_converge() {
         .unwrap();
     wait_for("3 nodes to converge", Duration::from_secs(30), || {
         converged(&nodes)
-            && nodes[0].cluster.read(|s| {
-                s.deployments().len() == 2 && s.is_admitted(&node(3))
-            })
+            && nodes[0]
+                .cluster
+                .read(|s| s.deployments().len() == 2 && s.is_admitted(&node(3)))
     })
     .await;
     for n in &nodes {
@@ -330,14 +335,18 @@ async fn partitioned_node_converges_after_heal() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_ne!(nodes[2].cluster.state_hash(), nodes[0].cluster.state_hash());
     assert_eq!(
-        nodes[2].cluster.read(|s| s.deployment(&env("main")).unwrap().commit),
+        nodes[2]
+            .cluster
+            .read(|s| s.deployment(&env("main")).unwrap().commit),
         "c1"
     );
 
     hub.heal();
-    wait_for("node 3 to converge after heal", Duration::from_secs(30), || {
-        converged(&nodes)
-    })
+    wait_for(
+        "node 3 to converge after heal",
+        Duration::from_secs(30),
+        || converged(&nodes),
+    )
     .await;
     for n in &nodes {
         let d = n.cluster.read(|s| s.deployments());
@@ -453,7 +462,10 @@ async fn corrupt_offer_is_rejected_and_fetched_from_another_holder() {
     let report = fetcher.replicate.fetch(cid).await.unwrap();
     assert_eq!(report.from, Some(good.id));
     assert_eq!(report.rejected, vec![bad.id]);
-    assert_eq!(fetcher.store.get(&cid).unwrap().as_ref(), content.as_slice());
+    assert_eq!(
+        fetcher.store.get(&cid).unwrap().as_ref(),
+        content.as_slice()
+    );
 }
 
 #[tokio::test]
@@ -503,7 +515,7 @@ async fn large_blob_moves_in_bounded_chunks() {
         "{} requests for {chunks} chunks",
         stats.requests
     );
-    assert_eq!(stats.response_bytes_total >= SIZE_BYTES, true);
+    assert!(stats.response_bytes_total >= SIZE_BYTES);
 }
 
 #[tokio::test]
@@ -532,7 +544,9 @@ async fn referenced_blob_reaches_r_holders() {
     let manifest = nodes[0].store.put(b"{\"manifest\":1}").unwrap();
     deploy(&nodes[0], "main", "c1", manifest);
     wait_for("3 holders", Duration::from_secs(20), || {
-        nodes.iter().all(|n| n.cluster.read(|s| s.holders(&manifest).len() >= 3))
+        nodes
+            .iter()
+            .all(|n| n.cluster.read(|s| s.holders(&manifest).len() >= 3))
     })
     .await;
     let holders: BTreeSet<NodeId> = nodes[0].cluster.read(|s| s.holders(&manifest));
@@ -541,5 +555,8 @@ async fn referenced_blob_reaches_r_holders() {
             n.store.verify(&manifest).unwrap();
         }
     }
-    assert!(holders.contains(&node(1)), "the pushing node announces itself");
+    assert!(
+        holders.contains(&node(1)),
+        "the pushing node announces itself"
+    );
 }

@@ -25,14 +25,14 @@ pub mod state;
 pub mod sync;
 pub mod testing;
 
-pub use error::ClusterError;
-pub use ids::{node_hex, parse_node_hex};
-pub use state::{
-    Admission, ClusterState, Deployment, DeploymentUpdate, Member, Role, StateContents, StateHash,
-};
 pub use driver::{
     ClusterHandle, FetchCommand, FetchReport, ReplicateHandle, replicate_channel, run_replicate,
     run_sync, split_events,
 };
+pub use error::ClusterError;
+pub use ids::{node_hex, parse_node_hex};
 pub use replicate::{BLOB_PROTOCOL, ReplicateConfig, ReplicateCore};
+pub use state::{
+    Admission, ClusterState, Deployment, DeploymentUpdate, Member, Role, StateContents, StateHash,
+};
 pub use sync::{SYNC_PROTOCOL, SyncConfig, SyncCore};

@@ -116,7 +116,11 @@ pub enum Action {
         rejected: Vec<NodeId>,
     },
     /// `cid` could not be fetched.
-    Failed { cid: Cid, attempts: u32, reason: String },
+    Failed {
+        cid: Cid,
+        attempts: u32,
+        reason: String,
+    },
 }
 
 /// How finishing a write went.
@@ -239,7 +243,8 @@ impl ReplicateCore {
     pub fn want(&mut self, cid: Cid, holders: BTreeSet<NodeId>, now: Instant) {
         let local = self.local;
         if let Some(job) = self.jobs.get_mut(&cid) {
-            job.candidates.extend(holders.into_iter().filter(|h| *h != local));
+            job.candidates
+                .extend(holders.into_iter().filter(|h| *h != local));
             return;
         }
         self.jobs.insert(
@@ -439,9 +444,13 @@ impl ReplicateCore {
             .filter(|c| !job.tried.contains(c) && !job.rejected.contains(c))
             .copied();
         if let Some(peer) = placement::rank(&cid, open).first().copied() {
-            let id = self.send(cid, peer, &BlobRequest::Have {
-                cid: cid.to_string(),
-            });
+            let id = self.send(
+                cid,
+                peer,
+                &BlobRequest::Have {
+                    cid: cid.to_string(),
+                },
+            );
             if let Some(job) = self.jobs.get_mut(&cid) {
                 job.phase = Phase::Asking { peer, id };
             }
@@ -458,9 +467,13 @@ impl ReplicateCore {
             if !ask.is_empty() {
                 let mut outstanding = BTreeMap::new();
                 for peer in ask {
-                    let id = self.send(cid, peer, &BlobRequest::Have {
-                        cid: cid.to_string(),
-                    });
+                    let id = self.send(
+                        cid,
+                        peer,
+                        &BlobRequest::Have {
+                            cid: cid.to_string(),
+                        },
+                    );
                     outstanding.insert(id, peer);
                 }
                 if let Some(job) = self.jobs.get_mut(&cid) {
@@ -499,11 +512,15 @@ impl ReplicateCore {
             return;
         }
         let chunk_len = (size_bytes - offset).min(self.config.chunk_bytes as u64);
-        let id = self.send(cid, peer, &BlobRequest::Get {
-            cid: cid.to_string(),
-            offset,
-            len: chunk_len,
-        });
+        let id = self.send(
+            cid,
+            peer,
+            &BlobRequest::Get {
+                cid: cid.to_string(),
+                offset,
+                len: chunk_len,
+            },
+        );
         if let Some(job) = self.jobs.get_mut(&cid) {
             job.phase = Phase::Fetching {
                 peer,
@@ -642,7 +659,10 @@ mod tests {
         let mut lens = vec![];
         loop {
             let actions = drain(&mut core);
-            if actions.iter().any(|a| matches!(a, Action::FinishWrite { .. })) {
+            if actions
+                .iter()
+                .any(|a| matches!(a, Action::FinishWrite { .. }))
+            {
                 break;
             }
             let s = sends(&actions);

@@ -198,7 +198,7 @@ impl ClusterState {
 
     /// A state loaded from [`ClusterState::save`]'s bytes.
     pub fn load(local: NodeId, incarnation: u64, bytes: &[u8]) -> Result<Self, ClusterError> {
-        let doc = AutoCommit::load(bytes).map_err(ClusterError::Load)?;
+        let doc = AutoCommit::load(bytes).map_err(|e| ClusterError::Load(Box::new(e)))?;
         Ok(Self {
             doc: doc.with_actor(actor_for(&local, incarnation)),
             local,
@@ -231,8 +231,8 @@ impl ClusterState {
             .merge(&mut other.doc)
             .map(|_| ())
             .map_err(|source| ClusterError::Write {
+                source: Box::new(source),
                 action: "merge another replica",
-                source,
             })
     }
 
@@ -299,7 +299,10 @@ impl ClusterState {
         let mut out = BTreeMap::new();
         for (key, json) in self.entries(MEMBER_PREFIX) {
             let Some(node) = parse_node_hex(&key[MEMBER_PREFIX.len()..]) else {
-                tracing::warn!(key, "cluster state: skipping a member key that is not a node id");
+                tracing::warn!(
+                    key,
+                    "cluster state: skipping a member key that is not a node id"
+                );
                 continue;
             };
             let Some(record) = decode::<MemberRecord>(&key, &json) else {
@@ -328,12 +331,7 @@ impl ClusterState {
         update: DeploymentUpdate,
     ) -> Result<Deployment, ClusterError> {
         let seen = self.candidates(env);
-        let pushed_at_seq = seen
-            .iter()
-            .map(|(_, d)| d.pushed_at_seq)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let pushed_at_seq = seen.iter().map(|(_, d)| d.pushed_at_seq).max().unwrap_or(0) + 1;
         let mut artifacts = update.artifacts;
         artifacts.sort();
         artifacts.dedup();
@@ -360,16 +358,16 @@ impl ClusterState {
             self.doc
                 .delete(ROOT, key.as_str())
                 .map_err(|source| ClusterError::Write {
+                    source: Box::new(source),
                     action: "remove a superseded deployment",
-                    source,
                 })?;
         }
         let key = deploy_key(env, pushed_at_seq, &self.local);
         self.doc
             .put(ROOT, key.as_str(), json)
             .map_err(|source| ClusterError::Write {
+                source: Box::new(source),
                 action: "write a deployment",
-                source,
             })?;
         self.doc.commit();
         debug_assert_eq!(
@@ -387,8 +385,8 @@ impl ClusterState {
             self.doc
                 .delete(ROOT, key.as_str())
                 .map_err(|source| ClusterError::Write {
+                    source: Box::new(source),
                     action: "remove a deployment",
-                    source,
                 })?;
         }
         self.doc.commit();
@@ -465,8 +463,8 @@ impl ClusterState {
         self.doc
             .put(ROOT, key.as_str(), true)
             .map_err(|source| ClusterError::Write {
+                source: Box::new(source),
                 action: "record a blob holder",
-                source,
             })?;
         self.doc.commit();
         Ok(())
@@ -571,13 +569,13 @@ impl ClusterState {
         what: &'static str,
         record: &T,
     ) -> Result<(), ClusterError> {
-        let json =
-            serde_json::to_string(record).map_err(|source| ClusterError::Encode { what, source })?;
+        let json = serde_json::to_string(record)
+            .map_err(|source| ClusterError::Encode { what, source })?;
         self.doc
             .put(ROOT, key, json)
             .map_err(|source| ClusterError::Write {
+                source: Box::new(source),
                 action: "write a record",
-                source,
             })?;
         self.doc.commit();
         Ok(())
@@ -588,8 +586,8 @@ impl ClusterState {
             self.doc
                 .delete(ROOT, key)
                 .map_err(|source| ClusterError::Write {
+                    source: Box::new(source),
                     action: "delete a record",
-                    source,
                 })?;
             self.doc.commit();
         }
@@ -741,7 +739,11 @@ mod tests {
         let d = s.apply_deployment(&env("main"), update("c2")).unwrap();
         assert_eq!(d.pushed_at_seq, 2);
         assert_eq!(s.deployment(&env("main")).unwrap().commit, "c2");
-        assert_eq!(s.candidates(&env("main")).len(), 1, "older candidate pruned");
+        assert_eq!(
+            s.candidates(&env("main")).len(),
+            1,
+            "older candidate pruned"
+        );
     }
 
     #[test]
@@ -761,8 +763,13 @@ mod tests {
     #[test]
     fn members_admission_and_holders() {
         let mut s = ClusterState::new(node(1), 0);
-        s.upsert_member(node(2), vec!["b".into(), "a".into()], Role::Full, Some(node(1)))
-            .unwrap();
+        s.upsert_member(
+            node(2),
+            vec!["b".into(), "a".into()],
+            Role::Full,
+            Some(node(1)),
+        )
+        .unwrap();
         s.admit(node(2), node(1)).unwrap();
         let m = &s.members()[&node(2)];
         assert!(m.admitted);

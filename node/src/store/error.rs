@@ -30,8 +30,10 @@ pub enum StoreError {
 
     /// Content written for a known CID (a blob fetched from a peer) does not
     /// hash to it; nothing was stored.
-    #[error("content written as blob {expected} hashes to {actual} instead; it was discarded — fetch the blob again from another peer")]
-    Mismatch { expected: Cid, actual: Cid },
+    #[error(
+        "content written as blob {expected} hashes to {actual} instead; it was discarded — fetch the blob again from another peer"
+    )]
+    Mismatch { expected: Cid, actual: String },
 
     /// The CID is not one this store can hold.
     #[error(

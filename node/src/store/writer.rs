@@ -102,7 +102,7 @@ impl BlobStore {
             remove_quietly(&writer.tmp_path);
             return Err(StoreError::Mismatch {
                 expected: writer.expected,
-                actual,
+                actual: actual.to_string(),
             });
         }
         if self.holds_intact_size(&actual, writer.written_bytes)? {
@@ -112,5 +112,42 @@ impl BlobStore {
         }
         self.publish(&actual, &writer.tmp_path, file)?;
         Ok(actual)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{BlobStore, StoreError, cid_of};
+
+    #[test]
+    fn chunks_matching_the_cid_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let cid = cid_of(b"hello world");
+        let mut w = store.begin_write(cid).unwrap();
+        w.write_chunk(b"hello ").unwrap();
+        w.write_chunk(b"world").unwrap();
+        assert_eq!(w.written_bytes(), 11);
+        assert_eq!(store.finish_write(w).unwrap(), cid);
+        assert_eq!(store.get(&cid).unwrap().as_ref(), b"hello world");
+    }
+
+    #[test]
+    fn mismatching_content_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let cid = cid_of(b"hello world");
+        let mut w = store.begin_write(cid).unwrap();
+        w.write_chunk(b"hello WORLD").unwrap();
+        let err = store.finish_write(w).unwrap_err();
+        assert!(matches!(err, StoreError::Mismatch { .. }), "{err}");
+        assert!(!store.contains(&cid));
+        assert!(store.list().unwrap().is_empty());
+        // Dropping an unfinished writer leaves no temp file behind.
+        drop(store.begin_write(cid).unwrap());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }
