@@ -10,6 +10,7 @@
 //! - [`gateway`] — HTTP/1.1 + HTTP/2 ingress, routing by host and path.
 //! - [`deploy`] — from a pushed commit to a live release, atomically.
 //! - [`admin`] — the admin API (status JSON) and the Git remote's mount.
+//! - [`cluster`] — cluster state (automerge) and blob replication.
 //! - [`net`] — the peer-messaging seam (libp2p in production, turmoil in the simulator).
 //! - [`node`] — one node assembled from its environment.
 //! - [`status`] — the status report and its rendering.
@@ -20,6 +21,7 @@
 pub mod admin;
 pub mod body;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod deploy;
 pub mod env;

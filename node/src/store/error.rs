@@ -28,6 +28,13 @@ pub enum StoreError {
     #[error("blob {cid} failed verification: its bytes do not hash to its CID; the bad copy was moved to {path} — put the original content again (or fetch it from a peer) to heal the store", path = .path.display())]
     Corrupt { cid: Cid, path: PathBuf },
 
+    /// Content written for a known CID (a blob fetched from a peer) does not
+    /// hash to it; nothing was stored.
+    #[error(
+        "content written as blob {expected} hashes to {actual} instead; it was discarded — fetch the blob again from another peer"
+    )]
+    Mismatch { expected: Cid, actual: String },
+
     /// The CID is not one this store can hold.
     #[error(
         "CID {cid} is not a CIDv1 with codec raw (0x55) and multihash sha2-256; this store only holds those"

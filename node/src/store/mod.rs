@@ -29,6 +29,7 @@
 mod error;
 mod hash;
 mod reader;
+mod writer;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -43,6 +44,7 @@ use cid::Cid;
 pub use error::StoreError;
 pub use hash::{RAW_CODEC, SHA2_256_CODE, cid_of};
 pub use reader::BlobReader;
+pub use writer::BlobWriter;
 
 use hash::{CidHasher, check_supported};
 

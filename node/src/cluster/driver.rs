@@ -1,0 +1,449 @@
+//! The tokio drivers of the cluster cores: they feed [`SyncCore`] and
+//! [`ReplicateCore`] from [`NetEvent`]s and the tokio clock, and carry out
+//! what the cores ask. All protocol decisions live in the cores.
+//!
+//! Wiring (all inside one tokio runtime):
+//!
+//! ```text
+//! let cluster = ClusterHandle::new(SyncCore::new(state, SyncConfig::default()));
+//! let (sync_rx, blob_rx) = split_events(net_events);          // spawns a router task
+//! tokio::spawn(run_sync(cluster.clone(), net.clone(), sync_rx));
+//! let (replicate, commands) = replicate_channel();
+//! tokio::spawn(run_replicate(cluster.clone(), store, net, blob_rx, commands, ReplicateConfig::default()));
+//! replicate.fetch(cid).await?;                                  // on demand
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cid::Cid;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::error::ClusterError;
+use super::placement::{self, default_replication_factor};
+use super::replicate::{
+    Action, BLOB_PROTOCOL, ReplicateConfig, ReplicateCore, WriteOutcome, serve_request,
+};
+use super::state::{ClusterState, StateHash};
+use super::sync::{SYNC_PROTOCOL, SyncCore};
+use crate::net::{Net, NetEvent, NodeId};
+use crate::store::{BlobStore, BlobWriter};
+
+/// Events queued per protocol by [`split_events`].
+const SPLIT_QUEUE_LEN: usize = 1024;
+/// How often replication re-plans even without a state change (a fetch that
+/// failed is retried then).
+const REPLAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Shared access to this node's cluster state and its sync core. Cheap to
+/// clone; never hold the lock across an await.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    core: Arc<Mutex<SyncCore>>,
+    local_change: Arc<Notify>,
+    hash: Arc<watch::Sender<StateHash>>,
+}
+
+impl ClusterHandle {
+    pub fn new(core: SyncCore) -> Self {
+        let hash = core.state().state_hash();
+        Self {
+            core: Arc::new(Mutex::new(core)),
+            local_change: Arc::new(Notify::new()),
+            hash: Arc::new(watch::channel(hash).0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SyncCore> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Read the state.
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(self.lock().state())
+    }
+
+    /// Change the state; the change is synced to every peer.
+    pub fn update<R>(&self, f: impl FnOnce(&mut ClusterState) -> R) -> R {
+        let (result, hash) = {
+            let mut core = self.lock();
+            let result = core.update(f);
+            (result, core.state().state_hash())
+        };
+        self.hash.send_replace(hash);
+        self.local_change.notify_one();
+        result
+    }
+
+    /// The current state hash.
+    pub fn state_hash(&self) -> StateHash {
+        *self.hash.borrow()
+    }
+
+    /// Watch the state hash: changes on every local or merged change.
+    pub fn subscribe(&self) -> watch::Receiver<StateHash> {
+        self.hash.subscribe()
+    }
+
+    /// The document's bytes, for persisting.
+    pub fn save(&self) -> Vec<u8> {
+        self.lock().save()
+    }
+
+    fn publish_hash(&self) {
+        let hash = self.lock().state().state_hash();
+        self.hash.send_if_modified(|current| {
+            let changed = *current != hash;
+            *current = hash;
+            changed
+        });
+    }
+}
+
+/// Route one node's [`NetEvent`]s to the sync and blob drivers: peer events
+/// to both, requests by protocol; requests of other protocols are refused.
+/// Spawns the routing task (call inside a tokio runtime).
+pub fn split_events(
+    mut events: mpsc::Receiver<NetEvent>,
+) -> (mpsc::Receiver<NetEvent>, mpsc::Receiver<NetEvent>) {
+    let (sync_tx, sync_rx) = mpsc::channel(SPLIT_QUEUE_LEN);
+    let (blob_tx, blob_rx) = mpsc::channel(SPLIT_QUEUE_LEN);
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                NetEvent::PeerUp(p) => {
+                    let _ = sync_tx.send(NetEvent::PeerUp(p)).await;
+                    let _ = blob_tx.send(NetEvent::PeerUp(p)).await;
+                }
+                NetEvent::PeerDown(p) => {
+                    let _ = sync_tx.send(NetEvent::PeerDown(p)).await;
+                    let _ = blob_tx.send(NetEvent::PeerDown(p)).await;
+                }
+                NetEvent::Request {
+                    from,
+                    protocol,
+                    payload,
+                    reply,
+                } => {
+                    let target = match protocol.as_str() {
+                        SYNC_PROTOCOL => &sync_tx,
+                        BLOB_PROTOCOL => &blob_tx,
+                        _ => {
+                            reply.err(format!("protocol {protocol:?} is not served here"));
+                            continue;
+                        }
+                    };
+                    let _ = target
+                        .send(NetEvent::Request {
+                            from,
+                            protocol,
+                            payload,
+                            reply,
+                        })
+                        .await;
+                }
+                NetEvent::Message { .. } => {}
+            }
+        }
+    });
+    (sync_rx, blob_rx)
+}
+
+/// Drive state sync until `events` closes (the network stopped).
+pub async fn run_sync<N: Net>(
+    cluster: ClusterHandle,
+    net: N,
+    mut events: mpsc::Receiver<NetEvent>,
+) {
+    let mut in_flight = FuturesUnordered::new();
+    {
+        let now = Instant::now();
+        let mut core = cluster.lock();
+        for peer in net.peers() {
+            core.on_peer_up(peer, now);
+        }
+    }
+    loop {
+        let deadline = {
+            let mut core = cluster.lock();
+            while let Some((peer, payload)) = core.poll_transmit() {
+                let request = net.request(peer, SYNC_PROTOCOL, payload);
+                in_flight.push(async move { (peer, request.await) });
+            }
+            core.poll_timeout()
+        };
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                let now = Instant::now();
+                match event {
+                    NetEvent::PeerUp(peer) => cluster.lock().on_peer_up(peer, now),
+                    NetEvent::PeerDown(peer) => cluster.lock().on_peer_down(peer),
+                    NetEvent::Request { from, protocol, payload, reply } => {
+                        if protocol != SYNC_PROTOCOL {
+                            reply.err(format!("protocol {protocol:?} is not served by state sync"));
+                            continue;
+                        }
+                        let result = cluster.lock().handle_message(from, &payload, now);
+                        match result {
+                            Ok(()) => reply.ok(bytes::Bytes::new()),
+                            Err(e) => {
+                                tracing::warn!(peer = %from, error = %e, "state sync: message rejected");
+                                reply.err(e.to_string());
+                            }
+                        }
+                        cluster.publish_hash();
+                    }
+                    NetEvent::Message { .. } => {}
+                }
+            }
+            Some((peer, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Err(e) = &result {
+                    tracing::debug!(peer = %peer, error = %e, "state sync: message not delivered");
+                }
+                cluster.lock().on_transmit_done(peer, result.is_ok());
+            }
+            _ = cluster.local_change.notified() => {}
+            _ = timer => cluster.lock().handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// What a finished fetch reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchReport {
+    /// The peer it came from; `None` if it was already local.
+    pub from: Option<NodeId>,
+    /// Peers whose copy was rejected (corrupt, or protocol broken).
+    pub rejected: Vec<NodeId>,
+}
+
+type FetchReply = oneshot::Sender<Result<FetchReport, ClusterError>>;
+
+/// A command for the replication driver.
+#[derive(Debug)]
+pub struct FetchCommand {
+    cid: Cid,
+    reply: FetchReply,
+}
+
+/// Asks the replication driver for blobs. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReplicateHandle {
+    tx: mpsc::Sender<FetchCommand>,
+}
+
+/// A handle and the command queue to give [`run_replicate`].
+pub fn replicate_channel() -> (ReplicateHandle, mpsc::Receiver<FetchCommand>) {
+    let (tx, rx) = mpsc::channel(SPLIT_QUEUE_LEN);
+    (ReplicateHandle { tx }, rx)
+}
+
+impl ReplicateHandle {
+    /// Make `cid` local: fetched from a peer and verified, unless already
+    /// stored. Resolves when it is in the store or the fetch gave up.
+    pub async fn fetch(&self, cid: Cid) -> Result<FetchReport, ClusterError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(FetchCommand { cid, reply })
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        rx.await.map_err(|_| ClusterError::Stopped)?
+    }
+}
+
+/// Drive blob replication until `events` closes: serve `blob/1` requests
+/// from `store`, fetch what the placement plan or a [`ReplicateHandle`]
+/// asks for, and record this node as a holder of what it stores.
+///
+/// Blob file IO (≤ one chunk per step, and the final fsync) runs on this
+/// task; run it on a multi-threaded runtime in production.
+pub async fn run_replicate<N: Net>(
+    cluster: ClusterHandle,
+    store: Arc<BlobStore>,
+    net: N,
+    mut events: mpsc::Receiver<NetEvent>,
+    mut commands: mpsc::Receiver<FetchCommand>,
+    config: ReplicateConfig,
+) {
+    let local = net.local_id();
+    let fixed_r = config.replication_factor;
+    let mut core = ReplicateCore::new(local, config);
+    for peer in net.peers() {
+        core.on_peer_up(peer);
+    }
+    let mut state_changes = cluster.subscribe();
+    let mut in_flight = FuturesUnordered::new();
+    let mut writers: BTreeMap<Cid, BlobWriter> = BTreeMap::new();
+    let mut waiters: BTreeMap<Cid, Vec<FetchReply>> = BTreeMap::new();
+    let mut replan = tokio::time::interval(REPLAN_INTERVAL);
+    let mut commands_open = true;
+    loop {
+        while let Some(action) = core.poll_action() {
+            let now = Instant::now();
+            match action {
+                Action::Send { id, peer, payload } => {
+                    let request = net.request(peer, BLOB_PROTOCOL, payload);
+                    in_flight.push(async move { (id, request.await) });
+                }
+                Action::StartWrite { cid } => match store.begin_write(cid) {
+                    Ok(writer) => {
+                        writers.insert(cid, writer);
+                    }
+                    Err(e) => {
+                        tracing::error!(cid = %cid, error = %e, "blob replication: cannot start a write");
+                    }
+                },
+                Action::Write { cid, chunk } => {
+                    let failed = match writers.get_mut(&cid) {
+                        Some(writer) => writer.write_chunk(&chunk).err(),
+                        None => None,
+                    };
+                    if let Some(e) = failed {
+                        tracing::error!(cid = %cid, error = %e, "blob replication: write failed");
+                        writers.remove(&cid);
+                    }
+                }
+                Action::FinishWrite { cid } => {
+                    let outcome = match writers.remove(&cid) {
+                        Some(writer) => WriteOutcome::from_store(store.finish_write(writer)),
+                        None => WriteOutcome::LocalError(
+                            "the write was not open (see the error logged before)".into(),
+                        ),
+                    };
+                    core.on_write_finished(cid, outcome, now);
+                }
+                Action::AbortWrite { cid } => {
+                    writers.remove(&cid);
+                }
+                Action::Fetched {
+                    cid,
+                    from,
+                    rejected,
+                } => {
+                    tracing::info!(cid = %cid, from = %from, "blob replication: fetched and verified");
+                    if let Err(e) = cluster.update(|s| s.add_holder(&cid, local)) {
+                        tracing::error!(cid = %cid, error = %e, "blob replication: cannot record this node as holder");
+                    }
+                    for reply in waiters.remove(&cid).unwrap_or_default() {
+                        let _ = reply.send(Ok(FetchReport {
+                            from: Some(from),
+                            rejected: rejected.clone(),
+                        }));
+                    }
+                }
+                Action::Failed {
+                    cid,
+                    attempts,
+                    reason,
+                } => {
+                    tracing::warn!(cid = %cid, attempts, reason, "blob replication: fetch gave up");
+                    for reply in waiters.remove(&cid).unwrap_or_default() {
+                        let _ = reply.send(Err(ClusterError::FetchFailed {
+                            cid: cid.to_string(),
+                            attempts,
+                            reason: reason.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+        let deadline = core.poll_timeout();
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                match event {
+                    NetEvent::PeerUp(peer) => core.on_peer_up(peer),
+                    NetEvent::PeerDown(peer) => core.on_peer_down(peer),
+                    NetEvent::Request { from, protocol, payload, reply } => {
+                        if protocol != BLOB_PROTOCOL {
+                            reply.err(format!("protocol {protocol:?} is not served by blob replication"));
+                            continue;
+                        }
+                        match serve_request(&store, &payload) {
+                            Ok(answer) => reply.ok(answer),
+                            Err(reason) => {
+                                tracing::debug!(peer = %from, reason, "blob replication: request refused");
+                                reply.err(reason);
+                            }
+                        }
+                    }
+                    NetEvent::Message { .. } => {}
+                }
+            }
+            Some((id, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                core.handle_response(id, result.map_err(|e| e.to_string()), Instant::now());
+            }
+            command = commands.recv(), if commands_open => {
+                let Some(FetchCommand { cid, reply }) = command else {
+                    commands_open = false;
+                    continue;
+                };
+                if store.contains(&cid) {
+                    let _ = reply.send(Ok(FetchReport { from: None, rejected: vec![] }));
+                    continue;
+                }
+                waiters.entry(cid).or_default().push(reply);
+                let holders = cluster.read(|s| s.holders(&cid));
+                core.want(cid, holders, Instant::now());
+            }
+            changed = state_changes.changed() => {
+                if changed.is_ok() {
+                    replan_now(&cluster, &store, &mut core, local, fixed_r);
+                }
+            }
+            _ = replan.tick() => replan_now(&cluster, &store, &mut core, local, fixed_r),
+            _ = timer => core.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// Fetch what placement says this node must hold; announce what it holds.
+fn replan_now(
+    cluster: &ClusterHandle,
+    store: &BlobStore,
+    core: &mut ReplicateCore,
+    local: NodeId,
+    fixed_r: Option<usize>,
+) {
+    let (plan, holders) = cluster.read(|s| {
+        let r = fixed_r.unwrap_or_else(|| {
+            let admitted = s.members().values().filter(|m| m.admitted).count();
+            default_replication_factor(admitted.max(1))
+        });
+        let plan = placement::plan(s, local, r, |cid| store.contains(cid));
+        let holders: BTreeMap<Cid, _> = plan.fetch.iter().map(|c| (*c, s.holders(c))).collect();
+        (plan, holders)
+    });
+    if !plan.announce.is_empty() {
+        let result = cluster.update(|s| {
+            plan.announce
+                .iter()
+                .try_for_each(|cid| s.add_holder(cid, local))
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "blob replication: cannot record held blobs");
+        }
+    }
+    let now = Instant::now();
+    for (cid, holders) in holders {
+        if !core.is_fetching(&cid) {
+            core.want(cid, holders, now);
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Many nodes, one cloud: the cluster state and blob replication, as sans-IO
+//! protocol cores with thin tokio drivers on the [`crate::net`] seam.
+//!
+//! - [`state`] — the cluster state (members, admitted keys, deployments,
+//!   routes, blob allocations) as one automerge document behind a typed API.
+//! - [`sync`] — automerge's sync protocol as a sans-IO core ([`SyncCore`]):
+//!   on change and by periodic anti-entropy.
+//! - [`replicate`] — fetching blobs by CID from peers, chunked and verified
+//!   before they are stored ([`ReplicateCore`]), and [`placement`] — which
+//!   nodes must hold a blob (replication factor R, rendezvous hashing).
+//! - [`driver`] — the tokio drivers that feed the cores from [`crate::net`]
+//!   events and the tokio clock.
+//! - [`testing`] — [`testing::MemoryHub`], an in-memory [`crate::net::Net`]
+//!   with partitions, for tests and the simulator.
+//!
+//! This module must not touch the network except through [`crate::net::Net`],
+//! read the OS clock or RNG, or spawn OS threads. See `docs/cluster.md`.
+
+pub mod driver;
+mod error;
+mod ids;
+pub mod placement;
+pub mod replicate;
+pub mod state;
+pub mod sync;
+pub mod testing;
+
+pub use driver::{
+    ClusterHandle, FetchCommand, FetchReport, ReplicateHandle, replicate_channel, run_replicate,
+    run_sync, split_events,
+};
+pub use error::ClusterError;
+pub use ids::{node_hex, parse_node_hex};
+pub use replicate::{BLOB_PROTOCOL, ReplicateConfig, ReplicateCore};
+pub use state::{
+    Admission, ClusterState, Deployment, DeploymentUpdate, Member, Role, StateContents, StateHash,
+};
+pub use sync::{SYNC_PROTOCOL, SyncConfig, SyncCore};

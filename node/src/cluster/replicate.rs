@@ -1,0 +1,709 @@
+//! Blob replication as a sans-IO core: fetch a blob by CID from a peer that
+//! has it, in chunks of at most [`MAX_PAYLOAD_BYTES`], verified before it is
+//! stored.
+//!
+//! The core decides whom to ask and what to do with answers; it never
+//! touches the network or the disk. It emits [`Action`]s — send a request,
+//! start/append/finish/abort a blob write, a fetch finished or failed — and
+//! the driver performs them and reports back ([`ReplicateCore::handle_response`],
+//! [`ReplicateCore::on_write_finished`]). The store verifies the written
+//! content against the CID on finish ([`crate::store::BlobStore::finish_write`]);
+//! a mismatch rejects that peer for the blob and the next holder is tried.
+//!
+//! # Protocol `"blob/1"`
+//!
+//! Requests are JSON [`BlobRequest`]s. `Have` is answered with JSON
+//! [`HaveReply`]; `Get { cid, offset, len }` with exactly `len` raw bytes of
+//! the blob from `offset` (`len` ≤ [`MAX_PAYLOAD_BYTES`]).
+//!
+//! # Choosing a source
+//!
+//! Candidates are the holders the cluster state records (best rendezvous
+//! rank first, to spread load); when none is left, every connected peer is
+//! asked `Have`. Each failed try (an error, a short chunk, a corrupt blob, a
+//! round where nobody had it) counts towards `max_attempts`; a round where
+//! nobody had it waits `retry_delay` before the next.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::placement;
+use crate::net::{MAX_PAYLOAD_BYTES, NodeId};
+use crate::store::{BlobStore, StoreError};
+
+/// The net protocol name of blob replication.
+pub const BLOB_PROTOCOL: &str = "blob/1";
+
+/// A request of the blob protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobRequest {
+    /// Do you hold this blob, and how large is it?
+    Have { cid: String },
+    /// `len` bytes of the blob from `offset`.
+    Get { cid: String, offset: u64, len: u64 },
+}
+
+/// The answer to [`BlobRequest::Have`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveReply {
+    /// The blob's size if the peer holds it.
+    pub size_bytes: Option<u64>,
+}
+
+/// How replication behaves.
+#[derive(Clone, Debug)]
+pub struct ReplicateConfig {
+    /// Fetches running at once.
+    pub max_concurrent_fetches: usize,
+    /// Failed tries of one blob before the fetch is given up.
+    pub max_attempts: u32,
+    /// Bytes asked for per `Get`.
+    pub chunk_bytes: usize,
+    /// Wait after a round in which no peer had the blob.
+    pub retry_delay: Duration,
+    /// R; `None` means min(3, number of admitted members).
+    pub replication_factor: Option<usize>,
+}
+
+impl Default for ReplicateConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_fetches: 4,
+            max_attempts: 6,
+            chunk_bytes: MAX_PAYLOAD_BYTES,
+            retry_delay: Duration::from_secs(2),
+            replication_factor: None,
+        }
+    }
+}
+
+/// Names a request the core sent, to route its answer back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// What the core wants done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `payload` to `peer` on [`BLOB_PROTOCOL`]; report the answer with
+    /// [`ReplicateCore::handle_response`].
+    Send {
+        id: RequestId,
+        peer: NodeId,
+        payload: Bytes,
+    },
+    /// Open a blob write for `cid` (discarding any unfinished one).
+    StartWrite { cid: Cid },
+    /// Append `chunk` to the open write of `cid`.
+    Write { cid: Cid, chunk: Bytes },
+    /// Verify and publish the write of `cid`; report with
+    /// [`ReplicateCore::on_write_finished`].
+    FinishWrite { cid: Cid },
+    /// Discard the open write of `cid`.
+    AbortWrite { cid: Cid },
+    /// `cid` is stored and verified; `rejected` are the peers whose copy
+    /// was corrupt or who broke the protocol.
+    Fetched {
+        cid: Cid,
+        from: NodeId,
+        rejected: Vec<NodeId>,
+    },
+    /// `cid` could not be fetched.
+    Failed {
+        cid: Cid,
+        attempts: u32,
+        reason: String,
+    },
+}
+
+/// How finishing a write went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Stored,
+    /// The content did not hash to the CID.
+    Mismatch,
+    /// A local failure (disk); not the peer's fault.
+    LocalError(String),
+}
+
+impl WriteOutcome {
+    /// Classify a store result.
+    pub fn from_store(result: Result<Cid, StoreError>) -> Self {
+        match result {
+            Ok(_) => WriteOutcome::Stored,
+            Err(StoreError::Mismatch { .. }) => WriteOutcome::Mismatch,
+            Err(e) => WriteOutcome::LocalError(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    Queued,
+    Backoff {
+        until: Instant,
+    },
+    /// `Have` sent to one candidate.
+    Asking {
+        peer: NodeId,
+        id: RequestId,
+    },
+    /// `Have` sent to every connected peer.
+    Probing {
+        outstanding: BTreeMap<RequestId, NodeId>,
+    },
+    Fetching {
+        peer: NodeId,
+        id: RequestId,
+        size_bytes: u64,
+        offset: u64,
+        chunk_len: u64,
+    },
+    Verifying {
+        peer: NodeId,
+    },
+}
+
+#[derive(Debug)]
+struct Job {
+    candidates: BTreeSet<NodeId>,
+    /// Tried in this round (cleared after a backoff).
+    tried: BTreeSet<NodeId>,
+    /// Sent a corrupt blob or broke the protocol: never asked again.
+    rejected: BTreeSet<NodeId>,
+    probed: bool,
+    attempts: u32,
+    last_error: String,
+    phase: Phase,
+}
+
+impl Job {
+    fn is_active(&self) -> bool {
+        !matches!(self.phase, Phase::Queued | Phase::Backoff { .. })
+    }
+}
+
+/// The replication core of one node.
+#[derive(Debug)]
+pub struct ReplicateCore {
+    local: NodeId,
+    config: ReplicateConfig,
+    peers: BTreeSet<NodeId>,
+    jobs: BTreeMap<Cid, Job>,
+    queue: VecDeque<Cid>,
+    requests: BTreeMap<RequestId, Cid>,
+    next_request: u64,
+    actions: VecDeque<Action>,
+}
+
+impl ReplicateCore {
+    pub fn new(local: NodeId, config: ReplicateConfig) -> Self {
+        debug_assert!(config.max_concurrent_fetches > 0 && config.max_attempts > 0);
+        debug_assert!(config.chunk_bytes > 0 && config.chunk_bytes <= MAX_PAYLOAD_BYTES);
+        Self {
+            local,
+            config,
+            peers: BTreeSet::new(),
+            jobs: BTreeMap::new(),
+            queue: VecDeque::new(),
+            requests: BTreeMap::new(),
+            next_request: 0,
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ReplicateConfig {
+        &self.config
+    }
+
+    /// Whether a fetch of `cid` is under way.
+    pub fn is_fetching(&self, cid: &Cid) -> bool {
+        self.jobs.contains_key(cid)
+    }
+
+    pub fn on_peer_up(&mut self, peer: NodeId) {
+        if peer != self.local {
+            self.peers.insert(peer);
+        }
+    }
+
+    pub fn on_peer_down(&mut self, peer: NodeId) {
+        self.peers.remove(&peer);
+    }
+
+    /// Fetch `cid`; `holders` are the nodes the cluster state says hold it.
+    /// Wanting a blob already being fetched adds the holders as candidates.
+    pub fn want(&mut self, cid: Cid, holders: BTreeSet<NodeId>, now: Instant) {
+        let local = self.local;
+        if let Some(job) = self.jobs.get_mut(&cid) {
+            job.candidates
+                .extend(holders.into_iter().filter(|h| *h != local));
+            return;
+        }
+        self.jobs.insert(
+            cid,
+            Job {
+                candidates: holders.into_iter().filter(|h| *h != local).collect(),
+                tried: BTreeSet::new(),
+                rejected: BTreeSet::new(),
+                probed: false,
+                attempts: 0,
+                last_error: String::new(),
+                phase: Phase::Queued,
+            },
+        );
+        self.queue.push_back(cid);
+        self.start_queued(now);
+    }
+
+    /// The next thing to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`ReplicateCore::handle_timeout`] wants to be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.jobs
+            .values()
+            .filter_map(|j| match j.phase {
+                Phase::Backoff { until } => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Time passed: retry fetches whose backoff is over.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<Cid> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| matches!(j.phase, Phase::Backoff { until } if until <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        for cid in due {
+            if let Some(job) = self.jobs.get_mut(&cid) {
+                job.phase = Phase::Queued;
+                job.tried.clear();
+                job.probed = false;
+                self.queue.push_back(cid);
+            }
+        }
+        self.start_queued(now);
+    }
+
+    /// The answer to request `id`: the payload, or why there is none.
+    pub fn handle_response(&mut self, id: RequestId, answer: Result<Bytes, String>, now: Instant) {
+        let Some(cid) = self.requests.remove(&id) else {
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(&cid) else {
+            return;
+        };
+        match &mut job.phase {
+            Phase::Asking { peer, id: asked } if *asked == id => {
+                let peer = *peer;
+                job.tried.insert(peer);
+                match answer.and_then(|p| decode_have(&p)) {
+                    Ok(Some(size_bytes)) => self.begin_fetch(cid, peer, size_bytes),
+                    Ok(None) => {
+                        job.candidates.remove(&peer);
+                        self.advance(cid, now);
+                    }
+                    Err(reason) => self.peer_failed(cid, peer, reason, false, now),
+                }
+            }
+            Phase::Probing { outstanding } => {
+                let Some(peer) = outstanding.remove(&id) else {
+                    return;
+                };
+                let done = outstanding.is_empty();
+                if let Ok(Ok(Some(_))) = answer.map(|p| decode_have(&p)) {
+                    job.candidates.insert(peer);
+                }
+                if done {
+                    self.advance(cid, now);
+                }
+            }
+            Phase::Fetching {
+                peer,
+                id: asked,
+                size_bytes,
+                offset,
+                chunk_len,
+            } if *asked == id => {
+                let peer = *peer;
+                let chunk = match answer {
+                    Ok(chunk) => chunk,
+                    Err(reason) => {
+                        self.actions.push_back(Action::AbortWrite { cid });
+                        return self.peer_failed(cid, peer, reason, false, now);
+                    }
+                };
+                if chunk.len() as u64 != *chunk_len {
+                    let reason = format!(
+                        "sent {} bytes for a chunk of {chunk_len} at offset {offset}",
+                        chunk.len()
+                    );
+                    self.actions.push_back(Action::AbortWrite { cid });
+                    return self.peer_failed(cid, peer, reason, true, now);
+                }
+                *offset += *chunk_len;
+                let (size_bytes, offset) = (*size_bytes, *offset);
+                self.actions.push_back(Action::Write { cid, chunk });
+                self.next_chunk(cid, peer, size_bytes, offset);
+            }
+            _ => {}
+        }
+    }
+
+    /// How finishing the write of `cid` went.
+    pub fn on_write_finished(&mut self, cid: Cid, outcome: WriteOutcome, now: Instant) {
+        let Some(job) = self.jobs.get_mut(&cid) else {
+            return;
+        };
+        let Phase::Verifying { peer } = job.phase else {
+            return;
+        };
+        match outcome {
+            WriteOutcome::Stored => {
+                let rejected = job.rejected.iter().copied().collect();
+                self.jobs.remove(&cid);
+                self.actions.push_back(Action::Fetched {
+                    cid,
+                    from: peer,
+                    rejected,
+                });
+                self.start_queued(now);
+            }
+            WriteOutcome::Mismatch => {
+                tracing::warn!(peer = %peer, cid = %cid, "blob replication: peer offered a corrupt blob (its content does not hash to the CID); rejected, trying another holder");
+                self.peer_failed(
+                    cid,
+                    peer,
+                    "offered content that does not hash to the CID".into(),
+                    true,
+                    now,
+                );
+            }
+            WriteOutcome::LocalError(reason) => {
+                let attempts = job.attempts;
+                self.jobs.remove(&cid);
+                self.actions.push_back(Action::Failed {
+                    cid,
+                    attempts,
+                    reason: format!("the local store failed: {reason}"),
+                });
+                self.start_queued(now);
+            }
+        }
+    }
+
+    fn start_queued(&mut self, now: Instant) {
+        while self.jobs.values().filter(|j| j.is_active()).count()
+            < self.config.max_concurrent_fetches
+        {
+            let Some(cid) = self.queue.pop_front() else {
+                return;
+            };
+            if self
+                .jobs
+                .get(&cid)
+                .is_some_and(|j| matches!(j.phase, Phase::Queued))
+            {
+                self.advance(cid, now);
+            }
+        }
+    }
+
+    /// Try the next source of `cid`.
+    fn advance(&mut self, cid: Cid, now: Instant) {
+        let Some(job) = self.jobs.get_mut(&cid) else {
+            return;
+        };
+        if job.attempts >= self.config.max_attempts {
+            let (attempts, reason) = (job.attempts, job.last_error.clone());
+            self.jobs.remove(&cid);
+            self.actions.push_back(Action::Failed {
+                cid,
+                attempts,
+                reason,
+            });
+            self.start_queued(now);
+            return;
+        }
+        let open = job
+            .candidates
+            .iter()
+            .filter(|c| !job.tried.contains(c) && !job.rejected.contains(c))
+            .copied();
+        if let Some(peer) = placement::rank(&cid, open).first().copied() {
+            let id = self.send(
+                cid,
+                peer,
+                &BlobRequest::Have {
+                    cid: cid.to_string(),
+                },
+            );
+            if let Some(job) = self.jobs.get_mut(&cid) {
+                job.phase = Phase::Asking { peer, id };
+            }
+            return;
+        }
+        if !job.probed {
+            job.probed = true;
+            let ask: Vec<NodeId> = self
+                .peers
+                .iter()
+                .filter(|p| !job.rejected.contains(p) && !job.tried.contains(p))
+                .copied()
+                .collect();
+            if !ask.is_empty() {
+                let mut outstanding = BTreeMap::new();
+                for peer in ask {
+                    let id = self.send(
+                        cid,
+                        peer,
+                        &BlobRequest::Have {
+                            cid: cid.to_string(),
+                        },
+                    );
+                    outstanding.insert(id, peer);
+                }
+                if let Some(job) = self.jobs.get_mut(&cid) {
+                    job.phase = Phase::Probing { outstanding };
+                }
+                return;
+            }
+        }
+        // Nobody had it this round: wait, then start a new round.
+        job.attempts += 1;
+        if job.last_error.is_empty() {
+            job.last_error = "no connected peer holds it".into();
+        }
+        if job.attempts >= self.config.max_attempts {
+            return self.advance(cid, now);
+        }
+        job.phase = Phase::Backoff {
+            until: now + self.config.retry_delay,
+        };
+        self.start_queued(now);
+    }
+
+    fn begin_fetch(&mut self, cid: Cid, peer: NodeId, size_bytes: u64) {
+        self.actions.push_back(Action::StartWrite { cid });
+        self.next_chunk(cid, peer, size_bytes, 0);
+    }
+
+    /// Ask for the chunk at `offset`, or finish when the blob is complete.
+    fn next_chunk(&mut self, cid: Cid, peer: NodeId, size_bytes: u64, offset: u64) {
+        debug_assert!(offset <= size_bytes);
+        if offset >= size_bytes {
+            self.actions.push_back(Action::FinishWrite { cid });
+            if let Some(job) = self.jobs.get_mut(&cid) {
+                job.phase = Phase::Verifying { peer };
+            }
+            return;
+        }
+        let chunk_len = (size_bytes - offset).min(self.config.chunk_bytes as u64);
+        let id = self.send(
+            cid,
+            peer,
+            &BlobRequest::Get {
+                cid: cid.to_string(),
+                offset,
+                len: chunk_len,
+            },
+        );
+        if let Some(job) = self.jobs.get_mut(&cid) {
+            job.phase = Phase::Fetching {
+                peer,
+                id,
+                size_bytes,
+                offset,
+                chunk_len,
+            };
+        }
+    }
+
+    fn peer_failed(&mut self, cid: Cid, peer: NodeId, reason: String, reject: bool, now: Instant) {
+        let Some(job) = self.jobs.get_mut(&cid) else {
+            return;
+        };
+        tracing::debug!(peer = %peer, cid = %cid, reason, "blob replication: try failed");
+        job.attempts += 1;
+        job.tried.insert(peer);
+        job.last_error = format!("peer {peer}: {reason}");
+        if reject {
+            job.rejected.insert(peer);
+        }
+        self.advance(cid, now);
+    }
+
+    fn send(&mut self, cid: Cid, peer: NodeId, request: &BlobRequest) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        // Serialising these plain enums cannot fail.
+        let payload = serde_json::to_vec(request).unwrap_or_default();
+        self.requests.insert(id, cid);
+        self.actions.push_back(Action::Send {
+            id,
+            peer,
+            payload: Bytes::from(payload),
+        });
+        id
+    }
+}
+
+fn decode_have(payload: &[u8]) -> Result<Option<u64>, String> {
+    serde_json::from_slice::<HaveReply>(payload)
+        .map(|r| r.size_bytes)
+        .map_err(|e| format!("invalid Have reply: {e}"))
+}
+
+/// Answer a blob-protocol request from the local store (blocking file IO).
+///
+/// `Get` reads the stored bytes without verifying them: the requester
+/// verifies the whole blob against its CID before storing it.
+pub fn serve_request(store: &BlobStore, payload: &[u8]) -> Result<Bytes, String> {
+    let request: BlobRequest =
+        serde_json::from_slice(payload).map_err(|e| format!("invalid blob request: {e}"))?;
+    match request {
+        BlobRequest::Have { cid } => {
+            let cid = Cid::try_from(cid.as_str()).map_err(|e| format!("invalid CID: {e}"))?;
+            let size_bytes = if store.contains(&cid) {
+                store.size(&cid).ok()
+            } else {
+                None
+            };
+            let reply = serde_json::to_vec(&HaveReply { size_bytes }).map_err(|e| e.to_string())?;
+            Ok(Bytes::from(reply))
+        }
+        BlobRequest::Get { cid, offset, len } => {
+            let cid = Cid::try_from(cid.as_str()).map_err(|e| format!("invalid CID: {e}"))?;
+            if len > MAX_PAYLOAD_BYTES as u64 {
+                return Err(format!(
+                    "a chunk of {len} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit"
+                ));
+            }
+            read_range(store, &cid, offset, len).map(Bytes::from)
+        }
+    }
+}
+
+fn read_range(store: &BlobStore, cid: &Cid, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+    let path = store.blob_path(cid);
+    let mut file = File::open(&path).map_err(|_| format!("blob {cid} is not held here"))?;
+    let size_bytes = file.metadata().map_err(|e| e.to_string())?.len();
+    if offset.checked_add(len).is_none_or(|end| end > size_bytes) {
+        return Err(format!(
+            "range {offset}+{len} is past the end of blob {cid} ({size_bytes} bytes)"
+        ));
+    }
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::cid_of;
+
+    fn node(n: u8) -> NodeId {
+        NodeId([n; 32])
+    }
+
+    fn have(size: Option<u64>) -> Bytes {
+        Bytes::from(serde_json::to_vec(&HaveReply { size_bytes: size }).unwrap())
+    }
+
+    fn drain(core: &mut ReplicateCore) -> Vec<Action> {
+        std::iter::from_fn(|| core.poll_action()).collect()
+    }
+
+    fn sends(actions: &[Action]) -> Vec<(RequestId, NodeId, BlobRequest)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { id, peer, payload } => {
+                    Some((*id, *peer, serde_json::from_slice(payload).unwrap()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fetches_in_chunks_and_reports() {
+        let now = Instant::now();
+        let config = ReplicateConfig {
+            chunk_bytes: 4,
+            ..Default::default()
+        };
+        let mut core = ReplicateCore::new(node(1), config);
+        let cid = cid_of(b"0123456789");
+        core.want(cid, BTreeSet::from([node(2)]), now);
+        let s = sends(&drain(&mut core));
+        assert_eq!(s.len(), 1);
+        assert!(matches!(s[0].2, BlobRequest::Have { .. }));
+        core.handle_response(s[0].0, Ok(have(Some(10))), now);
+        let mut lens = vec![];
+        loop {
+            let actions = drain(&mut core);
+            if actions
+                .iter()
+                .any(|a| matches!(a, Action::FinishWrite { .. }))
+            {
+                break;
+            }
+            let s = sends(&actions);
+            let (id, _, BlobRequest::Get { offset, len, .. }) = s[0].clone() else {
+                panic!("expected a Get: {actions:?}")
+            };
+            lens.push(len);
+            let data = &b"0123456789"[offset as usize..(offset + len) as usize];
+            core.handle_response(id, Ok(Bytes::copy_from_slice(data)), now);
+        }
+        assert_eq!(lens, vec![4, 4, 2]);
+        core.on_write_finished(cid, WriteOutcome::Stored, now);
+        assert_eq!(
+            drain(&mut core),
+            vec![Action::Fetched {
+                cid,
+                from: node(2),
+                rejected: vec![]
+            }]
+        );
+    }
+
+    #[test]
+    fn gives_up_after_max_attempts() {
+        let now = Instant::now();
+        let config = ReplicateConfig {
+            max_attempts: 2,
+            retry_delay: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let mut core = ReplicateCore::new(node(1), config);
+        let cid = cid_of(b"x");
+        core.want(cid, BTreeSet::new(), now);
+        // No peers: backoff, then fail.
+        assert!(drain(&mut core).is_empty());
+        let t = core.poll_timeout().unwrap();
+        core.handle_timeout(t);
+        let actions = drain(&mut core);
+        assert!(
+            matches!(actions.as_slice(), [Action::Failed { attempts: 2, .. }]),
+            "{actions:?}"
+        );
+    }
+}

@@ -1,0 +1,801 @@
+//! The cluster state: one automerge document, reached only through a typed
+//! API so callers never touch automerge paths.
+//!
+//! # Layout
+//!
+//! Everything lives in flat keys of the document's root map. No nested
+//! objects are created, because two nodes creating the same nested map
+//! concurrently would produce two conflicting objects (one hidden). Each
+//! record is one JSON string written in one operation, so a reader sees a
+//! whole record or none, never a mix of two writers' fields.
+//!
+//! ```text
+//! member/<node hex>                              → {"addresses", "role", "joined_by"}
+//! admitted/<node hex>                            → {"admitted_by"}
+//! deploy/<project>/<branch>/<seq:020>/<node hex> → {"commit", "manifest_cid", "artifacts", "pushed_at_seq", "pushed_by"}
+//! alloc/<cid>/<node hex>                         → true  (that node holds the blob)
+//! ```
+//!
+//! # Which push wins
+//!
+//! Every push of an environment (project × branch) is a *candidate* record
+//! under its own key. A push on node N gets `pushed_at_seq` = (the highest
+//! `pushed_at_seq` of that environment N has seen) + 1 and removes the
+//! candidates it has seen (they are older). The live deployment of an
+//! environment is its candidate with the greatest
+//! **(`pushed_at_seq`, `pushed_by`)** — a total order, so every node that has
+//! the same candidates picks the same winner. Two concurrent pushes of one
+//! branch on two nodes get the same `pushed_at_seq`; the one from the node
+//! with the greater node id wins, whole (its commit, manifest and artifacts
+//! together). A later push on any node that has seen both supersedes both.
+//!
+//! # Determinism
+//!
+//! The document's actor id is the node id followed by an 8-byte incarnation
+//! number the caller supplies (from the node's RNG): derived from the node
+//! key, never from the OS RNG, yet distinct across restarts, so a node that
+//! lost its saved document cannot reuse an (actor, seq) pair. Commits carry
+//! no timestamp.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ROOT, ReadDoc, ScalarValueRef, ValueRef};
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::ClusterError;
+use super::ids::{node_hex, parse_cid, parse_node_hex};
+use crate::deploy::state::EnvKey;
+use crate::net::NodeId;
+
+const MEMBER_PREFIX: &str = "member/";
+const ADMITTED_PREFIX: &str = "admitted/";
+const DEPLOY_PREFIX: &str = "deploy/";
+const ALLOC_PREFIX: &str = "alloc/";
+
+/// What a node does in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Serves traffic, stores blobs, takes pushes.
+    Full,
+    /// Stores blobs and syncs state, serves no traffic.
+    Storage,
+}
+
+/// A cluster member as the state records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Addresses peers can dial (multiaddrs or `host:port`), sorted.
+    pub addresses: Vec<String>,
+    pub role: Role,
+    /// Whether the node's key is in the admitted set.
+    pub admitted: bool,
+    /// The node that invited it (`None` for the node that founded the cluster).
+    pub joined_by: Option<NodeId>,
+}
+
+/// An admitted node key and who admitted it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    pub admitted_by: NodeId,
+}
+
+/// What a push asks to deploy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploymentUpdate {
+    pub commit: String,
+    /// CID of the release manifest blob.
+    pub manifest_cid: Cid,
+    /// CIDs of every artifact the manifest references.
+    pub artifacts: Vec<Cid>,
+}
+
+/// The live deployment of one environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    pub commit: String,
+    pub manifest_cid: Cid,
+    /// Sorted, without duplicates.
+    pub artifacts: Vec<Cid>,
+    /// The push's sequence number in its environment (see the module doc).
+    pub pushed_at_seq: u64,
+    pub pushed_by: NodeId,
+}
+
+impl Deployment {
+    /// The total order that picks the winner among concurrent pushes.
+    pub fn precedence(&self) -> (u64, NodeId) {
+        (self.pushed_at_seq, self.pushed_by)
+    }
+}
+
+/// The hash of a state's typed contents: equal on converged nodes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StateHash(pub [u8; 32]);
+
+impl fmt::Display for StateHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for StateHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StateHash({self})")
+    }
+}
+
+/// The typed contents of a state, in canonical (sorted) order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateContents {
+    pub members: BTreeMap<NodeId, Member>,
+    pub admitted: BTreeMap<NodeId, Admission>,
+    pub deployments: BTreeMap<EnvKey, Deployment>,
+    pub allocations: BTreeMap<Cid, BTreeSet<NodeId>>,
+}
+
+/// The record stored for a member (admission is kept apart).
+#[derive(Serialize, Deserialize)]
+struct MemberRecord {
+    addresses: Vec<String>,
+    role: Role,
+    joined_by: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AdmissionRecord {
+    admitted_by: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeploymentRecord {
+    commit: String,
+    manifest_cid: String,
+    artifacts: Vec<String>,
+    pushed_at_seq: u64,
+    pushed_by: String,
+}
+
+/// One node's replica of the cluster state.
+pub struct ClusterState {
+    doc: AutoCommit,
+    local: NodeId,
+}
+
+impl fmt::Debug for ClusterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterState")
+            .field("local", &self.local)
+            .field("state_hash", &self.state_hash())
+            .finish()
+    }
+}
+
+/// The actor id of `local`'s document in incarnation `incarnation`.
+fn actor_for(local: &NodeId, incarnation: u64) -> ActorId {
+    let mut bytes = Vec::with_capacity(40);
+    bytes.extend_from_slice(&local.0);
+    bytes.extend_from_slice(&incarnation.to_be_bytes());
+    ActorId::from(bytes)
+}
+
+impl ClusterState {
+    /// An empty state for node `local`. `incarnation` must differ between
+    /// runs of the same node (take it from the node's `env::Rng`).
+    pub fn new(local: NodeId, incarnation: u64) -> Self {
+        Self {
+            doc: AutoCommit::new().with_actor(actor_for(&local, incarnation)),
+            local,
+        }
+    }
+
+    /// A state loaded from [`ClusterState::save`]'s bytes.
+    pub fn load(local: NodeId, incarnation: u64, bytes: &[u8]) -> Result<Self, ClusterError> {
+        let doc = AutoCommit::load(bytes).map_err(|e| ClusterError::Load(Box::new(e)))?;
+        Ok(Self {
+            doc: doc.with_actor(actor_for(&local, incarnation)),
+            local,
+        })
+    }
+
+    /// The whole document, compacted, for persisting.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// The node this replica belongs to.
+    pub fn local_id(&self) -> NodeId {
+        self.local
+    }
+
+    /// The automerge document, for the sync protocol only.
+    pub(crate) fn doc_mut(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    /// The document's heads: changes when anything is merged or written.
+    pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Merge every change of `other` into this replica.
+    pub fn merge(&mut self, other: &mut ClusterState) -> Result<(), ClusterError> {
+        self.doc
+            .merge(&mut other.doc)
+            .map(|_| ())
+            .map_err(|source| ClusterError::Write {
+                source: Box::new(source),
+                action: "merge another replica",
+            })
+    }
+
+    // ----- members and admission -------------------------------------------
+
+    /// Record (or replace) `node`'s member record.
+    pub fn upsert_member(
+        &mut self,
+        node: NodeId,
+        mut addresses: Vec<String>,
+        role: Role,
+        joined_by: Option<NodeId>,
+    ) -> Result<(), ClusterError> {
+        addresses.sort();
+        addresses.dedup();
+        let record = MemberRecord {
+            addresses,
+            role,
+            joined_by: joined_by.as_ref().map(node_hex),
+        };
+        let key = format!("{MEMBER_PREFIX}{}", node_hex(&node));
+        self.put_json(&key, "member", &record)
+    }
+
+    /// Put `node`'s key in the admitted set.
+    pub fn admit(&mut self, node: NodeId, admitted_by: NodeId) -> Result<(), ClusterError> {
+        let key = format!("{ADMITTED_PREFIX}{}", node_hex(&node));
+        let record = AdmissionRecord {
+            admitted_by: node_hex(&admitted_by),
+        };
+        self.put_json(&key, "admission", &record)
+    }
+
+    /// Take `node`'s key out of the admitted set.
+    pub fn revoke(&mut self, node: NodeId) -> Result<(), ClusterError> {
+        let key = format!("{ADMITTED_PREFIX}{}", node_hex(&node));
+        self.delete_key(&key)
+    }
+
+    /// Whether `node`'s key is admitted.
+    pub fn is_admitted(&self, node: &NodeId) -> bool {
+        let key = format!("{ADMITTED_PREFIX}{}", node_hex(node));
+        matches!(self.doc.get(ROOT, key.as_str()), Ok(Some(_)))
+    }
+
+    /// Every admitted node key.
+    pub fn admitted(&self) -> BTreeMap<NodeId, Admission> {
+        let mut out = BTreeMap::new();
+        for (key, json) in self.entries(ADMITTED_PREFIX) {
+            let record: Option<AdmissionRecord> = decode(&key, &json);
+            let node = parse_node_hex(&key[ADMITTED_PREFIX.len()..]);
+            if let (Some(node), Some(record)) = (node, record)
+                && let Some(by) = parse_node_hex(&record.admitted_by)
+            {
+                out.insert(node, Admission { admitted_by: by });
+            }
+        }
+        out
+    }
+
+    /// Every member, with its admission flag.
+    pub fn members(&self) -> BTreeMap<NodeId, Member> {
+        let admitted = self.admitted();
+        let mut out = BTreeMap::new();
+        for (key, json) in self.entries(MEMBER_PREFIX) {
+            let Some(node) = parse_node_hex(&key[MEMBER_PREFIX.len()..]) else {
+                tracing::warn!(
+                    key,
+                    "cluster state: skipping a member key that is not a node id"
+                );
+                continue;
+            };
+            let Some(record) = decode::<MemberRecord>(&key, &json) else {
+                continue;
+            };
+            out.insert(
+                node,
+                Member {
+                    addresses: record.addresses,
+                    role: record.role,
+                    admitted: admitted.contains_key(&node),
+                    joined_by: record.joined_by.as_deref().and_then(parse_node_hex),
+                },
+            );
+        }
+        out
+    }
+
+    // ----- deployments -----------------------------------------------------
+
+    /// Record a push of `env` made on this node and return the deployment it
+    /// becomes. See the module doc for how concurrent pushes are ordered.
+    pub fn apply_deployment(
+        &mut self,
+        env: &EnvKey,
+        update: DeploymentUpdate,
+    ) -> Result<Deployment, ClusterError> {
+        let seen = self.candidates(env);
+        let pushed_at_seq = seen.iter().map(|(_, d)| d.pushed_at_seq).max().unwrap_or(0) + 1;
+        let mut artifacts = update.artifacts;
+        artifacts.sort();
+        artifacts.dedup();
+        let deployment = Deployment {
+            commit: update.commit,
+            manifest_cid: update.manifest_cid,
+            artifacts,
+            pushed_at_seq,
+            pushed_by: self.local,
+        };
+        let record = DeploymentRecord {
+            commit: deployment.commit.clone(),
+            manifest_cid: deployment.manifest_cid.to_string(),
+            artifacts: deployment.artifacts.iter().map(Cid::to_string).collect(),
+            pushed_at_seq,
+            pushed_by: node_hex(&self.local),
+        };
+        let json = serde_json::to_string(&record).map_err(|source| ClusterError::Encode {
+            what: "deployment",
+            source,
+        })?;
+        // One commit: the new candidate appears and the older ones go together.
+        for (key, _) in &seen {
+            self.doc
+                .delete(ROOT, key.as_str())
+                .map_err(|source| ClusterError::Write {
+                    source: Box::new(source),
+                    action: "remove a superseded deployment",
+                })?;
+        }
+        let key = deploy_key(env, pushed_at_seq, &self.local);
+        self.doc
+            .put(ROOT, key.as_str(), json)
+            .map_err(|source| ClusterError::Write {
+                source: Box::new(source),
+                action: "write a deployment",
+            })?;
+        self.doc.commit();
+        debug_assert_eq!(
+            self.deployment(env).map(|d| d.precedence()),
+            Some(deployment.precedence()),
+            "a local push must win over every candidate it has seen"
+        );
+        Ok(deployment)
+    }
+
+    /// Remove `env`'s deployment (its branch was deleted). A concurrent push
+    /// of the same branch that this node has not seen survives.
+    pub fn remove_deployment(&mut self, env: &EnvKey) -> Result<(), ClusterError> {
+        for (key, _) in self.candidates(env) {
+            self.doc
+                .delete(ROOT, key.as_str())
+                .map_err(|source| ClusterError::Write {
+                    source: Box::new(source),
+                    action: "remove a deployment",
+                })?;
+        }
+        self.doc.commit();
+        Ok(())
+    }
+
+    /// The live deployment of `env`, if any.
+    pub fn deployment(&self, env: &EnvKey) -> Option<Deployment> {
+        self.candidates(env)
+            .into_iter()
+            .map(|(_, d)| d)
+            .max_by_key(Deployment::precedence)
+    }
+
+    /// The live deployment of every environment.
+    pub fn deployments(&self) -> BTreeMap<EnvKey, Deployment> {
+        let mut out: BTreeMap<EnvKey, Deployment> = BTreeMap::new();
+        for (key, json) in self.entries(DEPLOY_PREFIX) {
+            let Some((env, _, _)) = parse_deploy_key(&key) else {
+                tracing::warn!(key, "cluster state: skipping a malformed deployment key");
+                continue;
+            };
+            let Some(deployment) = decode_deployment(&key, &json) else {
+                continue;
+            };
+            match out.get(&env) {
+                Some(current) if current.precedence() >= deployment.precedence() => {}
+                _ => {
+                    out.insert(env, deployment);
+                }
+            }
+        }
+        out
+    }
+
+    /// Host name → environment, for the cloud's own zone (`localhost` in
+    /// dream): `<project>.<zone>` reaches `main`, `<branch>.<project>.<zone>`
+    /// reaches `<branch>`. Branches whose name is not a DNS label get no
+    /// preview host.
+    pub fn routes(&self, zone: &str) -> BTreeMap<String, EnvKey> {
+        let mut out = BTreeMap::new();
+        for env in self.deployments().into_keys() {
+            let host = if env.branch == "main" {
+                format!("{}.{zone}", env.project)
+            } else if is_dns_label(&env.branch) {
+                format!("{}.{}.{zone}", env.branch, env.project)
+            } else {
+                continue;
+            };
+            out.insert(host, env);
+        }
+        out
+    }
+
+    /// Every blob a live deployment references (manifests and artifacts):
+    /// the blobs the cluster must keep.
+    pub fn referenced_blobs(&self) -> BTreeSet<Cid> {
+        let mut out = BTreeSet::new();
+        for d in self.deployments().into_values() {
+            out.insert(d.manifest_cid);
+            out.extend(d.artifacts);
+        }
+        out
+    }
+
+    // ----- allocations -----------------------------------------------------
+
+    /// Record that `node` holds blob `cid`.
+    pub fn add_holder(&mut self, cid: &Cid, node: NodeId) -> Result<(), ClusterError> {
+        let key = alloc_key(cid, &node);
+        if matches!(self.doc.get(ROOT, key.as_str()), Ok(Some(_))) {
+            return Ok(());
+        }
+        self.doc
+            .put(ROOT, key.as_str(), true)
+            .map_err(|source| ClusterError::Write {
+                source: Box::new(source),
+                action: "record a blob holder",
+            })?;
+        self.doc.commit();
+        Ok(())
+    }
+
+    /// Record that `node` no longer holds blob `cid`.
+    pub fn remove_holder(&mut self, cid: &Cid, node: NodeId) -> Result<(), ClusterError> {
+        self.delete_key(&alloc_key(cid, &node))
+    }
+
+    /// The nodes recorded as holding `cid`.
+    pub fn holders(&self, cid: &Cid) -> BTreeSet<NodeId> {
+        let prefix = format!("{ALLOC_PREFIX}{cid}/");
+        self.keys(&prefix)
+            .iter()
+            .filter_map(|key| parse_node_hex(&key[prefix.len()..]))
+            .collect()
+    }
+
+    /// Every blob's recorded holders.
+    pub fn allocations(&self) -> BTreeMap<Cid, BTreeSet<NodeId>> {
+        let mut out: BTreeMap<Cid, BTreeSet<NodeId>> = BTreeMap::new();
+        for key in self.keys(ALLOC_PREFIX) {
+            let rest = &key[ALLOC_PREFIX.len()..];
+            let parsed = rest
+                .split_once('/')
+                .and_then(|(cid, node)| Some((parse_cid(cid)?, parse_node_hex(node)?)));
+            match parsed {
+                Some((cid, node)) => {
+                    out.entry(cid).or_default().insert(node);
+                }
+                None => tracing::warn!(key, "cluster state: skipping a malformed allocation key"),
+            }
+        }
+        out
+    }
+
+    // ----- the whole -------------------------------------------------------
+
+    /// The typed contents, sorted.
+    pub fn contents(&self) -> StateContents {
+        StateContents {
+            members: self.members(),
+            admitted: self.admitted(),
+            deployments: self.deployments(),
+            allocations: self.allocations(),
+        }
+    }
+
+    /// A hash of [`ClusterState::contents`]: equal on nodes that converged.
+    pub fn state_hash(&self) -> StateHash {
+        let contents = self.contents();
+        let mut sha = Sha256::new();
+        // A length-prefixed, sorted encoding: no two contents share one.
+        let mut field = |bytes: &[u8]| {
+            sha.update((bytes.len() as u64).to_be_bytes());
+            sha.update(bytes);
+        };
+        field(b"members");
+        for (node, m) in &contents.members {
+            field(&node.0);
+            field(&(m.addresses.len() as u64).to_be_bytes());
+            for a in &m.addresses {
+                field(a.as_bytes());
+            }
+            field(&[m.role as u8, u8::from(m.admitted)]);
+            field(m.joined_by.as_ref().map(|n| &n.0[..]).unwrap_or(&[]));
+        }
+        field(b"admitted");
+        for (node, a) in &contents.admitted {
+            field(&node.0);
+            field(&a.admitted_by.0);
+        }
+        field(b"deployments");
+        for (env, d) in &contents.deployments {
+            field(env.project.as_bytes());
+            field(env.branch.as_bytes());
+            field(d.commit.as_bytes());
+            field(&d.manifest_cid.to_bytes());
+            field(&(d.artifacts.len() as u64).to_be_bytes());
+            for c in &d.artifacts {
+                field(&c.to_bytes());
+            }
+            field(&d.pushed_at_seq.to_be_bytes());
+            field(&d.pushed_by.0);
+        }
+        field(b"allocations");
+        for (cid, holders) in &contents.allocations {
+            field(&cid.to_bytes());
+            for h in holders {
+                field(&h.0);
+            }
+        }
+        StateHash(sha.finalize().into())
+    }
+
+    // ----- helpers ---------------------------------------------------------
+
+    fn put_json<T: Serialize>(
+        &mut self,
+        key: &str,
+        what: &'static str,
+        record: &T,
+    ) -> Result<(), ClusterError> {
+        let json = serde_json::to_string(record)
+            .map_err(|source| ClusterError::Encode { what, source })?;
+        self.doc
+            .put(ROOT, key, json)
+            .map_err(|source| ClusterError::Write {
+                source: Box::new(source),
+                action: "write a record",
+            })?;
+        self.doc.commit();
+        Ok(())
+    }
+
+    fn delete_key(&mut self, key: &str) -> Result<(), ClusterError> {
+        if matches!(self.doc.get(ROOT, key), Ok(Some(_))) {
+            self.doc
+                .delete(ROOT, key)
+                .map_err(|source| ClusterError::Write {
+                    source: Box::new(source),
+                    action: "delete a record",
+                })?;
+            self.doc.commit();
+        }
+        Ok(())
+    }
+
+    /// Every (key, string value) under `prefix`, in key order.
+    fn entries(&self, prefix: &str) -> Vec<(String, String)> {
+        self.doc
+            .map_range(ROOT, prefix_range(prefix))
+            .filter_map(|item| match item.value {
+                ValueRef::Scalar(ScalarValueRef::Str(s)) => {
+                    Some((item.key.into_owned(), s.into_owned()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every key under `prefix`, in key order.
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        self.doc
+            .map_range(ROOT, prefix_range(prefix))
+            .map(|item| item.key.into_owned())
+            .collect()
+    }
+
+    /// Every candidate record of `env`: (key, deployment).
+    fn candidates(&self, env: &EnvKey) -> Vec<(String, Deployment)> {
+        let prefix = format!("{DEPLOY_PREFIX}{}/{}/", env.project, env.branch);
+        self.entries(&prefix)
+            .into_iter()
+            .filter(|(key, _)| {
+                parse_deploy_key(key).is_some_and(|(candidate_env, _, _)| candidate_env == *env)
+            })
+            .filter_map(|(key, json)| {
+                let d = decode_deployment(&key, &json)?;
+                Some((key, d))
+            })
+            .collect()
+    }
+}
+
+/// Keys from `prefix` (inclusive) to the first key past every key with it.
+fn prefix_range(prefix: &str) -> std::ops::Range<String> {
+    debug_assert!(prefix.ends_with('/'), "prefixes end with '/'");
+    // '0' is the character after '/': every key with the prefix sorts before.
+    let end = format!("{}0", &prefix[..prefix.len() - 1]);
+    prefix.to_string()..end
+}
+
+fn deploy_key(env: &EnvKey, seq: u64, node: &NodeId) -> String {
+    format!(
+        "{DEPLOY_PREFIX}{}/{}/{seq:020}/{}",
+        env.project,
+        env.branch,
+        node_hex(node)
+    )
+}
+
+/// Split a deployment key into (environment, seq, node). The branch may
+/// contain '/', the project (a DNS label) may not: parse from both ends.
+fn parse_deploy_key(key: &str) -> Option<(EnvKey, u64, NodeId)> {
+    let rest = key.strip_prefix(DEPLOY_PREFIX)?;
+    let (project, rest) = rest.split_once('/')?;
+    let (rest, node) = rest.rsplit_once('/')?;
+    let (branch, seq) = rest.rsplit_once('/')?;
+    if project.is_empty() || branch.is_empty() {
+        return None;
+    }
+    Some((
+        EnvKey {
+            project: project.to_string(),
+            branch: branch.to_string(),
+        },
+        seq.parse().ok()?,
+        parse_node_hex(node)?,
+    ))
+}
+
+fn alloc_key(cid: &Cid, node: &NodeId) -> String {
+    format!("{ALLOC_PREFIX}{cid}/{}", node_hex(node))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, json: &str) -> Option<T> {
+    match serde_json::from_str(json) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "cluster state: skipping a record this version cannot read");
+            None
+        }
+    }
+}
+
+fn decode_deployment(key: &str, json: &str) -> Option<Deployment> {
+    let record: DeploymentRecord = decode(key, json)?;
+    let manifest_cid = parse_cid(&record.manifest_cid)?;
+    let artifacts = record
+        .artifacts
+        .iter()
+        .map(|c| parse_cid(c))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Deployment {
+        commit: record.commit,
+        manifest_cid,
+        artifacts,
+        pushed_at_seq: record.pushed_at_seq,
+        pushed_by: parse_node_hex(&record.pushed_by)?,
+    })
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::cid_of;
+
+    fn node(n: u8) -> NodeId {
+        NodeId([n; 32])
+    }
+
+    fn env(branch: &str) -> EnvKey {
+        EnvKey {
+            project: "shop".into(),
+            branch: branch.into(),
+        }
+    }
+
+    fn update(commit: &str) -> DeploymentUpdate {
+        DeploymentUpdate {
+            commit: commit.into(),
+            manifest_cid: cid_of(commit.as_bytes()),
+            artifacts: vec![cid_of(b"a"), cid_of(b"b")],
+        }
+    }
+
+    #[test]
+    fn a_later_push_supersedes_and_prunes() {
+        let mut s = ClusterState::new(node(1), 0);
+        s.apply_deployment(&env("main"), update("c1")).unwrap();
+        let d = s.apply_deployment(&env("main"), update("c2")).unwrap();
+        assert_eq!(d.pushed_at_seq, 2);
+        assert_eq!(s.deployment(&env("main")).unwrap().commit, "c2");
+        assert_eq!(
+            s.candidates(&env("main")).len(),
+            1,
+            "older candidate pruned"
+        );
+    }
+
+    #[test]
+    fn branches_with_slashes_are_separate_environments() {
+        let mut s = ClusterState::new(node(1), 0);
+        s.apply_deployment(&env("a"), update("c1")).unwrap();
+        s.apply_deployment(&env("a/b"), update("c2")).unwrap();
+        let all = s.deployments();
+        assert_eq!(all[&env("a")].commit, "c1");
+        assert_eq!(all[&env("a/b")].commit, "c2");
+        assert_eq!(s.candidates(&env("a")).len(), 1);
+        let routes = s.routes("localhost");
+        assert_eq!(routes.get("a.shop.localhost"), Some(&env("a")));
+        assert_eq!(routes.len(), 1, "a/b is not a DNS label: {routes:?}");
+    }
+
+    #[test]
+    fn members_admission_and_holders() {
+        let mut s = ClusterState::new(node(1), 0);
+        s.upsert_member(
+            node(2),
+            vec!["b".into(), "a".into()],
+            Role::Full,
+            Some(node(1)),
+        )
+        .unwrap();
+        s.admit(node(2), node(1)).unwrap();
+        let m = &s.members()[&node(2)];
+        assert!(m.admitted);
+        assert_eq!(m.addresses, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(m.joined_by, Some(node(1)));
+        s.revoke(node(2)).unwrap();
+        assert!(!s.members()[&node(2)].admitted);
+
+        let c = cid_of(b"blob");
+        s.add_holder(&c, node(2)).unwrap();
+        s.add_holder(&c, node(3)).unwrap();
+        assert_eq!(s.holders(&c), BTreeSet::from([node(2), node(3)]));
+        s.remove_holder(&c, node(2)).unwrap();
+        assert_eq!(s.holders(&c), BTreeSet::from([node(3)]));
+        assert_eq!(s.allocations()[&c], BTreeSet::from([node(3)]));
+    }
+
+    #[test]
+    fn save_and_load_keep_contents() {
+        let mut s = ClusterState::new(node(1), 0);
+        s.apply_deployment(&env("main"), update("c1")).unwrap();
+        let bytes = s.save();
+        let mut loaded = ClusterState::load(node(1), 1, &bytes).unwrap();
+        assert_eq!(loaded.state_hash(), s.state_hash());
+        // The new incarnation can write on top of the old history.
+        loaded.apply_deployment(&env("main"), update("c2")).unwrap();
+        assert_eq!(loaded.deployment(&env("main")).unwrap().pushed_at_seq, 2);
+    }
+}
