@@ -341,8 +341,11 @@ impl Deployer {
             }
             Err(e) => return Err(DeployError(format!("canopy.yaml: cannot read: {e}"))),
         };
-        let project_file = config::parse("canopy.yaml", &text)?;
-        let problems = project_file.check_files(&root);
+        let project_file = Arc::new(config::parse("canopy.yaml", &text)?);
+        let problems = {
+            let (project_file, root) = (project_file.clone(), root.clone());
+            blocking(move || project_file.check_files(&root)).await?
+        };
         if !problems.is_empty() {
             return Err(DeployError(config::Diagnostics(problems).to_string()));
         }
@@ -413,29 +416,10 @@ impl Deployer {
             );
         }
 
-        let mut websites = BTreeMap::new();
-        for (name, website) in &project.websites {
-            let dir = root.join(&website.dir);
-            let mut files = BTreeMap::new();
-            for (relative, path) in walk_files(&dir)? {
-                let cid = self.store.put_file(&path)?;
-                let size_bytes = std::fs::metadata(&path)?.len();
-                files.insert(
-                    relative,
-                    FileArtifact {
-                        cid: cid.to_string(),
-                        size_bytes,
-                    },
-                );
-            }
-            websites.insert(
-                name.clone(),
-                WebsiteArtifact {
-                    path: website.path.clone(),
-                    files,
-                },
-            );
-        }
+        let websites = {
+            let (sites, store, root) = (project.websites.clone(), self.store.clone(), root.clone());
+            blocking(move || store_websites(&sites, &store, &root)).await??
+        };
 
         let manifest = Manifest {
             project: project.name.clone(),
@@ -552,6 +536,47 @@ impl Deployer {
             tracing::error!(error = %e, "cannot persist deployment state");
         }
     }
+}
+
+/// Run file-heavy work (hashing, copying, validating components) off the
+/// async workers; its result does not depend on timing.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, DeployError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| DeployError(format!("deploy task failed: {e}")))
+}
+
+/// Put every file of every website into the store.
+fn store_websites(
+    sites: &BTreeMap<String, config::Website>,
+    store: &BlobStore,
+    root: &Path,
+) -> Result<BTreeMap<String, WebsiteArtifact>, DeployError> {
+    let mut websites = BTreeMap::new();
+    for (name, website) in sites {
+        let mut files = BTreeMap::new();
+        for (relative, path) in walk_files(&root.join(&website.dir))? {
+            let cid = store.put_file(&path)?;
+            let size_bytes = std::fs::metadata(&path)?.len();
+            files.insert(
+                relative,
+                FileArtifact {
+                    cid: cid.to_string(),
+                    size_bytes,
+                },
+            );
+        }
+        websites.insert(
+            name.clone(),
+            WebsiteArtifact {
+                path: website.path.clone(),
+                files,
+            },
+        );
+    }
+    Ok(websites)
 }
 
 /// `project:` from a YAML document, if it is there and a plausible name.
