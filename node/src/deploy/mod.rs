@@ -301,8 +301,13 @@ impl Deployer {
                 .map(|(k, _)| k.clone())
                 .collect()
         };
+        // Routes first, then state: once status no longer lists the
+        // environment, its hosts no longer answer.
+        for key in &keys {
+            self.live.lock().expect("live lock").remove(key);
+        }
+        self.publish_routes();
         for key in keys {
-            self.live.lock().expect("live lock").remove(&key);
             {
                 let mut state = self.state.lock().expect("state lock");
                 state.environments.remove(&key);
@@ -311,7 +316,6 @@ impl Deployer {
             tracing::info!(env = %key, "branch deleted; environment removed");
             let _ = self.events.send(DeployEvent::Removed { key });
         }
-        self.publish_routes();
     }
 
     async fn build_release(
