@@ -1,0 +1,56 @@
+//! The determinism rules, enforced on the source: node code takes time and
+//! randomness from its environment (`env::Clock`, `env::Rng`), never from the
+//! operating system, so the simulator can replay a run from a seed.
+
+use std::path::{Path, PathBuf};
+
+/// Calls that read the OS clock or OS randomness, or start OS threads.
+const FORBIDDEN: &[&str] = &[
+    "std::time::Instant",
+    "SystemTime::now",
+    "thread_rng",
+    "rand::rng()",
+    "OsRng",
+    "std::thread::spawn",
+];
+
+/// The one place allowed to seed from the OS: the production environment.
+const ALLOWED: &[(&str, &str)] = &[("env.rs", "rand::rng()")];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn node_code_reads_no_os_clock_or_randomness() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 20, "found the node's sources");
+    let mut violations = Vec::new();
+    for file in files {
+        let relative = file.strip_prefix(&src).unwrap().display().to_string();
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            for pattern in FORBIDDEN {
+                let allowed = ALLOWED.iter().any(|(f, p)| *f == relative && p == pattern);
+                if code.contains(pattern) && !allowed {
+                    violations.push(format!("node/src/{relative}:{}: {pattern}", number + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "node code must take time and randomness from env::Clock / env::Rng:\n{}",
+        violations.join("\n")
+    );
+}
