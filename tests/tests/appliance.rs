@@ -16,9 +16,8 @@ use canopy_tests::workspace_root;
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
 /// What this machine lacks to build and boot the appliance, with the
@@ -123,10 +122,7 @@ fn verify_sums(dir: &Path) {
 fn image_is_reproducible_and_boots_serves_and_survives_a_reboot() {
     let missing = missing_prerequisites();
     if !missing.is_empty() {
-        let reason = format!(
-            "the appliance test needs: {}",
-            missing.join("; ")
-        );
+        let reason = format!("the appliance test needs: {}", missing.join("; "));
         if std::env::var("CANOPY_REQUIRE_ALL").as_deref() == Ok("1") {
             panic!("{reason} (CANOPY_REQUIRE_ALL=1 forbids skipping)");
         }
