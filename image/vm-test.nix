@@ -24,7 +24,7 @@
   testScript = ''
     appliance.start()
     appliance.wait_for_unit("canopy.service")
-    appliance.wait_until_succeeds("curl -sf http://127.0.0.1:7070/api/health | grep -q '\"ok\":true'", timeout=60)
+    appliance.wait_until_succeeds("curl -sf http://127.0.0.1:7070/api/health | grep -q '\"ok\": *true'", timeout=60)
 
     appliance.succeed(
         "mkdir -p /tmp/project/functions",
