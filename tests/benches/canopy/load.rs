@@ -146,11 +146,22 @@ async fn run(
             let mut next = start + offset.unwrap_or_default();
             tokio::time::sleep_until(start.into()).await;
             loop {
+                // When the latency clock starts for this request.
+                let mut from = Instant::now();
                 if interval.is_some() {
-                    // Measure from the scheduled time (no coordinated omission).
-                    tokio::time::sleep_until(next.into()).await;
+                    if from > next {
+                        // The previous answer came after this request was
+                        // due: the server's delay counts (no coordinated
+                        // omission).
+                        from = next;
+                    } else {
+                        // On time: start the clock when the timer fires, so
+                        // the timer's ~1 ms granularity is not counted.
+                        tokio::time::sleep_until(next.into()).await;
+                        from = Instant::now();
+                    }
                 } else {
-                    next = Instant::now();
+                    next = from;
                 }
                 if next >= end {
                     break;
@@ -161,7 +172,7 @@ async fn run(
                     match outcome {
                         Ok(true) => {
                             requests += 1;
-                            let us = done.duration_since(next).as_micros() as u64;
+                            let us = done.duration_since(from).as_micros() as u64;
                             hist.saturating_record(us.max(1));
                         }
                         Ok(false) => errors += 1,

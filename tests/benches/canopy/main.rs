@@ -6,7 +6,7 @@
 //! `cargo bench -p canopy-tests --bench canopy` runs the full suite (release
 //! build of `canopy`, 10 s load phases) and writes `docs/performance.json`;
 //! `-- --quick` or `CANOPY_BENCH=quick` runs a short version (under two
-//! minutes, the debug build of `canopy` unless a release one is present,
+//! minutes, the debug build of `canopy` unless `--release` is given,
 //! the reference skipped if the wasmtime CLI is absent) that only checks
 //! every figure was produced, and writes its JSON under the target dir.
 
@@ -149,23 +149,20 @@ fn machine() -> Value {
     })
 }
 
-/// The `canopy` binary to measure: a release build in full mode (built
-/// here); in quick mode a release build if one exists, else the debug one.
+/// The `canopy` binary to measure: a release build (built here, a no-op
+/// when fresh) in full mode or with `--release`; else the debug build.
 fn canopy_binary(mode: &Mode) -> Result<(PathBuf, &'static str)> {
-    let release = target_dir().join("release/canopy");
-    if !mode.quick {
-        eprintln!("building canopy (release)…");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "canopy-node", "--bin", "canopy"])
-            .current_dir(workspace_root())
-            .status()?;
-        ensure!(status.success(), "cargo build --release of canopy failed");
-        return Ok((release, "release"));
+    let release = !mode.quick || std::env::args().any(|a| a == "--release");
+    if !release {
+        return Ok((canopy_tests::canopy_bin(), "debug"));
     }
-    if release.exists() {
-        return Ok((release, "release (prebuilt)"));
-    }
-    Ok((canopy_tests::canopy_bin(), "debug"))
+    eprintln!("building canopy (release)…");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "canopy-node", "--bin", "canopy"])
+        .current_dir(workspace_root())
+        .status()?;
+    ensure!(status.success(), "cargo build --release of canopy failed");
+    Ok((target_dir().join("release/canopy"), "release"))
 }
 
 fn summarize(result: &LoadResult) -> Value {
