@@ -74,7 +74,7 @@ impl Mode {
                 samples: 5,
                 density_functions: 40,
                 inflight_requests: 64,
-                small_blobs: 5000,
+                small_blobs: 2000,
                 large_blobs: 3,
             }
         }
