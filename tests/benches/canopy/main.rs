@@ -138,7 +138,11 @@ fn machine() -> Value {
     };
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+        })
         .unwrap_or_default();
     json!({
         "cpu": field("Model name"),
@@ -179,7 +183,8 @@ fn summarize(result: &LoadResult) -> Value {
 
 /// Throughput (closed loop) and latency (fixed rate) of one server.
 async fn warm(mode: &Mode, target: &Target) -> Result<Value> {
-    let throughput = load::closed_loop(target, mode.connections, mode.warmup, mode.duration).await?;
+    let throughput =
+        load::closed_loop(target, mode.connections, mode.warmup, mode.duration).await?;
     let latency = load::fixed_rate(
         target,
         mode.rate_connections,
@@ -208,7 +213,10 @@ fn hello_project(project: &Project, hello: &Path) -> Result<()> {
 
 async fn run(mode: &Mode) -> Result<Value> {
     let mut report = Map::new();
-    report.insert("mode".into(), json!(if mode.quick { "quick" } else { "full" }));
+    report.insert(
+        "mode".into(),
+        json!(if mode.quick { "quick" } else { "full" }),
+    );
     report.insert("machine".into(), machine());
     report.insert(
         "settings".into(),
@@ -245,7 +253,10 @@ async fn run(mode: &Mode) -> Result<Value> {
         path: "/hello".into(),
     };
     let (_, _, status, body) = load::single(&canopy_target).await?;
-    ensure!(status == 200 && body == HELLO_BODY, "canopy answered {status}: {body:?}");
+    ensure!(
+        status == 200 && body == HELLO_BODY,
+        "canopy answered {status}: {body:?}"
+    );
 
     let mut warm_results = Map::new();
     eprintln!("canopy: warm throughput and latency…");
@@ -284,7 +295,11 @@ async fn run(mode: &Mode) -> Result<Value> {
     };
     warm_results.insert("bare_hyper".into(), warm(mode, &bare_target).await?);
     drop(bare);
-    let seq_p50 = |name: &str| warm_results.get(name).map(|v| v["sequential"]["p50_ms"].as_f64().unwrap_or(f64::NAN));
+    let seq_p50 = |name: &str| {
+        warm_results
+            .get(name)
+            .map(|v| v["sequential"]["p50_ms"].as_f64().unwrap_or(f64::NAN))
+    };
     let overhead = json!({
         "canopy_over_bare_p50_us": seq_p50("canopy").zip(seq_p50("bare_hyper")).map(|(c, b)| (c - b) * 1000.0),
         "wasmtime_serve_over_bare_p50_us": seq_p50("wasmtime_serve").zip(seq_p50("bare_hyper")).map(|(c, b)| (c - b) * 1000.0),
@@ -353,11 +368,18 @@ async fn deploy(mode: &Mode, dream: &Dream) -> Result<Value> {
         host: "cold.localhost".into(),
         path: "/t/hello".into(),
     };
-    let yaml = "project: cold\nfunctions:\n  t:\n    wasm: functions/t.wasm\n    http: { path: /t }\n";
+    let yaml =
+        "project: cold\nfunctions:\n  t:\n    wasm: functions/t.wasm\n    http: { path: /t }\n";
     let (mut unseen, mut seen, mut push_ms, mut first_byte) = (vec![], vec![], vec![], vec![]);
     for sample in 0..mode.samples {
-        for (version, bucket) in [(format!("cold-{sample}"), 0), (format!("cold-{sample}-b"), 0), (format!("cold-{sample}"), 1)] {
-            project.write("functions/t.wasm", testfn(&version)).write("canopy.yaml", yaml);
+        for (version, bucket) in [
+            (format!("cold-{sample}"), 0),
+            (format!("cold-{sample}-b"), 0),
+            (format!("cold-{sample}"), 1),
+        ] {
+            project
+                .write("functions/t.wasm", testfn(&version))
+                .write("canopy.yaml", yaml);
             // A fresh commit every time (the message differs), so every
             // push deploys.
             project.commit(&format!("{version} {bucket} {}", unseen.len() + seen.len()))?;
@@ -368,7 +390,11 @@ async fn deploy(mode: &Mode, dream: &Dream) -> Result<Value> {
             let marker = format!("VERSION:{version}");
             let took = first_ok(&target, &marker, pushed).await?;
             let ms = took.as_secs_f64() * 1000.0;
-            if bucket == 0 { unseen.push(ms) } else { seen.push(ms) }
+            if bucket == 0 {
+                unseen.push(ms)
+            } else {
+                seen.push(ms)
+            }
             let (ttfb, _, _, _) = load::single(&target).await?;
             first_byte.push(ttfb.as_secs_f64() * 1000.0);
         }
@@ -391,7 +417,10 @@ async fn density(mode: &Mode, dream: &Dream) -> Result<Value> {
     let project = Project::new()?;
     let mut yaml = String::from("project: dense\nfunctions:\n");
     for i in 0..mode.density_functions {
-        project.write(&format!("functions/f{i}.wasm"), testfn(&format!("dense-{i}")));
+        project.write(
+            &format!("functions/f{i}.wasm"),
+            testfn(&format!("dense-{i}")),
+        );
         yaml += &format!(
             "  f{i}:\n    wasm: functions/f{i}.wasm\n    http: {{ path: /f{i} }}\n    limits: {{ timeout: 60s, memory: 64MiB }}\n"
         );
@@ -402,31 +431,51 @@ async fn density(mode: &Mode, dream: &Dream) -> Result<Value> {
     project.push(&dream.git_remote, "main")?;
     dream.wait_live("dense", "main", &commit).await;
     for i in 0..mode.density_functions {
-        let target = Target { addr, host: "dense.localhost".into(), path: format!("/f{i}/hello") };
+        let target = Target {
+            addr,
+            host: "dense.localhost".into(),
+            path: format!("/f{i}/hello"),
+        };
         let (_, _, status, _) = load::single(&target).await?;
         ensure!(status == 200, "dense f{i} answered {status}");
     }
     let rss_deployed = servers::rss_bytes(pid)?;
-    let per_function = rss_deployed.saturating_sub(rss_before) as f64 / mode.density_functions as f64;
+    let per_function =
+        rss_deployed.saturating_sub(rss_before) as f64 / mode.density_functions as f64;
 
     // In-flight: POST .../echo with a body that stays open; the guest has
     // answered the head and waits for more body, holding its instance.
     let mut held = Vec::new();
     for _ in 0..mode.inflight_requests {
         let stream = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake::<_, BodyChannel>(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(async move { let _ = conn.await; });
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, BodyChannel>(
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
-        let request = http::Request::post("/f0/echo").header("host", "dense.localhost").body(body)?;
-        tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"x")))).await.ok();
+        let request = http::Request::post("/f0/echo")
+            .header("host", "dense.localhost")
+            .body(body)?;
+        tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+            b"x",
+        ))))
+        .await
+        .ok();
         let response = sender.send_request(request).await?;
-        ensure!(response.status() == 200, "echo answered {}", response.status());
+        ensure!(
+            response.status() == 200,
+            "echo answered {}",
+            response.status()
+        );
         held.push((tx, response, sender));
     }
     let rss_inflight = servers::rss_bytes(pid)?;
-    let per_inflight = rss_inflight.saturating_sub(rss_deployed) as f64 / mode.inflight_requests as f64;
+    let per_inflight =
+        rss_inflight.saturating_sub(rss_deployed) as f64 / mode.inflight_requests as f64;
     drop(held);
     let gib = 1u64 << 30;
     Ok(json!({
@@ -464,7 +513,12 @@ fn tokio_stream_from(rx: tokio::sync::mpsc::Receiver<Chunk>) -> ChannelStream {
 /// Stop the dream and start it again on the same data dir: the compiled
 /// code comes from the disk cache. Times the start to ready, and the first
 /// request's time to first byte once the node serves again.
-async fn restart(dream: &mut Dream, canopy: &Path, data_dir: &Path, target: &Target) -> Result<Value> {
+async fn restart(
+    dream: &mut Dream,
+    canopy: &Path,
+    data_dir: &Path,
+    target: &Target,
+) -> Result<Value> {
     dream.stop()?;
     let start = Instant::now();
     *dream = Dream::start_with(canopy, data_dir)?;
@@ -475,7 +529,10 @@ async fn restart(dream: &mut Dream, canopy: &Path, data_dir: &Path, target: &Tar
         ..target.clone()
     };
     let (ttfb, total, status, body) = load::single(&target).await?;
-    ensure!(status == 200 && body == HELLO_BODY, "after restart canopy answered {status}: {body:?}");
+    ensure!(
+        status == 200 && body == HELLO_BODY,
+        "after restart canopy answered {status}: {body:?}"
+    );
     let (warm_ttfb, _, _, _) = load::single(&target).await?;
     Ok(json!({
         "start_to_ready_ms": ready_ms,
@@ -503,7 +560,10 @@ async fn compile(hello: &Path) -> Result<Value> {
     let start = Instant::now();
     runtime.load(&cid, &wasm).await?;
     let disk_ms = start.elapsed().as_secs_f64() * 1000.0;
-    ensure!(runtime.load_stats().from_disk == 1, "the second load did not come from the disk cache");
+    ensure!(
+        runtime.load_stats().from_disk == 1,
+        "the second load did not come from the disk cache"
+    );
     Ok(json!({
         "wasm_bytes": wasm.len(),
         "engine_start_ms": engine_ms,
@@ -530,25 +590,43 @@ fn check(report: &Value) -> Result<()> {
         "/store/blob_64mib/get_mb_per_s",
     ];
     for pointer in needed {
-        if !report.pointer(pointer).and_then(Value::as_f64).is_some_and(f64::is_finite) {
+        if !report
+            .pointer(pointer)
+            .and_then(Value::as_f64)
+            .is_some_and(f64::is_finite)
+        {
             missing.push(pointer);
         }
     }
     if report.get("reference_skipped").is_none()
-        && report.pointer("/warm/wasmtime_serve/throughput/rps").and_then(Value::as_f64).is_none()
+        && report
+            .pointer("/warm/wasmtime_serve/throughput/rps")
+            .and_then(Value::as_f64)
+            .is_none()
     {
         missing.push("/warm/wasmtime_serve/throughput/rps");
     }
-    ensure!(missing.is_empty(), "the benchmark produced no figure for {missing:?}");
+    ensure!(
+        missing.is_empty(),
+        "the benchmark produced no figure for {missing:?}"
+    );
     Ok(())
 }
 
 fn print_table(report: &Value) {
     let get = |p: &str| report.pointer(p).and_then(Value::as_f64);
     let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
-    println!("\n| server | rps @{} conns | p50 ms | p99 ms | p99.9 ms (fixed rate) | seq p50 ms |", report["settings"]["connections"]);
+    println!(
+        "\n| server | rps @{} conns | p50 ms | p99 ms | p99.9 ms (fixed rate) | seq p50 ms |",
+        report["settings"]["connections"]
+    );
     println!("| --- | --- | --- | --- | --- | --- |");
-    for name in ["canopy", "wasmtime_serve", "wasmtime_serve_pooling", "bare_hyper"] {
+    for name in [
+        "canopy",
+        "wasmtime_serve",
+        "wasmtime_serve_pooling",
+        "bare_hyper",
+    ] {
         if report["warm"].get(name).is_none() {
             continue;
         }
@@ -561,15 +639,22 @@ fn print_table(report: &Value) {
             fmt(get(&format!("/warm/{name}/sequential/p50_ms"))),
         );
     }
-    if let (Some(c), Some(w)) = (get("/warm/canopy/throughput/rps"), get("/warm/wasmtime_serve/throughput/rps")) {
+    if let (Some(c), Some(w)) = (
+        get("/warm/canopy/throughput/rps"),
+        get("/warm/wasmtime_serve/throughput/rps"),
+    ) {
         println!("\ncanopy / wasmtime serve throughput: {:.2}x", c / w);
     }
-    println!("\n{}", serde_json::to_string_pretty(&json!({
-        "overhead": report["overhead"],
-        "deploy": report["deploy"],
-        "restart": report["restart"],
-        "compile": report["compile"],
-        "density": report["density"],
-        "store": report["store"],
-    })).unwrap_or_default());
+    println!(
+        "\n{}",
+        serde_json::to_string_pretty(&json!({
+            "overhead": report["overhead"],
+            "deploy": report["deploy"],
+            "restart": report["restart"],
+            "compile": report["compile"],
+            "density": report["density"],
+            "store": report["store"],
+        }))
+        .unwrap_or_default()
+    );
 }

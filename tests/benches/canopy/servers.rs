@@ -53,9 +53,19 @@ pub fn find_wasmtime(install: bool) -> Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .context("the wasmtime path has a root")?;
-    eprintln!("installing wasmtime-cli {WASMTIME_VERSION} into {} (takes ~18 min on 2 cores)", root.display());
+    eprintln!(
+        "installing wasmtime-cli {WASMTIME_VERSION} into {} (takes ~18 min on 2 cores)",
+        root.display()
+    );
     let status = Command::new("cargo")
-        .args(["install", "wasmtime-cli", "--version", WASMTIME_VERSION, "--locked", "--root"])
+        .args([
+            "install",
+            "wasmtime-cli",
+            "--version",
+            WASMTIME_VERSION,
+            "--locked",
+            "--root",
+        ])
         .arg(root)
         .status()
         .context("running cargo install")?;

@@ -37,11 +37,17 @@ pub fn measure(size_bytes: usize, count: usize) -> Result<Value> {
     let start = Instant::now();
     for (cid, blob) in cids.iter().zip(&blobs) {
         let got = store.get(cid)?;
-        ensure!(got.len() == blob.len(), "store returned a blob of the wrong size");
+        ensure!(
+            got.len() == blob.len(),
+            "store returned a blob of the wrong size"
+        );
     }
     let get_s = start.elapsed().as_secs_f64();
     for (cid, blob) in cids.iter().zip(&blobs) {
-        ensure!(store.get(cid)?[..] == blob[..], "store returned different bytes for {cid}");
+        ensure!(
+            store.get(cid)?[..] == blob[..],
+            "store returned different bytes for {cid}"
+        );
     }
     let total_mb = (size_bytes * count) as f64 / 1e6;
     Ok(json!({
