@@ -614,6 +614,10 @@ fn check(report: &Value) -> Result<()> {
 }
 
 fn print_table(report: &Value) {
+    println!(
+        "canopy build: {} (only a release build gives comparable figures)",
+        report["canopy_build"].as_str().unwrap_or("?")
+    );
     let get = |p: &str| report.pointer(p).and_then(Value::as_f64);
     let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     println!(
