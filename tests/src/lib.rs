@@ -108,13 +108,19 @@ impl Dream {
 
     /// Start a dream on `data_dir` (kept after the dream stops).
     pub fn start_in(data_dir: &Path) -> Result<Dream> {
+        Self::start_with(&canopy_bin(), data_dir)
+    }
+
+    /// Start a dream of the `canopy` binary `bin` (a release build, for
+    /// benchmarks) on `data_dir` (kept after the dream stops).
+    pub fn start_with(bin: &Path, data_dir: &Path) -> Result<Dream> {
         let facts_path = data_dir.join("dream.json");
         let _ = std::fs::remove_file(&facts_path);
         let log = std::fs::File::create(data_dir.join("dream.log")).or_else(|_| {
             std::fs::create_dir_all(data_dir)?;
             std::fs::File::create(data_dir.join("dream.log"))
         })?;
-        let mut child = Command::new(canopy_bin())
+        let mut child = Command::new(bin)
             .arg("dream")
             .arg("--data-dir")
             .arg(data_dir)
@@ -162,6 +168,11 @@ impl Dream {
             child: Some(child),
             _temp: None,
         })
+    }
+
+    /// The process id of the running dream.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Stop with SIGTERM and wait for a clean exit.
