@@ -163,6 +163,21 @@ impl Function {
         }
     }
 
+    /// Instantiate once without a request, so the first real request finds
+    /// a pool slot with its memory image mapped and its pages resident (the
+    /// cold-start cost after a deploy or a restart). Runs no guest code
+    /// beyond instantiation; a failure only loses the warm-up.
+    pub async fn warm_up(&self) {
+        let name: Arc<str> = Arc::from("warm-up");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let Ok(mut store) = self.new_store(&name, self.shared.max_memory_bytes, deadline) else {
+            return;
+        };
+        if let Err(error) = self.pre.instantiate_async(&mut store).await {
+            tracing::debug!(cid = %self.cid, error = %error, "warm-up instantiation failed");
+        }
+    }
+
     fn new_store(
         &self,
         name: &Arc<str>,

@@ -205,6 +205,7 @@ impl Runtime {
             Source::Disk => stats.from_disk += 1,
         });
         let function = Arc::new(Function::new(*cid, pre, self.shared.clone()));
+        function.warm_up().await;
         let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
         // A concurrent load of the same CID may have finished first: keep one.
         Ok(loaded.entry(*cid).or_insert(function).clone())

@@ -50,6 +50,8 @@ use hash::{CidHasher, check_supported};
 
 /// Size of the buffer used when copying streamed content.
 const COPY_CHUNK_BYTES: usize = 64 * 1024;
+/// How much of a blob `get` reads before hashing it (fits in L2 cache).
+const GET_CHUNK_BYTES: u64 = 256 * 1024;
 
 /// A content-addressed blob store rooted at one directory.
 #[derive(Debug)]
@@ -159,10 +161,26 @@ impl BlobStore {
         check_supported(cid)?;
         let path = self.blob_path(cid);
         let mut file = self.open_existing(cid, &path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| StoreError::io("read blob", &path, e))?;
-        if cid_of(&bytes) != *cid {
+        let size_bytes = file
+            .metadata()
+            .map_err(|e| StoreError::io("read metadata of", &path, e))?
+            .len();
+        // One pass: hash each chunk while it is still in cache, into a
+        // buffer sized once (no regrowth copies of large blobs).
+        let mut bytes = Vec::with_capacity(usize::try_from(size_bytes).unwrap_or(0));
+        let mut hasher = CidHasher::new();
+        loop {
+            let start = bytes.len();
+            let read = (&mut file)
+                .take(GET_CHUNK_BYTES)
+                .read_to_end(&mut bytes)
+                .map_err(|e| StoreError::io("read blob", &path, e))?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&bytes[start..]);
+        }
+        if hasher.finish() != *cid {
             return Err(self.quarantine(cid, &file));
         }
         Ok(Bytes::from(bytes))

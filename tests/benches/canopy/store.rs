@@ -29,10 +29,10 @@ pub fn measure(size_bytes: usize, count: usize) -> Result<Value> {
         })
         .collect();
     let start = Instant::now();
-    let cids = blobs
-        .iter()
-        .map(|b| store.put(b))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut cids = Vec::with_capacity(blobs.len());
+    for blob in &blobs {
+        cids.push(store.put(blob)?);
+    }
     let put_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
     for (cid, blob) in cids.iter().zip(&blobs) {
