@@ -16,6 +16,7 @@
 //! - [`status`] — the status report and its rendering.
 //! - [`tls`] — HTTPS for dream: a local CA issuing certificates for `*.localhost`.
 //! - [`cli`] — the `canopy` command line.
+//! - [`durable`] — crash-safe replacement of small files.
 //! - [`body`] — the streamed HTTP body type every seam shares.
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod deploy;
+pub mod durable;
 pub mod env;
 pub mod gateway;
 pub mod git;

@@ -257,7 +257,7 @@ fn node_id(env: &Env, data: &Path) -> anyhow::Result<String> {
         );
     }
     let id = format!("{:016x}", env.rng.next_u64());
-    crate::deploy::state::write_atomically(&path, id.as_bytes())
+    crate::durable::write_atomically(&path, id.as_bytes(), None)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(id)
 }

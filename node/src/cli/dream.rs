@@ -107,7 +107,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
             git_remote: git_remote.clone(),
         }],
     };
-    crate::deploy::state::write_atomically(&dream_json, &serde_json::to_vec_pretty(&facts)?)
+    crate::durable::write_atomically(&dream_json, &serde_json::to_vec_pretty(&facts)?, None)
         .with_context(|| format!("cannot write {}", dream_json.display()))?;
 
     let port = node.http_addr().port();

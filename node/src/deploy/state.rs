@@ -5,7 +5,6 @@
 //! live release again without a push.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -121,23 +120,11 @@ impl DeploymentState {
                 .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).expect("state serialises");
-        write_atomically(path, &bytes).map_err(|source| StateError::Write {
+        crate::durable::write_atomically(path, &bytes, None).map_err(|source| StateError::Write {
             path: path.to_owned(),
             source,
         })
     }
-}
-
-/// Write `bytes` to `path` via a synced temp file and a rename, then sync the
-/// directory so the rename itself is durable.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

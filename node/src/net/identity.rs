@@ -5,7 +5,6 @@
 //! [`NodeId`] (the public key bytes, what protocol code sees) and libp2p's
 //! `PeerId`. It does not decide who is trusted: that is admission's job.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use libp2p::PeerId;
@@ -121,23 +120,10 @@ impl NodeKey {
             path: path.to_owned(),
             source,
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".node.key.")
-            .tempfile_in(dir)
-            .map_err(write_err)?;
-        // tempfile creates the file with mode 0600 on Unix; set it anyway so
-        // the guarantee does not rest on a library default.
-        set_owner_only(tmp.as_file()).map_err(write_err)?;
-        tmp.write_all(self.keypair.secret().as_ref())
-            .map_err(write_err)?;
-        tmp.as_file().sync_all().map_err(write_err)?;
-        tmp.persist(path).map_err(|e| write_err(e.error))?;
-        // Make the rename itself durable.
-        if let Ok(dir_file) = std::fs::File::open(dir) {
-            let _ = dir_file.sync_all();
-        }
-        Ok(())
+        // Owner-only from before the first byte: the mode does not rest on a
+        // library default.
+        crate::durable::write_atomically(path, self.keypair.secret().as_ref(), Some(0o600))
+            .map_err(write_err)
     }
 
     /// This node's identity.
@@ -189,17 +175,6 @@ impl NodeId {
         let ed = public.try_into_ed25519().ok()?;
         Some(NodeId(ed.to_bytes()))
     }
-}
-
-#[cfg(unix)]
-fn set_owner_only(file: &std::fs::File) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-}
-
-#[cfg(not(unix))]
-fn set_owner_only(_file: &std::fs::File) -> std::io::Result<()> {
-    Ok(())
 }
 
 #[cfg(unix)]

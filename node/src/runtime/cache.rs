@@ -12,7 +12,6 @@
 
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use cid::Cid;
@@ -20,6 +19,7 @@ use multihash_codetable::{Code, MultihashDigest};
 use wasmtime::Engine;
 
 use super::RuntimeError;
+use crate::durable::write_atomically;
 
 /// Compiled code on disk, keyed by CID and engine.
 #[derive(Debug)]
@@ -82,10 +82,8 @@ impl DiskCache {
     pub fn write(&self, cid: &Cid, code: &[u8]) -> std::io::Result<()> {
         // Code first, digest second: a crash in between leaves a digest that
         // does not match, which `read` treats as damage.
-        self.write_atomically(&self.code_path(cid), code)?;
-        self.write_atomically(&self.digest_path(cid), hex(&sha256(code)).as_bytes())?;
-        // Make the renames themselves durable.
-        std::fs::File::open(&self.dir)?.sync_all()
+        write_atomically(&self.code_path(cid), code, None)?;
+        write_atomically(&self.digest_path(cid), hex(&sha256(code)).as_bytes(), None)
     }
 
     /// Drop the entry for `cid` (a damaged or unloadable one).
@@ -98,14 +96,6 @@ impl DiskCache {
                     "cannot remove damaged compiled function");
             }
         }
-    }
-
-    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
-        file.write_all(bytes)?;
-        file.as_file().sync_all()?;
-        file.persist(path).map_err(|error| error.error)?;
-        Ok(())
     }
 }
 

@@ -2,7 +2,6 @@
 //! `ca.pem` / `ca-key.pem`, and used to sign leaf certificates on demand.
 
 use std::fs;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -374,44 +373,14 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// Write `bytes` to a temporary file beside `path`, flush it to disk, set
-/// its mode, and rename it into place: readers see the old file or the
-/// whole new one, never a torn write.
+/// Write a CA file atomically and durably with `mode`, naming the file in
+/// the error.
 fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    let io_err = |action: &'static str| {
-        let path = path.to_path_buf();
-        move |source| TlsError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // tempfile creates the file with mode 0600, so the key is never
-    // readable by others, not even before the rename.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err("create a file beside"))?;
-    tmp.write_all(bytes).map_err(io_err("write"))?;
-    tmp.as_file().sync_all().map_err(io_err("flush"))?;
-    set_mode(tmp.path(), mode).map_err(io_err("set the permissions of"))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .map_err(io_err("rename into place"))?;
-    // Make the rename itself durable.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-}
-
-#[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
-    Ok(())
+    crate::durable::write_atomically(path, bytes, Some(mode)).map_err(|source| TlsError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(unix)]
