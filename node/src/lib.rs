@@ -18,9 +18,11 @@
 //! - [`cli`] — the `canopy` command line.
 //! - [`durable`] — crash-safe replacement of small files.
 //! - [`body`] — the streamed HTTP body type every seam shares.
+//! - [`bugs`] — known bugs the simulator switches on (feature `sim-bugs` only).
 
 pub mod admin;
 pub mod body;
+pub mod bugs;
 pub mod cli;
 pub mod cluster;
 pub mod config;

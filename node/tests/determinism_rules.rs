@@ -54,3 +54,48 @@ fn node_code_reads_no_os_clock_or_randomness() {
         violations.join("\n")
     );
 }
+
+/// Directories of protocol code the simulator runs.
+const SIMULATED: &[&str] = &["cluster"];
+
+/// An unbiased `tokio::select!` picks its first branch with tokio's
+/// OS-seeded RNG, and `tokio::sync::watch` wakes its receivers in an order
+/// drawn from it: in code the simulator runs, every select is `biased;` and
+/// watches are `cluster::watch`.
+#[test]
+fn simulated_code_uses_biased_selects() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut violations = Vec::new();
+    for dir in SIMULATED {
+        let mut files = Vec::new();
+        rust_files(&src.join(dir), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for (number, line) in lines.iter().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                let tokio_watch = code.contains("tokio::sync::watch")
+                    || (code.contains("use tokio::sync::{") && code.contains("watch"));
+                if tokio_watch {
+                    let relative = file.strip_prefix(&src).unwrap().display();
+                    violations.push(format!(
+                        "node/src/{relative}:{}: tokio's watch wakes in a random order; use cluster::watch",
+                        number + 1
+                    ));
+                }
+                if code.contains("select! {") {
+                    let next = lines.get(number + 1).map(|l| l.trim()).unwrap_or_default();
+                    if next != "biased;" {
+                        let relative = file.strip_prefix(&src).unwrap().display();
+                        violations.push(format!("node/src/{relative}:{}", number + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "tokio randomness in simulated code (unbiased select! or tokio watch):\n{}",
+        violations.join("\n")
+    );
+}

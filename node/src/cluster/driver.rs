@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cid::Cid;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::error::ClusterError;
@@ -29,6 +29,7 @@ use super::replicate::{
 };
 use super::state::{ClusterState, StateHash};
 use super::sync::{SYNC_PROTOCOL, SyncCore};
+use super::watch;
 use crate::net::{Net, NetEvent, NodeId};
 use crate::store::{BlobStore, BlobWriter};
 
@@ -53,7 +54,7 @@ impl ClusterHandle {
         Self {
             core: Arc::new(Mutex::new(core)),
             local_change: Arc::new(Notify::new()),
-            hash: Arc::new(watch::channel(hash).0),
+            hash: Arc::new(watch::channel(hash)),
         }
     }
 
@@ -80,10 +81,11 @@ impl ClusterHandle {
 
     /// The current state hash.
     pub fn state_hash(&self) -> StateHash {
-        *self.hash.borrow()
+        self.hash.borrow()
     }
 
     /// Watch the state hash: changes on every local or merged change.
+    /// (A [`watch`] with a deterministic wake order, not tokio's.)
     pub fn subscribe(&self) -> watch::Receiver<StateHash> {
         self.hash.subscribe()
     }
@@ -95,11 +97,7 @@ impl ClusterHandle {
 
     fn publish_hash(&self) {
         let hash = self.lock().state().state_hash();
-        self.hash.send_if_modified(|current| {
-            let changed = *current != hash;
-            *current = hash;
-            changed
-        });
+        self.hash.send_if_changed(hash);
     }
 }
 
@@ -181,7 +179,19 @@ pub async fn run_sync<N: Net>(
                 None => std::future::pending().await,
             }
         };
+        // `biased`: an unbiased select picks its first branch from tokio's
+        // OS-seeded RNG, which would make simulated runs unreplayable. The
+        // rare branches come first so a busy event queue cannot starve them.
         tokio::select! {
+            biased;
+            _ = timer => cluster.lock().handle_timeout(Instant::now()),
+            Some((peer, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Err(e) = &result {
+                    tracing::debug!(peer = %peer, error = %e, "state sync: message not delivered");
+                }
+                cluster.lock().on_transmit_done(peer, result.is_ok());
+            }
+            _ = cluster.local_change.notified() => {}
             event = events.recv() => {
                 let Some(event) = event else { return };
                 let now = Instant::now();
@@ -206,14 +216,6 @@ pub async fn run_sync<N: Net>(
                     NetEvent::Message { .. } => {}
                 }
             }
-            Some((peer, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                if let Err(e) = &result {
-                    tracing::debug!(peer = %peer, error = %e, "state sync: message not delivered");
-                }
-                cluster.lock().on_transmit_done(peer, result.is_ok());
-            }
-            _ = cluster.local_change.notified() => {}
-            _ = timer => cluster.lock().handle_timeout(Instant::now()),
         }
     }
 }
@@ -364,28 +366,12 @@ pub async fn run_replicate<N: Net>(
                 None => std::future::pending().await,
             }
         };
+        // `biased` for replayable simulations (see `run_sync`); rare
+        // branches first.
         tokio::select! {
-            event = events.recv() => {
-                let Some(event) = event else { return };
-                match event {
-                    NetEvent::PeerUp(peer) => core.on_peer_up(peer),
-                    NetEvent::PeerDown(peer) => core.on_peer_down(peer),
-                    NetEvent::Request { from, protocol, payload, reply } => {
-                        if protocol != BLOB_PROTOCOL {
-                            reply.err(format!("protocol {protocol:?} is not served by blob replication"));
-                            continue;
-                        }
-                        match serve_request(&store, &payload) {
-                            Ok(answer) => reply.ok(answer),
-                            Err(reason) => {
-                                tracing::debug!(peer = %from, reason, "blob replication: request refused");
-                                reply.err(reason);
-                            }
-                        }
-                    }
-                    NetEvent::Message { .. } => {}
-                }
-            }
+            biased;
+            _ = timer => core.handle_timeout(Instant::now()),
+            _ = replan.tick() => replan_now(&cluster, &store, &mut core, local, fixed_r),
             Some((id, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 core.handle_response(id, result.map_err(|e| e.to_string()), Instant::now());
             }
@@ -407,8 +393,27 @@ pub async fn run_replicate<N: Net>(
                     replan_now(&cluster, &store, &mut core, local, fixed_r);
                 }
             }
-            _ = replan.tick() => replan_now(&cluster, &store, &mut core, local, fixed_r),
-            _ = timer => core.handle_timeout(Instant::now()),
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                match event {
+                    NetEvent::PeerUp(peer) => core.on_peer_up(peer),
+                    NetEvent::PeerDown(peer) => core.on_peer_down(peer),
+                    NetEvent::Request { from, protocol, payload, reply } => {
+                        if protocol != BLOB_PROTOCOL {
+                            reply.err(format!("protocol {protocol:?} is not served by blob replication"));
+                            continue;
+                        }
+                        match serve_request(&store, &payload) {
+                            Ok(answer) => reply.ok(answer),
+                            Err(reason) => {
+                                tracing::debug!(peer = %from, reason, "blob replication: request refused");
+                                reply.err(reason);
+                            }
+                        }
+                    }
+                    NetEvent::Message { .. } => {}
+                }
+            }
         }
     }
 }

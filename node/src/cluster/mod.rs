@@ -12,6 +12,8 @@
 //!   events and the tokio clock.
 //! - [`testing`] — [`testing::MemoryHub`], an in-memory [`crate::net::Net`]
 //!   with partitions, for tests and the simulator.
+//! - [`watch`] — a watch channel whose wake order is deterministic (tokio's
+//!   is not), for the state hash.
 //!
 //! This module must not touch the network except through [`crate::net::Net`],
 //! read the OS clock or RNG, or spawn OS threads. See `docs/cluster.md`.
@@ -24,6 +26,7 @@ pub mod replicate;
 pub mod state;
 pub mod sync;
 pub mod testing;
+pub mod watch;
 
 pub use driver::{
     ClusterHandle, FetchCommand, FetchReport, ReplicateHandle, replicate_channel, run_replicate,

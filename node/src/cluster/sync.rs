@@ -229,8 +229,9 @@ impl SyncCore {
         if now < due {
             return;
         }
+        let skip = crate::bugs::active(crate::bugs::Bug::SkipAntiEntropy);
         for (peer, entry) in &mut self.peers {
-            if !entry.in_flight {
+            if !entry.in_flight && !skip {
                 entry.state = sync::State::new();
                 self.dirty.insert(*peer);
             }

@@ -96,7 +96,10 @@ impl BlobStore {
                 std::io::Error::other("writer already finished"),
             ));
         };
-        let actual = std::mem::take(&mut writer.hasher).finish();
+        let mut actual = std::mem::take(&mut writer.hasher).finish();
+        if crate::bugs::active(crate::bugs::Bug::AcceptUnverifiedBlob) {
+            actual = writer.expected;
+        }
         if actual != writer.expected {
             drop(file);
             remove_quietly(&writer.tmp_path);

@@ -1,0 +1,74 @@
+//! Known bugs the simulator can switch on, to prove it finds them.
+//!
+//! Compiled in only with the cargo feature `sim-bugs`, which only
+//! `canopy-sim` enables; without it [`active`] is a constant `false` and the
+//! checks vanish from production builds.
+//!
+//! The switches are per thread: the simulator runs each seed's whole
+//! simulation on one thread, so seeds run in parallel (or tests in one
+//! binary) never see each other's switches.
+
+/// A bug that can be injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Bug {
+    /// `cluster::sync`: the periodic anti-entropy round does nothing, so a
+    /// node that missed changes during a silent partition is never re-synced.
+    SkipAntiEntropy,
+    /// `store::finish_write`: a blob fetched from a peer is published under
+    /// the CID it was asked for without checking its content.
+    AcceptUnverifiedBlob,
+    /// The follower installs a candidate that is not the state's winner
+    /// (the oldest one it knows).
+    ApplyStaleDeployment,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 3] = [
+        Bug::SkipAntiEntropy,
+        Bug::AcceptUnverifiedBlob,
+        Bug::ApplyStaleDeployment,
+    ];
+
+    /// The switch's name on the `canopy-sim` command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::SkipAntiEntropy => "skip-anti-entropy",
+            Bug::AcceptUnverifiedBlob => "accept-unverified-blob",
+            Bug::ApplyStaleDeployment => "apply-stale-deployment",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    #[cfg(feature = "sim-bugs")]
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+#[cfg(feature = "sim-bugs")]
+thread_local! {
+    static ACTIVE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether `bug` is switched on for this thread.
+#[cfg(feature = "sim-bugs")]
+pub fn active(bug: Bug) -> bool {
+    ACTIVE.with(|a| a.get() & bug.bit() != 0)
+}
+
+/// Whether `bug` is switched on: never, in a build without `sim-bugs`.
+#[cfg(not(feature = "sim-bugs"))]
+#[inline(always)]
+pub fn active(_bug: Bug) -> bool {
+    false
+}
+
+/// Switch exactly `bugs` on for this thread (the simulator, per run).
+#[cfg(feature = "sim-bugs")]
+pub fn set_active(bugs: &[Bug]) {
+    let bits = bugs.iter().fold(0, |acc, b| acc | b.bit());
+    ACTIVE.with(|a| a.set(bits));
+}

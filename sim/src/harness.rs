@@ -1,0 +1,781 @@
+//! One simulated run: K real node parts as turmoil hosts, the workload and
+//! the fault generator driven from the seed, the trace, the invariants.
+//!
+//! Each node is built from a simulated environment: turmoil's network behind
+//! the net seam ([`crate::net::SimNet`]), turmoil's clock (each host's tokio
+//! runtime runs on simulated time), an RNG seeded from the run's seed, the
+//! node index and the boot count, and a data directory in a per-run temp
+//! directory that survives crashes: what the node synced (the store's blobs,
+//! the cluster state it saved) is there after a restart, what it held only
+//! in memory is gone.
+//!
+//! A node runs the production cluster code unchanged: `ClusterHandle`,
+//! `run_sync`, `run_replicate` (state sync, anti-entropy, verified chunked
+//! replication, placement). Until the node's own cluster member lands, two
+//! small stand-ins live here: a push records the deployment in the node's
+//! cluster state after storing its blobs, and a follower installs each
+//! environment's winner once all its blobs are fetched and verified.
+//!
+//! Everything runs on the calling thread: turmoil steps every host's
+//! runtime in turn, so a run is a pure function of its seed.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::time::Duration;
+
+use canopy_node::bugs::Bug;
+use canopy_node::cluster::{
+    ClusterHandle, ClusterState, Deployment, ReplicateConfig, ReplicateHandle, Role, SyncConfig,
+    SyncCore, replicate_channel, run_replicate, run_sync, split_events,
+};
+use canopy_node::deploy::state::EnvKey;
+use canopy_node::env::Rng;
+use canopy_node::net::NodeId;
+use canopy_node::store::{BlobStore, cid_of};
+use sha2::{Digest, Sha256};
+
+use crate::faults::{Params, uniform, unit};
+use crate::invariants::{self, Violation};
+use crate::net::{NetConfig, PORT, SimNet};
+use crate::trace::{Event, NodeIx, Trace};
+use crate::workload;
+
+/// Simulated time per turmoil step.
+pub const TICK: Duration = Duration::from_millis(10);
+const TICK_MS: u64 = TICK.as_millis() as u64;
+/// The workload and fault generators roll once per slot.
+const SLOT_MS: u64 = 100;
+/// Nodes save their cluster state this long after it changes (what changed
+/// since is lost in a crash, as unsynced writes are).
+const SAVE_DELAY: Duration = Duration::from_millis(200);
+/// Cluster-state anti-entropy interval before drift.
+const ANTI_ENTROPY: Duration = Duration::from_secs(10);
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub seed: u64,
+    /// Nodes at the start (more may join).
+    pub nodes: usize,
+    /// Length of the active phase (workload and faults), in simulated
+    /// seconds.
+    pub steps: u64,
+    /// Known bugs switched on in the nodes.
+    pub bugs: Vec<Bug>,
+    /// How long after the last fault heals every invariant must hold.
+    pub convergence_bound: Duration,
+}
+
+impl RunConfig {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            nodes: 5,
+            steps: 60,
+            bugs: vec![],
+            convergence_bound: Duration::from_secs(60),
+        }
+    }
+
+    /// The command line that replays this run.
+    pub fn replay_command(&self) -> String {
+        let mut cmd = format!(
+            "canopy-sim --seed {} --nodes {} --steps {}",
+            self.seed, self.nodes, self.steps
+        );
+        for bug in &self.bugs {
+            cmd.push_str(&format!(" --bug {}", bug.name()));
+        }
+        cmd
+    }
+}
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub config: RunConfig,
+    pub trace: Trace,
+    pub hash: String,
+    pub violations: Vec<Violation>,
+    /// Simulated time the run took.
+    pub simulated: Duration,
+}
+
+impl RunResult {
+    /// The line every run ends with.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "seed={} trace={} violations={}",
+            self.config.seed,
+            self.hash,
+            self.violations.len()
+        )
+    }
+}
+
+/// A running node's parts, as the harness reaches them.
+struct Running {
+    net: SimNet,
+    cluster: ClusterHandle,
+    store: Arc<BlobStore>,
+    live: Live,
+}
+
+type Live = Arc<Mutex<BTreeMap<EnvKey, Deployment>>>;
+
+/// State shared by the harness and the simulated hosts (one thread).
+struct World {
+    seed: u64,
+    run_dir: PathBuf,
+    ids: Vec<NodeId>,
+    hosts: BTreeMap<NodeId, String>,
+    running: BTreeMap<NodeIx, Running>,
+    boots: BTreeMap<NodeIx, u64>,
+    drift_permille: Vec<u64>,
+    duplicate_rate: f64,
+    now_ms: u64,
+    trace: Trace,
+}
+
+type Shared = Arc<Mutex<World>>;
+
+fn lock(world: &Shared) -> MutexGuard<'_, World> {
+    world.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl World {
+    fn record(&mut self, event: Event) {
+        self.trace.push(self.now_ms, event);
+    }
+}
+
+fn host_name(ix: NodeIx) -> String {
+    format!("n{ix}")
+}
+
+/// A node's id: derived from its index, the same in every run.
+pub fn node_id(ix: NodeIx) -> NodeId {
+    let digest = Sha256::digest(format!("canopy-sim node {ix}").as_bytes());
+    NodeId(digest.into())
+}
+
+thread_local! {
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Record panics of this thread (tasks inside the simulation included)
+/// instead of printing them; the run reports them as violations.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info.to_string();
+            let captured = PANICS.try_with(|p| p.borrow_mut().push(message)).is_ok();
+            if !captured || std::env::var_os("CANOPY_SIM_SHOW_PANICS").is_some() {
+                default(info);
+            }
+        }));
+    });
+}
+
+fn take_panics() -> Vec<String> {
+    PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()))
+}
+
+/// Run one scenario. Never panics: a panic is a violation in the result.
+pub fn run(config: &RunConfig) -> RunResult {
+    install_panic_hook();
+    canopy_node::bugs::set_active(&config.bugs);
+    take_panics();
+    let dir = scratch_dir();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        simulate(config, dir.path())
+    }));
+    canopy_node::bugs::set_active(&[]);
+    let (mut trace, simulated) = match outcome {
+        Ok(done) => done,
+        Err(_) => {
+            let mut trace = Trace::default();
+            trace.push(0, Event::Params("the harness panicked".into()));
+            (trace, Duration::ZERO)
+        }
+    };
+    for message in take_panics() {
+        let at = trace.entries.last().map_or(0, |e| e.at_ms);
+        trace.push(at, Event::Panic { message });
+    }
+    let violations = invariants::check_all(&trace, config.convergence_bound.as_millis() as u64);
+    RunResult {
+        config: config.clone(),
+        hash: trace.hash(),
+        trace,
+        violations,
+        simulated,
+    }
+}
+
+/// A per-run directory for the nodes' data, in memory when the machine has
+/// /dev/shm (fsync is free there, and a run writes many small files).
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let builder = || {
+        let mut b = tempfile::Builder::new();
+        b.prefix("canopy-sim-");
+        b
+    };
+    if shm.is_dir()
+        && let Ok(dir) = builder().tempdir_in(shm)
+    {
+        return dir;
+    }
+    builder().tempdir().expect("create a temp dir for the run")
+}
+
+fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
+    let rng = Rng::seeded(config.seed);
+    let params = Params::draw(&rng, config.nodes);
+    let total_nodes = config.nodes + params.joins;
+    let ids: Vec<NodeId> = (0..total_nodes).map(node_id).collect();
+    let hosts = ids
+        .iter()
+        .enumerate()
+        .map(|(ix, id)| (*id, host_name(ix)))
+        .collect();
+    let world: Shared = Arc::new(Mutex::new(World {
+        seed: config.seed,
+        run_dir: run_dir.to_path_buf(),
+        ids: ids.clone(),
+        hosts,
+        running: BTreeMap::new(),
+        boots: BTreeMap::new(),
+        drift_permille: params.drift_permille.clone(),
+        duplicate_rate: params.duplicate_rate,
+        now_ms: 0,
+        trace: Trace::default(),
+    }));
+    lock(&world).record(Event::Params(format!(
+        "seed={} nodes={} steps={} bugs={:?} {}",
+        config.seed,
+        config.nodes,
+        config.steps,
+        config.bugs.iter().map(|b| b.name()).collect::<Vec<_>>(),
+        params.describe()
+    )));
+
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs(100_000))
+        .tick_duration(TICK)
+        .min_message_latency(params.min_latency)
+        .max_message_latency(params.max_latency)
+        .fail_rate(params.fail_rate)
+        .repair_rate(params.repair_rate)
+        .rng_seed(config.seed)
+        .build();
+    let add_host = |sim: &mut turmoil::Sim<'_>, ix: NodeIx| {
+        let world = world.clone();
+        sim.host(host_name(ix), move || node_main(world.clone(), ix));
+    };
+    for ix in 0..config.nodes {
+        add_host(&mut sim, ix);
+    }
+
+    let active_ms = config.steps * 1000;
+    let bound_ms = config.convergence_bound.as_millis() as u64;
+    let mut registered: BTreeSet<NodeIx> = (0..config.nodes).collect();
+    let mut left: BTreeSet<NodeIx> = BTreeSet::new();
+    let mut crashed: BTreeMap<NodeIx, u64> = BTreeMap::new(); // node -> restart at
+    let mut partition: Option<(Vec<NodeIx>, u64)> = None; // side, heal at
+    let mut hold: Option<(NodeIx, NodeIx, u64)> = None;
+    let mut joins_left = params.joins;
+    let mut leaves_left = params.leaves;
+    let join_at = uniform(&rng, active_ms / 4, active_ms * 3 / 4);
+    let leave_at = uniform(&rng, active_ms / 4, active_ms * 3 / 4);
+    let mut pushes = 0u64;
+    let mut checked_blobs: BTreeSet<(NodeIx, String)> = BTreeSet::new();
+    let mut healed_at: Option<u64> = None;
+    let mut now = 0u64;
+    loop {
+        lock(&world).now_ms = now;
+        let running: Vec<NodeIx> = lock(&world).running.keys().copied().collect();
+
+        if now < active_ms && now % SLOT_MS == 0 && !running.is_empty() {
+            // --- workload ---
+            if unit(&rng) < params.push_chance {
+                let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
+                let branch = workload::BRANCHES[uniform(&rng, 0, 1) as usize];
+                pushes += 1;
+                do_push(&world, &rng, node, branch, pushes);
+            }
+            if unit(&rng) < params.request_chance {
+                let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
+                let branch = workload::BRANCHES[uniform(&rng, 0, 1) as usize];
+                let mut w = lock(&world);
+                let r = &w.running[&node];
+                let event =
+                    workload::request(node, &workload::env_key(branch), &r.live, &r.store);
+                w.record(event);
+            }
+            if joins_left > 0 && now >= join_at {
+                joins_left -= 1;
+                let ix = registered.len();
+                registered.insert(ix);
+                add_host(&mut sim, ix);
+                lock(&world).record(Event::Fault {
+                    what: format!("join n{ix}"),
+                });
+            }
+            if leaves_left > 0 && now >= leave_at && running.len() > 2 {
+                leaves_left -= 1;
+                let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
+                stop_node(&world, &mut sim, node);
+                left.insert(node);
+                lock(&world).record(Event::Leave { node });
+            }
+            // --- faults ---
+            let hosts_up: Vec<NodeIx> = registered.difference(&left).copied().collect();
+            if partition.is_none() && hold.is_none() && unit(&rng) < params.partition_chance {
+                let side: Vec<NodeIx> = hosts_up
+                    .iter()
+                    .copied()
+                    .filter(|_| unit(&rng) < 0.5)
+                    .collect();
+                if !side.is_empty() && side.len() < hosts_up.len() {
+                    for a in &side {
+                        for b in hosts_up.iter().filter(|b| !side.contains(b)) {
+                            sim.partition(host_name(*a), host_name(*b));
+                        }
+                    }
+                    let heal_at =
+                        now + uniform(&rng, 500, params.max_partition.as_millis() as u64);
+                    lock(&world).record(Event::Fault {
+                        what: format!("partition {:?} until {heal_at}", side),
+                    });
+                    partition = Some((side, heal_at));
+                }
+            }
+            if partition.is_none()
+                && hold.is_none()
+                && hosts_up.len() >= 2
+                && unit(&rng) < params.hold_chance
+            {
+                let a = hosts_up[uniform(&rng, 0, hosts_up.len() as u64 - 1) as usize];
+                let b = hosts_up[uniform(&rng, 0, hosts_up.len() as u64 - 1) as usize];
+                if a != b {
+                    sim.hold(host_name(a), host_name(b));
+                    let until = now + uniform(&rng, 100, params.max_hold.as_millis() as u64);
+                    lock(&world).record(Event::Fault {
+                        what: format!("hold n{a}-n{b} until {until}"),
+                    });
+                    hold = Some((a, b, until));
+                }
+            }
+            if running.len() > 2 && unit(&rng) < params.crash_chance {
+                let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
+                stop_node(&world, &mut sim, node);
+                let restart_at = now + uniform(&rng, 100, params.max_downtime.as_millis() as u64);
+                crashed.insert(node, restart_at);
+                lock(&world).record(Event::Crash { node });
+            }
+            if unit(&rng) < params.corrupt_chance {
+                let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
+                if let Some(cid) = corrupt_blob(&world, &rng, node) {
+                    checked_blobs.insert((node, cid.clone()));
+                    lock(&world).record(Event::Fault {
+                        what: format!("corrupt n{node} {cid}"),
+                    });
+                }
+            }
+        }
+
+        // --- heals due ---
+        let heal_everything = now >= active_ms && healed_at.is_none();
+        if let Some((side, at)) = &partition
+            && (now >= *at || heal_everything)
+        {
+            let hosts_up: Vec<NodeIx> = registered.difference(&left).copied().collect();
+            for a in side {
+                for b in hosts_up.iter().filter(|b| !side.contains(b)) {
+                    sim.repair(host_name(*a), host_name(*b));
+                }
+            }
+            lock(&world).record(Event::Fault {
+                what: "partition healed".into(),
+            });
+            partition = None;
+        }
+        if let Some((a, b, at)) = hold
+            && (now >= at || heal_everything)
+        {
+            sim.release(host_name(a), host_name(b));
+            lock(&world).record(Event::Fault {
+                what: format!("released n{a}-n{b}"),
+            });
+            hold = None;
+        }
+        let due: Vec<NodeIx> = crashed
+            .iter()
+            .filter(|(_, at)| now >= **at || heal_everything)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in due {
+            crashed.remove(&node);
+            sim.bounce(host_name(node));
+        }
+        if heal_everything {
+            sim.set_fail_rate(0.0);
+            let hosts_up: Vec<NodeIx> = registered.difference(&left).copied().collect();
+            for a in &hosts_up {
+                for b in &hosts_up {
+                    if a < b {
+                        sim.repair(host_name(*a), host_name(*b));
+                    }
+                }
+            }
+            let w = lock(&world);
+            for r in w.running.values() {
+                r.net.set_duplicate_rate(0.0);
+            }
+            drop(w);
+            lock(&world).record(Event::Healed);
+            healed_at = Some(now);
+        }
+
+        // --- samples ---
+        if now % 1000 == 0 {
+            sample(&world, &mut checked_blobs);
+            if let Some(healed) = healed_at {
+                let all_up = registered
+                    .difference(&left)
+                    .all(|n| lock(&world).running.contains_key(n));
+                if (all_up && settled(&world)) || now >= healed + bound_ms {
+                    break;
+                }
+            }
+        }
+
+        if let Err(e) = sim.step() {
+            lock(&world).record(Event::Panic {
+                message: format!("simulation error: {e}"),
+            });
+            break;
+        }
+        for message in take_panics() {
+            lock(&world).record(Event::Panic { message });
+        }
+        now += TICK_MS;
+    }
+    let mut w = lock(&world);
+    let healthy: Vec<NodeIx> = w.running.keys().copied().collect();
+    w.record(Event::End { healthy });
+    let trace = std::mem::take(&mut w.trace);
+    drop(w);
+    drop(sim);
+    (trace, Duration::from_millis(now))
+}
+
+/// Push number `n` on `node`.
+fn do_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &str, n: u64) {
+    let mut w = lock(world);
+    let (manifest, artifacts) = workload::push_blobs(rng, w.seed, n, branch);
+    let env = workload::env_key(branch);
+    let r = &w.running[&node];
+    let result = workload::push(
+        &r.store,
+        &r.cluster,
+        &env,
+        format!("c{n:04}"),
+        &manifest,
+        &artifacts,
+    );
+    let state_path = state_path(&w.run_dir, node);
+    match result {
+        Ok((deployment, blobs)) => {
+            // Acknowledged only once durable.
+            let bytes = r.cluster.save();
+            if let Err(e) = canopy_node::durable::write_atomically(&state_path, &bytes, None) {
+                w.record(Event::Fault {
+                    what: format!("push on n{node} not saved: {e}"),
+                });
+                return;
+            }
+            let version = workload::version(&env, &deployment);
+            w.record(Event::Push {
+                node,
+                version,
+                blobs,
+            });
+        }
+        Err(e) => w.record(Event::Fault {
+            what: format!("push on n{node} failed: {e}"),
+        }),
+    }
+}
+
+/// Crash (or stop) `node`: its software and memory are gone, its peers see
+/// the connections drop.
+fn stop_node(world: &Shared, sim: &mut turmoil::Sim<'_>, node: NodeIx) {
+    sim.crash(host_name(node));
+    let mut w = lock(world);
+    if w.running.remove(&node).is_some() {
+        let id = w.ids[node];
+        for r in w.running.values() {
+            r.net.peer_down(id);
+        }
+    }
+}
+
+/// Flip one byte of a random blob on `node`'s disk.
+fn corrupt_blob(world: &Shared, rng: &Rng, node: NodeIx) -> Option<String> {
+    let w = lock(world);
+    let store = &w.running.get(&node)?.store;
+    let blobs = store.list().ok()?;
+    if blobs.is_empty() {
+        return None;
+    }
+    let cid = blobs[uniform(rng, 0, blobs.len() as u64 - 1) as usize];
+    let path = store.blob_path(&cid);
+    let mut bytes = std::fs::read(&path).ok()?;
+    if bytes.is_empty() {
+        return None;
+    }
+    let at = uniform(rng, 0, bytes.len() as u64 - 1) as usize;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&path, &bytes).ok()?;
+    Some(cid.to_string())
+}
+
+/// Sample every running node's state hash; check the blobs it newly
+/// announced it holds.
+fn sample(world: &Shared, checked: &mut BTreeSet<(NodeIx, String)>) {
+    let mut w = lock(world);
+    let mut events = Vec::new();
+    for (ix, r) in &w.running {
+        let hash = r.cluster.state_hash();
+        let state: String = hash.0.iter().map(|b| format!("{b:02x}")).collect();
+        events.push(Event::Sample { node: *ix, state });
+        let id = w.ids[*ix];
+        let held: Vec<cid::Cid> = r.cluster.read(|s| {
+            s.allocations()
+                .into_iter()
+                .filter(|(_, holders)| holders.contains(&id))
+                .map(|(cid, _)| cid)
+                .collect()
+        });
+        for cid in held {
+            let key = (*ix, cid.to_string());
+            if checked.contains(&key) {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(r.store.blob_path(&cid)) else {
+                continue;
+            };
+            checked.insert(key);
+            events.push(Event::BlobHeld {
+                node: *ix,
+                cid: cid.to_string(),
+                matches: cid_of(&bytes) == cid,
+            });
+        }
+    }
+    for e in events {
+        w.record(e);
+    }
+}
+
+/// Whether the run may stop early: one state everywhere and every
+/// environment's last push live on every node.
+fn settled(world: &Shared) -> bool {
+    let w = lock(world);
+    let hashes: BTreeSet<_> = w.running.values().map(|r| r.cluster.state_hash()).collect();
+    if hashes.len() > 1 {
+        return false;
+    }
+    let mut winners: BTreeMap<&str, &crate::trace::Version> = BTreeMap::new();
+    for e in &w.trace.entries {
+        if let Event::Push { version, .. } = &e.event {
+            let best = winners.entry(version.env.as_str()).or_insert(version);
+            if version.precedence() > best.precedence() {
+                *best = version;
+            }
+        }
+    }
+    w.running.values().all(|r| {
+        let live = r.live.lock().unwrap_or_else(|p| p.into_inner());
+        winners.iter().all(|(env, v)| {
+            live.iter()
+                .any(|(k, d)| k.to_string() == *env && workload::version(k, d) == **v)
+        })
+    })
+}
+
+fn state_path(run_dir: &Path, node: NodeIx) -> PathBuf {
+    run_dir.join(host_name(node)).join("cluster-state")
+}
+
+/// One node's software: what `turmoil` starts on its host, and again after
+/// every restart.
+async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
+    let (id, hosts, dir, rng, anti_entropy, duplicate_rate) = {
+        let mut w = lock(&world);
+        let boot = {
+            let b = w.boots.entry(ix).or_insert(0);
+            *b += 1;
+            *b
+        };
+        let rng = Rng::seeded(w.seed ^ ((ix as u64) << 32) ^ (boot << 48));
+        let drift = w.drift_permille.get(ix).copied().unwrap_or(1000);
+        (
+            w.ids[ix],
+            w.hosts.clone(),
+            w.run_dir.join(host_name(ix)),
+            rng,
+            ANTI_ENTROPY * drift as u32 / 1000,
+            w.duplicate_rate,
+        )
+    };
+    let incarnation = rng.next_u64();
+    let state_file = dir.join("cluster-state");
+    let mut state = match std::fs::read(&state_file) {
+        Ok(bytes) => ClusterState::load(id, incarnation, &bytes)?,
+        Err(_) => ClusterState::new(id, incarnation),
+    };
+    if !state.members().contains_key(&id) {
+        state.upsert_member(id, vec![format!("{}:{PORT}", host_name(ix))], Role::Full, None)?;
+        state.admit(id, id)?;
+    }
+    canopy_node::durable::write_atomically(&state_file, &state.save(), None)?;
+    let store = Arc::new(BlobStore::open(dir.join("store"))?);
+
+    let (net, events) = SimNet::new(id, hosts, NetConfig::default(), Rng::seeded(rng.next_u64()));
+    net.set_duplicate_rate(duplicate_rate);
+    tokio::spawn(net.clone().serve());
+    let cluster = ClusterHandle::new(SyncCore::new(
+        state,
+        SyncConfig {
+            anti_entropy_interval: anti_entropy,
+        },
+    ));
+    let (sync_rx, blob_rx) = split_events(events);
+    tokio::spawn(run_sync(cluster.clone(), net.clone(), sync_rx));
+    let (replicate, commands) = replicate_channel();
+    tokio::spawn(run_replicate(
+        cluster.clone(),
+        store.clone(),
+        net.clone(),
+        blob_rx,
+        commands,
+        ReplicateConfig {
+            chunk_bytes: 16 * 1024,
+            ..ReplicateConfig::default()
+        },
+    ));
+    tokio::spawn(persist(cluster.clone(), state_file));
+    let live: Live = Arc::default();
+    tokio::spawn(follow(
+        world.clone(),
+        ix,
+        cluster.clone(),
+        replicate,
+        store.clone(),
+        live.clone(),
+    ));
+    {
+        let mut w = lock(&world);
+        let others: Vec<NodeIx> = w.running.keys().copied().collect();
+        for other in others {
+            let other_id = w.ids[other];
+            w.running[&other].net.peer_up(id);
+            net.peer_up(other_id);
+        }
+        w.running.insert(
+            ix,
+            Running {
+                net,
+                cluster,
+                store,
+                live,
+            },
+        );
+        w.record(Event::Boot {
+            node: ix,
+            incarnation,
+        });
+    }
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Save the cluster state a little after it changes.
+async fn persist(cluster: ClusterHandle, path: PathBuf) {
+    let mut changes = cluster.subscribe();
+    while changes.changed().await.is_ok() {
+        tokio::time::sleep(SAVE_DELAY).await;
+        changes.borrow_and_update();
+        let bytes = cluster.save();
+        if let Err(e) = canopy_node::durable::write_atomically(&path, &bytes, None) {
+            tracing::error!(error = %e, "sim: cannot save the cluster state");
+        }
+    }
+}
+
+/// Install every environment's winner once all its blobs are local and
+/// verified (the node's follower, until the node has its own).
+async fn follow(
+    world: Shared,
+    ix: NodeIx,
+    cluster: ClusterHandle,
+    replicate: ReplicateHandle,
+    store: Arc<BlobStore>,
+    live: Live,
+) {
+    let mut changes = cluster.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let winners = cluster.read(|s| s.deployments());
+        let mut waiting = false;
+        for (env, d) in winners {
+            let current = live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&env)
+                .cloned();
+            if current.as_ref() == Some(&d) {
+                continue;
+            }
+            let mut complete = true;
+            for cid in std::iter::once(d.manifest_cid).chain(d.artifacts.iter().copied()) {
+                if store.get(&cid).is_ok() {
+                    continue;
+                }
+                let fetched = replicate.fetch(cid).await.is_ok() && store.get(&cid).is_ok();
+                if !fetched {
+                    complete = false;
+                    break;
+                }
+            }
+            if !complete {
+                waiting = true;
+                continue;
+            }
+            live.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(env.clone(), d.clone());
+            lock(&world).record(Event::Live {
+                node: ix,
+                version: workload::version(&env, &d),
+            });
+        }
+        if waiting {
+            tokio::select! {
+                biased;
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        } else if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! `canopy-sim`: many Canopy nodes in one deterministic simulation on
+//! turmoil, replayable from a seed. See `docs/simulation.md`.
+//!
+//! - [`net`] — the node's net seam over turmoil's simulated TCP.
+//! - [`harness`] — one run: nodes as turmoil hosts built from simulated
+//!   environments, the generators, the trace, the checks.
+//! - [`faults`] — the fault model and the per-run ranges drawn from a seed.
+//! - [`workload`] — pushes and requests.
+//! - [`trace`] — the trace and its stable hash.
+//! - [`invariants`] — checkers over a trace.
+//! - [`cli`] — the `canopy-sim` command line: one seed, a range in
+//!   parallel, soak.
+
+pub mod cli;
+pub mod faults;
+pub mod harness;
+pub mod invariants;
+pub mod net;
+pub mod trace;
+pub mod workload;
+
+pub use harness::{RunConfig, RunResult, run};

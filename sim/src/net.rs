@@ -1,0 +1,277 @@
+//! The node's net seam ([`canopy_node::net::Net`]) over turmoil's simulated
+//! TCP: the only part of a simulated node that differs from production.
+//!
+//! Every node listens on [`PORT`] of its turmoil host. A request opens a
+//! connection to the peer's host, writes one length-prefixed frame
+//! (sender id, protocol, payload) and reads one framed answer; the peer's
+//! side turns the frame into a [`NetEvent::Request`] and writes back what its
+//! protocol code answers through the [`Responder`]. Whatever turmoil does to
+//! the segments (latency, partitions, holds, random link failures) happens
+//! to these frames; a lost segment shows up as a request timeout, as on a
+//! real network whose path died under a live connection.
+//!
+//! Connection state (which peers are up) is driven by the harness, as a
+//! transport would see it: a crash or a graceful leave drops the node's
+//! connections (its peers get `PeerDown`), a (re)start brings them up
+//! (`PeerUp` on both sides). Partitions are silent: nobody is told.
+//!
+//! Duplication: with probability `duplicate_rate` a request is sent twice
+//! (at-least-once delivery); the second answer is ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use canopy_node::env::Rng;
+use canopy_node::net::{MAX_PAYLOAD_BYTES, Net, NetError, NetEvent, NodeId, Protocol, Responder};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// The port every simulated node listens on.
+pub const PORT: u16 = 7000;
+
+/// How a simulated transport behaves.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub request_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Inner {
+    id: NodeId,
+    /// Host names of every node that may exist in the run.
+    hosts: BTreeMap<NodeId, String>,
+    up: Mutex<BTreeSet<NodeId>>,
+    events: mpsc::Sender<NetEvent>,
+    config: NetConfig,
+    /// Probability (in millionths) that a request is sent twice.
+    duplicate_ppm: std::sync::atomic::AtomicU32,
+    rng: Rng,
+}
+
+/// One node's handle on the simulated network. Cheap to clone.
+#[derive(Clone)]
+pub struct SimNet {
+    inner: Arc<Inner>,
+}
+
+impl SimNet {
+    /// A node's transport and the event queue its protocol drivers read.
+    /// Call [`SimNet::serve`] inside the node's host to accept requests.
+    pub fn new(
+        id: NodeId,
+        hosts: BTreeMap<NodeId, String>,
+        config: NetConfig,
+        rng: Rng,
+    ) -> (SimNet, mpsc::Receiver<NetEvent>) {
+        let (events, rx) = mpsc::channel(1024);
+        let net = SimNet {
+            inner: Arc::new(Inner {
+                id,
+                hosts,
+                up: Mutex::default(),
+                events,
+                config,
+                duplicate_ppm: Default::default(),
+                rng,
+            }),
+        };
+        (net, rx)
+    }
+
+    fn up(&self) -> MutexGuard<'_, BTreeSet<NodeId>> {
+        self.inner.up.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection to `peer` came up (the harness tells both sides).
+    pub fn peer_up(&self, peer: NodeId) {
+        if peer != self.inner.id && self.up().insert(peer) {
+            let _ = self.inner.events.try_send(NetEvent::PeerUp(peer));
+        }
+    }
+
+    /// The connection to `peer` went down.
+    pub fn peer_down(&self, peer: NodeId) {
+        if self.up().remove(&peer) {
+            let _ = self.inner.events.try_send(NetEvent::PeerDown(peer));
+        }
+    }
+
+    /// Send each request twice with probability `rate` (0..=1).
+    pub fn set_duplicate_rate(&self, rate: f64) {
+        let ppm = (rate.clamp(0.0, 1.0) * 1e6) as u32;
+        self.inner
+            .duplicate_ppm
+            .store(ppm, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Accept requests on [`PORT`] until the host stops. Spawn it inside the
+    /// node's turmoil host.
+    pub async fn serve(self) -> std::io::Result<()> {
+        let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let net = self.clone();
+            tokio::spawn(async move {
+                let _ = net.answer(stream).await;
+            });
+        }
+    }
+
+    async fn answer(&self, mut stream: turmoil::net::TcpStream) -> std::io::Result<()> {
+        let frame = read_frame(&mut stream).await?;
+        let Some((from, protocol, payload)) = decode_request(frame) else {
+            return Ok(());
+        };
+        let (tx, rx) = oneshot::channel();
+        let event = NetEvent::Request {
+            from,
+            protocol,
+            payload,
+            reply: Responder(tx),
+        };
+        if self.inner.events.send(event).await.is_err() {
+            return Ok(());
+        }
+        let answer = rx
+            .await
+            .unwrap_or_else(|_| Err("the peer dropped the request".into()));
+        let mut out = Vec::new();
+        match answer {
+            Ok(body) => {
+                out.push(0u8);
+                out.extend_from_slice(&body);
+            }
+            Err(reason) => {
+                out.push(1u8);
+                out.extend_from_slice(reason.as_bytes());
+            }
+        }
+        write_frame(&mut stream, &out).await?;
+        // Wait for the requester to close: a close with unread data resets.
+        let mut rest = [0u8; 1];
+        let _ = stream.read(&mut rest).await;
+        Ok(())
+    }
+}
+
+fn encode_request(from: NodeId, protocol: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(33 + protocol.len() + payload.len());
+    out.extend_from_slice(&from.0);
+    out.push(protocol.len() as u8);
+    out.extend_from_slice(protocol.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn decode_request(frame: Vec<u8>) -> Option<(NodeId, String, Bytes)> {
+    let id: [u8; 32] = frame.get(..32)?.try_into().ok()?;
+    let len = *frame.get(32)? as usize;
+    let protocol = std::str::from_utf8(frame.get(33..33 + len)?)
+        .ok()?
+        .to_string();
+    let payload = Bytes::copy_from_slice(frame.get(33 + len..)?);
+    Some((NodeId(id), protocol, payload))
+}
+
+async fn write_frame(stream: &mut turmoil::net::TcpStream, body: &[u8]) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+async fn read_frame(stream: &mut turmoil::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_PAYLOAD_BYTES + 1024 {
+        return Err(std::io::Error::other("frame over the payload limit"));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// One request/answer exchange on a fresh connection.
+async fn exchange(host: String, frame: Arc<Vec<u8>>) -> std::io::Result<Result<Bytes, String>> {
+    let mut stream = turmoil::net::TcpStream::connect((host.as_str(), PORT)).await?;
+    write_frame(&mut stream, &frame).await?;
+    let answer = read_frame(&mut stream).await?;
+    match answer.split_first() {
+        Some((0, body)) => Ok(Ok(Bytes::copy_from_slice(body))),
+        Some((_, reason)) => Ok(Err(String::from_utf8_lossy(reason).into_owned())),
+        None => Err(std::io::Error::other("empty answer")),
+    }
+}
+
+impl Net for SimNet {
+    fn local_id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.up().iter().copied().collect()
+    }
+
+    fn request(
+        &self,
+        peer: NodeId,
+        protocol: Protocol,
+        payload: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, NetError>> {
+        let net = self.clone();
+        async move {
+            if payload.len() > MAX_PAYLOAD_BYTES {
+                return Err(NetError::TooLarge {
+                    size_bytes: payload.len(),
+                });
+            }
+            if !net.up().contains(&peer) {
+                return Err(NetError::NotConnected(peer));
+            }
+            let Some(host) = net.inner.hosts.get(&peer).cloned() else {
+                return Err(NetError::NotConnected(peer));
+            };
+            let timeout = net.inner.config.request_timeout;
+            let frame = Arc::new(encode_request(net.inner.id, protocol, &payload));
+            let ppm = net
+                .inner
+                .duplicate_ppm
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if ppm > 0 && (net.inner.rng.next_u64() % 1_000_000) < ppm as u64 {
+                let (host, frame) = (host.clone(), frame.clone());
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(timeout, exchange(host, frame)).await;
+                });
+            }
+            let timeout_ms = timeout.as_millis() as u64;
+            match tokio::time::timeout(timeout, exchange(host, frame)).await {
+                Err(_) => Err(NetError::Timeout { peer, timeout_ms }),
+                Ok(Err(_)) => Err(NetError::NotConnected(peer)),
+                Ok(Ok(answer)) => answer.map_err(|reason| NetError::Refused { peer, reason }),
+            }
+        }
+        .boxed()
+    }
+
+    fn publish(&self, _topic: &str, _payload: Bytes) -> Result<(), NetError> {
+        // No protocol the simulator runs publishes yet.
+        Ok(())
+    }
+
+    fn subscribe(&self, _topic: &str) -> Result<(), NetError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! The trace of one run: everything that happened that an invariant may
+//! need, in order, with a stable hash.
+//!
+//! Canonical encoding: one line of text per event (`Display`), fields in a
+//! fixed order, maps in key order; the trace hash is sha256 over the lines,
+//! each followed by `\n`. The same seed gives the same lines, so the same
+//! hash; the trace file written on a violation is exactly these lines.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+/// A node's index in the run (`n0`, `n1`, ...).
+pub type NodeIx = usize;
+
+/// One deployment as the trace names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    pub env: String,
+    pub commit: String,
+    pub seq: u64,
+    /// The pushing node's id (hex of the first 8 bytes).
+    pub by: String,
+}
+
+impl Version {
+    /// The one-winner order: (seq, pushed_by).
+    pub fn precedence(&self) -> (u64, &str) {
+        (self.seq, &self.by)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "env={} commit={} seq={} by={}",
+            self.env, self.commit, self.seq, self.by
+        )
+    }
+}
+
+/// Something that happened in a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The run's parameters drawn from the seed.
+    Params(String),
+    /// A node started (first boot or restart) with this incarnation.
+    Boot { node: NodeIx, incarnation: u64 },
+    Crash { node: NodeIx },
+    /// A node left for good (graceful stop); it is not healthy any more.
+    Leave { node: NodeIx },
+    /// A network or disk fault began (`what` says which).
+    Fault { what: String },
+    /// Every fault is healed and crashed nodes restarted.
+    Healed,
+    /// A push was acknowledged (stored durably on `node`).
+    Push {
+        node: NodeIx,
+        version: Version,
+        /// The CIDs of every blob the push stored.
+        blobs: Vec<String>,
+    },
+    /// `node` now serves `version` for its environment.
+    Live { node: NodeIx, version: Version },
+    /// A request to `node` for `env` was answered: `served` is the version
+    /// whose code answered (or `None`: nothing live yet, 404), `blobs_ok`
+    /// whether every blob read to answer matched its CID.
+    Served {
+        node: NodeIx,
+        env: String,
+        served: Option<Version>,
+        blobs_ok: bool,
+    },
+    /// `node` announced that it holds blob `cid`; `matches` tells whether
+    /// its copy on disk hashes to `cid`.
+    BlobHeld {
+        node: NodeIx,
+        cid: String,
+        matches: bool,
+    },
+    /// Periodic sample of a node's cluster-state hash.
+    Sample { node: NodeIx, state: String },
+    /// A panic inside the simulation.
+    Panic { message: String },
+    /// The run ended; `healthy` are the nodes up and not left.
+    End { healthy: Vec<NodeIx> },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Params(p) => write!(f, "params {p}"),
+            Event::Boot { node, incarnation } => {
+                write!(f, "boot n{node} incarnation={incarnation:016x}")
+            }
+            Event::Crash { node } => write!(f, "crash n{node}"),
+            Event::Leave { node } => write!(f, "leave n{node}"),
+            Event::Fault { what } => write!(f, "fault {what}"),
+            Event::Healed => write!(f, "healed"),
+            Event::Push {
+                node,
+                version,
+                blobs,
+            } => write!(f, "push n{node} {version} blobs={}", blobs.join(",")),
+            Event::Live { node, version } => write!(f, "live n{node} {version}"),
+            Event::Served {
+                node,
+                env,
+                served,
+                blobs_ok,
+            } => match served {
+                Some(v) => write!(f, "served n{node} {v} blobs_ok={blobs_ok}"),
+                None => write!(f, "served n{node} env={env} none"),
+            },
+            Event::BlobHeld { node, cid, matches } => {
+                write!(f, "held n{node} {cid} matches={matches}")
+            }
+            Event::Sample { node, state } => write!(f, "sample n{node} state={state}"),
+            Event::Panic { message } => write!(f, "panic {message:?}"),
+            Event::End { healthy } => {
+                let names: Vec<String> = healthy.iter().map(|n| format!("n{n}")).collect();
+                write!(f, "end healthy={}", names.join(","))
+            }
+        }
+    }
+}
+
+/// An event at a simulated time (milliseconds since the run began).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub at_ms: u64,
+    pub event: Event,
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>8} {}", self.at_ms, self.event)
+    }
+}
+
+/// A run's trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    pub entries: Vec<Entry>,
+}
+
+impl Trace {
+    pub fn push(&mut self, at_ms: u64, event: Event) {
+        self.entries.push(Entry { at_ms, event });
+    }
+
+    /// The canonical text: one line per entry.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for e in &self.entries {
+            out.push_str(&e.to_string());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// sha256 of the canonical text, in hex.
+    pub fn hash(&self) -> String {
+        let mut h = Sha256::new();
+        for e in &self.entries {
+            h.update(e.to_string().as_bytes());
+            h.update(b"\n");
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
