@@ -74,8 +74,14 @@ pub fn parse_range(text: &str) -> anyhow::Result<(u64, u64)> {
     let (a, b) = text
         .split_once("..")
         .with_context(|| format!("--seeds {text:?}: expected A..B, e.g. 0..200"))?;
-    let a: u64 = a.trim().parse().with_context(|| format!("--seeds: bad start {a:?}"))?;
-    let b: u64 = b.trim().parse().with_context(|| format!("--seeds: bad end {b:?}"))?;
+    let a: u64 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("--seeds: bad start {a:?}"))?;
+    let b: u64 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("--seeds: bad end {b:?}"))?;
     if b <= a {
         bail!("--seeds {text}: the range is empty (B must be greater than A)");
     }
@@ -115,8 +121,18 @@ fn report(args: &Args, result: &RunResult, out: &mut impl Write) -> anyhow::Resu
             for v in &result.violations {
                 writeln!(out, "seed={} {v}", result.config.seed)?;
             }
-            writeln!(out, "seed={} replay: {}", result.config.seed, result.config.replay_command())?;
-            writeln!(out, "seed={} trace written to {}", result.config.seed, path.display())?;
+            writeln!(
+                out,
+                "seed={} replay: {}",
+                result.config.seed,
+                result.config.replay_command()
+            )?;
+            writeln!(
+                out,
+                "seed={} trace written to {}",
+                result.config.seed,
+                path.display()
+            )?;
         }
     }
     writeln!(out, "{}", result.summary_line())?;
@@ -169,7 +185,10 @@ fn sweep(
                         let _ = out.flush();
                         done.fetch_add(1, Ordering::SeqCst);
                         if !result.violations.is_empty() {
-                            failed.lock().unwrap_or_else(|p| p.into_inner()).push(result);
+                            failed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(result);
                         }
                     }
                 })
@@ -206,20 +225,19 @@ pub fn main_with(args: Args) -> anyhow::Result<i32> {
         return Ok(i32::from(!result.violations.is_empty()));
     }
     let started = Instant::now();
-    let (label, next, done, failed) = if let Some(range) = &args.seeds {
+    let (label, done, failed) = if let Some(range) = &args.seeds {
         let (a, b) = parse_range(range)?;
         let next = AtomicU64::new(a);
         let (done, failed) = sweep(&args, &base, jobs, &next, &|seed| seed >= b)?;
-        (format!("seeds={a}..{b}"), next, done, failed)
+        (format!("seeds={a}..{b}"), done, failed)
     } else if args.soak {
         let deadline = started + Duration::from_secs(args.duration);
         let next = AtomicU64::new(args.from);
         let (done, failed) = sweep(&args, &base, jobs, &next, &|_| Instant::now() >= deadline)?;
-        (format!("soak from={}", args.from), next, done, failed)
+        (format!("soak from={}", args.from), done, failed)
     } else {
         bail!("say what to run: --seed N, --seeds A..B or --soak (see --help)");
     };
-    drop(next);
     let elapsed = started.elapsed().as_secs_f64();
     let per_minute = done as f64 * 60.0 / elapsed.max(1e-9);
     println!(
@@ -229,7 +247,11 @@ pub fn main_with(args: Args) -> anyhow::Result<i32> {
         base.steps,
     );
     for r in &failed {
-        println!("failed seed={} replay: {}", r.config.seed, r.config.replay_command());
+        println!(
+            "failed seed={} replay: {}",
+            r.config.seed,
+            r.config.replay_command()
+        );
     }
     Ok(i32::from(!failed.is_empty()))
 }

@@ -15,7 +15,8 @@
 //! - clock drift: each node's timers run at its own rate (its anti-entropy
 //!   interval is scaled by a factor per node), since turmoil gives every
 //!   host the same rate of time;
-//! - disk corruption: a byte flipped in a blob on one node's disk.
+//! - disk corruption: a byte flipped in a blob on one node's disk, and
+//!   read corruption: a blob chunk served to a peer with a byte flipped.
 //!
 //! At the end of the active phase every fault is healed at once and the
 //! crashed nodes restarted: that instant is the trace's `healed` event.
@@ -46,6 +47,8 @@ pub struct Params {
     pub fail_rate: f64,
     pub repair_rate: f64,
     pub duplicate_rate: f64,
+    /// Chance that a blob chunk a node serves is corrupted on the way out.
+    pub corrupt_read_rate: f64,
     /// Chance per 100 ms slot that a fault of each kind starts.
     pub partition_chance: f64,
     pub hold_chance: f64,
@@ -87,6 +90,11 @@ impl Params {
             } else {
                 0.0
             },
+            corrupt_read_rate: if unit(rng) < 0.6 {
+                0.002 + unit(rng) * 0.03
+            } else {
+                0.0
+            },
             partition_chance: scale * 0.004,
             hold_chance: scale * 0.003,
             crash_chance: scale * 0.003,
@@ -107,12 +115,13 @@ impl Params {
     /// The parameters as the trace's first line shows them.
     pub fn describe(&self) -> String {
         format!(
-            "latency={}..{}ms fail_rate={:.5} repair_rate={:.3} duplicate_rate={:.3} partition={:.4}/{}ms hold={:.4}/{}ms crash={:.4}/{}ms corrupt={:.4} push={:.3} request={:.3} joins={} leaves={} drift={:?}",
+            "latency={}..{}ms fail_rate={:.5} repair_rate={:.3} duplicate_rate={:.3} corrupt_read_rate={:.3} partition={:.4}/{}ms hold={:.4}/{}ms crash={:.4}/{}ms corrupt={:.4} push={:.3} request={:.3} joins={} leaves={} drift={:?}",
             self.min_latency.as_millis(),
             self.max_latency.as_millis(),
             self.fail_rate,
             self.repair_rate,
             self.duplicate_rate,
+            self.corrupt_read_rate,
             self.partition_chance,
             self.max_partition.as_millis(),
             self.hold_chance,

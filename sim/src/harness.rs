@@ -135,6 +135,9 @@ struct World {
     boots: BTreeMap<NodeIx, u64>,
     drift_permille: Vec<u64>,
     duplicate_rate: f64,
+    corrupt_read_rate: f64,
+    /// The faults are healed: nodes (re)started now get a clean transport.
+    healed: bool,
     now_ms: u64,
     trace: Trace,
 }
@@ -253,6 +256,8 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
         boots: BTreeMap::new(),
         drift_permille: params.drift_permille.clone(),
         duplicate_rate: params.duplicate_rate,
+        corrupt_read_rate: params.corrupt_read_rate,
+        healed: false,
         now_ms: 0,
         trace: Trace::default(),
     }));
@@ -273,6 +278,8 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
         .fail_rate(params.fail_rate)
         .repair_rate(params.repair_rate)
         .rng_seed(config.seed)
+        // A fixed wall-clock epoch (turmoil's default is the real time).
+        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
         .build();
     let add_host = |sim: &mut turmoil::Sim<'_>, ix: NodeIx| {
         let world = world.clone();
@@ -301,7 +308,7 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
         lock(&world).now_ms = now;
         let running: Vec<NodeIx> = lock(&world).running.keys().copied().collect();
 
-        if now < active_ms && now % SLOT_MS == 0 && !running.is_empty() {
+        if now < active_ms && now.is_multiple_of(SLOT_MS) && !running.is_empty() {
             // --- workload ---
             if unit(&rng) < params.push_chance {
                 let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
@@ -314,8 +321,7 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
                 let branch = workload::BRANCHES[uniform(&rng, 0, 1) as usize];
                 let mut w = lock(&world);
                 let r = &w.running[&node];
-                let event =
-                    workload::request(node, &workload::env_key(branch), &r.live, &r.store);
+                let event = workload::request(node, &workload::env_key(branch), &r.live, &r.store);
                 w.record(event);
             }
             if joins_left > 0 && now >= join_at {
@@ -330,7 +336,8 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
             if leaves_left > 0 && now >= leave_at && running.len() > 2 {
                 leaves_left -= 1;
                 let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
-                stop_node(&world, &mut sim, node);
+                let others: Vec<NodeIx> = registered.difference(&left).copied().collect();
+                stop_node(&world, &mut sim, node, &others, &partition, hold);
                 left.insert(node);
                 lock(&world).record(Event::Leave { node });
             }
@@ -348,8 +355,7 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
                             sim.partition(host_name(*a), host_name(*b));
                         }
                     }
-                    let heal_at =
-                        now + uniform(&rng, 500, params.max_partition.as_millis() as u64);
+                    let heal_at = now + uniform(&rng, 500, params.max_partition.as_millis() as u64);
                     lock(&world).record(Event::Fault {
                         what: format!("partition {:?} until {heal_at}", side),
                     });
@@ -374,7 +380,8 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
             }
             if running.len() > 2 && unit(&rng) < params.crash_chance {
                 let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
-                stop_node(&world, &mut sim, node);
+                let others: Vec<NodeIx> = registered.difference(&left).copied().collect();
+                stop_node(&world, &mut sim, node, &others, &partition, hold);
                 let restart_at = now + uniform(&rng, 100, params.max_downtime.as_millis() as u64);
                 crashed.insert(node, restart_at);
                 lock(&world).record(Event::Crash { node });
@@ -434,9 +441,11 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
                     }
                 }
             }
-            let w = lock(&world);
+            let mut w = lock(&world);
+            w.healed = true;
             for r in w.running.values() {
                 r.net.set_duplicate_rate(0.0);
+                r.net.set_corrupt_rate(0.0);
             }
             drop(w);
             lock(&world).record(Event::Healed);
@@ -444,7 +453,7 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
         }
 
         // --- samples ---
-        if now % 1000 == 0 {
+        if now.is_multiple_of(1000) {
             sample(&world, &mut checked_blobs);
             if let Some(healed) = healed_at {
                 let all_up = registered
@@ -516,8 +525,39 @@ fn do_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &str, n: u64) {
 
 /// Crash (or stop) `node`: its software and memory are gone, its peers see
 /// the connections drop.
-fn stop_node(world: &Shared, sim: &mut turmoil::Sim<'_>, node: NodeIx) {
-    sim.crash(host_name(node));
+///
+/// A dead host sends nothing: its links are cut while turmoil drops its
+/// runtime, so the sockets its tasks drop send no FIN or RST. (That is also
+/// what keeps a run replayable: tokio drops a runtime's tasks in an order
+/// that depends on process-wide task ids, and each segment sent would draw
+/// from turmoil's RNG in that order.) The links are then restored, with
+/// the partition and hold under way, if any, put back.
+fn stop_node(
+    world: &Shared,
+    sim: &mut turmoil::Sim<'_>,
+    node: NodeIx,
+    hosts: &[NodeIx],
+    partition: &Option<(Vec<NodeIx>, u64)>,
+    hold: Option<(NodeIx, NodeIx, u64)>,
+) {
+    let me = host_name(node);
+    for other in hosts.iter().filter(|o| **o != node) {
+        sim.partition(me.clone(), host_name(*other));
+    }
+    sim.crash(me.clone());
+    for other in hosts.iter().filter(|o| **o != node) {
+        sim.repair(me.clone(), host_name(*other));
+    }
+    if let Some((side, _)) = partition {
+        for a in side {
+            for b in hosts.iter().filter(|b| !side.contains(b)) {
+                sim.partition(host_name(*a), host_name(*b));
+            }
+        }
+    }
+    if let Some((a, b, _)) = hold {
+        sim.hold(host_name(a), host_name(b));
+    }
     let mut w = lock(world);
     if w.running.remove(&node).is_some() {
         let id = w.ids[node];
@@ -532,6 +572,19 @@ fn corrupt_blob(world: &Shared, rng: &Rng, node: NodeIx) -> Option<String> {
     let w = lock(world);
     let store = &w.running.get(&node)?.store;
     let blobs = store.list().ok()?;
+    if blobs.is_empty() {
+        return None;
+    }
+    // Only blobs two other nodes hold too: losing a sole copy to the disk is
+    // data loss no protocol can undo, not a bug the simulator should report.
+    let me = w.ids[node];
+    let r = &w.running[&node];
+    let blobs: Vec<cid::Cid> = r.cluster.read(|s| {
+        blobs
+            .into_iter()
+            .filter(|c| s.holders(c).iter().filter(|h| **h != me).count() >= 2)
+            .collect()
+    });
     if blobs.is_empty() {
         return None;
     }
@@ -618,7 +671,7 @@ fn state_path(run_dir: &Path, node: NodeIx) -> PathBuf {
 /// One node's software: what `turmoil` starts on its host, and again after
 /// every restart.
 async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
-    let (id, hosts, dir, rng, anti_entropy, duplicate_rate) = {
+    let (id, hosts, dir, rng, anti_entropy, rates) = {
         let mut w = lock(&world);
         let boot = {
             let b = w.boots.entry(ix).or_insert(0);
@@ -633,7 +686,12 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
             w.run_dir.join(host_name(ix)),
             rng,
             ANTI_ENTROPY * drift as u32 / 1000,
-            w.duplicate_rate,
+            // Restarted after the heal: no more transport faults.
+            if w.healed {
+                (0.0, 0.0)
+            } else {
+                (w.duplicate_rate, w.corrupt_read_rate)
+            },
         )
     };
     let incarnation = rng.next_u64();
@@ -643,14 +701,20 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
         Err(_) => ClusterState::new(id, incarnation),
     };
     if !state.members().contains_key(&id) {
-        state.upsert_member(id, vec![format!("{}:{PORT}", host_name(ix))], Role::Full, None)?;
+        state.upsert_member(
+            id,
+            vec![format!("{}:{PORT}", host_name(ix))],
+            Role::Full,
+            None,
+        )?;
         state.admit(id, id)?;
     }
     canopy_node::durable::write_atomically(&state_file, &state.save(), None)?;
     let store = Arc::new(BlobStore::open(dir.join("store"))?);
 
     let (net, events) = SimNet::new(id, hosts, NetConfig::default(), Rng::seeded(rng.next_u64()));
-    net.set_duplicate_rate(duplicate_rate);
+    net.set_duplicate_rate(rates.0);
+    net.set_corrupt_rate(rates.1);
     tokio::spawn(net.clone().serve());
     let cluster = ClusterHandle::new(SyncCore::new(
         state,

@@ -157,9 +157,7 @@ pub fn no_rollback(trace: &Trace) -> Vec<Violation> {
                 out.push(Violation {
                     invariant: NO_ROLLBACK,
                     at_ms: e.at_ms,
-                    message: format!(
-                        "n{node} went back from {before} to the older {version}"
-                    ),
+                    message: format!("n{node} went back from {before} to the older {version}"),
                 });
             }
             live.insert((*node, version.env.as_str()), version);
@@ -180,7 +178,9 @@ pub fn blob_matches_cid(trace: &Trace) -> Vec<Violation> {
             } => out.push(Violation {
                 invariant: BLOB_MATCHES_CID,
                 at_ms: e.at_ms,
-                message: format!("n{node} announced it holds {cid} but its copy does not hash to it"),
+                message: format!(
+                    "n{node} announced it holds {cid} but its copy does not hash to it"
+                ),
             }),
             Event::Served {
                 node,
@@ -233,7 +233,9 @@ pub fn push_live_everywhere(trace: &Trace) -> Vec<Violation> {
                 out.push(Violation {
                     invariant: PUSH_LIVE_EVERYWHERE,
                     at_ms: end_ms,
-                    message: format!("n{node} has {has} live; the last acknowledged push is {winner}"),
+                    message: format!(
+                        "n{node} has {has} live; the last acknowledged push is {winner}"
+                    ),
                 });
             }
         }

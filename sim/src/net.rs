@@ -17,6 +17,10 @@
 //!
 //! Duplication: with probability `duplicate_rate` a request is sent twice
 //! (at-least-once delivery); the second answer is ignored.
+//!
+//! Read corruption: with probability `corrupt_rate` a blob chunk this node
+//! serves (`blob/1`) has one byte flipped, as when the disk under a read
+//! rots; the fetching node must notice (it verifies every blob's CID).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,6 +60,8 @@ struct Inner {
     config: NetConfig,
     /// Probability (in millionths) that a request is sent twice.
     duplicate_ppm: std::sync::atomic::AtomicU32,
+    /// Probability (in millionths) that a served blob chunk is corrupted.
+    corrupt_ppm: std::sync::atomic::AtomicU32,
     rng: Rng,
 }
 
@@ -83,6 +89,7 @@ impl SimNet {
                 events,
                 config,
                 duplicate_ppm: Default::default(),
+                corrupt_ppm: Default::default(),
                 rng,
             }),
         };
@@ -115,6 +122,19 @@ impl SimNet {
             .store(ppm, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Corrupt each served blob chunk with probability `rate` (0..=1).
+    pub fn set_corrupt_rate(&self, rate: f64) {
+        let ppm = (rate.clamp(0.0, 1.0) * 1e6) as u32;
+        self.inner
+            .corrupt_ppm
+            .store(ppm, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn chance(&self, ppm: &std::sync::atomic::AtomicU32) -> bool {
+        let ppm = ppm.load(std::sync::atomic::Ordering::Relaxed);
+        ppm > 0 && (self.inner.rng.next_u64() % 1_000_000) < ppm as u64
+    }
+
     /// Accept requests on [`PORT`] until the host stops. Spawn it inside the
     /// node's turmoil host.
     pub async fn serve(self) -> std::io::Result<()> {
@@ -133,6 +153,7 @@ impl SimNet {
         let Some((from, protocol, payload)) = decode_request(frame) else {
             return Ok(());
         };
+        let is_blob = protocol == canopy_node::cluster::BLOB_PROTOCOL;
         let (tx, rx) = oneshot::channel();
         let event = NetEvent::Request {
             from,
@@ -151,6 +172,11 @@ impl SimNet {
             Ok(body) => {
                 out.push(0u8);
                 out.extend_from_slice(&body);
+                // Chunks only (answers to `have` are a few bytes of JSON).
+                if is_blob && body.len() >= 256 && self.chance(&self.inner.corrupt_ppm) {
+                    let at = 1 + (self.inner.rng.next_u64() % body.len() as u64) as usize;
+                    out[at] ^= 0x20;
+                }
             }
             Err(reason) => {
                 out.push(1u8);
@@ -246,11 +272,7 @@ impl Net for SimNet {
             };
             let timeout = net.inner.config.request_timeout;
             let frame = Arc::new(encode_request(net.inner.id, protocol, &payload));
-            let ppm = net
-                .inner
-                .duplicate_ppm
-                .load(std::sync::atomic::Ordering::Relaxed);
-            if ppm > 0 && (net.inner.rng.next_u64() % 1_000_000) < ppm as u64 {
+            if net.chance(&net.inner.duplicate_ppm) {
                 let (host, frame) = (host.clone(), frame.clone());
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(timeout, exchange(host, frame)).await;

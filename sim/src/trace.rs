@@ -46,12 +46,21 @@ pub enum Event {
     /// The run's parameters drawn from the seed.
     Params(String),
     /// A node started (first boot or restart) with this incarnation.
-    Boot { node: NodeIx, incarnation: u64 },
-    Crash { node: NodeIx },
+    Boot {
+        node: NodeIx,
+        incarnation: u64,
+    },
+    Crash {
+        node: NodeIx,
+    },
     /// A node left for good (graceful stop); it is not healthy any more.
-    Leave { node: NodeIx },
+    Leave {
+        node: NodeIx,
+    },
     /// A network or disk fault began (`what` says which).
-    Fault { what: String },
+    Fault {
+        what: String,
+    },
     /// Every fault is healed and crashed nodes restarted.
     Healed,
     /// A push was acknowledged (stored durably on `node`).
@@ -62,7 +71,10 @@ pub enum Event {
         blobs: Vec<String>,
     },
     /// `node` now serves `version` for its environment.
-    Live { node: NodeIx, version: Version },
+    Live {
+        node: NodeIx,
+        version: Version,
+    },
     /// A request to `node` for `env` was answered: `served` is the version
     /// whose code answered (or `None`: nothing live yet, 404), `blobs_ok`
     /// whether every blob read to answer matched its CID.
@@ -80,11 +92,18 @@ pub enum Event {
         matches: bool,
     },
     /// Periodic sample of a node's cluster-state hash.
-    Sample { node: NodeIx, state: String },
+    Sample {
+        node: NodeIx,
+        state: String,
+    },
     /// A panic inside the simulation.
-    Panic { message: String },
+    Panic {
+        message: String,
+    },
     /// The run ended; `healthy` are the nodes up and not left.
-    End { healthy: Vec<NodeIx> },
+    End {
+        healthy: Vec<NodeIx>,
+    },
 }
 
 impl fmt::Display for Event {

@@ -1,0 +1,50 @@
+//! The same seed gives the same trace, every time: run seeds twice (also on
+//! another thread, as `--seeds` does) and compare the hashes.
+
+use canopy_sim::{RunConfig, run};
+
+fn config(seed: u64) -> RunConfig {
+    RunConfig {
+        steps: 20,
+        ..RunConfig::new(seed)
+    }
+}
+
+#[test]
+fn same_seed_same_trace() {
+    for seed in 0..4 {
+        let first = run(&config(seed));
+        let second = std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || run(&config(seed)))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            first.trace.text(),
+            second.trace.text(),
+            "seed {seed} gave two different traces"
+        );
+        assert_eq!(first.hash, second.hash);
+        assert!(first.trace.entries.len() > 20, "seed {seed} did something");
+    }
+}
+
+#[test]
+fn different_seeds_differ() {
+    assert_ne!(run(&config(1)).hash, run(&config(2)).hash);
+}
+
+#[test]
+fn the_summary_line_has_the_contract_shape() {
+    let result = run(&config(3));
+    let line = result.summary_line();
+    let re = format!(
+        "seed=3 trace={} violations={}",
+        result.hash,
+        result.violations.len()
+    );
+    assert_eq!(line, re);
+    assert_eq!(result.hash.len(), 64);
+    assert!(result.hash.chars().all(|c| c.is_ascii_hexdigit()));
+}
