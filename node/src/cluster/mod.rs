@@ -10,6 +10,9 @@
 //!   nodes must hold a blob (replication factor R, rendezvous hashing).
 //! - [`driver`] — the tokio drivers that feed the cores from [`crate::net`]
 //!   events and the tokio clock.
+//! - [`member`] — [`member::ClusterNode`]: the cluster side of a running node
+//!   (the tasks above, plus following the state's releases, admission and
+//!   persistence).
 //! - [`testing`] — [`testing::MemoryHub`], an in-memory [`crate::net::Net`]
 //!   with partitions, for tests and the simulator.
 //!
@@ -19,6 +22,7 @@
 pub mod driver;
 mod error;
 mod ids;
+pub mod member;
 pub mod placement;
 pub mod replicate;
 pub mod state;
@@ -26,9 +30,10 @@ pub mod sync;
 pub mod testing;
 
 pub use driver::{
-    ClusterHandle, FetchCommand, FetchReport, ReplicateHandle, replicate_channel, run_replicate,
-    run_sync, split_events,
+    ClusterHandle, FetchCommand, FetchReport, ReplicateHandle, RoutedEvents, replicate_channel,
+    route_events, run_replicate, run_sync, split_events,
 };
+pub use member::{ClusterNode, ClusterOptions, PeerReport};
 pub use error::ClusterError;
 pub use ids::{node_hex, parse_node_hex};
 pub use replicate::{BLOB_PROTOCOL, ReplicateConfig, ReplicateCore};

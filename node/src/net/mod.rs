@@ -54,6 +54,11 @@ impl fmt::Debug for NodeId {
 /// Which protocol a request belongs to (`"state-sync/1"`, `"blob/1"`, ...).
 pub type Protocol = &'static str;
 
+/// The one protocol a connected peer that is not (yet) admitted may use: it
+/// carries an invite token. Protocol code must verify the token before it
+/// admits anyone.
+pub const JOIN_PROTOCOL: Protocol = "join/1";
+
 /// Something the network tells protocol code.
 #[derive(Debug)]
 pub enum NetEvent {
@@ -135,4 +140,31 @@ pub trait Net: Send + Sync + 'static {
 
     /// Receive messages published on `topic`.
     fn subscribe(&self, topic: &str) -> Result<(), NetError>;
+}
+
+impl<T: Net + ?Sized> Net for std::sync::Arc<T> {
+    fn local_id(&self) -> NodeId {
+        (**self).local_id()
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        (**self).peers()
+    }
+
+    fn request(
+        &self,
+        peer: NodeId,
+        protocol: Protocol,
+        payload: Bytes,
+    ) -> futures::future::BoxFuture<'static, Result<Bytes, NetError>> {
+        (**self).request(peer, protocol, payload)
+    }
+
+    fn publish(&self, topic: &str, payload: Bytes) -> Result<(), NetError> {
+        (**self).publish(topic, payload)
+    }
+
+    fn subscribe(&self, topic: &str) -> Result<(), NetError> {
+        (**self).subscribe(topic)
+    }
 }
