@@ -15,7 +15,7 @@
 //! implementing [`Net`] and the `tokio::sync::mpsc::Receiver<NetEvent>` the
 //! node's protocol driver reads. Admission (which peers may talk to this node)
 //! is enforced inside the implementation: protocol code never sees an event
-//! from a peer that is not admitted.
+//! from a peer that is not admitted, except a request on [`JOIN_PROTOCOL`].
 
 pub mod admission;
 pub mod identity;
@@ -54,9 +54,11 @@ impl fmt::Debug for NodeId {
 /// Which protocol a request belongs to (`"state-sync/1"`, `"blob/1"`, ...).
 pub type Protocol = &'static str;
 
-/// The one protocol a connected peer that is not (yet) admitted may use: it
-/// carries an invite token. Protocol code must verify the token before it
-/// admits anyone.
+/// The one protocol a connected peer that is not admitted may use: its
+/// request carries an invite token, so a new node can ask to join. The
+/// network delivers such requests (a few per connection, for a limited time)
+/// but admits nobody itself: protocol code must verify the token before it
+/// admits the sender.
 pub const JOIN_PROTOCOL: Protocol = "join/1";
 
 /// Something the network tells protocol code.
@@ -67,7 +69,8 @@ pub enum NetEvent {
     /// The last connection to a peer went down.
     PeerDown(NodeId),
     /// A peer asks something; answer through `reply` (dropping it answers
-    /// with an error the requester sees).
+    /// with an error the requester sees). `from` is admitted, unless
+    /// `protocol` is [`JOIN_PROTOCOL`].
     Request {
         from: NodeId,
         protocol: String,
