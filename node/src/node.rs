@@ -132,7 +132,7 @@ fn peer_status(report: PeerReport) -> NodeStatus {
     NodeStatus {
         git_remote: format!("{}{}/{DEFAULT_REPO}", report.admin, admin::GIT_MOUNT),
         id: report.id,
-        version: "-".to_owned(),
+        version: report.version,
         role: report.role,
         http: report.http,
         admin: report.admin,
@@ -151,9 +151,12 @@ impl AdminSource for Info {
             let mut cluster_status = None;
             if let Some((cluster, ..)) = &self.cluster {
                 nodes.extend(cluster.peer_reports().await.into_iter().map(peer_status));
-                let hashes: BTreeSet<_> = nodes.iter().filter_map(|n| n.state_hash.clone()).collect();
+                let hashes: BTreeSet<_> =
+                    nodes.iter().filter_map(|n| n.state_hash.clone()).collect();
                 cluster_status = Some(ClusterStatus {
-                    id: cluster.cluster_id().unwrap_or_else(|| "(joining)".to_owned()),
+                    id: cluster
+                        .cluster_id()
+                        .unwrap_or_else(|| "(joining)".to_owned()),
                     members: cluster.handle().read(|s| s.admitted().len()),
                     reporting: nodes.len(),
                     converged: hashes.len() == 1,
@@ -171,7 +174,10 @@ impl AdminSource for Info {
 
     fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, String> {
         let Some((cluster, key, env, peers)) = &self.cluster else {
-            return Err("this node is not part of a cluster: add a `cluster:` section to its config".to_owned());
+            return Err(
+                "this node is not part of a cluster: add a `cluster:` section to its config"
+                    .to_owned(),
+            );
         };
         let token = cluster
             .invite(key, env, Duration::from_secs(ttl_s))
@@ -226,7 +232,10 @@ impl Node {
         let admin_addr = admin_listener.local_addr()?;
         let https = match options.https_local_ca {
             Some(listen) => {
-                let ca_dir = options.local_ca_dir.clone().unwrap_or_else(|| data.join("tls"));
+                let ca_dir = options
+                    .local_ca_dir
+                    .clone()
+                    .unwrap_or_else(|| data.join("tls"));
                 let ca = Arc::new(LocalCa::load_or_create(&ca_dir, &env.rng)?);
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await

@@ -107,8 +107,11 @@ impl StatusReport {
                 if c.converged {
                     "converged: every reporting node has the same state".to_owned()
                 } else {
-                    let mut hashes: Vec<_> =
-                        self.nodes.iter().filter_map(|n| n.state_hash.as_deref()).collect();
+                    let mut hashes: Vec<_> = self
+                        .nodes
+                        .iter()
+                        .filter_map(|n| n.state_hash.as_deref())
+                        .collect();
                     hashes.sort();
                     hashes.dedup();
                     format!("NOT converged: {} different states (syncing)", hashes.len())
@@ -133,7 +136,11 @@ impl StatusReport {
                     node.holds.unwrap_or(0)
                 );
                 for (env, commit) in &node.serving {
-                    let _ = writeln!(out, "      serves {env} {}", &commit[..commit.len().min(10)]);
+                    let _ = writeln!(
+                        out,
+                        "      serves {env} {}",
+                        &commit[..commit.len().min(10)]
+                    );
                 }
             }
         }
@@ -269,7 +276,10 @@ mod cluster_tests {
                 reporting: 2,
                 converged: false,
             }),
-            nodes: vec![node("aaaa", "1111111111111111"), node("bbbb", "2222222222222222")],
+            nodes: vec![
+                node("aaaa", "1111111111111111"),
+                node("bbbb", "2222222222222222"),
+            ],
             deployments: vec![],
             certificates: vec![],
         };

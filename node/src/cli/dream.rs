@@ -213,7 +213,10 @@ async fn run_cluster(args: &DreamArgs, layout: &Layout) -> anyhow::Result<()> {
     .with_context(|| format!("cannot write {}", layout.dream_json.display()))?;
 
     println!();
-    println!("Canopy dream is running: {} nodes in one cluster", args.nodes);
+    println!(
+        "Canopy dream is running: {} nodes in one cluster",
+        args.nodes
+    );
     println!();
     for node in &cluster.nodes {
         println!("  {}  {}", node.name, node.id);

@@ -157,7 +157,10 @@ async fn start_one(
             let _ = child.kill();
             let _ = child.wait();
             let tail = log_tail(&log_path);
-            return Err(e.context(format!("its log ({}) ends with:\n{tail}", log_path.display())));
+            return Err(e.context(format!(
+                "its log ({}) ends with:\n{tail}",
+                log_path.display()
+            )));
         }
     };
     Ok((
@@ -179,7 +182,13 @@ async fn start_one(
 }
 
 /// The node's ports: kept in `DATA/ports.json` from its first start.
-fn node_ports(data: &Path, index: u16, http: u16, https: u16, admin: u16) -> anyhow::Result<NodePorts> {
+fn node_ports(
+    data: &Path,
+    index: u16,
+    http: u16,
+    https: u16,
+    admin: u16,
+) -> anyhow::Result<NodePorts> {
     let path = data.join("ports.json");
     if let Ok(bytes) = std::fs::read(&path)
         && let Ok(ports) = serde_json::from_slice(&bytes)

@@ -23,13 +23,13 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::error::ClusterError;
+use super::member::STATUS_PROTOCOL;
 use super::placement::{self, default_replication_factor};
 use super::replicate::{
     Action, BLOB_PROTOCOL, ReplicateConfig, ReplicateCore, WriteOutcome, serve_request,
 };
 use super::state::{ClusterState, StateHash};
 use super::sync::{SYNC_PROTOCOL, SyncCore};
-use super::member::STATUS_PROTOCOL;
 use crate::net::{JOIN_PROTOCOL, Net, NetEvent, NodeId};
 use crate::store::{BlobStore, BlobWriter};
 

@@ -90,6 +90,7 @@ impl Default for ClusterOptions {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerReport {
     pub id: String,
+    pub version: String,
     pub role: String,
     pub http: String,
     pub admin: String,
@@ -120,9 +121,7 @@ struct JoinAnswer {
 pub enum JoinError {
     #[error("{0}")]
     Invite(#[from] InviteError),
-    #[error(
-        "the inviter {inviter} refused to admit this node: {reason}"
-    )]
+    #[error("the inviter {inviter} refused to admit this node: {reason}")]
     Refused { inviter: NodeId, reason: String },
     #[error(
         "this node already belongs to cluster {current}; the token is for cluster {token}. Start it with an empty data directory to join another cluster"
@@ -204,6 +203,7 @@ impl ClusterNode {
             extra_admitted: Mutex::new(options.invite.iter().map(|t| t.inviter).collect()),
             report_base: PeerReport {
                 id: local.to_string(),
+                version: crate::version().to_owned(),
                 role: format!("{:?}", options.role).to_lowercase(),
                 http: options.http.clone(),
                 admin: options.admin.clone(),
@@ -478,7 +478,9 @@ async fn persist(handle: ClusterHandle, path: PathBuf) {
             let bytes = handle.save();
             match crate::durable::write_atomically(&path, &bytes, None) {
                 Ok(()) => saved = Some(hash),
-                Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot save cluster state"),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot save cluster state")
+                }
             }
         }
         if changes.changed().await.is_err() {
@@ -545,7 +547,12 @@ fn admit(node: &ClusterNode, env: &Env, from: NodeId, payload: &[u8], reply: Res
         node.handle
             .update(|s| {
                 s.admit(from, node.local)?;
-                s.upsert_member(from, request.addresses.clone(), request.role, Some(node.local))?;
+                s.upsert_member(
+                    from,
+                    request.addresses.clone(),
+                    request.role,
+                    Some(node.local),
+                )?;
                 s.record_invite_used(&token.nonce, from)
             })
             .map_err(|e| e.to_string())?;
@@ -597,7 +604,8 @@ async fn follow(
             in_flight.insert(key.clone(), precedence);
             let (deployer, replicate, store) = (deployer.clone(), replicate.clone(), store.clone());
             installs.push(async move {
-                let result = fetch_and_install(&deployer, &replicate, &store, &key, deployment).await;
+                let result =
+                    fetch_and_install(&deployer, &replicate, &store, &key, deployment).await;
                 (key, precedence, result)
             });
         }

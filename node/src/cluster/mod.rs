@@ -33,9 +33,9 @@ pub use driver::{
     ClusterHandle, FetchCommand, FetchReport, ReplicateHandle, RoutedEvents, replicate_channel,
     route_events, run_replicate, run_sync, split_events,
 };
-pub use member::{ClusterNode, ClusterOptions, PeerReport};
 pub use error::ClusterError;
 pub use ids::{node_hex, parse_node_hex};
+pub use member::{ClusterNode, ClusterOptions, PeerReport};
 pub use replicate::{BLOB_PROTOCOL, ReplicateConfig, ReplicateCore};
 pub use state::{
     Admission, ClusterState, Deployment, DeploymentUpdate, Member, Role, StateContents, StateHash,

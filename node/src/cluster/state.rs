@@ -367,7 +367,12 @@ impl ClusterState {
         update: DeploymentUpdate,
     ) -> Result<Deployment, ClusterError> {
         let seen = self.candidates(env);
-        let pushed_at_seq = seen.iter().map(|(_, c)| c.precedence().0).max().unwrap_or(0) + 1;
+        let pushed_at_seq = seen
+            .iter()
+            .map(|(_, c)| c.precedence().0)
+            .max()
+            .unwrap_or(0)
+            + 1;
         let mut artifacts = update.artifacts;
         artifacts.sort();
         artifacts.dedup();
@@ -419,12 +424,23 @@ impl ClusterState {
     /// outranks every candidate this node has seen. A concurrent push of the
     /// same branch that this node has not seen may still win over it.
     /// Returns the tombstone's precedence; `None` if there was nothing to remove.
-    pub fn remove_deployment(&mut self, env: &EnvKey) -> Result<Option<(u64, NodeId)>, ClusterError> {
+    pub fn remove_deployment(
+        &mut self,
+        env: &EnvKey,
+    ) -> Result<Option<(u64, NodeId)>, ClusterError> {
         let seen = self.candidates(env);
-        if !matches!(seen.iter().max_by_key(|(_, c)| c.precedence()), Some((_, Candidate::Live(_)))) {
+        if !matches!(
+            seen.iter().max_by_key(|(_, c)| c.precedence()),
+            Some((_, Candidate::Live(_)))
+        ) {
             return Ok(None);
         }
-        let pushed_at_seq = seen.iter().map(|(_, c)| c.precedence().0).max().unwrap_or(0) + 1;
+        let pushed_at_seq = seen
+            .iter()
+            .map(|(_, c)| c.precedence().0)
+            .max()
+            .unwrap_or(0)
+            + 1;
         let record = DeploymentRecord {
             commit: String::new(),
             manifest_cid: String::new(),
@@ -536,7 +552,13 @@ impl ClusterState {
     /// Record that the invite token with `nonce` admitted `node`.
     pub fn record_invite_used(&mut self, nonce: &[u8], node: NodeId) -> Result<(), ClusterError> {
         let key = format!("{INVITE_PREFIX}{}", hex(nonce));
-        self.put_json(&key, "invite", &InviteRecord { joined: node_hex(&node) })
+        self.put_json(
+            &key,
+            "invite",
+            &InviteRecord {
+                joined: node_hex(&node),
+            },
+        )
     }
 
     /// The node an invite token (by nonce) admitted, if it was used.

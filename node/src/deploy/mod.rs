@@ -32,8 +32,8 @@ use crate::status::EnvironmentStatus;
 use crate::store::BlobStore;
 
 use manifest::{FileArtifact, FunctionArtifact, Manifest, WebsiteArtifact};
-pub use state::{EnvKey, Precedence};
 use state::{DeploymentState, Failure, Release};
+pub use state::{EnvKey, Precedence};
 
 /// The branch that is the production environment.
 pub const PRODUCTION_BRANCH: &str = "main";
@@ -195,7 +195,10 @@ impl Deployer {
                 .collect()
         };
         for (key, release) in releases {
-            match self.load_release(&release.manifest, release.precedence).await {
+            match self
+                .load_release(&release.manifest, release.precedence)
+                .await
+            {
                 Ok(live) => {
                     self.live
                         .lock()
@@ -316,7 +319,8 @@ impl Deployer {
                     match recorded {
                         Ok(precedence) => live.precedence = Some(precedence),
                         Err(error) => {
-                            let error = format!("cannot record the release in cluster state: {error}");
+                            let error =
+                                format!("cannot record the release in cluster state: {error}");
                             self.fail(&key, &commit_hex, error);
                             return;
                         }
@@ -384,7 +388,11 @@ impl Deployer {
             if e.pending.as_deref() == Some(release.commit.as_str()) {
                 e.pending = None;
             }
-            if e.failed.as_ref().is_some_and(|f| f.commit == release.commit) || e.pending.is_none() {
+            if e.failed
+                .as_ref()
+                .is_some_and(|f| f.commit == release.commit)
+                || e.pending.is_none()
+            {
                 e.failed = None;
             }
             e.live = Some(release);
@@ -395,7 +403,11 @@ impl Deployer {
     /// Serve a release that cluster state chose, once its blobs are local:
     /// every blob is read back and verified against its CID before anything
     /// of it serves. Never replaces a release of equal or greater precedence.
-    pub async fn install(&self, key: &EnvKey, wanted: WantedRelease) -> Result<InstallOutcome, String> {
+    pub async fn install(
+        &self,
+        key: &EnvKey,
+        wanted: WantedRelease,
+    ) -> Result<InstallOutcome, String> {
         if self
             .installed_precedence(key)
             .is_some_and(|current| current >= wanted.precedence)
@@ -470,17 +482,25 @@ impl Deployer {
     /// release not recorded in cluster state).
     pub fn installed(&self) -> BTreeMap<EnvKey, Option<Precedence>> {
         let live = self.live.lock().expect("live lock");
-        live.iter().map(|(k, r)| (k.clone(), r.precedence)).collect()
+        live.iter()
+            .map(|(k, r)| (k.clone(), r.precedence))
+            .collect()
     }
 
     fn installed_precedence(&self, key: &EnvKey) -> Option<Precedence> {
-        self.live.lock().expect("live lock").get(key).and_then(|r| r.precedence)
+        self.live
+            .lock()
+            .expect("live lock")
+            .get(key)
+            .and_then(|r| r.precedence)
     }
 
     /// Releases serving here that cluster state does not know yet (the node
     /// served them before it joined): record them, so the cluster follows.
     pub fn record_unrecorded(&self) {
-        let Some(ledger) = self.ledger.get() else { return };
+        let Some(ledger) = self.ledger.get() else {
+            return;
+        };
         let unrecorded: Vec<(EnvKey, Release)> = {
             let state = self.state.lock().expect("state lock");
             state
@@ -492,7 +512,9 @@ impl Deployer {
         };
         for (key, mut release) in unrecorded {
             let mut all = self.live.lock().expect("live lock");
-            let Some(live) = all.get_mut(&key) else { continue };
+            let Some(live) = all.get_mut(&key) else {
+                continue;
+            };
             let recorded = parse_cid(&release.manifest)
                 .map_err(|DeployError(e)| e)
                 .and_then(|cid| Ok((cid, release_blobs(cid, &live.manifest)?)))
@@ -504,7 +526,9 @@ impl Deployer {
                     release.precedence = Some(precedence);
                     self.update_state(&key, |e| e.live = Some(release));
                 }
-                Err(error) => tracing::error!(env = %key, %error, "cannot record a live release in cluster state"),
+                Err(error) => {
+                    tracing::error!(env = %key, %error, "cannot record a live release in cluster state")
+                }
             }
         }
     }
