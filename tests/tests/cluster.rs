@@ -377,3 +377,78 @@ async fn a_deleted_branch_goes_down_on_every_node() {
         );
     }
 }
+
+/// Every file below `dir`.
+fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_blob_from_a_peer_is_rejected_and_fetched_elsewhere() {
+    let mut dream = Dream::start_nodes(3).unwrap();
+    let nodes = dream.nodes();
+    dream.kill_node(2);
+
+    // Nodes 1 and 2 hold v1.
+    let project = shop();
+    commit_version(&project, "v1");
+    project.push(&nodes[0].git_remote, "main").unwrap();
+    wait_all_serve(&nodes[..2], "v1").await;
+
+    // Node 1's copy of the component rots on disk (same size, other bytes).
+    let component = testfn("v1");
+    let stored = files_below(&nodes[0].data_dir.join("store"))
+        .into_iter()
+        .find(|p| std::fs::read(p).is_ok_and(|b| b == component))
+        .expect("node 1 stores the component");
+    let mut rotten = component.clone();
+    for b in rotten.iter_mut().skip(64).step_by(97) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&stored, &rotten).unwrap();
+
+    // With node 2 down, node 3's only source is node 1's rotten copy: it is
+    // rejected, and node 3 serves nothing of v1.
+    dream.kill_node(1);
+    let node3 = dream.restart_node(2).unwrap();
+    let log = std::path::Path::new(&node3.data_dir).join("node.log");
+    wait_for(
+        "node 3 to reject node 1's corrupt copy",
+        Duration::from_secs(60),
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .any(|l| l.contains("offered a corrupt blob") && l.contains(&nodes[0].id))
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, body) = node3.body("shop.localhost", "/api/hello").await.unwrap();
+    assert_ne!(
+        status, 200,
+        "node 3 must not serve an unverified release: {body}"
+    );
+
+    // Node 2 comes back: node 3 fetches the good copy from it and serves v1.
+    dream.restart_node(1).unwrap();
+    node3
+        .wait_serving("shop.localhost", "/api/hello", "v1")
+        .await;
+    let held = files_below(&node3.data_dir.join("store"))
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|b| b == rotten))
+        .count();
+    assert_eq!(held, 0, "the corrupt bytes never reached node 3's store");
+}
