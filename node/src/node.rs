@@ -19,6 +19,7 @@ use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
 use crate::gateway::Gateway;
 use crate::git::{GitHttp, Repos};
+use crate::net::Net as _;
 use crate::net::admission::InviteToken;
 use crate::net::identity::NodeKey;
 use crate::net::p2p::{Multiaddr, P2pConfig, P2pNet};
@@ -464,7 +465,7 @@ async fn start_cluster(
             token.cluster_id,
             &BTreeSet::from([token.inviter]),
         )?;
-        if let Err(e) = join(&net, &cluster, token, &setup.peers).await {
+        if let Err(e) = join(&net, &cluster, token, &setup.peers, setup.mdns).await {
             cluster.stop().await;
             return Err(e);
         }
@@ -472,17 +473,36 @@ async fn start_cluster(
     Ok((cluster, addrs))
 }
 
-/// Reach the inviter through one of `peers` and ask it to admit this node.
+/// Reach the inviter through one of `peers` (or, with none, find it on the
+/// LAN with mDNS) and ask it to admit this node.
 async fn join(
     net: &P2pNet,
     cluster: &ClusterNode,
     token: &InviteToken,
     peers: &[Multiaddr],
+    mdns: bool,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !peers.is_empty(),
-        "cluster.invite is set but cluster.peers is empty: add the inviting node's address (printed by `canopy cluster invite`)"
-    );
+    if peers.is_empty() {
+        anyhow::ensure!(
+            mdns,
+            "cluster.invite is set but cluster.peers is empty and mdns is off: add the inviting node's address (printed by `canopy cluster invite`)"
+        );
+        // The inviter is in this node's admitted set, so mDNS dials it.
+        let found = tokio::time::timeout(JOIN_WAIT, async {
+            while !net.peers().contains(&token.inviter) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        anyhow::ensure!(
+            found.is_ok(),
+            "the node that issued the invite ({}) was not found on the local network by mDNS within {} s; add its address to cluster.peers",
+            token.inviter,
+            JOIN_WAIT.as_secs()
+        );
+        cluster.join(token, JOIN_WAIT).await?;
+        return Ok(());
+    }
     let mut reached = None;
     let mut errors = Vec::new();
     for addr in peers {
