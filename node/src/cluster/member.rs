@@ -582,13 +582,19 @@ async fn follow(
     let mut changes = handle.subscribe();
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // One install at a time per environment, for the precedence it is after.
-    let mut in_flight: BTreeMap<EnvKey, Precedence> = BTreeMap::new();
+    // One install at a time per environment: a newer winner aborts the
+    // install of an older one (nothing of it has served yet), so a burst of
+    // pushes does not compile every intermediate version on every node.
+    let mut in_flight: BTreeMap<EnvKey, (Precedence, futures::future::AbortHandle)> =
+        BTreeMap::new();
     let mut installs = FuturesUnordered::new();
     loop {
         let (wanted, removed) = handle.read(|s| (s.deployments(), s.removed()));
         let installed = deployer.installed();
         for (key, precedence) in &removed {
+            if let Some((_, abort)) = in_flight.remove(key) {
+                abort.abort();
+            }
             if installed.contains_key(key) {
                 deployer.retire(key, *precedence);
             }
@@ -597,17 +603,20 @@ async fn follow(
             let precedence = deployment.precedence();
             let current = installed.get(&key).copied().flatten();
             if current.is_some_and(|c| c >= precedence)
-                || in_flight.get(&key).is_some_and(|p| *p >= precedence)
+                || in_flight.get(&key).is_some_and(|(p, _)| *p >= precedence)
             {
                 continue;
             }
-            in_flight.insert(key.clone(), precedence);
+            if let Some((_, older)) = in_flight.remove(&key) {
+                older.abort();
+            }
             let (deployer, replicate, store) = (deployer.clone(), replicate.clone(), store.clone());
-            installs.push(async move {
-                let result =
-                    fetch_and_install(&deployer, &replicate, &store, &key, deployment).await;
-                (key, precedence, result)
+            let key_for_task = key.clone();
+            let (install, abort) = futures::future::abortable(async move {
+                fetch_and_install(&deployer, &replicate, &store, &key_for_task, deployment).await
             });
+            in_flight.insert(key.clone(), (precedence, abort));
+            installs.push(async move { (key, precedence, install.await) });
         }
         tokio::select! {
             changed = changes.changed() => {
@@ -616,11 +625,14 @@ async fn follow(
                 }
             }
             Some((key, precedence, result)) = installs.next(), if !installs.is_empty() => {
-                if in_flight.get(&key) == Some(&precedence) {
+                if in_flight.get(&key).is_some_and(|(p, _)| *p == precedence) {
                     in_flight.remove(&key);
                 }
-                if let Err(error) = result {
-                    tracing::warn!(env = %key, %error, "cannot install the cluster's release yet; retrying");
+                match result {
+                    Ok(Ok(())) | Err(futures::future::Aborted) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(env = %key, %error, "cannot install the cluster's release yet; retrying");
+                    }
                 }
             }
             _ = retry.tick() => {}

@@ -310,33 +310,16 @@ impl Deployer {
         tracing::info!(env = %key, commit = %commit_hex, "deploying");
 
         match self.build_release(&repo_dir, &key, commit).await {
-            Ok((manifest_cid, mut live)) => {
-                if let Some(ledger) = self.ledger.get() {
-                    let recorded = parse_cid(&manifest_cid)
-                        .map_err(|DeployError(e)| e)
-                        .and_then(|cid| Ok((cid, release_blobs(cid, &live.manifest)?)))
-                        .and_then(|(cid, blobs)| ledger.record_push(&key, &commit_hex, cid, blobs));
-                    match recorded {
-                        Ok(precedence) => live.precedence = Some(precedence),
-                        Err(error) => {
-                            let error =
-                                format!("cannot record the release in cluster state: {error}");
-                            self.fail(&key, &commit_hex, error);
-                            return;
-                        }
-                    }
-                }
+            Ok((manifest_cid, live)) => {
                 let release = Release {
                     commit: commit_hex.clone(),
                     manifest: manifest_cid.clone(),
                     repo: repo.to_owned(),
-                    precedence: live.precedence,
+                    precedence: None,
                 };
-                if self.swap_in(&key, live, release) == InstallOutcome::AlreadyCurrent {
-                    // A concurrent push of the same branch on another node
-                    // won (see `cluster::state`); the follower serves it.
-                    tracing::info!(env = %key, commit = %commit_hex, "push superseded by a concurrent push");
-                    self.update_state(&key, |e| e.pending = None);
+                if let Err(error) = self.go_live(&key, live, release) {
+                    let error = format!("cannot record the release in cluster state: {error}");
+                    self.fail(&key, &commit_hex, error);
                     return;
                 }
                 let elapsed_ms = (self.env.clock.now() - started).as_millis();
@@ -364,6 +347,63 @@ impl Deployer {
             key: key.clone(),
             commit: commit_hex.to_owned(),
             error,
+        });
+    }
+
+    /// Serve a push built here: record it in the ledger (cluster state) and
+    /// swap it in, both under the live lock, so the follower cannot install
+    /// the same release a second time in between. A push recorded here ranks
+    /// above every release this node has seen, so it always goes live.
+    fn go_live(
+        &self,
+        key: &EnvKey,
+        mut live: LiveRelease,
+        mut release: Release,
+    ) -> Result<(), String> {
+        {
+            let mut all = self.live.lock().expect("live lock");
+            if let Some(ledger) = self.ledger.get() {
+                let cid = parse_cid(&release.manifest).map_err(|DeployError(e)| e)?;
+                let blobs = release_blobs(cid, &live.manifest)?;
+                let precedence = ledger.record_push(key, &release.commit, cid, blobs)?;
+                debug_assert!(
+                    all.get(key)
+                        .and_then(|r| r.precedence)
+                        .is_none_or(|current| current < precedence),
+                    "a local push ranks above everything installed"
+                );
+                live.precedence = Some(precedence);
+                release.precedence = Some(precedence);
+            }
+            all.insert(key.clone(), live);
+            self.publish_routes_locked(&all);
+        }
+        self.record_live(key, release);
+        Ok(())
+    }
+
+    /// Record `release` as `key`'s live release (after its routes swapped).
+    fn record_live(&self, key: &EnvKey, release: Release) {
+        self.update_state(key, |e| {
+            // Another install may have swapped in a newer release since.
+            if let (Some(newer), Some(this)) = (
+                e.live.as_ref().and_then(|r| r.precedence),
+                release.precedence,
+            ) && newer > this
+            {
+                return;
+            }
+            if e.pending.as_deref() == Some(release.commit.as_str()) {
+                e.pending = None;
+            }
+            if e.failed
+                .as_ref()
+                .is_some_and(|f| f.commit == release.commit)
+                || e.pending.is_none()
+            {
+                e.failed = None;
+            }
+            e.live = Some(release);
         });
     }
 
