@@ -3,6 +3,7 @@
 //! Routes:
 //! - `GET /api/health` → `{"ok": true}` once the node serves.
 //! - `GET /api/status` → [`crate::status::StatusReport`].
+//! - `POST /api/cluster/invite[?ttl=SECONDS]` → [`InviteAnswer`] (cluster nodes).
 //! - `/git/<repo>.git/...` → the smart-HTTP Git remote (push only).
 //!
 //! It must not serve user traffic; that is the gateway's.
@@ -25,7 +26,21 @@ pub const GIT_MOUNT: &str = "/git";
 
 /// What the admin API needs from the node.
 pub trait AdminSource: Send + Sync + 'static {
-    fn status(&self) -> StatusReport;
+    /// The node's status, and its peers' when it is in a cluster.
+    fn status(&self) -> futures::future::BoxFuture<'_, StatusReport>;
+
+    /// Issue an invite token valid for `ttl_s` seconds (cluster nodes only).
+    fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, String>;
+}
+
+/// The answer of `POST /api/cluster/invite`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct InviteAnswer {
+    /// `canopy-invite-…`: give it to the new node as `cluster.invite`.
+    pub token: String,
+    /// This node's peer addresses: give one to the new node as `cluster.peers`.
+    pub peers: Vec<String>,
+    pub expires_at_unix_s: u64,
 }
 
 pub struct Admin {
@@ -48,7 +63,26 @@ impl Admin {
         }
         match (req.method(), path.as_str()) {
             (&Method::GET, "/api/health") => json(StatusCode::OK, &serde_json::json!({"ok": true})),
-            (&Method::GET, "/api/status") => json(StatusCode::OK, &self.source.status()),
+            (&Method::GET, "/api/status") => json(StatusCode::OK, &self.source.status().await),
+            (&Method::POST, "/api/cluster/invite") => {
+                let ttl_s = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ttl=")))
+                    .map(str::parse::<u64>);
+                match ttl_s {
+                    Some(Err(_)) => json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({"error": "ttl must be a number of seconds"}),
+                    ),
+                    Some(Ok(ttl_s)) => self.invite(ttl_s),
+                    None => self.invite(3600),
+                }
+            }
+            (_, "/api/cluster/invite") => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use POST to issue an invite\n",
+            ),
             (_, "/api/health" | "/api/status") => text(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "use GET for the admin API\n",
@@ -57,6 +91,13 @@ impl Admin {
                 StatusCode::NOT_FOUND,
                 "not an admin API path; try GET /api/status, or push to /git/<name>.git\n",
             ),
+        }
+    }
+
+    fn invite(&self, ttl_s: u64) -> Response<Body> {
+        match self.source.invite(ttl_s) {
+            Ok(answer) => json(StatusCode::OK, &answer),
+            Err(error) => json(StatusCode::CONFLICT, &serde_json::json!({ "error": error })),
         }
     }
 

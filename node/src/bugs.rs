@@ -17,8 +17,8 @@ pub enum Bug {
     /// `store::finish_write`: a blob fetched from a peer is published under
     /// the CID it was asked for without checking its content.
     AcceptUnverifiedBlob,
-    /// The follower installs a candidate that is not the state's winner
-    /// (the oldest one it knows).
+    /// `cluster::state`: the winner of concurrent pushes is the candidate of
+    /// lowest precedence, so followers install a stale release.
     ApplyStaleDeployment,
 }
 

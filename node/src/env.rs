@@ -17,13 +17,38 @@ use rand_chacha::ChaCha20Rng;
 /// tests control; never by `std::time::Instant::now()`.
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
-    _private: (),
+    /// `None`: wall-clock time is the OS's. `Some((at, unix_s))`: the
+    /// simulator's wall clock, which read `unix_s` at tokio instant `at`.
+    simulated_wall: Option<(tokio::time::Instant, u64)>,
 }
 
 impl Clock {
     /// The clock of the tokio runtime the node runs on.
     pub fn tokio() -> Self {
-        Self { _private: () }
+        Self {
+            simulated_wall: None,
+        }
+    }
+
+    /// A clock whose wall-clock time starts at `unix_s` now and advances
+    /// with tokio's (simulated) time: for the simulator.
+    pub fn simulated(unix_s: u64) -> Self {
+        Self {
+            simulated_wall: Some((tokio::time::Instant::now(), unix_s)),
+        }
+    }
+
+    /// Wall-clock time in seconds since the Unix epoch: only for things that
+    /// must be compared across machines (an invite token's expiry), never
+    /// for measuring durations.
+    pub fn unix_now_s(&self) -> u64 {
+        match self.simulated_wall {
+            Some((at, unix_s)) => unix_s + (tokio::time::Instant::now() - at).as_secs(),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
     }
 
     /// The current instant on the node's clock.

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// The whole answer of `GET /api/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// The cluster this node belongs to; `None` for a standalone node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+    /// This node first, then every peer that answered.
     pub nodes: Vec<NodeStatus>,
     pub deployments: Vec<EnvironmentStatus>,
     pub certificates: Vec<CertificateStatus>,
@@ -23,6 +27,30 @@ pub struct NodeStatus {
     pub admin: String,
     pub git_remote: String,
     pub runtime: RuntimeStatus,
+    /// Connected peers (short ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// The hash of this node's cluster state: equal on converged nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_hash: Option<String>,
+    /// `project@branch` → commit serving on this node.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub serving: std::collections::BTreeMap<String, String>,
+    /// Blobs this node holds for the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds: Option<usize>,
+}
+
+/// The cluster as seen from the node that answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub id: String,
+    /// Admitted members in cluster state.
+    pub members: usize,
+    /// Nodes that reported (this one and the peers that answered).
+    pub reporting: usize,
+    /// Every reporting node is on the same state hash.
+    pub converged: bool,
 }
 
 /// How the node's components were loaded since it started.
@@ -69,6 +97,28 @@ impl StatusReport {
     /// The report as `canopy status` prints it for a person.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if let Some(c) = &self.cluster {
+            let _ = writeln!(out, "CLUSTER {}", c.id);
+            let _ = writeln!(
+                out,
+                "  {} members, {} reporting, {}",
+                c.members,
+                c.reporting,
+                if c.converged {
+                    "converged: every reporting node has the same state".to_owned()
+                } else {
+                    let mut hashes: Vec<_> = self
+                        .nodes
+                        .iter()
+                        .filter_map(|n| n.state_hash.as_deref())
+                        .collect();
+                    hashes.sort();
+                    hashes.dedup();
+                    format!("NOT converged: {} different states (syncing)", hashes.len())
+                }
+            );
+            let _ = writeln!(out);
+        }
         let _ = writeln!(out, "NODES");
         for node in &self.nodes {
             let _ = writeln!(
@@ -77,6 +127,22 @@ impl StatusReport {
                 node.id, node.role, node.version, node.http, node.admin
             );
             let _ = writeln!(out, "      git remote {}", node.git_remote);
+            if let Some(hash) = &node.state_hash {
+                let _ = writeln!(
+                    out,
+                    "      state {}  peers [{}]  holds {} blobs",
+                    &hash[..hash.len().min(12)],
+                    node.peers.join(", "),
+                    node.holds.unwrap_or(0)
+                );
+                for (env, commit) in &node.serving {
+                    let _ = writeln!(
+                        out,
+                        "      serves {env} {}",
+                        &commit[..commit.len().min(10)]
+                    );
+                }
+            }
         }
         // Hosts answer on the gateway's port; a person wants a URL to click.
         let port = self
@@ -136,6 +202,7 @@ mod tests {
     #[test]
     fn renders_for_a_person() {
         let report = StatusReport {
+            cluster: None,
             nodes: vec![NodeStatus {
                 id: "7f3a9c21".into(),
                 version: "0.1.0".into(),
@@ -144,6 +211,10 @@ mod tests {
                 admin: "http://127.0.0.1:8081".into(),
                 git_remote: "http://127.0.0.1:8081/git/dream.git".into(),
                 runtime: RuntimeStatus::default(),
+                peers: vec![],
+                state_hash: None,
+                serving: Default::default(),
+                holds: None,
             }],
             deployments: vec![
                 EnvironmentStatus {
@@ -170,6 +241,46 @@ mod tests {
                     error: None,
                 },
             ],
+            certificates: vec![],
+        };
+        insta::assert_snapshot!(report.render());
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    fn node(id: &str, hash: &str) -> NodeStatus {
+        NodeStatus {
+            id: id.into(),
+            version: "0.1.0".into(),
+            role: "full".into(),
+            http: "http://127.0.0.1:8080".into(),
+            admin: "http://127.0.0.1:8081".into(),
+            git_remote: "http://127.0.0.1:8081/git/dream.git".into(),
+            runtime: RuntimeStatus::default(),
+            peers: vec!["bbbb".into(), "cccc".into()],
+            state_hash: Some(hash.into()),
+            serving: [("shop@main".to_owned(), "0123456789abcdef".to_owned())].into(),
+            holds: Some(3),
+        }
+    }
+
+    #[test]
+    fn renders_a_cluster() {
+        let report = StatusReport {
+            cluster: Some(ClusterStatus {
+                id: "00112233445566778899aabbccddeeff".into(),
+                members: 3,
+                reporting: 2,
+                converged: false,
+            }),
+            nodes: vec![
+                node("aaaa", "1111111111111111"),
+                node("bbbb", "2222222222222222"),
+            ],
+            deployments: vec![],
             certificates: vec![],
         };
         insta::assert_snapshot!(report.render());

@@ -42,6 +42,7 @@ enum Op {
     Member { doc: usize, member: u8, addr: u8 },
     Admit { doc: usize, member: u8 },
     Revoke { doc: usize, member: u8 },
+    RemoveBranch { doc: usize, branch: u8 },
     Sync { from: usize, to: usize },
 }
 
@@ -70,6 +71,7 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         (doc.clone(), 1u8..5).prop_map(|(doc, member)| Op::Admit { doc, member }),
         (doc.clone(), 1u8..5).prop_map(|(doc, member)| Op::Revoke { doc, member }),
+        (doc.clone(), 0u8..2).prop_map(|(doc, branch)| Op::RemoveBranch { doc, branch }),
         (doc.clone(), doc).prop_map(|(from, to)| Op::Sync { from, to }),
     ]
 }
@@ -109,6 +111,10 @@ fn apply(docs: &mut [ClusterState], op: &Op) {
             .unwrap(),
         Op::Admit { doc, member } => docs[doc].admit(node(member), node(1)).unwrap(),
         Op::Revoke { doc, member } => docs[doc].revoke(node(member)).unwrap(),
+        Op::RemoveBranch { doc, branch } => {
+            let branch = if branch == 0 { "main" } else { "dev" };
+            docs[doc].remove_deployment(&env(branch)).unwrap();
+        }
         Op::Sync { from, to } => {
             if from != to {
                 let mut source = copy(&mut docs[from], 99);
@@ -122,8 +128,35 @@ fn three_docs() -> Vec<ClusterState> {
     (1..=3).map(|n| ClusterState::new(node(n), 0)).collect()
 }
 
+/// The precedence of `env`'s winner, live or tombstone.
+fn winner_precedence(s: &ClusterState, env: &canopy_node::deploy::EnvKey) -> Option<(u64, NodeId)> {
+    s.deployment(env)
+        .map(|d| d.precedence())
+        .or_else(|| s.removed().get(env).copied())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// On every replica, the winner's precedence of an environment never
+    /// goes down, whatever pushes, deletions and merges happen: a node that
+    /// follows the winner never goes back to an older push.
+    #[test]
+    fn winner_precedence_only_grows(ops in proptest::collection::vec(op(), 0..60)) {
+        let mut docs = three_docs();
+        let envs = [env("main"), env("dev")];
+        let mut seen: Vec<Vec<Option<(u64, NodeId)>>> = vec![vec![None; 2]; 3];
+        for op in &ops {
+            apply(&mut docs, op);
+            for (d, doc) in docs.iter().enumerate() {
+                for (e, env) in envs.iter().enumerate() {
+                    let now = winner_precedence(doc, env);
+                    prop_assert!(now >= seen[d][e], "{op:?}: precedence of {env} on doc {d} went from {:?} to {now:?}", seen[d][e]);
+                    seen[d][e] = now;
+                }
+            }
+        }
+    }
 
     /// merge(a, b) == merge(b, a); merging twice changes nothing; merging the
     /// three replicas in any order gives the same state and hash.
@@ -174,6 +207,41 @@ proptest! {
             prop_assert_eq!(&d.artifacts, &want);
         }
     }
+}
+
+#[test]
+fn a_deletion_outranks_what_it_saw_and_a_later_push_outranks_the_deletion() {
+    let push = |commit: &str| DeploymentUpdate {
+        commit: commit.into(),
+        manifest_cid: cid_of(commit.as_bytes()),
+        artifacts: vec![],
+    };
+    let mut a = ClusterState::new(node(1), 0);
+    let mut b = ClusterState::new(node(2), 0);
+    a.apply_deployment(&env("dev"), push("v1")).unwrap();
+    let mut a1 = copy(&mut a, 1);
+    b.merge(&mut a1).unwrap();
+    // b deletes the branch: a tombstone above v1.
+    let tombstone = b.remove_deployment(&env("dev")).unwrap().unwrap();
+    assert!(tombstone > (1, node(1)));
+    assert_eq!(b.deployment(&env("dev")), None);
+    assert_eq!(b.removed().get(&env("dev")), Some(&tombstone));
+    assert!(
+        b.routes("localhost").is_empty(),
+        "a deleted branch has no route"
+    );
+    // a, which still serves v1, learns of the deletion.
+    let mut b1 = copy(&mut b, 1);
+    a.merge(&mut b1).unwrap();
+    assert_eq!(a.deployment(&env("dev")), None);
+    // Deleting again changes nothing; a new push outranks the tombstone.
+    assert_eq!(a.remove_deployment(&env("dev")).unwrap(), None);
+    let v2 = a.apply_deployment(&env("dev"), push("v2")).unwrap();
+    assert!(v2.precedence() > tombstone);
+    let mut a2 = copy(&mut a, 2);
+    b.merge(&mut a2).unwrap();
+    assert_eq!(b.deployment(&env("dev")).unwrap().commit, "v2");
+    assert!(b.removed().is_empty());
 }
 
 #[test]

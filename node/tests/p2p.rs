@@ -1,6 +1,6 @@
 //! The libp2p network on real sockets (127.0.0.1, mdns off): joining through a
 //! bootstrap address, requests, publish/subscribe, the cluster secret,
-//! admission by node key, and invite tokens.
+//! admission by node key, probation and join requests, and invite tokens.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -9,8 +9,8 @@ use bytes::Bytes;
 use canopy_node::env::Rng;
 use canopy_node::net::admission::{ClusterId, InviteError, InviteToken};
 use canopy_node::net::identity::NodeKey;
-use canopy_node::net::p2p::{Multiaddr, P2pConfig, P2pNet};
-use canopy_node::net::{MAX_PAYLOAD_BYTES, Net, NetError, NetEvent, NodeId};
+use canopy_node::net::p2p::{MAX_JOIN_REQUESTS_PER_CONNECTION, Multiaddr, P2pConfig, P2pNet};
+use canopy_node::net::{JOIN_PROTOCOL, MAX_PAYLOAD_BYTES, Net, NetError, NetEvent, NodeId};
 use tokio::sync::{mpsc, watch};
 
 /// Long enough for a loaded 2-core machine; every wait ends as soon as its
@@ -276,37 +276,133 @@ async fn a_node_with_the_wrong_secret_cannot_connect() {
     assert!(a.net.peers().is_empty());
 }
 
-#[tokio::test]
-async fn a_node_not_admitted_is_refused_until_admitted() {
-    let (ka, kb) = (key(31), key(32));
-    // A admits only itself; B would accept A.
-    let mut a = start(ka.clone(), config(Some(SECRET), vec![]), ids(&[&ka])).await;
-    let mut b = start(
-        kb.clone(),
-        config(Some(SECRET), vec![a.addr()]),
-        ids(&[&ka, &kb]),
-    )
-    .await;
-    let (a_id, b_id) = (a.id(), b.id());
+/// A answers every join request with `welcome:<payload>`, on a task of its own
+/// that also records every other event it sees.
+fn serve_joins(node: Node) -> (tokio::task::JoinHandle<Node>, watch::Sender<bool>) {
+    let (stop_tx, mut stop) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut node = node;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return node,
+                event = node.events.recv() => match event {
+                    Some(NetEvent::Request { protocol, payload, reply, .. }) => {
+                        assert_eq!(protocol, JOIN_PROTOCOL, "only join requests may reach A");
+                        let mut out = b"welcome:".to_vec();
+                        out.extend_from_slice(&payload);
+                        reply.ok(Bytes::from(out));
+                    }
+                    Some(NetEvent::PeerUp(p)) => panic!("PeerUp({p}) for a peer on probation"),
+                    Some(NetEvent::Message { from, .. }) => panic!("a message from {from} on probation"),
+                    Some(_) => {}
+                    None => return node,
+                },
+            }
+        }
+    });
+    (task, stop_tx)
+}
 
-    let err = b.net.dial(a.addr()).await.expect_err("A must refuse B");
-    match &err {
-        NetError::Dial { reason, .. } => assert!(reason.contains("not admitted"), "{err}"),
-        other => panic!("expected Dial, got {other:?}"),
+/// Publish on `news` from `publisher` until `to` has one of its messages
+/// (subscriptions take a round trip to spread).
+async fn gossip_reaches(publisher: P2pNet, to: &mut Node) {
+    let from_id = publisher.local_id();
+    let ticker = tokio::spawn(async move {
+        for i in 0u32.. {
+            publisher
+                .publish("news", Bytes::from(format!("hello {i}")))
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let got = wait_for(to, "a message on news", |e| match e {
+        NetEvent::Message { from, .. } => Some(from),
+        _ => None,
+    })
+    .await;
+    ticker.abort();
+    assert_eq!(got, from_id);
+}
+
+fn expect_refused(result: Result<Bytes, NetError>, peer: NodeId, needle: &str) {
+    match result {
+        Err(NetError::Refused { peer: p, reason }) => {
+            assert_eq!(p, peer);
+            assert!(reason.contains(needle), "{reason}");
+        }
+        other => panic!("expected Refused containing `{needle}`, got {other:?}"),
     }
-    // B's requests get an error, A saw no PeerUp.
-    assert!(matches!(
+}
+
+#[tokio::test]
+async fn a_node_not_admitted_may_only_join_until_admitted() {
+    let (ka, kb) = (key(31), key(32));
+    // A admits only itself; B (the joiner) admits its inviter A.
+    let a = start(ka.clone(), config(Some(SECRET), vec![]), ids(&[&ka])).await;
+    let mut b = start(kb.clone(), config(Some(SECRET), vec![]), ids(&[&ka, &kb])).await;
+    let (a_id, b_id) = (a.id(), b.id());
+    let a_addr = a.addr();
+    // Both subscribe while B is on probation: gossip must flow once B is in,
+    // and not before.
+    a.net.subscribe("news").unwrap();
+    b.net.subscribe("news").unwrap();
+    let (a_task, stop_a) = serve_joins(a);
+
+    // B reaches A: A is admitted on B's side, so B's dial resolves.
+    assert_eq!(b.net.dial(a_addr).await.unwrap(), a_id);
+    wait_peer_up(&mut b, a_id).await;
+    b.net.publish("news", Bytes::from_static(b"early")).unwrap();
+
+    // The join request gets through and is answered.
+    let answer = b
+        .net
+        .request(a_id, JOIN_PROTOCOL, Bytes::from_static(b"token"))
+        .await
+        .unwrap();
+    assert_eq!(&answer[..], b"welcome:token");
+    // Anything else is refused, with a reason that says why.
+    expect_refused(
         b.net.request(a_id, "echo/1", Bytes::new()).await,
+        a_id,
+        "not admitted",
+    );
+
+    stop_a.send_replace(true);
+    let mut a = a_task.await.unwrap();
+    // No PeerUp on A (the server task would have panicked), not in peers(),
+    // and A cannot send B requests.
+    assert!(a.net.peers().is_empty());
+    assert!(matches!(
+        a.net.request(b_id, "echo/1", Bytes::new()).await,
         Err(NetError::NotConnected(_))
     ));
-    let seen = drain(&mut a);
-    assert!(!saw_peer_up(&seen, b_id), "{seen:?}");
-    assert!(a.net.peers().is_empty());
+    // A does not dial a peer it has not admitted: its dial fails clearly.
+    let err = a
+        .net
+        .dial(b.addr())
+        .await
+        .expect_err("B is not admitted by A");
+    match &err {
+        NetError::Dial { reason, .. } => assert!(reason.contains("admitted set"), "{err}"),
+        other => panic!("expected Dial, got {other:?}"),
+    }
 
-    // Admit B: its bootstrap redial gets through.
+    // Admit B: it is promoted on the same connection.
     a.admitted.send_replace(ids(&[&ka, &kb]));
     wait_peer_up(&mut a, b_id).await;
-    wait_peer_up(&mut b, a_id).await;
+    assert_eq!(a.net.peers(), vec![b_id]);
+    assert_eq!(b.net.peers(), vec![a_id]);
+    let seen = drain(&mut b);
+    assert!(
+        !seen.iter().any(|e| matches!(e, NetEvent::PeerDown(_))),
+        "promotion must not reconnect: {seen:?}"
+    );
+
+    // Gossip both ways.
+    gossip_reaches(a.net.clone(), &mut b).await;
+    gossip_reaches(b.net.clone(), &mut a).await;
+
+    // Ordinary requests now work.
     let b_net = b.net.clone();
     let _server = serve_echo(a);
     let answer = b_net
@@ -314,6 +410,64 @@ async fn a_node_not_admitted_is_refused_until_admitted() {
         .await
         .unwrap();
     assert_eq!(&answer[..], b"echo/1:in");
+}
+
+#[tokio::test]
+async fn a_node_on_probation_is_disconnected_when_its_probation_ends() {
+    let (ka, kb) = (key(33), key(34));
+    let a_config = P2pConfig {
+        probation: Duration::from_millis(500),
+        ..config(Some(SECRET), vec![])
+    };
+    let a = start(ka.clone(), a_config, ids(&[&ka])).await;
+    let mut b = start(kb.clone(), config(Some(SECRET), vec![]), ids(&[&ka, &kb])).await;
+    let a_id = a.id();
+    let a_addr = a.addr();
+    let (a_task, stop_a) = serve_joins(a);
+
+    assert_eq!(b.net.dial(a_addr).await.unwrap(), a_id);
+    wait_peer_up(&mut b, a_id).await;
+    let me = b.id();
+    wait_for(&mut b, &format!("PeerDown({a_id}) on {me}"), |e| match e {
+        NetEvent::PeerDown(p) if p == a_id => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(b.net.peers().is_empty());
+    assert!(matches!(
+        b.net.request(a_id, JOIN_PROTOCOL, Bytes::new()).await,
+        Err(NetError::NotConnected(_))
+    ));
+    stop_a.send_replace(true);
+    let a = a_task.await.unwrap();
+    assert!(a.net.peers().is_empty());
+}
+
+#[tokio::test]
+async fn join_requests_are_limited_per_connection() {
+    let (ka, kb) = (key(35), key(36));
+    let a = start(ka.clone(), config(Some(SECRET), vec![]), ids(&[&ka])).await;
+    let b = start(kb.clone(), config(Some(SECRET), vec![]), ids(&[&ka, &kb])).await;
+    let a_id = a.id();
+    let a_addr = a.addr();
+    let (a_task, stop_a) = serve_joins(a);
+
+    assert_eq!(b.net.dial(a_addr).await.unwrap(), a_id);
+    for i in 0..MAX_JOIN_REQUESTS_PER_CONNECTION {
+        let answer = b
+            .net
+            .request(a_id, JOIN_PROTOCOL, Bytes::from(i.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(answer, Bytes::from(format!("welcome:{i}")));
+    }
+    expect_refused(
+        b.net.request(a_id, JOIN_PROTOCOL, Bytes::new()).await,
+        a_id,
+        "too many join requests",
+    );
+    stop_a.send_replace(true);
+    a_task.await.unwrap();
 }
 
 #[tokio::test]

@@ -9,12 +9,17 @@
 //! the cluster state it saved) is there after a restart, what it held only
 //! in memory is gone.
 //!
-//! A node runs the production cluster code unchanged: `ClusterHandle`,
-//! `run_sync`, `run_replicate` (state sync, anti-entropy, verified chunked
-//! replication, placement). Until the node's own cluster member lands, two
-//! small stand-ins live here: a push records the deployment in the node's
-//! cluster state after storing its blobs, and a follower installs each
-//! environment's winner once all its blobs are fetched and verified.
+//! A node runs the production code unchanged: its store, runtime, gateway
+//! route table and deployer, and its cluster side (`ClusterNode`: state
+//! sync and anti-entropy, verified chunked replication and placement, the
+//! ledger, the follower that installs each environment's winner through the
+//! deployer once every blob is fetched and verified, state persistence).
+//! What the harness does itself: it seeds each node's first cluster state
+//! (one cluster, every node admitted, as after joining), makes a push by
+//! storing the release's blobs on a node and recording the deployment in
+//! its cluster state (what the deployer's ledger does after a `git push`),
+//! and answers a request by looking up the host in the gateway's route
+//! table and reading that release's blobs, verified, from the store.
 //!
 //! Everything runs on the calling thread: turmoil steps every host's
 //! runtime in turn, so a run is a pure function of its seed.
@@ -26,30 +31,30 @@ use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 use canopy_node::bugs::Bug;
-use canopy_node::cluster::{
-    ClusterHandle, ClusterState, Deployment, ReplicateConfig, ReplicateHandle, Role, SyncConfig,
-    SyncCore, replicate_channel, run_replicate, run_sync, split_events,
-};
-use canopy_node::deploy::state::EnvKey;
-use canopy_node::env::Rng;
+use canopy_node::cluster::{ClusterNode, ClusterOptions, ClusterState, Role, SyncConfig};
+use canopy_node::deploy::Deployer;
+use canopy_node::env::{Clock, Env, Rng};
+use canopy_node::gateway::Gateway;
 use canopy_node::net::NodeId;
+use canopy_node::net::admission::ClusterId;
+use canopy_node::runtime::{Runtime, RuntimeConfig};
 use canopy_node::store::{BlobStore, cid_of};
 use sha2::{Digest, Sha256};
 
 use crate::faults::{Params, uniform, unit};
 use crate::invariants::{self, Violation};
 use crate::net::{NetConfig, PORT, SimNet};
-use crate::trace::{Event, NodeIx, Trace};
+use crate::trace::{Event, NodeIx, Trace, Version};
 use crate::workload;
+use crate::workload::Pushes;
 
 /// Simulated time per turmoil step.
 pub const TICK: Duration = Duration::from_millis(10);
 const TICK_MS: u64 = TICK.as_millis() as u64;
 /// The workload and fault generators roll once per slot.
 const SLOT_MS: u64 = 100;
-/// Nodes save their cluster state this long after it changes (what changed
-/// since is lost in a crash, as unsynced writes are).
-const SAVE_DELAY: Duration = Duration::from_millis(200);
+/// Where `ClusterNode` keeps its state, below the data directory.
+const STATE_FILE: &str = "cluster/state.automerge";
 /// Cluster-state anti-entropy interval before drift.
 const ANTI_ENTROPY: Duration = Duration::from_secs(10);
 
@@ -118,12 +123,11 @@ impl RunResult {
 /// A running node's parts, as the harness reaches them.
 struct Running {
     net: SimNet,
-    cluster: ClusterHandle,
+    cluster: Arc<ClusterNode>,
     store: Arc<BlobStore>,
-    live: Live,
+    deployer: Arc<Deployer>,
+    gateway: Arc<Gateway>,
 }
-
-type Live = Arc<Mutex<BTreeMap<EnvKey, Deployment>>>;
 
 /// State shared by the harness and the simulated hosts (one thread).
 struct World {
@@ -136,6 +140,13 @@ struct World {
     drift_permille: Vec<u64>,
     duplicate_rate: f64,
     corrupt_read_rate: f64,
+    /// The first cluster state every node starts from (one cluster, every
+    /// node admitted).
+    base_state: Vec<u8>,
+    /// Every acknowledged push, by precedence.
+    pushes: Pushes,
+    /// What each running node had installed when last looked at.
+    installed: BTreeMap<NodeIx, BTreeMap<String, (u64, String)>>,
     /// The faults are healed: nodes (re)started now get a clean transport.
     healed: bool,
     now_ms: u64,
@@ -257,6 +268,9 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
         drift_permille: params.drift_permille.clone(),
         duplicate_rate: params.duplicate_rate,
         corrupt_read_rate: params.corrupt_read_rate,
+        base_state: base_state(&rng, &ids),
+        pushes: BTreeMap::new(),
+        installed: BTreeMap::new(),
         healed: false,
         now_ms: 0,
         trace: Trace::default(),
@@ -321,7 +335,13 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
                 let branch = workload::BRANCHES[uniform(&rng, 0, 1) as usize];
                 let mut w = lock(&world);
                 let r = &w.running[&node];
-                let event = workload::request(node, &workload::env_key(branch), &r.live, &r.store);
+                let event = workload::request(
+                    node,
+                    &workload::env_key(branch),
+                    &r.gateway,
+                    &r.store,
+                    &w.pushes,
+                );
                 w.record(event);
             }
             if joins_left > 0 && now >= join_at {
@@ -465,6 +485,7 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
             }
         }
 
+        observe_installs(&world);
         if let Err(e) = sim.step() {
             lock(&world).record(Event::Panic {
                 message: format!("simulation error: {e}"),
@@ -488,22 +509,16 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
 /// Push number `n` on `node`.
 fn do_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &str, n: u64) {
     let mut w = lock(world);
-    let (manifest, artifacts) = workload::push_blobs(rng, w.seed, n, branch);
     let env = workload::env_key(branch);
+    let commit = format!("c{n:04}");
+    let files = workload::push_files(rng, w.seed, n, branch);
     let r = &w.running[&node];
-    let result = workload::push(
-        &r.store,
-        &r.cluster,
-        &env,
-        format!("c{n:04}"),
-        &manifest,
-        &artifacts,
-    );
+    let result = workload::push(&r.store, r.cluster.handle(), &env, &commit, &files);
     let state_path = state_path(&w.run_dir, node);
     match result {
         Ok((deployment, blobs)) => {
             // Acknowledged only once durable.
-            let bytes = r.cluster.save();
+            let bytes = r.cluster.handle().save();
             if let Err(e) = canopy_node::durable::write_atomically(&state_path, &bytes, None) {
                 w.record(Event::Fault {
                     what: format!("push on n{node} not saved: {e}"),
@@ -511,6 +526,10 @@ fn do_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &str, n: u64) {
                 return;
             }
             let version = workload::version(&env, &deployment);
+            w.pushes.insert(
+                (version.env.clone(), version.seq, version.by.clone()),
+                (version.clone(), blobs.clone()),
+            );
             w.record(Event::Push {
                 node,
                 version,
@@ -520,6 +539,44 @@ fn do_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &str, n: u64) {
         Err(e) => w.record(Event::Fault {
             what: format!("push on n{node} failed: {e}"),
         }),
+    }
+}
+
+/// Record what each node's deployer newly installed (its precedence names
+/// the push; one that names none is reported as such).
+fn observe_installs(world: &Shared) {
+    let mut w = lock(world);
+    let mut events = Vec::new();
+    let mut seen = std::mem::take(&mut w.installed);
+    seen.retain(|n, _| w.running.contains_key(n));
+    for (ix, r) in &w.running {
+        let now: BTreeMap<String, (u64, String)> = r
+            .deployer
+            .installed()
+            .into_iter()
+            .filter_map(|(k, p)| p.map(|(seq, by)| (k.to_string(), (seq, by.to_string()))))
+            .collect();
+        let before = seen.entry(*ix).or_default();
+        for (env, (seq, by)) in &now {
+            if before.get(env) == Some(&(*seq, by.clone())) {
+                continue;
+            }
+            let version = match w.pushes.get(&(env.clone(), *seq, by.clone())) {
+                Some((v, _)) => v.clone(),
+                None => Version {
+                    env: env.clone(),
+                    commit: "(no such push)".into(),
+                    seq: *seq,
+                    by: by.clone(),
+                },
+            };
+            events.push(Event::Live { node: *ix, version });
+        }
+        *before = now;
+    }
+    w.installed = seen;
+    for e in events {
+        w.record(e);
     }
 }
 
@@ -579,7 +636,7 @@ fn corrupt_blob(world: &Shared, rng: &Rng, node: NodeIx) -> Option<String> {
     // data loss no protocol can undo, not a bug the simulator should report.
     let me = w.ids[node];
     let r = &w.running[&node];
-    let blobs: Vec<cid::Cid> = r.cluster.read(|s| {
+    let blobs: Vec<cid::Cid> = r.cluster.handle().read(|s| {
         blobs
             .into_iter()
             .filter(|c| s.holders(c).iter().filter(|h| **h != me).count() >= 2)
@@ -610,7 +667,7 @@ fn sample(world: &Shared, checked: &mut BTreeSet<(NodeIx, String)>) {
         let state: String = hash.0.iter().map(|b| format!("{b:02x}")).collect();
         events.push(Event::Sample { node: *ix, state });
         let id = w.ids[*ix];
-        let held: Vec<cid::Cid> = r.cluster.read(|s| {
+        let held: Vec<cid::Cid> = r.cluster.handle().read(|s| {
             s.allocations()
                 .into_iter()
                 .filter(|(_, holders)| holders.contains(&id))
@@ -655,23 +712,44 @@ fn settled(world: &Shared) -> bool {
             }
         }
     }
-    w.running.values().all(|r| {
-        let live = r.live.lock().unwrap_or_else(|p| p.into_inner());
-        winners.iter().all(|(env, v)| {
-            live.iter()
-                .any(|(k, d)| k.to_string() == *env && workload::version(k, d) == **v)
-        })
+    w.running.keys().all(|ix| {
+        let installed = w.installed.get(ix);
+        winners
+            .iter()
+            .all(|(env, v)| installed.and_then(|m| m.get(*env)) == Some(&(v.seq, v.by.clone())))
     })
 }
 
 fn state_path(run_dir: &Path, node: NodeIx) -> PathBuf {
-    run_dir.join(host_name(node)).join("cluster-state")
+    run_dir.join(host_name(node)).join(STATE_FILE)
+}
+
+/// The first cluster state: one cluster, every node a member and admitted
+/// (as after each joined with an invite).
+fn base_state(rng: &Rng, ids: &[NodeId]) -> Vec<u8> {
+    let mut state = ClusterState::new(ids[0], 0);
+    let build = |state: &mut ClusterState| -> Result<(), canopy_node::cluster::ClusterError> {
+        state.set_cluster_id(&ClusterId::generate(rng).to_string())?;
+        for (ix, id) in ids.iter().enumerate() {
+            state.admit(*id, ids[0])?;
+            let joined_by = (ix > 0).then_some(ids[0]);
+            state.upsert_member(
+                *id,
+                vec![format!("{}:{PORT}", host_name(ix))],
+                Role::Full,
+                joined_by,
+            )?;
+        }
+        Ok(())
+    };
+    build(&mut state).expect("build the first cluster state");
+    state.save()
 }
 
 /// One node's software: what `turmoil` starts on its host, and again after
-/// every restart.
+/// every restart. The node's own code from here on.
 async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
-    let (id, hosts, dir, rng, anti_entropy, rates) = {
+    let (id, hosts, dir, rng, anti_entropy, rates, base) = {
         let mut w = lock(&world);
         let boot = {
             let b = w.boots.entry(ix).or_insert(0);
@@ -692,60 +770,53 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
             } else {
                 (w.duplicate_rate, w.corrupt_read_rate)
             },
+            w.base_state.clone(),
         )
     };
-    let incarnation = rng.next_u64();
-    let state_file = dir.join("cluster-state");
-    let mut state = match std::fs::read(&state_file) {
-        Ok(bytes) => ClusterState::load(id, incarnation, &bytes)?,
-        Err(_) => ClusterState::new(id, incarnation),
+    let env = Env {
+        clock: Clock::tokio(),
+        rng: rng.clone(),
+        data_dir: dir.clone(),
     };
-    if !state.members().contains_key(&id) {
-        state.upsert_member(
-            id,
-            vec![format!("{}:{PORT}", host_name(ix))],
-            Role::Full,
-            None,
-        )?;
-        state.admit(id, id)?;
+    let state_file = dir.join(STATE_FILE);
+    if !state_file.exists() {
+        canopy_node::durable::write_atomically(&state_file, &base, None)?;
     }
-    canopy_node::durable::write_atomically(&state_file, &state.save(), None)?;
     let store = Arc::new(BlobStore::open(dir.join("store"))?);
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 2,
+        max_memory_bytes: 16 << 20,
+        // No function runs in the simulation yet: a slow tick keeps the
+        // runtime from waking every simulated 10 ms.
+        epoch_tick: Duration::from_secs(5),
+        ..RuntimeConfig::new(dir.join("compiled"))
+    })?;
+    let gateway = Gateway::new();
+    let repos = canopy_node::git::Repos::new(dir.join("git"))?;
+    let deployer = Deployer::new(env.clone(), store.clone(), runtime, gateway.clone(), repos)?;
+    deployer.restore().await;
 
     let (net, events) = SimNet::new(id, hosts, NetConfig::default(), Rng::seeded(rng.next_u64()));
     net.set_duplicate_rate(rates.0);
     net.set_corrupt_rate(rates.1);
     tokio::spawn(net.clone().serve());
-    let cluster = ClusterHandle::new(SyncCore::new(
-        state,
-        SyncConfig {
-            anti_entropy_interval: anti_entropy,
-        },
-    ));
-    let (sync_rx, blob_rx) = split_events(events);
-    tokio::spawn(run_sync(cluster.clone(), net.clone(), sync_rx));
-    let (replicate, commands) = replicate_channel();
-    tokio::spawn(run_replicate(
-        cluster.clone(),
+    let (admitted, _) = tokio::sync::watch::channel(BTreeSet::new());
+    let cluster = ClusterNode::start(
+        &env,
+        Arc::new(net.clone()),
+        events,
         store.clone(),
-        net.clone(),
-        blob_rx,
-        commands,
-        ReplicateConfig {
-            chunk_bytes: 16 * 1024,
-            ..ReplicateConfig::default()
+        deployer.clone(),
+        admitted,
+        ClusterOptions {
+            found_if_new: false,
+            addresses: vec![format!("{}:{PORT}", host_name(ix))],
+            sync: SyncConfig {
+                anti_entropy_interval: anti_entropy,
+            },
+            ..ClusterOptions::default()
         },
-    ));
-    tokio::spawn(persist(cluster.clone(), state_file));
-    let live: Live = Arc::default();
-    tokio::spawn(follow(
-        world.clone(),
-        ix,
-        cluster.clone(),
-        replicate,
-        store.clone(),
-        live.clone(),
-    ));
+    )?;
     {
         let mut w = lock(&world);
         let others: Vec<NodeIx> = w.running.keys().copied().collect();
@@ -760,86 +831,15 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
                 net,
                 cluster,
                 store,
-                live,
+                deployer,
+                gateway,
             },
         );
         w.record(Event::Boot {
             node: ix,
-            incarnation,
+            incarnation: rng.next_u64(),
         });
     }
     std::future::pending::<()>().await;
     Ok(())
-}
-
-/// Save the cluster state a little after it changes.
-async fn persist(cluster: ClusterHandle, path: PathBuf) {
-    let mut changes = cluster.subscribe();
-    while changes.changed().await.is_ok() {
-        tokio::time::sleep(SAVE_DELAY).await;
-        changes.borrow_and_update();
-        let bytes = cluster.save();
-        if let Err(e) = canopy_node::durable::write_atomically(&path, &bytes, None) {
-            tracing::error!(error = %e, "sim: cannot save the cluster state");
-        }
-    }
-}
-
-/// Install every environment's winner once all its blobs are local and
-/// verified (the node's follower, until the node has its own).
-async fn follow(
-    world: Shared,
-    ix: NodeIx,
-    cluster: ClusterHandle,
-    replicate: ReplicateHandle,
-    store: Arc<BlobStore>,
-    live: Live,
-) {
-    let mut changes = cluster.subscribe();
-    loop {
-        changes.borrow_and_update();
-        let winners = cluster.read(|s| s.deployments());
-        let mut waiting = false;
-        for (env, d) in winners {
-            let current = live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&env)
-                .cloned();
-            if current.as_ref() == Some(&d) {
-                continue;
-            }
-            let mut complete = true;
-            for cid in std::iter::once(d.manifest_cid).chain(d.artifacts.iter().copied()) {
-                if store.get(&cid).is_ok() {
-                    continue;
-                }
-                let fetched = replicate.fetch(cid).await.is_ok() && store.get(&cid).is_ok();
-                if !fetched {
-                    complete = false;
-                    break;
-                }
-            }
-            if !complete {
-                waiting = true;
-                continue;
-            }
-            live.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(env.clone(), d.clone());
-            lock(&world).record(Event::Live {
-                node: ix,
-                version: workload::version(&env, &d),
-            });
-        }
-        if waiting {
-            tokio::select! {
-                biased;
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        } else if changes.changed().await.is_err() {
-            return;
-        }
-    }
 }

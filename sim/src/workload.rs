@@ -3,11 +3,13 @@
 //! the run's [`crate::faults::Params`].)
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use canopy_node::cluster::{ClusterHandle, Deployment, DeploymentUpdate};
+use canopy_node::deploy::hosts_of;
+use canopy_node::deploy::manifest::{FileArtifact, Manifest, WebsiteArtifact};
 use canopy_node::deploy::state::EnvKey;
 use canopy_node::env::Rng;
+use canopy_node::gateway::Gateway;
 use canopy_node::store::{BlobStore, cid_of};
 
 use crate::faults::uniform;
@@ -35,100 +37,135 @@ pub fn version(env: &EnvKey, d: &Deployment) -> Version {
     }
 }
 
-/// The blobs of push number `n`: a manifest and one or two artifacts of
-/// random content and size.
-pub fn push_blobs(rng: &Rng, seed: u64, n: u64, branch: &str) -> (Vec<u8>, Vec<Vec<u8>>) {
-    let artifacts = (0..uniform(rng, 1, 2))
-        .map(|_| {
-            let mut bytes = vec![0u8; uniform(rng, 512, 48 * 1024) as usize];
-            rng.fill_bytes(&mut bytes);
-            bytes
+/// Every acknowledged push by (env, seq, pushed_by): its version and the
+/// CIDs of its blobs (manifest first).
+pub type Pushes = BTreeMap<(String, u64, String), (Version, Vec<String>)>;
+
+/// The files of push number `n`: a website of one or two files of random
+/// content and size.
+pub fn push_files(rng: &Rng, seed: u64, n: u64, branch: &str) -> Vec<(String, Vec<u8>)> {
+    (0..uniform(rng, 1, 2))
+        .map(|i| {
+            let mut bytes = format!("seed={seed} push={n} branch={branch} file={i}\n").into_bytes();
+            let start = bytes.len();
+            bytes.resize(start + uniform(rng, 512, 48 * 1024) as usize, 0);
+            rng.fill_bytes(&mut bytes[start..]);
+            (format!("file{i}.bin"), bytes)
         })
-        .collect::<Vec<_>>();
-    let manifest = format!(
-        "manifest seed={seed} push={n} branch={branch} artifacts={}",
-        artifacts
-            .iter()
-            .map(|a| cid_of(a).to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    )
-    .into_bytes();
-    (manifest, artifacts)
+        .collect()
 }
 
-/// Push: store the blobs on the node, then record the deployment in its
-/// cluster state (the node's own push path until the deployer does it).
+/// Push: store the release's blobs (its files and its manifest) on the node,
+/// then record it in the node's cluster state as the deployer's ledger does
+/// after a `git push` (the node holds the blobs; the deployment is the push
+/// of greatest precedence this node has seen, plus one). The node's
+/// follower installs it through its deployer.
 pub fn push(
     store: &BlobStore,
     cluster: &ClusterHandle,
     env: &EnvKey,
-    commit: String,
-    manifest: &[u8],
-    artifacts: &[Vec<u8>],
+    commit: &str,
+    files: &[(String, Vec<u8>)],
 ) -> anyhow::Result<(Deployment, Vec<String>)> {
-    let manifest_cid = store.put(manifest)?;
-    let mut cids = vec![manifest_cid.to_string()];
-    let mut artifact_cids = Vec::new();
-    for a in artifacts {
-        let cid = store.put(a)?;
-        cids.push(cid.to_string());
-        artifact_cids.push(cid);
+    let mut artifacts = Vec::new();
+    let mut site = BTreeMap::new();
+    for (name, bytes) in files {
+        let cid = store.put(bytes)?;
+        artifacts.push(cid);
+        site.insert(
+            name.clone(),
+            FileArtifact {
+                cid: cid.to_string(),
+                size_bytes: bytes.len() as u64,
+            },
+        );
     }
+    let manifest = Manifest {
+        project: env.project.clone(),
+        branch: env.branch.clone(),
+        commit: commit.to_string(),
+        domains: vec![],
+        functions: BTreeMap::new(),
+        websites: BTreeMap::from([(
+            "www".to_string(),
+            WebsiteArtifact {
+                path: "/".into(),
+                files: site,
+            },
+        )]),
+    };
+    let manifest_cid = store.put(&serde_json::to_vec(&manifest)?)?;
+    let local = cluster.read(|s| s.local_id());
     let deployment = cluster.update(|s| {
+        for cid in &artifacts {
+            s.add_holder(cid, local)?;
+        }
         s.apply_deployment(
             env,
             DeploymentUpdate {
-                commit,
+                commit: commit.to_string(),
                 manifest_cid,
-                artifacts: artifact_cids,
+                artifacts: artifacts.clone(),
             },
         )
     })?;
+    let mut cids = vec![manifest_cid.to_string()];
+    cids.extend(artifacts.iter().map(|c| c.to_string()));
     Ok((deployment, cids))
 }
 
-/// A request to `node` for `env`: answered by the live version's code,
-/// read (verified) from the node's store.
+/// A request to `node` for `env`: the gateway's route table picks the site
+/// for the environment's host; its release's blobs are read (verified) from
+/// the node's store.
 pub fn request(
     node: NodeIx,
     env: &EnvKey,
-    live: &Arc<Mutex<BTreeMap<EnvKey, Deployment>>>,
+    gateway: &Gateway,
     store: &BlobStore,
+    pushes: &Pushes,
 ) -> Event {
-    let current = live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(env)
-        .cloned();
-    let Some(d) = current else {
+    let none = || Event::Served {
+        node,
+        env: env.to_string(),
+        served: None,
+        blobs_ok: true,
+    };
+    let routes = gateway.routes();
+    let Some(site) = hosts_of(env, &[]).iter().find_map(|h| routes.site(h)) else {
+        return none();
+    };
+    let found = pushes
+        .values()
+        .find(|(v, _)| v.env == env.to_string() && v.commit == site.commit);
+    let Some((version, blobs)) = found else {
         return Event::Served {
             node,
             env: env.to_string(),
-            served: None,
+            served: Some(Version {
+                env: env.to_string(),
+                commit: site.commit.clone(),
+                seq: 0,
+                by: "(no such push)".into(),
+            }),
             blobs_ok: true,
         };
     };
     let mut blobs_ok = true;
-    for cid in std::iter::once(&d.manifest_cid).chain(d.artifacts.iter()) {
-        match store.get(cid) {
-            Ok(bytes) => blobs_ok &= cid_of(&bytes) == *cid,
-            // A corrupt copy is refused (and quarantined): a 503, no
-            // response from that version.
-            Err(_) => {
-                return Event::Served {
-                    node,
-                    env: env.to_string(),
-                    served: None,
-                    blobs_ok: true,
-                };
-            }
+    for cid in blobs {
+        let Ok(cid) = cid::Cid::try_from(cid.as_str()) else {
+            blobs_ok = false;
+            continue;
+        };
+        match store.get(&cid) {
+            Ok(bytes) => blobs_ok &= cid_of(&bytes) == cid,
+            // A corrupt copy is refused (and quarantined): a 503.
+            Err(_) => return none(),
         }
     }
     Event::Served {
         node,
         env: env.to_string(),
-        served: Some(version(env, &d)),
+        served: Some(version.clone()),
         blobs_ok,
     }
 }

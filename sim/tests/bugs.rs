@@ -86,6 +86,25 @@ fn accepting_an_unverified_blob_is_found() {
 }
 
 #[test]
+fn applying_a_stale_deployment_is_found() {
+    let found = find(Bug::ApplyStaleDeployment);
+    eprintln!(
+        "apply-stale-deployment: seed {} — {}",
+        found.config.seed, found.violations[0]
+    );
+    assert!(
+        found
+            .violations
+            .iter()
+            .any(|v| v.invariant == invariants::PUSH_LIVE_EVERYWHERE
+                || v.invariant == invariants::NO_ROLLBACK),
+        "{:?}",
+        found.violations
+    );
+    replays(&found, Bug::ApplyStaleDeployment);
+}
+
+#[test]
 fn without_bugs_seeds_run_clean() {
     for seed in 0..10 {
         let result = run(&config(seed, vec![]));

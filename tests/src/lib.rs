@@ -89,6 +89,8 @@ where
 /// A running `canopy dream`.
 pub struct Dream {
     child: Option<Child>,
+    /// Nodes this harness restarted itself (`Dream::restart_node`).
+    restarted: Vec<Child>,
     pub data_dir: PathBuf,
     pub git_remote: String,
     pub http: String,
@@ -114,6 +116,20 @@ impl Dream {
     /// Start a dream of the `canopy` binary `bin` (a release build, for
     /// benchmarks) on `data_dir` (kept after the dream stops).
     pub fn start_with(bin: &Path, data_dir: &Path) -> Result<Dream> {
+        Self::start_args(bin, data_dir, &[])
+    }
+
+    /// Start an `n`-node dream (`canopy dream --nodes n`) on a fresh
+    /// temporary data directory.
+    pub fn start_nodes(n: u16) -> Result<Dream> {
+        let temp = tempfile::tempdir()?;
+        let mut dream = Self::start_args(&canopy_bin(), temp.path(), &["--nodes", &n.to_string()])?;
+        dream._temp = Some(temp);
+        Ok(dream)
+    }
+
+    /// Start `canopy dream --data-dir DATA_DIR ARGS…` of binary `bin`.
+    pub fn start_args(bin: &Path, data_dir: &Path, args: &[&str]) -> Result<Dream> {
         let facts_path = data_dir.join("dream.json");
         let _ = std::fs::remove_file(&facts_path);
         let log = std::fs::File::create(data_dir.join("dream.log")).or_else(|_| {
@@ -124,6 +140,7 @@ impl Dream {
             .arg("dream")
             .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -133,7 +150,7 @@ impl Dream {
             .stderr(log)
             .spawn()
             .context("starting canopy dream")?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(180);
         let facts: Value = loop {
             let ready = std::fs::read(&facts_path)
                 .ok()
@@ -149,7 +166,10 @@ impl Dream {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("canopy dream did not write dream.json within 60s");
+                bail!(
+                    "canopy dream did not write dream.json within 180s:\n{}",
+                    std::fs::read_to_string(data_dir.join("dream.log")).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -166,8 +186,105 @@ impl Dream {
             data_dir: data_dir.to_owned(),
             facts,
             child: Some(child),
+            restarted: Vec::new(),
             _temp: None,
         })
+    }
+
+    /// The nodes dream.json lists.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.facts["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|n| NodeInfo {
+                        http: n["http"].as_str().unwrap_or_default().to_owned(),
+                        admin: n["admin"].as_str().unwrap_or_default().to_owned(),
+                        git_remote: n["git_remote"].as_str().unwrap_or_default().to_owned(),
+                        pid: n["pid"].as_u64().unwrap_or(0) as u32,
+                        config: n["config"].as_str().unwrap_or_default().to_owned(),
+                        data_dir: PathBuf::from(n["data_dir"].as_str().unwrap_or_default()),
+                        id: n["id"].as_str().unwrap_or_default().to_owned(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Node `i` (0-based) of a multi-node dream.
+    pub fn node(&self, i: usize) -> NodeInfo {
+        self.nodes().swap_remove(i)
+    }
+
+    /// Kill node `i` (SIGKILL: no clean shutdown) and wait until it is gone.
+    pub fn kill_node(&self, i: usize) {
+        let node = self.node(i);
+        // SAFETY: signalling a process this test's dream started.
+        unsafe { libc::kill(node.pid as i32, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The dream reaps its child; wait until the pid is gone.
+        while Path::new(&format!("/proc/{}", node.pid)).exists()
+            && std::fs::read_to_string(format!("/proc/{}/stat", node.pid))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+        {
+            assert!(Instant::now() < deadline, "node {i} did not die");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start node `i` again from its config (as an operator would) and wait
+    /// until it is ready; it is stopped when the dream is dropped.
+    pub fn restart_node(&mut self, i: usize) -> Result<NodeInfo> {
+        let node = self.node(i);
+        let node_json = node.data_dir.join("node.json");
+        let _ = std::fs::remove_file(&node_json);
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(node.data_dir.join("node.log"))?;
+        let mut child = Command::new(canopy_bin())
+            .arg("node")
+            .arg("--config")
+            .arg(&node.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,libp2p=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let facts: Value = loop {
+            if let Some(v) = std::fs::read(&node_json)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                break v;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "node {i} exited with {status}:\n{}",
+                    std::fs::read_to_string(node.data_dir.join("node.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("node {i} did not become ready within 60s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let info = NodeInfo {
+            http: facts["http"].as_str().unwrap_or_default().to_owned(),
+            admin: facts["admin"].as_str().unwrap_or_default().to_owned(),
+            git_remote: facts["git_remote"].as_str().unwrap_or_default().to_owned(),
+            pid: child.id(),
+            ..node
+        };
+        self.restarted.push(child);
+        Ok(info)
     }
 
     /// The process id of the running dream.
@@ -268,10 +385,80 @@ impl Dream {
 
 impl Drop for Dream {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for mut child in self.restarted.drain(..) {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if self.child.is_some() {
+            // A clean stop lets a multi-node dream stop its node processes.
+            let _ = self.stop();
+        }
+        // Whatever is left (a dream that could not stop cleanly).
+        for node in self.nodes() {
+            if node.pid != 0 {
+                // SAFETY: signalling a process this test's dream started.
+                unsafe { libc::kill(node.pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// One node of a multi-node dream.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub id: String,
+    pub http: String,
+    pub admin: String,
+    pub git_remote: String,
+    pub pid: u32,
+    pub config: String,
+    pub data_dir: PathBuf,
+}
+
+impl NodeInfo {
+    /// GET `path` on this node's gateway with `Host: host`.
+    pub async fn get(&self, host: &str, path: &str) -> Option<reqwest::Response> {
+        client()
+            .get(format!("{}{path}", self.http))
+            .header("host", host)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()
+    }
+
+    /// GET on this node's gateway: status and body, `None` if it does not answer.
+    pub async fn body(&self, host: &str, path: &str) -> Option<(u16, String)> {
+        let response = self.get(host, path).await?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    /// This node's admin status report.
+    pub async fn status(&self) -> Option<Value> {
+        client()
+            .get(format!("{}/api/status", self.admin))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    /// Wait until this node answers `path` on `host` with 200 and a body
+    /// containing `needle`.
+    pub async fn wait_serving(&self, host: &str, path: &str, needle: &str) {
+        wait_for(
+            &format!("{} to serve {needle:?} at {host}{path}", self.http),
+            Duration::from_secs(60),
+            || async {
+                let (status, body) = self.body(host, path).await?;
+                (status == 200 && body.contains(needle)).then_some(())
+            },
+        )
+        .await
     }
 }
 

@@ -10,17 +10,23 @@ use crate::deploy::DeployEvent;
 use crate::env::Env;
 use crate::node::{DEFAULT_REPO, Node, NodeOptions};
 
-/// Start a local cloud: a node with a Git remote to push to, an HTTP gateway
+/// Start a local cloud: nodes with a Git remote to push to, an HTTP gateway
 /// and an admin API, all on 127.0.0.1.
 ///
 /// When it is ready it writes DIR/dream.json with the Git remote and the
 /// addresses, and prints how to push a project and reach it. Ctrl-C stops it;
 /// with --data-dir, starting again on the same directory serves every project
 /// again at once, without a push.
+///
+/// With --nodes N (N > 1) it runs N `canopy node` processes that form one
+/// encrypted peer-to-peer cluster: push to any node's Git remote and every
+/// node serves the project. dream.json lists every node (addresses, pid,
+/// config, log); a node stopped from outside starts again with
+/// `canopy node --config DIR/node-I/node.yaml` and catches up.
 #[derive(Debug, clap::Args)]
 pub struct DreamArgs {
-    /// How many nodes to run. This version runs one node per dream.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1))]
+    /// How many nodes to run (1 to 16).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     nodes: u16,
     /// Keep the cloud's data here (created if missing). Default: a temporary
     /// directory removed when the dream stops.
@@ -41,7 +47,7 @@ pub struct DreamArgs {
 
 /// The machine-readable facts of a running dream (`DIR/dream.json`).
 #[derive(Debug, Serialize)]
-struct DreamFile {
+struct DreamFile<N: Serialize> {
     git_remote: String,
     http: String,
     https: Option<String>,
@@ -49,7 +55,7 @@ struct DreamFile {
     ca: Option<String>,
     admin: String,
     data_dir: String,
-    nodes: Vec<DreamNode>,
+    nodes: Vec<N>,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,9 +66,15 @@ struct DreamNode {
     git_remote: String,
 }
 
+/// The files of a dream: its directory and `dream.json`.
+struct Layout {
+    data_dir: PathBuf,
+    dream_json: PathBuf,
+}
+
 pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
     // A temporary directory lives exactly as long as this function.
-    let (data_dir, _temporary) = match args.data_dir {
+    let (data_dir, _temporary) = match args.data_dir.clone() {
         Some(dir) => (dir, None),
         None => {
             let dir = tempfile::Builder::new().prefix("canopy-dream-").tempdir()?;
@@ -75,6 +87,17 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
     let dream_json = data_dir.join("dream.json");
     // A stale file from an earlier run must not be mistaken for readiness.
     let _ = std::fs::remove_file(&dream_json);
+    let layout = Layout {
+        data_dir,
+        dream_json,
+    };
+    if args.nodes > 1 {
+        return run_cluster(&args, &layout).await;
+    }
+    let Layout {
+        data_dir,
+        dream_json,
+    } = layout;
 
     let localhost = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let node = Node::start(
@@ -83,6 +106,8 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
             http_listen: localhost(args.http_port),
             admin_listen: localhost(args.admin_port),
             https_local_ca: Some(localhost(args.https_port)),
+            local_ca_dir: None,
+            cluster: None,
         },
     )
     .await?;
@@ -148,6 +173,81 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
     println!("stopping…");
     node.stop().await;
     let _ = std::fs::remove_file(&dream_json);
+    Ok(())
+}
+
+/// `--nodes N` with N > 1: node processes, supervised until Ctrl-C.
+async fn run_cluster(args: &DreamArgs, layout: &Layout) -> anyhow::Result<()> {
+    println!(
+        "Starting a {}-node Canopy dream in {} …",
+        args.nodes,
+        layout.data_dir.display()
+    );
+    let mut cluster = super::dream_cluster::start(
+        &layout.data_dir,
+        args.nodes,
+        (args.http_port, args.https_port, args.admin_port),
+    )
+    .await?;
+    let first = cluster.nodes[0].clone();
+    let facts = DreamFile {
+        git_remote: first.git_remote.clone(),
+        http: first.http.clone(),
+        https: first.https.clone(),
+        ca: Some(
+            layout
+                .data_dir
+                .join("node-1/tls/ca.pem")
+                .display()
+                .to_string(),
+        ),
+        admin: first.admin.clone(),
+        data_dir: layout.data_dir.display().to_string(),
+        nodes: cluster.nodes.clone(),
+    };
+    crate::durable::write_atomically(
+        &layout.dream_json,
+        &serde_json::to_vec_pretty(&facts)?,
+        None,
+    )
+    .with_context(|| format!("cannot write {}", layout.dream_json.display()))?;
+
+    println!();
+    println!(
+        "Canopy dream is running: {} nodes in one cluster",
+        args.nodes
+    );
+    println!();
+    for node in &cluster.nodes {
+        println!("  {}  {}", node.name, node.id);
+        println!("      git remote  {}", node.git_remote);
+        println!("      http        {}", node.http);
+        println!("      admin       {}", node.admin);
+    }
+    let port = first.http.rsplit(':').next().unwrap_or("PORT");
+    println!();
+    println!("Push to any node; every node serves the project:");
+    println!();
+    println!("  git remote add dream {}", first.git_remote);
+    println!("  git push dream main");
+    println!("  curl http://<project>.localhost:{port}/");
+    println!();
+    println!("The cluster: canopy status --admin {}", first.admin);
+    println!("Press Ctrl-C to stop.");
+
+    let stop = super::stop_signal();
+    tokio::pin!(stop);
+    let mut reported = Vec::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = tick.tick() => cluster.reap(&mut reported),
+        }
+    }
+    println!("stopping…");
+    cluster.stop().await;
+    let _ = std::fs::remove_file(&layout.dream_json);
     Ok(())
 }
 

@@ -3,7 +3,10 @@
 //! Everything a person sees from `canopy` is written here; the node itself
 //! logs through `tracing`, quiet unless `-v` or `RUST_LOG` asks.
 
+mod admin_client;
+mod cluster_cmd;
 mod dream;
+mod dream_cluster;
 mod node_cmd;
 mod status;
 mod validate;
@@ -18,7 +21,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "canopy", version, propagate_version = true)]
 #[command(
-    after_help = "Start here:\n  canopy dream                 a whole cloud on this machine\n  canopy validate ./my-project check a project before pushing it\n  canopy status --admin URL    what is deployed, and what failed"
+    after_help = "Start here:\n  canopy dream                 a whole cloud on this machine\n  canopy validate ./my-project check a project before pushing it\n  canopy status --admin URL    what is deployed, and what failed\n  canopy cluster invite        add a node to a running cluster"
 )]
 pub struct Cli {
     /// Log more (-v: info, -vv: debug). RUST_LOG overrides.
@@ -32,6 +35,7 @@ pub struct Cli {
 enum Command {
     Dream(dream::DreamArgs),
     Node(node_cmd::NodeArgs),
+    Cluster(cluster_cmd::ClusterArgs),
     Validate(validate::ValidateArgs),
     Status(status::StatusArgs),
 }
@@ -44,6 +48,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => return validate::run(args),
         Command::Dream(args) => runtime().and_then(|rt| rt.block_on(dream::run(args))),
         Command::Node(args) => runtime().and_then(|rt| rt.block_on(node_cmd::run(args))),
+        Command::Cluster(args) => runtime().and_then(|rt| rt.block_on(cluster_cmd::run(args))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(status::run(args))),
     };
     match result {

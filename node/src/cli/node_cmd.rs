@@ -1,13 +1,15 @@
 //! `canopy node --config FILE`: one production node.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::env::Env;
-use crate::node::{Node, NodeOptions};
+use crate::net::admission::InviteToken;
+use crate::net::p2p::{Multiaddr, P2pConfig};
+use crate::node::{ClusterSetup, DEFAULT_REPO, Node, NodeOptions};
 
 /// Run one production node from a config file.
 ///
@@ -16,6 +18,14 @@ use crate::node::{Node, NodeOptions};
 ///   data_dir: /var/lib/canopy     # everything the node keeps
 ///   http: 0.0.0.0:80              # the gateway (user traffic)
 ///   admin: 127.0.0.1:7070         # admin API and Git remote
+///   cluster:                      # optional: be one node of a cluster
+///     listen: [0.0.0.0:4001]      # peer-to-peer (TCP, and QUIC on the same UDP port)
+///     secret_file: /etc/canopy/cluster.secret   # `canopy cluster init`
+///     peers: [/ip4/10.0.0.1/tcp/4001/p2p/12D3…] # nodes to connect to
+///     invite: canopy-invite-…     # joining only: `canopy cluster invite`
+///
+/// The first node of a cluster has no invite: it founds the cluster. When the
+/// node is ready it writes DATA_DIR/node.json with its addresses.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
     /// The node's config file.
@@ -25,11 +35,58 @@ pub struct NodeArgs {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NodeConfig {
-    data_dir: PathBuf,
-    http: SocketAddr,
-    admin: SocketAddr,
+pub(crate) struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    /// HTTPS with certificates from a local CA (dream).
+    #[serde(default)]
+    pub https: Option<SocketAddr>,
+    /// The local CA's directory; default DATA_DIR/tls.
+    #[serde(default)]
+    pub local_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterConfig {
+    /// `host:port` (TCP, and QUIC on the same UDP port) or multiaddrs.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub peers: Vec<String>,
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub invite: Option<String>,
+    #[serde(default)]
+    pub invite_file: Option<PathBuf>,
+    #[serde(default = "default_true")]
+    pub mdns: bool,
+    #[serde(default = "default_true")]
+    pub quic: bool,
+    #[serde(default)]
+    pub replication: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What a running node tells programs (`DATA_DIR/node.json`).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct NodeFile {
+    pub id: String,
+    pub pid: u32,
+    pub http: String,
+    pub https: Option<String>,
+    pub admin: String,
+    pub git_remote: String,
+    pub p2p: Vec<String>,
+}
+
+pub(crate) const NODE_FILE: &str = "node.json";
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let name = args.config.display().to_string();
@@ -40,24 +97,131 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             .location()
             .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
             .unwrap_or(name.clone());
-        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http and admin (see `canopy node --help`)")
+        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally https, local_ca and cluster (see `canopy node --help`)")
     })?;
-    let node = Node::start(
-        Env::production(&config.data_dir),
-        NodeOptions {
-            http_listen: config.http,
-            admin_listen: config.admin,
-            https_local_ca: None,
+    let base = args.config.parent().unwrap_or(Path::new("."));
+    let options = NodeOptions {
+        http_listen: config.http,
+        admin_listen: config.admin,
+        https_local_ca: config.https,
+        local_ca_dir: config.local_ca.clone(),
+        cluster: match &config.cluster {
+            Some(c) => Some(cluster_setup(c, base).with_context(|| format!("{name}: cluster"))?),
+            None => None,
         },
-    )
-    .await?;
+    };
+    let data_dir = config.data_dir.clone();
+    let node_file = data_dir.join(NODE_FILE);
+    let _ = std::fs::remove_file(&node_file);
+    let node = Node::start(Env::production(&data_dir), options).await?;
+    let facts = NodeFile {
+        id: node.id().to_owned(),
+        pid: std::process::id(),
+        http: format!("http://{}", node.http_addr()),
+        https: node.https_addr().map(|a| format!("https://{a}")),
+        admin: format!("http://{}", node.admin_addr()),
+        git_remote: node.git_remote(DEFAULT_REPO),
+        p2p: node.p2p_addrs().to_vec(),
+    };
+    crate::durable::write_atomically(&node_file, &serde_json::to_vec_pretty(&facts)?, None)
+        .with_context(|| format!("cannot write {}", node_file.display()))?;
     println!(
         "canopy node {} serving: http {} admin {}",
         node.id(),
         node.http_addr(),
         node.admin_addr()
     );
+    for addr in node.p2p_addrs() {
+        println!("  peer address {addr}");
+    }
     super::stop_signal().await;
     node.stop().await;
+    let _ = std::fs::remove_file(&node_file);
     Ok(())
+}
+
+/// Turn the config's `cluster:` section into what the node runs with.
+/// Relative paths are relative to the config file.
+fn cluster_setup(config: &ClusterConfig, base: &Path) -> anyhow::Result<ClusterSetup> {
+    let mut listen = Vec::new();
+    for (i, entry) in config.listen.iter().enumerate() {
+        if entry.starts_with('/') {
+            listen.push(entry.parse::<Multiaddr>().with_context(|| {
+                format!("listen[{i}]: {entry:?} is not a multiaddr (like /ip4/0.0.0.0/tcp/4001)")
+            })?);
+        } else {
+            let addr: SocketAddr = entry.parse().with_context(|| {
+                format!("listen[{i}]: {entry:?} is neither host:port nor a multiaddr")
+            })?;
+            listen.push(P2pConfig::tcp_addr(addr));
+            if config.quic {
+                listen.push(P2pConfig::quic_addr(addr));
+            }
+        }
+    }
+    if listen.is_empty() {
+        listen.push(P2pConfig::tcp_addr(SocketAddr::from(([0, 0, 0, 0], 4001))));
+    }
+    let peers = config
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.parse::<Multiaddr>().with_context(|| {
+                format!("peers[{i}]: {p:?} is not a peer address; use one that `canopy cluster invite` printed")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let secret = match &config.secret_file {
+        Some(path) => Some(read_secret(&base.join(path))?),
+        None => None,
+    };
+    let invite_text = match (&config.invite, &config.invite_file) {
+        (Some(_), Some(_)) => anyhow::bail!("set either invite or invite_file, not both"),
+        (Some(text), None) => Some(text.trim().to_owned()),
+        (None, Some(path)) => {
+            let path = base.join(path);
+            Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("invite_file: cannot read {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            )
+        }
+        (None, None) => None,
+    };
+    let invite = invite_text
+        .map(|t| InviteToken::decode(&t))
+        .transpose()
+        .context("invite")?;
+    Ok(ClusterSetup {
+        listen,
+        peers,
+        secret,
+        mdns: config.mdns,
+        quic: config.quic,
+        invite,
+        replication_factor: config.replication,
+    })
+}
+
+/// A secret file: 64 hex digits (32 bytes), surrounding whitespace ignored.
+fn read_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("secret_file: cannot read {}", path.display()))?;
+    let hex = text.trim();
+    let bad = || {
+        anyhow::anyhow!(
+            "secret_file: {} does not hold a cluster secret (64 hex digits); make one with `canopy cluster init --secret-file FILE`",
+            path.display()
+        )
+    };
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
 }

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::error::ClusterError;
+use super::member::STATUS_PROTOCOL;
 use super::placement::{self, default_replication_factor};
 use super::replicate::{
     Action, BLOB_PROTOCOL, ReplicateConfig, ReplicateCore, WriteOutcome, serve_request,
@@ -30,7 +31,7 @@ use super::replicate::{
 use super::state::{ClusterState, StateHash};
 use super::sync::{SYNC_PROTOCOL, SyncCore};
 use super::watch;
-use crate::net::{Net, NetEvent, NodeId};
+use crate::net::{JOIN_PROTOCOL, Net, NetEvent, NodeId};
 use crate::store::{BlobStore, BlobWriter};
 
 /// Events queued per protocol by [`split_events`].
@@ -101,14 +102,23 @@ impl ClusterHandle {
     }
 }
 
-/// Route one node's [`NetEvent`]s to the sync and blob drivers: peer events
-/// to both, requests by protocol; requests of other protocols are refused.
+/// One node's [`NetEvent`]s, split by who handles them.
+pub struct RoutedEvents {
+    /// `state-sync/1` requests, and peer events.
+    pub sync: mpsc::Receiver<NetEvent>,
+    /// `blob/1` requests, and peer events.
+    pub blob: mpsc::Receiver<NetEvent>,
+    /// `join/1` and `status/1` requests (see [`super::member`]).
+    pub control: mpsc::Receiver<NetEvent>,
+}
+
+/// Route one node's [`NetEvent`]s: peer events to the sync and blob
+/// drivers, requests by protocol; requests of unknown protocols are refused.
 /// Spawns the routing task (call inside a tokio runtime).
-pub fn split_events(
-    mut events: mpsc::Receiver<NetEvent>,
-) -> (mpsc::Receiver<NetEvent>, mpsc::Receiver<NetEvent>) {
-    let (sync_tx, sync_rx) = mpsc::channel(SPLIT_QUEUE_LEN);
-    let (blob_tx, blob_rx) = mpsc::channel(SPLIT_QUEUE_LEN);
+pub fn route_events(mut events: mpsc::Receiver<NetEvent>) -> RoutedEvents {
+    let (sync_tx, sync) = mpsc::channel(SPLIT_QUEUE_LEN);
+    let (blob_tx, blob) = mpsc::channel(SPLIT_QUEUE_LEN);
+    let (control_tx, control) = mpsc::channel(SPLIT_QUEUE_LEN);
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             match event {
@@ -129,25 +139,51 @@ pub fn split_events(
                     let target = match protocol.as_str() {
                         SYNC_PROTOCOL => &sync_tx,
                         BLOB_PROTOCOL => &blob_tx,
+                        JOIN_PROTOCOL | STATUS_PROTOCOL => &control_tx,
                         _ => {
                             reply.err(format!("protocol {protocol:?} is not served here"));
                             continue;
                         }
                     };
-                    let _ = target
+                    if let Err(mpsc::error::SendError(event)) = target
                         .send(NetEvent::Request {
                             from,
                             protocol,
                             payload,
                             reply,
                         })
-                        .await;
+                        .await
+                        && let NetEvent::Request { reply, .. } = event
+                    {
+                        reply.err("this node is shutting down");
+                    }
                 }
                 NetEvent::Message { .. } => {}
             }
         }
     });
-    (sync_rx, blob_rx)
+    RoutedEvents {
+        sync,
+        blob,
+        control,
+    }
+}
+
+/// [`route_events`] for a node that runs only sync and replication: join
+/// and status requests are refused.
+pub fn split_events(
+    events: mpsc::Receiver<NetEvent>,
+) -> (mpsc::Receiver<NetEvent>, mpsc::Receiver<NetEvent>) {
+    let routed = route_events(events);
+    let mut control = routed.control;
+    tokio::spawn(async move {
+        while let Some(event) = control.recv().await {
+            if let NetEvent::Request { reply, .. } = event {
+                reply.err("join and status are not served by this node");
+            }
+        }
+    });
+    (routed.sync, routed.blob)
 }
 
 /// Drive state sync until `events` closes (the network stopped).

@@ -10,6 +10,9 @@
 //!   nodes must hold a blob (replication factor R, rendezvous hashing).
 //! - [`driver`] — the tokio drivers that feed the cores from [`crate::net`]
 //!   events and the tokio clock.
+//! - [`member`] — [`member::ClusterNode`]: the cluster side of a running node
+//!   (the tasks above, plus following the state's releases, admission and
+//!   persistence).
 //! - [`testing`] — [`testing::MemoryHub`], an in-memory [`crate::net::Net`]
 //!   with partitions, for tests and the simulator.
 //! - [`watch`] — a watch channel whose wake order is deterministic (tokio's
@@ -21,6 +24,7 @@
 pub mod driver;
 mod error;
 mod ids;
+pub mod member;
 pub mod placement;
 pub mod replicate;
 pub mod state;
@@ -29,11 +33,12 @@ pub mod testing;
 pub mod watch;
 
 pub use driver::{
-    ClusterHandle, FetchCommand, FetchReport, ReplicateHandle, replicate_channel, run_replicate,
-    run_sync, split_events,
+    ClusterHandle, FetchCommand, FetchReport, ReplicateHandle, RoutedEvents, replicate_channel,
+    route_events, run_replicate, run_sync, split_events,
 };
 pub use error::ClusterError;
 pub use ids::{node_hex, parse_node_hex};
+pub use member::{ClusterNode, ClusterOptions, PeerReport};
 pub use replicate::{BLOB_PROTOCOL, ReplicateConfig, ReplicateCore};
 pub use state::{
     Admission, ClusterState, Deployment, DeploymentUpdate, Member, Role, StateContents, StateHash,

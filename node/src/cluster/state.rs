@@ -14,6 +14,8 @@
 //! admitted/<node hex>                            → {"admitted_by"}
 //! deploy/<project>/<branch>/<seq:020>/<node hex> → {"commit", "manifest_cid", "artifacts", "pushed_at_seq", "pushed_by"}
 //! alloc/<cid>/<node hex>                         → true  (that node holds the blob)
+//! cluster/id                                     → the cluster id (hex), set once by the founder
+//! invite/<nonce hex>                             → {"joined"}  (an invite token that was used)
 //! ```
 //!
 //! # Which push wins
@@ -28,6 +30,12 @@
 //! branch on two nodes get the same `pushed_at_seq`; the one from the node
 //! with the greater node id wins, whole (its commit, manifest and artifacts
 //! together). A later push on any node that has seen both supersedes both.
+//!
+//! Deleting a branch writes a *tombstone* candidate the same way (greater
+//! than every candidate seen). So precedence only ever grows per
+//! environment — a node that missed the deletion and still serves the old
+//! release sees a winner it must follow, and a later push of the same branch
+//! outranks the tombstone.
 //!
 //! # Determinism
 //!
@@ -55,6 +63,8 @@ const MEMBER_PREFIX: &str = "member/";
 const ADMITTED_PREFIX: &str = "admitted/";
 const DEPLOY_PREFIX: &str = "deploy/";
 const ALLOC_PREFIX: &str = "alloc/";
+const CLUSTER_ID_KEY: &str = "cluster/id";
+const INVITE_PREFIX: &str = "invite/";
 
 /// What a node does in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -135,9 +145,12 @@ impl fmt::Debug for StateHash {
 /// The typed contents of a state, in canonical (sorted) order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateContents {
+    pub cluster_id: Option<String>,
     pub members: BTreeMap<NodeId, Member>,
     pub admitted: BTreeMap<NodeId, Admission>,
     pub deployments: BTreeMap<EnvKey, Deployment>,
+    /// Environments whose winner is a deletion: (pushed_at_seq, pushed_by).
+    pub removed: BTreeMap<EnvKey, (u64, NodeId)>,
     pub allocations: BTreeMap<Cid, BTreeSet<NodeId>>,
 }
 
@@ -147,6 +160,11 @@ struct MemberRecord {
     addresses: Vec<String>,
     role: Role,
     joined_by: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct InviteRecord {
+    joined: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -161,6 +179,24 @@ struct DeploymentRecord {
     artifacts: Vec<String>,
     pushed_at_seq: u64,
     pushed_by: String,
+    /// A tombstone: the branch was deleted (commit and CIDs are empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    removed: bool,
+}
+
+/// One candidate of an environment: a push or a deletion.
+enum Candidate {
+    Live(Deployment),
+    Removed { precedence: (u64, NodeId) },
+}
+
+impl Candidate {
+    fn precedence(&self) -> (u64, NodeId) {
+        match self {
+            Candidate::Live(d) => d.precedence(),
+            Candidate::Removed { precedence } => *precedence,
+        }
+    }
 }
 
 /// One node's replica of the cluster state.
@@ -331,7 +367,12 @@ impl ClusterState {
         update: DeploymentUpdate,
     ) -> Result<Deployment, ClusterError> {
         let seen = self.candidates(env);
-        let pushed_at_seq = seen.iter().map(|(_, d)| d.pushed_at_seq).max().unwrap_or(0) + 1;
+        let pushed_at_seq = seen
+            .iter()
+            .map(|(_, c)| c.precedence().0)
+            .max()
+            .unwrap_or(0)
+            + 1;
         let mut artifacts = update.artifacts;
         artifacts.sort();
         artifacts.dedup();
@@ -348,6 +389,7 @@ impl ClusterState {
             artifacts: deployment.artifacts.iter().map(Cid::to_string).collect(),
             pushed_at_seq,
             pushed_by: node_hex(&self.local),
+            removed: false,
         };
         let json = serde_json::to_string(&record).map_err(|source| ClusterError::Encode {
             what: "deployment",
@@ -378,10 +420,40 @@ impl ClusterState {
         Ok(deployment)
     }
 
-    /// Remove `env`'s deployment (its branch was deleted). A concurrent push
-    /// of the same branch that this node has not seen survives.
-    pub fn remove_deployment(&mut self, env: &EnvKey) -> Result<(), ClusterError> {
-        for (key, _) in self.candidates(env) {
+    /// Remove `env`'s deployment (its branch was deleted): a tombstone that
+    /// outranks every candidate this node has seen. A concurrent push of the
+    /// same branch that this node has not seen may still win over it.
+    /// Returns the tombstone's precedence; `None` if there was nothing to remove.
+    pub fn remove_deployment(
+        &mut self,
+        env: &EnvKey,
+    ) -> Result<Option<(u64, NodeId)>, ClusterError> {
+        let seen = self.candidates(env);
+        if !matches!(
+            seen.iter().max_by_key(|(_, c)| c.precedence()),
+            Some((_, Candidate::Live(_)))
+        ) {
+            return Ok(None);
+        }
+        let pushed_at_seq = seen
+            .iter()
+            .map(|(_, c)| c.precedence().0)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let record = DeploymentRecord {
+            commit: String::new(),
+            manifest_cid: String::new(),
+            artifacts: Vec::new(),
+            pushed_at_seq,
+            pushed_by: node_hex(&self.local),
+            removed: true,
+        };
+        let json = serde_json::to_string(&record).map_err(|source| ClusterError::Encode {
+            what: "deployment tombstone",
+            source,
+        })?;
+        for (key, _) in &seen {
             self.doc
                 .delete(ROOT, key.as_str())
                 .map_err(|source| ClusterError::Write {
@@ -389,37 +461,116 @@ impl ClusterState {
                     action: "remove a deployment",
                 })?;
         }
+        let key = deploy_key(env, pushed_at_seq, &self.local);
+        self.doc
+            .put(ROOT, key.as_str(), json)
+            .map_err(|source| ClusterError::Write {
+                source: Box::new(source),
+                action: "write a deployment tombstone",
+            })?;
         self.doc.commit();
-        Ok(())
+        Ok(Some((pushed_at_seq, self.local)))
     }
 
-    /// The live deployment of `env`, if any.
+    /// The live deployment of `env`, if any (none if its winner is a deletion).
     pub fn deployment(&self, env: &EnvKey) -> Option<Deployment> {
-        self.candidates(env)
+        match self
+            .candidates(env)
             .into_iter()
-            .map(|(_, d)| d)
-            .max_by_key(Deployment::precedence)
+            .map(|(_, c)| c)
+            .max_by_key(Candidate::precedence)?
+        {
+            Candidate::Live(d) => Some(d),
+            Candidate::Removed { .. } => None,
+        }
     }
 
-    /// The live deployment of every environment.
-    pub fn deployments(&self) -> BTreeMap<EnvKey, Deployment> {
-        let mut out: BTreeMap<EnvKey, Deployment> = BTreeMap::new();
+    /// The winning candidate of every environment.
+    fn winners(&self) -> BTreeMap<EnvKey, Candidate> {
+        let mut out: BTreeMap<EnvKey, Candidate> = BTreeMap::new();
         for (key, json) in self.entries(DEPLOY_PREFIX) {
             let Some((env, _, _)) = parse_deploy_key(&key) else {
                 tracing::warn!(key, "cluster state: skipping a malformed deployment key");
                 continue;
             };
-            let Some(deployment) = decode_deployment(&key, &json) else {
+            let Some(candidate) = decode_candidate(&key, &json) else {
                 continue;
             };
+            // The injected bug picks the oldest candidate instead.
+            let stale = crate::bugs::active(crate::bugs::Bug::ApplyStaleDeployment);
             match out.get(&env) {
-                Some(current) if current.precedence() >= deployment.precedence() => {}
+                Some(current)
+                    if (current.precedence() >= candidate.precedence()) != stale
+                        || current.precedence() == candidate.precedence() => {}
                 _ => {
-                    out.insert(env, deployment);
+                    out.insert(env, candidate);
                 }
             }
         }
         out
+    }
+
+    /// The live deployment of every environment.
+    pub fn deployments(&self) -> BTreeMap<EnvKey, Deployment> {
+        self.winners()
+            .into_iter()
+            .filter_map(|(env, c)| match c {
+                Candidate::Live(d) => Some((env, d)),
+                Candidate::Removed { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Environments whose branch was deleted, with the deletion's precedence:
+    /// a node serving a release of lower precedence must take it down.
+    pub fn removed(&self) -> BTreeMap<EnvKey, (u64, NodeId)> {
+        self.winners()
+            .into_iter()
+            .filter_map(|(env, c)| match c {
+                Candidate::Removed { precedence } => Some((env, precedence)),
+                Candidate::Live(_) => None,
+            })
+            .collect()
+    }
+
+    // ----- cluster identity and invites ------------------------------------
+
+    /// Record the cluster's id (the founder does, once).
+    pub fn set_cluster_id(&mut self, id: &str) -> Result<(), ClusterError> {
+        debug_assert!(self.cluster_id().is_none_or(|current| current == id));
+        self.doc
+            .put(ROOT, CLUSTER_ID_KEY, id)
+            .map_err(|source| ClusterError::Write {
+                source: Box::new(source),
+                action: "record the cluster id",
+            })?;
+        self.doc.commit();
+        Ok(())
+    }
+
+    /// The cluster's id, once founded (or synced from the founder).
+    pub fn cluster_id(&self) -> Option<String> {
+        self.get_str(CLUSTER_ID_KEY)
+    }
+
+    /// Record that the invite token with `nonce` admitted `node`.
+    pub fn record_invite_used(&mut self, nonce: &[u8], node: NodeId) -> Result<(), ClusterError> {
+        let key = format!("{INVITE_PREFIX}{}", hex(nonce));
+        self.put_json(
+            &key,
+            "invite",
+            &InviteRecord {
+                joined: node_hex(&node),
+            },
+        )
+    }
+
+    /// The node an invite token (by nonce) admitted, if it was used.
+    pub fn invite_used_by(&self, nonce: &[u8]) -> Option<NodeId> {
+        let key = format!("{INVITE_PREFIX}{}", hex(nonce));
+        let json = self.get_str(&key)?;
+        let record: InviteRecord = decode(&key, &json)?;
+        parse_node_hex(&record.joined)
     }
 
     /// Host name → environment, for the cloud's own zone (`localhost` in
@@ -507,9 +658,11 @@ impl ClusterState {
     /// The typed contents, sorted.
     pub fn contents(&self) -> StateContents {
         StateContents {
+            cluster_id: self.cluster_id(),
             members: self.members(),
             admitted: self.admitted(),
             deployments: self.deployments(),
+            removed: self.removed(),
             allocations: self.allocations(),
         }
     }
@@ -523,6 +676,8 @@ impl ClusterState {
             sha.update((bytes.len() as u64).to_be_bytes());
             sha.update(bytes);
         };
+        field(b"cluster");
+        field(contents.cluster_id.as_deref().unwrap_or("").as_bytes());
         field(b"members");
         for (node, m) in &contents.members {
             field(&node.0);
@@ -550,6 +705,13 @@ impl ClusterState {
             }
             field(&d.pushed_at_seq.to_be_bytes());
             field(&d.pushed_by.0);
+        }
+        field(b"removed");
+        for (env, (seq, by)) in &contents.removed {
+            field(env.project.as_bytes());
+            field(env.branch.as_bytes());
+            field(&seq.to_be_bytes());
+            field(&by.0);
         }
         field(b"allocations");
         for (cid, holders) in &contents.allocations {
@@ -579,6 +741,13 @@ impl ClusterState {
             })?;
         self.doc.commit();
         Ok(())
+    }
+
+    fn get_str(&self, key: &str) -> Option<String> {
+        match self.doc.get(ROOT, key) {
+            Ok(Some((automerge::Value::Scalar(value), _))) => value.as_str().map(str::to_owned),
+            _ => None,
+        }
     }
 
     fn delete_key(&mut self, key: &str) -> Result<(), ClusterError> {
@@ -616,7 +785,7 @@ impl ClusterState {
     }
 
     /// Every candidate record of `env`: (key, deployment).
-    fn candidates(&self, env: &EnvKey) -> Vec<(String, Deployment)> {
+    fn candidates(&self, env: &EnvKey) -> Vec<(String, Candidate)> {
         let prefix = format!("{DEPLOY_PREFIX}{}/{}/", env.project, env.branch);
         self.entries(&prefix)
             .into_iter()
@@ -624,8 +793,8 @@ impl ClusterState {
                 parse_deploy_key(key).is_some_and(|(candidate_env, _, _)| candidate_env == *env)
             })
             .filter_map(|(key, json)| {
-                let d = decode_deployment(&key, &json)?;
-                Some((key, d))
+                let c = decode_candidate(&key, &json)?;
+                Some((key, c))
             })
             .collect()
     }
@@ -682,21 +851,30 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &str, json: &str) -> Option<T> {
     }
 }
 
-fn decode_deployment(key: &str, json: &str) -> Option<Deployment> {
+fn decode_candidate(key: &str, json: &str) -> Option<Candidate> {
     let record: DeploymentRecord = decode(key, json)?;
+    if record.removed {
+        return Some(Candidate::Removed {
+            precedence: (record.pushed_at_seq, parse_node_hex(&record.pushed_by)?),
+        });
+    }
     let manifest_cid = parse_cid(&record.manifest_cid)?;
     let artifacts = record
         .artifacts
         .iter()
         .map(|c| parse_cid(c))
         .collect::<Option<Vec<_>>>()?;
-    Some(Deployment {
+    Some(Candidate::Live(Deployment {
         commit: record.commit,
         manifest_cid,
         artifacts,
         pushed_at_seq: record.pushed_at_seq,
         pushed_by: parse_node_hex(&record.pushed_by)?,
-    })
+    }))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn is_dns_label(s: &str) -> bool {

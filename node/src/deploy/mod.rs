@@ -17,9 +17,9 @@ mod routes;
 pub use routes::hosts_of;
 pub mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{broadcast, mpsc};
 
@@ -32,8 +32,8 @@ use crate::status::EnvironmentStatus;
 use crate::store::BlobStore;
 
 use manifest::{FileArtifact, FunctionArtifact, Manifest, WebsiteArtifact};
-pub use state::EnvKey;
 use state::{DeploymentState, Failure, Release};
+pub use state::{EnvKey, Precedence};
 
 /// The branch that is the production environment.
 pub const PRODUCTION_BRANCH: &str = "main";
@@ -64,6 +64,56 @@ pub enum DeployEvent {
 struct LiveRelease {
     manifest: Manifest,
     functions: BTreeMap<String, Arc<Function>>,
+    precedence: Option<Precedence>,
+}
+
+/// Where a node records the releases pushed to it, so that every other node
+/// follows: the cluster state. A node outside any cluster has none.
+pub trait Ledger: Send + Sync + 'static {
+    /// A push of `key` was built and verified here: record it and return its
+    /// precedence. The deployer serves it only if nothing of greater
+    /// precedence is installed by then.
+    fn record_push(
+        &self,
+        key: &EnvKey,
+        commit: &str,
+        manifest_cid: cid::Cid,
+        artifacts: Vec<cid::Cid>,
+    ) -> Result<Precedence, String>;
+
+    /// The branch of `key` was deleted here.
+    fn record_removal(&self, key: &EnvKey) -> Result<(), String>;
+}
+
+/// A release that cluster state says should serve: what the follower hands
+/// to [`Deployer::install`] once every blob is local and verified.
+#[derive(Clone, Debug)]
+pub struct WantedRelease {
+    pub commit: String,
+    pub manifest_cid: cid::Cid,
+    pub precedence: Precedence,
+}
+
+/// What [`Deployer::install`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstallOutcome {
+    Installed,
+    /// A release of equal or greater precedence already serves.
+    AlreadyCurrent,
+}
+
+/// Every blob a release needs: the manifest, every component and every file.
+pub fn release_blobs(manifest_cid: cid::Cid, manifest: &Manifest) -> Result<Vec<cid::Cid>, String> {
+    let mut out = BTreeSet::from([manifest_cid]);
+    for artifact in manifest.functions.values() {
+        out.insert(parse_cid(&artifact.cid).map_err(|DeployError(e)| e)?);
+    }
+    for site in manifest.websites.values() {
+        for file in site.files.values() {
+            out.insert(parse_cid(&file.cid).map_err(|DeployError(e)| e)?);
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
 pub struct Deployer {
@@ -77,6 +127,7 @@ pub struct Deployer {
     state: Mutex<DeploymentState>,
     live: Mutex<BTreeMap<EnvKey, LiveRelease>>,
     events: broadcast::Sender<DeployEvent>,
+    ledger: OnceLock<Arc<dyn Ledger>>,
 }
 
 /// Why a push did not go live: already phrased for a person.
@@ -115,7 +166,16 @@ impl Deployer {
             state: Mutex::new(state),
             live: Mutex::new(BTreeMap::new()),
             events,
+            ledger: OnceLock::new(),
         }))
+    }
+
+    /// Record every push that goes live from now on in `ledger` (the node
+    /// joined a cluster). Set once.
+    pub fn set_ledger(&self, ledger: Arc<dyn Ledger>) {
+        if self.ledger.set(ledger).is_err() {
+            debug_assert!(false, "the ledger is set once");
+        }
     }
 
     /// Follow what happens to pushes.
@@ -135,7 +195,10 @@ impl Deployer {
                 .collect()
         };
         for (key, release) in releases {
-            match self.load_release(&release.manifest).await {
+            match self
+                .load_release(&release.manifest, release.precedence)
+                .await
+            {
                 Ok(live) => {
                     self.live
                         .lock()
@@ -248,20 +311,17 @@ impl Deployer {
 
         match self.build_release(&repo_dir, &key, commit).await {
             Ok((manifest_cid, live)) => {
-                self.live
-                    .lock()
-                    .expect("live lock")
-                    .insert(key.clone(), live);
-                self.publish_routes();
-                self.update_state(&key, |e| {
-                    e.pending = None;
-                    e.failed = None;
-                    e.live = Some(Release {
-                        commit: commit_hex.clone(),
-                        manifest: manifest_cid.clone(),
-                        repo: repo.to_owned(),
-                    });
-                });
+                let release = Release {
+                    commit: commit_hex.clone(),
+                    manifest: manifest_cid.clone(),
+                    repo: repo.to_owned(),
+                    precedence: None,
+                };
+                if let Err(error) = self.go_live(&key, live, release) {
+                    let error = format!("cannot record the release in cluster state: {error}");
+                    self.fail(&key, &commit_hex, error);
+                    return;
+                }
                 let elapsed_ms = (self.env.clock.now() - started).as_millis();
                 tracing::info!(env = %key, commit = %commit_hex, elapsed_ms, "live");
                 let _ = self.events.send(DeployEvent::Live {
@@ -270,20 +330,245 @@ impl Deployer {
                     elapsed_ms,
                 });
             }
-            Err(DeployError(error)) => {
-                tracing::warn!(env = %key, commit = %commit_hex, %error, "push not deployed");
-                self.update_state(&key, |e| {
-                    e.pending = None;
-                    e.failed = Some(Failure {
-                        commit: commit_hex.clone(),
-                        error: error.clone(),
-                    });
-                });
-                let _ = self.events.send(DeployEvent::Failed {
-                    key,
-                    commit: commit_hex,
-                    error,
-                });
+            Err(DeployError(error)) => self.fail(&key, &commit_hex, error),
+        }
+    }
+
+    fn fail(&self, key: &EnvKey, commit_hex: &str, error: String) {
+        tracing::warn!(env = %key, commit = %commit_hex, %error, "push not deployed");
+        self.update_state(key, |e| {
+            e.pending = None;
+            e.failed = Some(Failure {
+                commit: commit_hex.to_owned(),
+                error: error.clone(),
+            });
+        });
+        let _ = self.events.send(DeployEvent::Failed {
+            key: key.clone(),
+            commit: commit_hex.to_owned(),
+            error,
+        });
+    }
+
+    /// Serve a push built here: record it in the ledger (cluster state) and
+    /// swap it in, both under the live lock, so the follower cannot install
+    /// the same release a second time in between. A push recorded here ranks
+    /// above every release this node has seen, so it always goes live.
+    fn go_live(
+        &self,
+        key: &EnvKey,
+        mut live: LiveRelease,
+        mut release: Release,
+    ) -> Result<(), String> {
+        {
+            let mut all = self.live.lock().expect("live lock");
+            if let Some(ledger) = self.ledger.get() {
+                let cid = parse_cid(&release.manifest).map_err(|DeployError(e)| e)?;
+                let blobs = release_blobs(cid, &live.manifest)?;
+                let precedence = ledger.record_push(key, &release.commit, cid, blobs)?;
+                debug_assert!(
+                    all.get(key)
+                        .and_then(|r| r.precedence)
+                        .is_none_or(|current| current < precedence),
+                    "a local push ranks above everything installed"
+                );
+                live.precedence = Some(precedence);
+                release.precedence = Some(precedence);
+            }
+            all.insert(key.clone(), live);
+            self.publish_routes_locked(&all);
+        }
+        self.record_live(key, release);
+        Ok(())
+    }
+
+    /// Record `release` as `key`'s live release (after its routes swapped).
+    fn record_live(&self, key: &EnvKey, release: Release) {
+        self.update_state(key, |e| {
+            // Another install may have swapped in a newer release since.
+            if let (Some(newer), Some(this)) = (
+                e.live.as_ref().and_then(|r| r.precedence),
+                release.precedence,
+            ) && newer > this
+            {
+                return;
+            }
+            if e.pending.as_deref() == Some(release.commit.as_str()) {
+                e.pending = None;
+            }
+            if e.failed
+                .as_ref()
+                .is_some_and(|f| f.commit == release.commit)
+                || e.pending.is_none()
+            {
+                e.failed = None;
+            }
+            e.live = Some(release);
+        });
+    }
+
+    /// Serve `live` for `key` unless a release of equal or greater precedence
+    /// already serves there; record it as the environment's live release.
+    /// Releases without precedence (no cluster) always replace.
+    fn swap_in(&self, key: &EnvKey, live: LiveRelease, release: Release) -> InstallOutcome {
+        {
+            let mut all = self.live.lock().expect("live lock");
+            if let (Some(new), Some(current)) =
+                (live.precedence, all.get(key).and_then(|r| r.precedence))
+                && current >= new
+            {
+                return InstallOutcome::AlreadyCurrent;
+            }
+            all.insert(key.clone(), live);
+            // Routes are rebuilt under the live lock so two swaps cannot
+            // publish their tables in the opposite order.
+            self.publish_routes_locked(&all);
+        }
+        self.update_state(key, |e| {
+            if e.pending.as_deref() == Some(release.commit.as_str()) {
+                e.pending = None;
+            }
+            if e.failed
+                .as_ref()
+                .is_some_and(|f| f.commit == release.commit)
+                || e.pending.is_none()
+            {
+                e.failed = None;
+            }
+            e.live = Some(release);
+        });
+        InstallOutcome::Installed
+    }
+
+    /// Serve a release that cluster state chose, once its blobs are local:
+    /// every blob is read back and verified against its CID before anything
+    /// of it serves. Never replaces a release of equal or greater precedence.
+    pub async fn install(
+        &self,
+        key: &EnvKey,
+        wanted: WantedRelease,
+    ) -> Result<InstallOutcome, String> {
+        if self
+            .installed_precedence(key)
+            .is_some_and(|current| current >= wanted.precedence)
+        {
+            return Ok(InstallOutcome::AlreadyCurrent);
+        }
+        let started = self.env.clock.now();
+        let live = self
+            .load_release(&wanted.manifest_cid.to_string(), Some(wanted.precedence))
+            .await
+            .map_err(|DeployError(e)| e)?;
+        if live.manifest.project != key.project || live.manifest.branch != key.branch {
+            return Err(format!(
+                "manifest {} is for {}@{}, not {key}",
+                wanted.manifest_cid, live.manifest.project, live.manifest.branch
+            ));
+        }
+        let repo = self
+            .state
+            .lock()
+            .expect("state lock")
+            .environments
+            .get(key)
+            .and_then(|e| e.live.as_ref().map(|r| r.repo.clone()))
+            .unwrap_or_default();
+        let release = Release {
+            commit: wanted.commit.clone(),
+            manifest: wanted.manifest_cid.to_string(),
+            repo,
+            precedence: Some(wanted.precedence),
+        };
+        let outcome = self.swap_in(key, live, release);
+        if outcome == InstallOutcome::Installed {
+            let elapsed_ms = (self.env.clock.now() - started).as_millis();
+            tracing::info!(env = %key, commit = %wanted.commit, elapsed_ms, "live (from cluster state)");
+            let _ = self.events.send(DeployEvent::Live {
+                key: key.clone(),
+                commit: wanted.commit,
+                elapsed_ms,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Take `key` down because cluster state says its branch was deleted with
+    /// `precedence`; a release of greater precedence keeps serving.
+    pub fn retire(&self, key: &EnvKey, precedence: Precedence) {
+        {
+            let mut all = self.live.lock().expect("live lock");
+            match all.get(key) {
+                Some(r) if r.precedence.is_none_or(|p| p < precedence) => {
+                    all.remove(key);
+                    self.publish_routes_locked(&all);
+                }
+                Some(_) => return,
+                None => {}
+            }
+        }
+        let existed = {
+            let mut state = self.state.lock().expect("state lock");
+            let existed = state.environments.remove(key).is_some();
+            self.save(&state);
+            existed
+        };
+        if existed {
+            tracing::info!(env = %key, "branch deleted elsewhere; environment removed");
+            let _ = self.events.send(DeployEvent::Removed { key: key.clone() });
+        }
+    }
+
+    /// The precedence of what serves for every environment (`None`: a
+    /// release not recorded in cluster state).
+    pub fn installed(&self) -> BTreeMap<EnvKey, Option<Precedence>> {
+        let live = self.live.lock().expect("live lock");
+        live.iter()
+            .map(|(k, r)| (k.clone(), r.precedence))
+            .collect()
+    }
+
+    fn installed_precedence(&self, key: &EnvKey) -> Option<Precedence> {
+        self.live
+            .lock()
+            .expect("live lock")
+            .get(key)
+            .and_then(|r| r.precedence)
+    }
+
+    /// Releases serving here that cluster state does not know yet (the node
+    /// served them before it joined): record them, so the cluster follows.
+    pub fn record_unrecorded(&self) {
+        let Some(ledger) = self.ledger.get() else {
+            return;
+        };
+        let unrecorded: Vec<(EnvKey, Release)> = {
+            let state = self.state.lock().expect("state lock");
+            state
+                .environments
+                .iter()
+                .filter_map(|(k, e)| e.live.clone().map(|r| (k.clone(), r)))
+                .filter(|(_, r)| r.precedence.is_none())
+                .collect()
+        };
+        for (key, mut release) in unrecorded {
+            let mut all = self.live.lock().expect("live lock");
+            let Some(live) = all.get_mut(&key) else {
+                continue;
+            };
+            let recorded = parse_cid(&release.manifest)
+                .map_err(|DeployError(e)| e)
+                .and_then(|cid| Ok((cid, release_blobs(cid, &live.manifest)?)))
+                .and_then(|(cid, blobs)| ledger.record_push(&key, &release.commit, cid, blobs));
+            match recorded {
+                Ok(precedence) => {
+                    live.precedence = Some(precedence);
+                    drop(all);
+                    release.precedence = Some(precedence);
+                    self.update_state(&key, |e| e.live = Some(release));
+                }
+                Err(error) => {
+                    tracing::error!(env = %key, %error, "cannot record a live release in cluster state")
+                }
             }
         }
     }
@@ -301,12 +586,22 @@ impl Deployer {
                 .map(|(k, _)| k.clone())
                 .collect()
         };
+        if let Some(ledger) = self.ledger.get() {
+            for key in &keys {
+                if let Err(error) = ledger.record_removal(key) {
+                    tracing::error!(env = %key, %error, "cannot record the branch deletion in cluster state");
+                }
+            }
+        }
         // Routes first, then state: once status no longer lists the
         // environment, its hosts no longer answer.
-        for key in &keys {
-            self.live.lock().expect("live lock").remove(key);
+        {
+            let mut all = self.live.lock().expect("live lock");
+            for key in &keys {
+                all.remove(key);
+            }
+            self.publish_routes_locked(&all);
         }
-        self.publish_routes();
         for key in keys {
             {
                 let mut state = self.state.lock().expect("state lock");
@@ -441,12 +736,17 @@ impl Deployer {
             LiveRelease {
                 manifest,
                 functions,
+                precedence: None,
             },
         ))
     }
 
     /// Load a stored release: manifest and components, verified.
-    async fn load_release(&self, manifest_cid: &str) -> Result<LiveRelease, DeployError> {
+    async fn load_release(
+        &self,
+        manifest_cid: &str,
+        precedence: Option<Precedence>,
+    ) -> Result<LiveRelease, DeployError> {
         let cid = parse_cid(manifest_cid)?;
         let manifest: Manifest = serde_json::from_slice(&self.store.get(&cid)?)?;
         let mut functions = BTreeMap::new();
@@ -459,6 +759,7 @@ impl Deployer {
         Ok(LiveRelease {
             manifest,
             functions,
+            precedence,
         })
     }
 
@@ -466,6 +767,10 @@ impl Deployer {
     /// in: requests see the old table or the new one, never a mix.
     fn publish_routes(&self) {
         let live = self.live.lock().expect("live lock");
+        self.publish_routes_locked(&live);
+    }
+
+    fn publish_routes_locked(&self, live: &BTreeMap<EnvKey, LiveRelease>) {
         let table = routes::route_table(
             live.iter().map(|(k, r)| (k, &r.manifest, &r.functions)),
             &self.store,

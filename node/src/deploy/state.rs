@@ -28,9 +28,18 @@ pub struct Release {
     pub commit: String,
     /// CID of the [`super::manifest::Manifest`] blob in the store.
     pub manifest: String,
-    /// The repository it was pushed to.
+    /// The repository it was pushed to (empty for a release that came from
+    /// another node through cluster state).
     pub repo: String,
+    /// Its rank in cluster state (see `cluster::state`); `None` on a node
+    /// outside any cluster, or before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precedence: Option<Precedence>,
 }
+
+/// The rank of a release among the pushes of its environment: (the push's
+/// sequence number in its environment, the node it was pushed to).
+pub type Precedence = (u64, crate::net::NodeId);
 
 /// A push that did not go live, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +160,7 @@ mod tests {
                     commit: "abc".into(),
                     manifest: "bafk".into(),
                     repo: "r".into(),
+                    precedence: Some((3, crate::net::NodeId([7; 32]))),
                 }),
                 pending: None,
                 failed: Some(Failure {

@@ -15,7 +15,7 @@
 //! implementing [`Net`] and the `tokio::sync::mpsc::Receiver<NetEvent>` the
 //! node's protocol driver reads. Admission (which peers may talk to this node)
 //! is enforced inside the implementation: protocol code never sees an event
-//! from a peer that is not admitted.
+//! from a peer that is not admitted, except a request on [`JOIN_PROTOCOL`].
 
 pub mod admission;
 pub mod identity;
@@ -54,6 +54,13 @@ impl fmt::Debug for NodeId {
 /// Which protocol a request belongs to (`"state-sync/1"`, `"blob/1"`, ...).
 pub type Protocol = &'static str;
 
+/// The one protocol a connected peer that is not admitted may use: its
+/// request carries an invite token, so a new node can ask to join. The
+/// network delivers such requests (a few per connection, for a limited time)
+/// but admits nobody itself: protocol code must verify the token before it
+/// admits the sender.
+pub const JOIN_PROTOCOL: Protocol = "join/1";
+
 /// Something the network tells protocol code.
 #[derive(Debug)]
 pub enum NetEvent {
@@ -62,7 +69,8 @@ pub enum NetEvent {
     /// The last connection to a peer went down.
     PeerDown(NodeId),
     /// A peer asks something; answer through `reply` (dropping it answers
-    /// with an error the requester sees).
+    /// with an error the requester sees). `from` is admitted, unless
+    /// `protocol` is [`JOIN_PROTOCOL`].
     Request {
         from: NodeId,
         protocol: String,
@@ -135,4 +143,31 @@ pub trait Net: Send + Sync + 'static {
 
     /// Receive messages published on `topic`.
     fn subscribe(&self, topic: &str) -> Result<(), NetError>;
+}
+
+impl<T: Net + ?Sized> Net for std::sync::Arc<T> {
+    fn local_id(&self) -> NodeId {
+        (**self).local_id()
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        (**self).peers()
+    }
+
+    fn request(
+        &self,
+        peer: NodeId,
+        protocol: Protocol,
+        payload: Bytes,
+    ) -> futures::future::BoxFuture<'static, Result<Bytes, NetError>> {
+        (**self).request(peer, protocol, payload)
+    }
+
+    fn publish(&self, topic: &str, payload: Bytes) -> Result<(), NetError> {
+        (**self).publish(topic, payload)
+    }
+
+    fn subscribe(&self, topic: &str) -> Result<(), NetError> {
+        (**self).subscribe(topic)
+    }
 }

@@ -9,12 +9,13 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    PeerId, StreamProtocol, allow_block_list, connection_limits, gossipsub, identify, kad, mdns,
-    noise, quic, request_response, tcp, yamux,
+    PeerId, StreamProtocol, connection_limits, gossipsub, identify, kad, mdns, noise, quic,
+    request_response, tcp, yamux,
 };
 
 use super::P2pConfig;
 use super::codec::{FrameCodec, REQUEST_PROTOCOL};
+use super::gate::Gated;
 use crate::net::{MAX_PAYLOAD_BYTES, NetError};
 
 /// The identify protocol version every Canopy node announces.
@@ -26,16 +27,21 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/canopy/kad/1");
 /// Room for gossipsub's framing around a payload of `MAX_PAYLOAD_BYTES`.
 const GOSSIP_OVERHEAD_BYTES: usize = 64 * 1024;
 
-/// Every behaviour the swarm runs. The allow list comes first so a peer that
-/// is not admitted is refused before any other behaviour sees the connection.
+/// Every behaviour the swarm runs. Connection limits come first so a
+/// connection over a limit is refused before any other behaviour sees it.
+///
+/// A peer that is not admitted may hold a connection on probation (see the
+/// driver): gossipsub and kad are gated so they run only on connections of
+/// admitted peers; identify runs everywhere; request-response runs everywhere
+/// and the driver refuses every request from a peer on probation except
+/// [`JOIN_PROTOCOL`](crate::net::JOIN_PROTOCOL) ones.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    pub allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     pub limits: connection_limits::Behaviour,
     pub requests: request_response::Behaviour<FrameCodec>,
-    pub gossip: gossipsub::Behaviour,
+    pub gossip: Gated<gossipsub::Behaviour>,
     pub identify: identify::Behaviour,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub kad: Gated<kad::Behaviour<kad::store::MemoryStore>>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -96,12 +102,11 @@ impl Behaviour {
         };
 
         Ok(Self {
-            allow: allow_block_list::Behaviour::default(),
             limits: connection_limits::Behaviour::new(limits),
             requests,
-            gossip,
+            gossip: Gated::new(gossip),
             identify,
-            kad,
+            kad: Gated::new(kad),
             mdns: Toggle::from(mdns),
         })
     }

@@ -1,8 +1,17 @@
 //! The swarm task: one tokio task that owns the libp2p swarm, carries out
 //! commands from [`P2pNet`](super::P2pNet) handles, enforces admission and
 //! turns libp2p events into [`NetEvent`]s.
+//!
+//! Admission: a peer in the admitted set is a full peer once it identified
+//! itself (`PeerUp`). A peer outside it that got through the transport is on
+//! probation: the gates in [`Behaviour`] keep kad and gossipsub away from it,
+//! it gets no `PeerUp` and is not listed in `peers()`, and its requests are
+//! refused except up to [`MAX_JOIN_REQUESTS_PER_CONNECTION`] on
+//! [`JOIN_PROTOCOL`] per connection. It is promoted in place when the set
+//! comes to include it, and disconnected when its probation runs out first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +29,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::behaviour::{self, Behaviour, BehaviourEvent};
 use super::codec::{WireRequest, WireResponse};
-use super::{Command, P2pConfig, Shared, lock};
+use super::{Command, MAX_JOIN_REQUESTS_PER_CONNECTION, P2pConfig, Shared, lock};
 use crate::net::identity::NodeKey;
-use crate::net::{NetError, NetEvent, NodeId, Responder};
+use crate::net::{JOIN_PROTOCOL, NetError, NetEvent, NodeId, Responder};
 
 /// How often kad may start a bootstrap query on new peers.
 const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -38,6 +47,17 @@ struct PendingDial {
     bootstrap: bool,
 }
 
+/// A connected peer that is not admitted.
+struct Probation {
+    /// When its connections are closed unless it is admitted first.
+    deadline: tokio::time::Instant,
+    /// Join requests received on each of its connections.
+    joins: BTreeMap<ConnectionId, u32>,
+    /// Set once it identified itself: the addresses to give kad if it is
+    /// promoted (empty when it does not speak kad).
+    identified: Option<Vec<Multiaddr>>,
+}
+
 pub struct Driver {
     swarm: Swarm<Behaviour>,
     config: P2pConfig,
@@ -50,8 +70,12 @@ pub struct Driver {
     admitted_rx: watch::Receiver<BTreeSet<NodeId>>,
     admitted_open: bool,
     admitted: BTreeSet<PeerId>,
-    /// Peers that identified themselves on a live connection.
+    /// Admitted peers that identified themselves on a live connection.
     up: BTreeSet<PeerId>,
+    /// Connected peers that are not admitted.
+    probation: BTreeMap<PeerId, Probation>,
+    /// Fires at the earliest probation deadline.
+    probation_timer: Pin<Box<tokio::time::Sleep>>,
     shared: Arc<Shared>,
     requests: HashMap<OutboundRequestId, (NodeId, oneshot::Sender<Result<Bytes, NetError>>)>,
     responses: FuturesUnordered<PendingResponse>,
@@ -91,6 +115,8 @@ impl Driver {
             admitted_open: true,
             admitted: BTreeSet::new(),
             up: BTreeSet::new(),
+            probation: BTreeMap::new(),
+            probation_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             shared,
             requests: HashMap::new(),
             responses: FuturesUnordered::new(),
@@ -189,6 +215,7 @@ impl Driver {
                     // The owner is gone: keep the last set.
                     Err(_) => self.admitted_open = false,
                 },
+                () = &mut self.probation_timer, if !self.probation.is_empty() => self.expire_probation(),
                 Some((channel, response)) = self.responses.next(), if !self.responses.is_empty() => {
                     if self.swarm.behaviour_mut().requests.send_response(channel, response).is_err() {
                         tracing::debug!("a requester went away before its answer was sent");
@@ -218,8 +245,8 @@ impl Driver {
         self.admitted.contains(peer)
     }
 
-    /// Bring the allow list in line with the admitted set; peers that left it
-    /// are disconnected by the allow list.
+    /// Take in a new admitted set: promote peers on probation that joined it,
+    /// disconnect peers that left it.
     fn apply_admitted(&mut self) {
         let wanted: BTreeSet<PeerId> = self
             .admitted_rx
@@ -233,15 +260,119 @@ impl Driver {
                 peer
             })
             .collect();
-        let allow = &mut self.swarm.behaviour_mut().allow;
-        for peer in wanted.difference(&self.admitted) {
-            allow.allow_peer(*peer);
-        }
-        for peer in self.admitted.difference(&wanted) {
-            tracing::info!(%peer, "peer is no longer admitted; closing its connections");
-            allow.disallow_peer(*peer);
-        }
+        let added: Vec<PeerId> = wanted.difference(&self.admitted).copied().collect();
+        let removed: Vec<PeerId> = self.admitted.difference(&wanted).copied().collect();
         self.admitted = wanted;
+        for peer in added {
+            let behaviour = self.swarm.behaviour_mut();
+            behaviour.gossip.admit(peer);
+            behaviour.kad.admit(peer);
+            self.promote(peer);
+        }
+        for peer in removed {
+            let behaviour = self.swarm.behaviour_mut();
+            behaviour.gossip.revoke(&peer);
+            behaviour.kad.revoke(&peer);
+            if self.swarm.is_connected(&peer) {
+                tracing::info!(%peer, "peer is no longer admitted; closing its connections");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            self.mark_down(peer);
+        }
+    }
+
+    /// A peer on probation was admitted: it becomes a full peer on the
+    /// connections it has (the gates opened in `apply_admitted`).
+    fn promote(&mut self, peer: PeerId) {
+        let Some(probation) = self.probation.remove(&peer) else {
+            return;
+        };
+        tracing::info!(%peer, "peer on probation is admitted now");
+        // Not identified yet: `on_identified` marks it up.
+        if let Some(addrs) = probation.identified {
+            let kad = self.swarm.behaviour_mut().kad.inner_mut();
+            for addr in addrs {
+                kad.add_address(&peer, addr);
+            }
+            self.mark_up(peer);
+        }
+    }
+
+    /// A connection from or to a peer that is not admitted: start (or extend
+    /// to this connection) its probation.
+    fn start_probation(&mut self, peer: PeerId, connection: ConnectionId) {
+        if NodeId::from_peer_id(&peer).is_none() {
+            tracing::warn!(%peer, "peer key is not ed25519; it can never be admitted, closing");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.config.probation;
+        let probation = self.probation.entry(peer).or_insert_with(|| {
+            tracing::info!(%peer, "peer is not admitted: on probation, it may only send join requests");
+            Probation {
+                deadline,
+                joins: BTreeMap::new(),
+                identified: None,
+            }
+        });
+        probation.joins.insert(connection, 0);
+        self.rearm_probation();
+    }
+
+    fn rearm_probation(&mut self) {
+        if let Some(next) = self.probation.values().map(|p| p.deadline).min() {
+            self.probation_timer.as_mut().reset(next);
+        }
+    }
+
+    /// Close the connections of peers whose probation ran out.
+    fn expire_probation(&mut self) {
+        let now = tokio::time::Instant::now();
+        let expired: Vec<PeerId> = self
+            .probation
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            self.probation.remove(&peer);
+            tracing::info!(
+                %peer,
+                probation_ms = self.config.probation.as_millis(),
+                "peer was not admitted during its probation; closing its connections"
+            );
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.rearm_probation();
+    }
+
+    /// Whether a request from `peer`, which is not admitted, may reach
+    /// protocol code; `Err` holds the reason it is refused.
+    fn check_probation_request(
+        &mut self,
+        peer: &PeerId,
+        connection: ConnectionId,
+        protocol: &str,
+    ) -> Result<(), String> {
+        if protocol != JOIN_PROTOCOL {
+            return Err(format!(
+                "this node has not admitted {peer}; before admission only `{JOIN_PROTOCOL}` requests (an invite) are accepted"
+            ));
+        }
+        let count = self
+            .probation
+            .get_mut(peer)
+            .and_then(|p| p.joins.get_mut(&connection));
+        match count {
+            Some(n) if *n < MAX_JOIN_REQUESTS_PER_CONNECTION => {
+                *n += 1;
+                Ok(())
+            }
+            Some(_) => Err(format!(
+                "too many join requests: at most {MAX_JOIN_REQUESTS_PER_CONNECTION} per connection from a node that is not admitted"
+            )),
+            None => Err(format!("this node has not admitted {peer}")),
+        }
     }
 
     // ---- events to protocol code ----
@@ -299,7 +430,14 @@ impl Driver {
         {
             return;
         }
-        if self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
+        if self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .inner_mut()
+            .bootstrap()
+            .is_ok()
+        {
             self.last_kad_bootstrap = Some(now);
         }
     }
@@ -331,6 +469,7 @@ impl Driver {
                     .swarm
                     .behaviour_mut()
                     .gossip
+                    .inner_mut()
                     .publish(topic.clone(), payload)
                 {
                     Ok(_) => {}
@@ -344,7 +483,13 @@ impl Driver {
             }
             Command::Subscribe { topic } => {
                 let topic = gossipsub::IdentTopic::new(topic);
-                if let Err(e) = self.swarm.behaviour_mut().gossip.subscribe(&topic) {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .inner_mut()
+                    .subscribe(&topic)
+                {
                     tracing::warn!(%topic, "subscribe failed: {e:?}");
                 }
             }
@@ -424,10 +569,12 @@ impl Driver {
             .map(|d| d.addr.clone())
             .collect();
         for addr in self.config.bootstrap.clone() {
+            // Connected but not up (not identified yet, or not admitted by
+            // this node) needs no new connection either.
             let connected = self
                 .bootstrap_peers
                 .get(&addr)
-                .is_some_and(|peer| self.up.contains(peer));
+                .is_some_and(|peer| self.swarm.is_connected(peer));
             if !connected && !dialing.contains(&addr) {
                 self.dial(addr, None, true);
             }
@@ -451,6 +598,9 @@ impl Driver {
                 {
                     self.bootstrap_peers.insert(dial.addr.clone(), peer_id);
                 }
+                if !self.is_admitted(&peer_id) {
+                    self.start_probation(peer_id, connection_id);
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -463,13 +613,16 @@ impl Driver {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 let reason = match endpoint {
                     ConnectedPoint::Dialer { .. } => {
-                        "the peer closed the connection before identifying itself: it has not admitted this node (check the invite and the admitted set)".to_owned()
+                        "the peer closed the connection before identifying itself (it may be at its connection limit, or have ended this node's probation: check the invite and the peer's admitted set)".to_owned()
                     }
                     ConnectedPoint::Listener { .. } => "connection closed".to_owned(),
                 };
                 self.finish_dial(connection_id, Err(reason));
                 if num_established == 0 {
+                    self.probation.remove(&peer_id);
                     self.mark_down(peer_id);
+                } else if let Some(probation) = self.probation.get_mut(&peer_id) {
+                    probation.joins.remove(&connection_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -487,7 +640,7 @@ impl Driver {
                 peer_id,
                 ..
             } => {
-                // A wrong cluster secret or a peer that is not admitted ends up here.
+                // A wrong cluster secret or a connection over a limit ends up here.
                 tracing::info!(from = %send_back_addr, peer = ?peer_id, "refused an incoming connection: {}", error_chain(&error));
             }
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -538,6 +691,7 @@ impl Driver {
                     self.swarm
                         .behaviour_mut()
                         .kad
+                        .inner_mut()
                         .add_address(&peer, addr.clone());
                     if !self.swarm.is_connected(&peer) {
                         let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
@@ -546,23 +700,39 @@ impl Driver {
                 }
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
-            BehaviourEvent::Allow(never) | BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Limits(never) => match never {},
         }
     }
 
     fn on_identified(&mut self, connection: ConnectionId, peer: PeerId, info: identify::Info) {
-        if !self.is_admitted(&peer) {
-            // The allow list refuses such connections; this is a second guard.
-            tracing::warn!(%peer, "identify from a peer that is not admitted; dropping it");
-            return;
-        }
         if info.protocol_version != behaviour::IDENTIFY_PROTOCOL_VERSION {
             tracing::warn!(%peer, version = %info.protocol_version, "peer speaks another Canopy protocol version");
         }
-        if info.protocols.contains(&behaviour::KAD_PROTOCOL) {
-            for addr in info.listen_addrs {
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+        let kad_addrs = if info.protocols.contains(&behaviour::KAD_PROTOCOL) {
+            info.listen_addrs
+        } else {
+            Vec::new()
+        };
+        if !self.is_admitted(&peer) {
+            // On probation: kept for promotion, not given to kad.
+            tracing::debug!(%peer, "a peer on probation identified itself");
+            if let Some(probation) = self.probation.get_mut(&peer) {
+                probation.identified = Some(kad_addrs);
             }
+            self.finish_dial(
+                connection,
+                Err(format!(
+                    "peer {peer} is not in this node's admitted set; admit it before dialing it"
+                )),
+            );
+            return;
+        }
+        for addr in kad_addrs {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .inner_mut()
+                .add_address(&peer, addr);
         }
         self.finish_dial(connection, Ok(peer));
         self.mark_up(peer);
@@ -572,21 +742,33 @@ impl Driver {
         match event {
             request_response::Event::Message {
                 peer,
+                connection_id,
                 message:
                     request_response::Message::Request {
                         request, channel, ..
                     },
-                ..
             } => {
-                if !self.is_admitted(&peer) {
-                    tracing::warn!(%peer, protocol = %request.protocol, "dropped a request from a peer that is not admitted");
-                    return;
-                }
                 let Some(from) = NodeId::from_peer_id(&peer) else {
                     return;
                 };
-                // A request can overtake identify on a fresh connection.
-                self.mark_up(peer);
+                if self.is_admitted(&peer) {
+                    // A request can overtake identify on a fresh connection.
+                    self.mark_up(peer);
+                } else if let Err(reason) =
+                    self.check_probation_request(&peer, connection_id, &request.protocol)
+                {
+                    tracing::warn!(%peer, protocol = %request.protocol, "refused a request from a peer that is not admitted: {reason}");
+                    if self
+                        .swarm
+                        .behaviour_mut()
+                        .requests
+                        .send_response(channel, Err(reason))
+                        .is_err()
+                    {
+                        tracing::debug!(%peer, "a refused requester went away");
+                    }
+                    return;
+                }
                 let (tx, rx) = oneshot::channel();
                 let timeout = self.config.request_timeout;
                 self.responses.push(Box::pin(async move {
@@ -679,6 +861,7 @@ impl Driver {
         self.swarm
             .behaviour_mut()
             .gossip
+            .inner_mut()
             .report_message_validation_result(&message_id, &propagation_source, acceptance);
         if let (true, Some(from)) = (accepted, author.as_ref().and_then(NodeId::from_peer_id)) {
             self.emit(NetEvent::Message {

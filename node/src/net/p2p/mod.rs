@@ -5,9 +5,13 @@
 //! request-response (one protocol carrying every Canopy request, see
 //! [`codec`]), gossipsub (signed messages), identify, kad (peer discovery from
 //! a bootstrap address), mdns (switchable off) and connection limits — plus
-//! admission: only peers in the admitted set (a `watch` channel the caller
-//! controls, fed from signed cluster state) may hold a connection, and every
-//! request or message from anyone else is dropped and logged.
+//! admission by the admitted set (a `watch` channel the caller controls, fed
+//! from signed cluster state). A peer outside the set that gets through the
+//! transport (cluster secret, noise) is held on *probation*: no `PeerUp`, no
+//! kad or gossipsub, every request refused except a few on
+//! [`JOIN_PROTOCOL`](crate::net::JOIN_PROTOCOL), and its connections closed
+//! after [`P2pConfig::probation`] unless it is admitted first, in which case
+//! it is promoted on the same connection.
 //!
 //! The swarm runs in one tokio task (no OS threads); [`P2pNet`] handles talk
 //! to it over a command channel. Dropping every handle stops the task and
@@ -16,6 +20,7 @@
 mod behaviour;
 pub mod codec;
 mod driver;
+mod gate;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -33,6 +38,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::identity::NodeKey;
 use super::{MAX_PAYLOAD_BYTES, Net, NetError, NetEvent, NodeId, Protocol};
 use codec::MAX_PROTOCOL_NAME_BYTES;
+
+/// How many [`JOIN_PROTOCOL`](crate::net::JOIN_PROTOCOL) requests one
+/// connection of a peer that is not admitted may send; later ones are refused.
+pub const MAX_JOIN_REQUESTS_PER_CONNECTION: u32 = 4;
 
 /// How a node joins the libp2p network.
 #[derive(Clone)]
@@ -68,6 +77,10 @@ pub struct P2pConfig {
     /// Requests and messages waiting for the node to read them; past this,
     /// new ones are dropped (requests answered with an error).
     pub event_queue_len: usize,
+    /// How long a connected peer that is not admitted may stay connected to
+    /// present an invite ([`JOIN_PROTOCOL`](crate::net::JOIN_PROTOCOL)) before
+    /// its connections are closed.
+    pub probation: Duration,
 }
 
 impl Default for P2pConfig {
@@ -86,6 +99,7 @@ impl Default for P2pConfig {
             max_connections_per_peer: 4,
             max_pending_connections: 64,
             event_queue_len: 4096,
+            probation: Duration::from_secs(30),
         }
     }
 }
@@ -105,6 +119,7 @@ impl fmt::Debug for P2pConfig {
             .field("request_timeout", &self.request_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("redial_interval", &self.redial_interval)
+            .field("probation", &self.probation)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +156,11 @@ impl P2pConfig {
         }
         if self.redial_interval.is_zero() {
             return Err(NetError::Setup("redial_interval must be above zero".into()));
+        }
+        if self.probation.is_zero() {
+            return Err(NetError::Setup(
+                "probation must be above zero: it is how long a node may take to present its invite".into(),
+            ));
         }
         if self.event_queue_len == 0 {
             return Err(NetError::Setup("event_queue_len must be above zero".into()));
@@ -242,9 +262,16 @@ impl P2pNet {
     }
 
     /// Connect to `addr` and wait until the peer there has identified itself
-    /// and is admitted; returns its id. Fails with [`NetError::Dial`] when the
-    /// peer is unreachable, the handshake fails (e.g. a different cluster
-    /// secret), or the peer closes the connection (it has not admitted us).
+    /// and is admitted *by this node*; returns its id. Fails with
+    /// [`NetError::Dial`] when the peer is unreachable, the handshake fails
+    /// (e.g. a different cluster secret), the peer closes the connection, or
+    /// the peer is not in this node's admitted set.
+    ///
+    /// The peer need not have admitted this node: a joining node puts its
+    /// inviter in its own admitted set, dials it, and sends a
+    /// [`JOIN_PROTOCOL`](crate::net::JOIN_PROTOCOL) request; until the peer
+    /// admits it, every other request fails with [`NetError::Refused`], and
+    /// the peer closes the connection after its probation.
     pub async fn dial(&self, addr: Multiaddr) -> Result<NodeId, NetError> {
         let (reply, rx) = oneshot::channel();
         let shown = addr.to_string();

@@ -1,0 +1,105 @@
+//! `canopy cluster init|invite`: make a cluster secret, invite a node.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::admin::InviteAnswer;
+
+/// Create a cluster's secret, or invite a new node into a running cluster.
+///
+/// A cluster starts with its first node: give it a `cluster:` section with a
+/// secret (`canopy cluster init`) and no invite, and it founds the cluster.
+/// Every further node needs the same secret and an invite from a member.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ClusterCommand {
+    /// Write a new cluster secret (32 random bytes, hex) to FILE, readable by
+    /// its owner only. Every node of the cluster reads the same file
+    /// (`cluster.secret_file`); a node without it cannot even connect.
+    Init {
+        /// Where to write the secret; an existing file is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        secret_file: PathBuf,
+    },
+    /// Ask a running member for a single-use invite token, and print what the
+    /// new node's config needs.
+    Invite {
+        /// The admin API of a member (its config's `admin`).
+        #[arg(long, env = "CANOPY_ADMIN")]
+        admin: String,
+        /// How long the token stays valid, in seconds.
+        #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+        ttl: u64,
+        /// Print only the JSON answer (token, peers, expiry).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    match args.command {
+        ClusterCommand::Init { secret_file } => init(&secret_file),
+        ClusterCommand::Invite { admin, ttl, json } => invite(&admin, ttl, json).await,
+    }
+}
+
+fn init(path: &std::path::Path) -> anyhow::Result<()> {
+    let mut secret = [0u8; 32];
+    crate::env::Rng::from_os().fill_bytes(&mut secret);
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    }
+    .with_context(|| {
+        format!(
+            "cannot create {} (an existing secret is never overwritten; remove it first if you mean to)",
+            path.display()
+        )
+    })?;
+    writeln!(file, "{hex}")?;
+    file.sync_all()?;
+    println!("Wrote a new cluster secret to {}", path.display());
+    println!("Copy it to every node and point `cluster.secret_file` at it.");
+    Ok(())
+}
+
+async fn invite(admin: &str, ttl: u64, json: bool) -> anyhow::Result<()> {
+    let path = format!("/api/cluster/invite?ttl={ttl}");
+    let bytes = super::admin_client::call(http::Method::POST, admin, &path).await?;
+    let answer: InviteAnswer =
+        serde_json::from_slice(&bytes).context("the node did not answer with an invite")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    println!("Invite (single use, valid for {ttl} s):");
+    println!();
+    println!("  {}", answer.token);
+    println!();
+    println!("In the new node's config:");
+    println!();
+    println!("  cluster:");
+    println!("    secret_file: <the same secret file as this cluster's nodes>");
+    println!("    peers:");
+    for peer in &answer.peers {
+        println!("      - {peer}");
+    }
+    println!("    invite: {}", answer.token);
+    Ok(())
+}

@@ -1,0 +1,682 @@
+//! The cluster side of one node: everything that makes a node a member.
+//!
+//! [`ClusterNode::start`] takes the node's [`Net`] (libp2p in production, the
+//! simulator's network in `canopy-sim`) and runs, as tokio tasks:
+//!
+//! - state sync and blob replication ([`super::driver`]);
+//! - the **ledger**: pushes that go live here are recorded in cluster state
+//!   ([`Ledger`] for the deployer);
+//! - the **follower**: for every environment, the state's winning release is
+//!   fetched blob by blob from peers, verified, and installed through the
+//!   deployer — a node never serves what it has not verified, and never
+//!   replaces a release with one of lower precedence;
+//! - **admission**: join requests carrying an invite token are checked and
+//!   the newcomer is admitted in cluster state; the admitted set feeds the
+//!   net's connection filter;
+//! - **persistence** of the state document in the data directory;
+//! - **status**: peers answer `status/1` so any node can report on all.
+//!
+//! It must not read the OS clock or RNG, spawn OS threads, or talk to peers
+//! except through [`Net`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::driver::{ClusterHandle, ReplicateHandle, replicate_channel, route_events};
+use super::replicate::ReplicateConfig;
+use super::state::{ClusterState, DeploymentUpdate, Role, StateHash};
+use super::sync::{SyncConfig, SyncCore};
+use crate::deploy::{Deployer, EnvKey, Ledger, Precedence, WantedRelease, release_blobs};
+use crate::env::Env;
+use crate::net::admission::{ClusterId, InviteError, InviteToken};
+use crate::net::identity::NodeKey;
+use crate::net::{JOIN_PROTOCOL, Net, NetEvent, NodeId, Responder};
+use crate::store::BlobStore;
+
+/// Peers answer this with a [`PeerReport`].
+pub const STATUS_PROTOCOL: &str = "status/1";
+
+/// How long a follower waits before retrying a release it could not install.
+const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// How long `canopy status` waits for each peer's report.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+/// The cluster-state document, below the data directory.
+const STATE_FILE: &str = "cluster/state.automerge";
+
+/// How this node takes part in a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Found a new cluster if the saved state names none and no invite is
+    /// given (the first node).
+    pub found_if_new: bool,
+    /// Join through the node that issued this token.
+    pub invite: Option<InviteToken>,
+    /// Addresses peers can dial this node at (recorded in its member record).
+    pub addresses: Vec<String>,
+    pub role: Role,
+    /// Copies of every blob; `None`: min(3, admitted nodes).
+    pub replication_factor: Option<usize>,
+    pub sync: SyncConfig,
+    /// What this node tells peers asking for its status.
+    pub http: String,
+    pub admin: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            found_if_new: true,
+            invite: None,
+            addresses: Vec::new(),
+            role: Role::Full,
+            replication_factor: None,
+            sync: SyncConfig::default(),
+            http: String::new(),
+            admin: String::new(),
+        }
+    }
+}
+
+/// What a node answers on `status/1`, and what `canopy status` shows per node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReport {
+    pub id: String,
+    pub version: String,
+    pub role: String,
+    pub http: String,
+    pub admin: String,
+    pub state_hash: String,
+    /// Connected peers (short ids), sorted.
+    pub peers: Vec<String>,
+    /// `project@branch` → commit, for every release serving here.
+    pub serving: BTreeMap<String, String>,
+    /// Blobs recorded as held by this node.
+    pub holds: usize,
+}
+
+/// A join request: the token and where the newcomer can be reached.
+#[derive(Serialize, Deserialize)]
+struct JoinRequest {
+    token: String,
+    addresses: Vec<String>,
+    role: Role,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JoinAnswer {
+    cluster_id: String,
+}
+
+/// Why a node could not join.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("{0}")]
+    Invite(#[from] InviteError),
+    #[error("the inviter {inviter} refused to admit this node: {reason}")]
+    Refused { inviter: NodeId, reason: String },
+    #[error(
+        "this node already belongs to cluster {current}; the token is for cluster {token}. Start it with an empty data directory to join another cluster"
+    )]
+    OtherCluster { current: String, token: String },
+}
+
+/// The cluster side of a running node. Stop with [`ClusterNode::stop`].
+pub struct ClusterNode {
+    local: NodeId,
+    handle: ClusterHandle,
+    net: Arc<dyn Net>,
+    admitted: watch::Sender<BTreeSet<NodeId>>,
+    /// Admitted locally though not (yet) in state: the inviter we join through.
+    extra_admitted: Mutex<BTreeSet<NodeId>>,
+    report_base: PeerReport,
+    addresses: Vec<String>,
+    role: Role,
+    deployer: Arc<Deployer>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ClusterNode {
+    /// Load (or found) this node's cluster state and start every cluster task
+    /// on `net`. `admitted` is the set the net accepts peers from; from now on
+    /// it follows the state's admitted set.
+    pub fn start(
+        env: &Env,
+        net: Arc<dyn Net>,
+        events: mpsc::Receiver<NetEvent>,
+        store: Arc<BlobStore>,
+        deployer: Arc<Deployer>,
+        admitted: watch::Sender<BTreeSet<NodeId>>,
+        options: ClusterOptions,
+    ) -> anyhow::Result<Arc<ClusterNode>> {
+        let local = net.local_id();
+        let path = env.data_dir.join(STATE_FILE);
+        let incarnation = env.rng.next_u64();
+        let mut state = match std::fs::read(&path) {
+            Ok(bytes) => ClusterState::load(local, incarnation, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                ClusterState::new(local, incarnation)
+            }
+            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        };
+        if let (Some(current), Some(token)) = (state.cluster_id(), &options.invite)
+            && current != token.cluster_id.to_string()
+        {
+            return Err(JoinError::OtherCluster {
+                current,
+                token: token.cluster_id.to_string(),
+            }
+            .into());
+        }
+        if state.cluster_id().is_none() && options.invite.is_none() && options.found_if_new {
+            let id = ClusterId::generate(&env.rng);
+            state.set_cluster_id(&id.to_string())?;
+            state.admit(local, local)?;
+            tracing::info!(cluster = %id, "founded a new cluster");
+        }
+        if state.is_admitted(&local) {
+            // Addresses change between runs (ports, hosts): keep them current.
+            let joined_by = state.members().get(&local).and_then(|m| m.joined_by);
+            state.upsert_member(local, options.addresses.clone(), options.role, joined_by)?;
+        }
+        let handle = ClusterHandle::new(SyncCore::new(state, options.sync.clone()));
+
+        let (replicate, commands) = replicate_channel();
+        let routed = route_events(events);
+        let replicate_config = ReplicateConfig {
+            replication_factor: options.replication_factor,
+            ..ReplicateConfig::default()
+        };
+        let node = Arc::new(ClusterNode {
+            local,
+            handle: handle.clone(),
+            net: net.clone(),
+            admitted,
+            extra_admitted: Mutex::new(options.invite.iter().map(|t| t.inviter).collect()),
+            report_base: PeerReport {
+                id: local.to_string(),
+                version: crate::version().to_owned(),
+                role: format!("{:?}", options.role).to_lowercase(),
+                http: options.http.clone(),
+                admin: options.admin.clone(),
+                state_hash: String::new(),
+                peers: Vec::new(),
+                serving: BTreeMap::new(),
+                holds: 0,
+            },
+            addresses: options.addresses.clone(),
+            role: options.role,
+            deployer: deployer.clone(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        node.publish_admitted();
+        deployer.set_ledger(Arc::new(StateLedger {
+            handle: handle.clone(),
+            local,
+        }));
+        deployer.record_unrecorded();
+
+        let tasks = vec![
+            tokio::spawn(super::driver::run_sync(
+                handle.clone(),
+                net.clone(),
+                routed.sync,
+            )),
+            tokio::spawn(super::driver::run_replicate(
+                handle.clone(),
+                store.clone(),
+                net.clone(),
+                routed.blob,
+                commands,
+                replicate_config,
+            )),
+            tokio::spawn(follow(handle.clone(), deployer, replicate, store)),
+            tokio::spawn(persist(handle.clone(), path)),
+            tokio::spawn(serve_control(node.clone(), env.clone(), routed.control)),
+            tokio::spawn(track_admitted(node.clone())),
+        ];
+        *lock(&node.tasks) = tasks;
+        Ok(node)
+    }
+
+    pub fn local_id(&self) -> NodeId {
+        self.local
+    }
+
+    /// The cluster state.
+    pub fn handle(&self) -> &ClusterHandle {
+        &self.handle
+    }
+
+    /// The cluster's id, once founded or learned from a peer.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.handle.read(|s| s.cluster_id())
+    }
+
+    /// Whether this node's key is in the admitted set of its state.
+    pub fn is_admitted(&self) -> bool {
+        self.handle.read(|s| s.is_admitted(&self.local))
+    }
+
+    /// Ask the inviter (the caller has connected to it) to admit this node,
+    /// then wait until the admission reached this node's own state.
+    pub async fn join(&self, token: &InviteToken, wait: Duration) -> Result<(), JoinError> {
+        let request = JoinRequest {
+            token: token.encode(),
+            addresses: self.addresses.clone(),
+            role: self.role,
+        };
+        let payload = Bytes::from(serde_json::to_vec(&request).expect("join request encodes"));
+        let answer = self
+            .net
+            .request(token.inviter, JOIN_PROTOCOL, payload)
+            .await
+            .map_err(|e| JoinError::Refused {
+                inviter: token.inviter,
+                reason: e.to_string(),
+            })?;
+        let answer: JoinAnswer =
+            serde_json::from_slice(&answer).map_err(|e| JoinError::Refused {
+                inviter: token.inviter,
+                reason: format!("unreadable answer: {e}"),
+            })?;
+        tracing::info!(cluster = %answer.cluster_id, inviter = %token.inviter, "admitted; syncing cluster state");
+        let mut changes = self.handle.subscribe();
+        let admitted = tokio::time::timeout(wait, async {
+            loop {
+                if self.is_admitted() {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
+        admitted.map_err(|_| JoinError::Refused {
+            inviter: token.inviter,
+            reason: format!(
+                "it accepted the token but its state did not reach this node within {} s",
+                wait.as_secs()
+            ),
+        })
+    }
+
+    /// Issue an invite token for this cluster, valid for `ttl`.
+    pub fn invite(&self, key: &NodeKey, env: &Env, ttl: Duration) -> anyhow::Result<InviteToken> {
+        anyhow::ensure!(
+            self.is_admitted(),
+            "this node is not an admitted member of a cluster yet, so it cannot invite others"
+        );
+        let cluster = self
+            .cluster_id()
+            .and_then(|id| parse_cluster_id(&id))
+            .ok_or_else(|| anyhow::anyhow!("this node's cluster state names no cluster id"))?;
+        let expires = env.clock.unix_now_s() + ttl.as_secs();
+        Ok(InviteToken::issue(key, cluster, expires, &env.rng))
+    }
+
+    /// This node's report, as peers get it on `status/1`.
+    pub fn report(&self) -> PeerReport {
+        let (state_hash, holds) = self.handle.read(|s| {
+            let holds = s
+                .allocations()
+                .values()
+                .filter(|holders| holders.contains(&self.local))
+                .count();
+            (s.state_hash(), holds)
+        });
+        let serving = self
+            .deployer
+            .status()
+            .into_iter()
+            .filter_map(|e| Some((format!("{}@{}", e.project, e.branch), e.live_commit?)))
+            .collect();
+        PeerReport {
+            state_hash: state_hash.to_string(),
+            peers: self.net.peers().iter().map(NodeId::to_string).collect(),
+            serving,
+            holds,
+            ..self.report_base.clone()
+        }
+    }
+
+    /// Every connected peer's report (peers that do not answer in time are
+    /// left out), sorted by id.
+    pub async fn peer_reports(&self) -> Vec<PeerReport> {
+        let mut asks: FuturesUnordered<_> = self
+            .net
+            .peers()
+            .into_iter()
+            .map(|peer| {
+                let request = self.net.request(peer, STATUS_PROTOCOL, Bytes::new());
+                async move { tokio::time::timeout(STATUS_TIMEOUT, request).await }
+            })
+            .collect();
+        let mut out = Vec::new();
+        while let Some(answer) = asks.next().await {
+            if let Ok(Ok(bytes)) = answer
+                && let Ok(report) = serde_json::from_slice::<PeerReport>(&bytes)
+            {
+                out.push(report);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// The state hash right now.
+    pub fn state_hash(&self) -> StateHash {
+        self.handle.state_hash()
+    }
+
+    /// Stop every cluster task.
+    pub async fn stop(&self) {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn publish_admitted(&self) {
+        let mut set: BTreeSet<NodeId> = self.handle.read(|s| s.admitted().into_keys().collect());
+        set.extend(lock(&self.extra_admitted).iter().copied());
+        self.admitted.send_if_modified(|current| {
+            let changed = *current != set;
+            *current = set;
+            changed
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn parse_cluster_id(hex: &str) -> Option<ClusterId> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(ClusterId(out))
+}
+
+/// Records pushes in cluster state for the deployer.
+struct StateLedger {
+    handle: ClusterHandle,
+    local: NodeId,
+}
+
+impl Ledger for StateLedger {
+    fn record_push(
+        &self,
+        key: &EnvKey,
+        commit: &str,
+        manifest_cid: cid::Cid,
+        artifacts: Vec<cid::Cid>,
+    ) -> Result<Precedence, String> {
+        self.handle
+            .update(|s| {
+                for cid in &artifacts {
+                    s.add_holder(cid, self.local)?;
+                }
+                s.apply_deployment(
+                    key,
+                    DeploymentUpdate {
+                        commit: commit.to_owned(),
+                        manifest_cid,
+                        artifacts,
+                    },
+                )
+            })
+            .map(|d| d.precedence())
+            .map_err(|e| e.to_string())
+    }
+
+    fn record_removal(&self, key: &EnvKey) -> Result<(), String> {
+        self.handle
+            .update(|s| s.remove_deployment(key))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Keep the net's admitted set equal to the state's.
+async fn track_admitted(node: Arc<ClusterNode>) {
+    let mut changes = node.handle.subscribe();
+    while changes.changed().await.is_ok() {
+        if node.handle.read(|s| s.is_admitted(&node.local)) {
+            // Joined: from now on the state alone decides.
+            lock(&node.extra_admitted).clear();
+        }
+        node.publish_admitted();
+    }
+}
+
+/// Save the state document whenever it changes (atomically: a crash leaves
+/// the previous or the new document).
+async fn persist(handle: ClusterHandle, path: PathBuf) {
+    let mut changes = handle.subscribe();
+    let mut saved: Option<StateHash> = None;
+    loop {
+        let hash = handle.state_hash();
+        if saved != Some(hash) {
+            let bytes = handle.save();
+            match crate::durable::write_atomically(&path, &bytes, None) {
+                Ok(()) => saved = Some(hash),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot save cluster state")
+                }
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Answer join and status requests.
+async fn serve_control(node: Arc<ClusterNode>, env: Env, mut events: mpsc::Receiver<NetEvent>) {
+    while let Some(event) = events.recv().await {
+        let NetEvent::Request {
+            from,
+            protocol,
+            payload,
+            reply,
+        } = event
+        else {
+            continue;
+        };
+        match protocol.as_str() {
+            JOIN_PROTOCOL => admit(&node, &env, from, &payload, reply),
+            STATUS_PROTOCOL => {
+                if !node.handle.read(|s| s.is_admitted(&from)) {
+                    reply.err("not an admitted member of this cluster");
+                    continue;
+                }
+                let report = serde_json::to_vec(&node.report()).expect("report encodes");
+                reply.ok(Bytes::from(report));
+            }
+            other => reply.err(format!("protocol {other:?} is not served here")),
+        }
+    }
+}
+
+/// Check a join request and admit its sender.
+fn admit(node: &ClusterNode, env: &Env, from: NodeId, payload: &[u8], reply: Responder) {
+    let result = (|| -> Result<String, String> {
+        let request: JoinRequest = serde_json::from_slice(payload)
+            .map_err(|e| format!("the join request is not valid: {e}"))?;
+        let token = InviteToken::decode(&request.token).map_err(|e| e.to_string())?;
+        let (cluster, trusted, used_by) = node.handle.read(|s| {
+            (
+                s.cluster_id(),
+                s.admitted().into_keys().collect::<BTreeSet<_>>(),
+                s.invite_used_by(&token.nonce),
+            )
+        });
+        let cluster = cluster
+            .as_deref()
+            .and_then(parse_cluster_id)
+            .ok_or("this node has no cluster state yet; ask another node")?;
+        token
+            .verify(env.clock.unix_now_s(), cluster, &trusted)
+            .map_err(|e| e.to_string())?;
+        match used_by {
+            Some(joined) if joined != from => {
+                return Err(format!(
+                    "the invite token was already used by node {joined}; run `canopy cluster invite` again"
+                ));
+            }
+            _ => {}
+        }
+        node.handle
+            .update(|s| {
+                s.admit(from, node.local)?;
+                s.upsert_member(
+                    from,
+                    request.addresses.clone(),
+                    request.role,
+                    Some(node.local),
+                )?;
+                s.record_invite_used(&token.nonce, from)
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(cluster.to_string())
+    })();
+    match result {
+        Ok(cluster_id) => {
+            tracing::info!(node = %from, "admitted a new node with an invite token");
+            let answer = serde_json::to_vec(&JoinAnswer { cluster_id }).expect("answer encodes");
+            reply.ok(Bytes::from(answer));
+        }
+        Err(reason) => {
+            tracing::warn!(node = %from, %reason, "refused a join request");
+            reply.err(reason);
+        }
+    }
+}
+
+/// Install the state's winning release of every environment once its blobs
+/// are local and verified; take down environments whose branch was deleted.
+async fn follow(
+    handle: ClusterHandle,
+    deployer: Arc<Deployer>,
+    replicate: ReplicateHandle,
+    store: Arc<BlobStore>,
+) {
+    let mut changes = handle.subscribe();
+    let mut retry = tokio::time::interval(RETRY_INTERVAL);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One install at a time per environment: a newer winner aborts the
+    // install of an older one (nothing of it has served yet), so a burst of
+    // pushes does not compile every intermediate version on every node.
+    let mut in_flight: BTreeMap<EnvKey, (Precedence, futures::future::AbortHandle)> =
+        BTreeMap::new();
+    let mut installs = FuturesUnordered::new();
+    loop {
+        let (wanted, removed) = handle.read(|s| (s.deployments(), s.removed()));
+        let installed = deployer.installed();
+        for (key, precedence) in &removed {
+            if let Some((_, abort)) = in_flight.remove(key) {
+                abort.abort();
+            }
+            if installed.contains_key(key) {
+                deployer.retire(key, *precedence);
+            }
+        }
+        for (key, deployment) in wanted {
+            let precedence = deployment.precedence();
+            let current = installed.get(&key).copied().flatten();
+            if current.is_some_and(|c| c >= precedence)
+                || in_flight.get(&key).is_some_and(|(p, _)| *p >= precedence)
+            {
+                continue;
+            }
+            if let Some((_, older)) = in_flight.remove(&key) {
+                older.abort();
+            }
+            let (deployer, replicate, store) = (deployer.clone(), replicate.clone(), store.clone());
+            let key_for_task = key.clone();
+            let (install, abort) = futures::future::abortable(async move {
+                fetch_and_install(&deployer, &replicate, &store, &key_for_task, deployment).await
+            });
+            in_flight.insert(key.clone(), (precedence, abort));
+            installs.push(async move { (key, precedence, install.await) });
+        }
+        // `biased`: an unbiased select draws from tokio's OS-seeded RNG
+        // (unreplayable in canopy-sim).
+        tokio::select! {
+            biased;
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            Some((key, precedence, result)) = installs.next(), if !installs.is_empty() => {
+                if in_flight.get(&key).is_some_and(|(p, _)| *p == precedence) {
+                    in_flight.remove(&key);
+                }
+                match result {
+                    Ok(Ok(())) | Err(futures::future::Aborted) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(env = %key, %error, "cannot install the cluster's release yet; retrying");
+                    }
+                }
+            }
+            _ = retry.tick() => {}
+        }
+    }
+}
+
+async fn fetch_and_install(
+    deployer: &Deployer,
+    replicate: &ReplicateHandle,
+    store: &BlobStore,
+    key: &EnvKey,
+    deployment: super::state::Deployment,
+) -> Result<(), String> {
+    replicate
+        .fetch(deployment.manifest_cid)
+        .await
+        .map_err(|e| e.to_string())?;
+    let manifest: crate::deploy::manifest::Manifest = serde_json::from_slice(
+        &store
+            .get(&deployment.manifest_cid)
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("manifest {} is not valid: {e}", deployment.manifest_cid))?;
+    let mut blobs: BTreeSet<cid::Cid> = release_blobs(deployment.manifest_cid, &manifest)?
+        .into_iter()
+        .collect();
+    blobs.extend(deployment.artifacts.iter().copied());
+    let fetches: Vec<_> = blobs.iter().map(|cid| replicate.fetch(*cid)).collect();
+    for result in futures::future::join_all(fetches).await {
+        result.map_err(|e| e.to_string())?;
+    }
+    deployer
+        .install(
+            key,
+            WantedRelease {
+                commit: deployment.commit.clone(),
+                manifest_cid: deployment.manifest_cid,
+                precedence: deployment.precedence(),
+            },
+        )
+        .await
+        .map(|_| ())
+}
