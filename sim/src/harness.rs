@@ -18,8 +18,8 @@
 //! (one cluster, every node admitted, as after joining), makes a push by
 //! storing the release's blobs on a node and recording the deployment in
 //! its cluster state (what the deployer's ledger does after a `git push`),
-//! and answers a request by looking up the host in the gateway's route
-//! table and reading that release's blobs, verified, from the store.
+//! and sends requests through the gateway's handler (see
+//! [`crate::workload::request`]).
 //!
 //! Everything runs on the calling thread: turmoil steps every host's
 //! runtime in turn, so a run is a pure function of its seed.
@@ -335,13 +335,8 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
                 let branch = workload::BRANCHES[uniform(&rng, 0, 1) as usize];
                 let mut w = lock(&world);
                 let r = &w.running[&node];
-                let event = workload::request(
-                    node,
-                    &workload::env_key(branch),
-                    &r.gateway,
-                    &r.store,
-                    &w.pushes,
-                );
+                let event =
+                    workload::request(node, &workload::env_key(branch), &r.gateway, &w.pushes);
                 w.record(event);
             }
             if joins_left > 0 && now >= join_at {

@@ -3,6 +3,9 @@
 //! the run's [`crate::faults::Params`].)
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use canopy_node::cluster::{ClusterHandle, Deployment, DeploymentUpdate};
 use canopy_node::deploy::hosts_of;
@@ -114,58 +117,91 @@ pub fn push(
     Ok((deployment, cids))
 }
 
-/// A request to `node` for `env`: the gateway's route table picks the site
-/// for the environment's host; its release's blobs are read (verified) from
-/// the node's store.
-pub fn request(
-    node: NodeIx,
-    env: &EnvKey,
-    gateway: &Gateway,
-    store: &BlobStore,
-    pushes: &Pushes,
-) -> Event {
-    let none = || Event::Served {
-        node,
-        env: env.to_string(),
-        served: None,
-        blobs_ok: true,
-    };
-    let routes = gateway.routes();
-    let Some(site) = hosts_of(env, &[]).iter().find_map(|h| routes.site(h)) else {
-        return none();
-    };
-    let found = pushes
-        .values()
-        .find(|(v, _)| v.env == env.to_string() && v.commit == site.commit);
-    let Some((version, blobs)) = found else {
+/// A request to `node` for `env`: a real HTTP/1.1 `GET` of the release's
+/// first file, answered by the node's gateway handler (`Gateway::handle`,
+/// the code behind its listener) over an in-memory connection. The body
+/// must be the file of the push the gateway's route table names.
+pub fn request(node: NodeIx, env: &EnvKey, gateway: &Arc<Gateway>, pushes: &Pushes) -> Event {
+    let host = hosts_of(env, &[]).remove(0);
+    let site_commit = gateway.routes().site(&host).map(|s| s.commit.clone());
+    let (status, body) = http_get(gateway.clone(), &host, "/file0.bin");
+    if status != http::StatusCode::OK {
+        // 404 before anything is live, 503 when the node refuses a corrupt
+        // copy: no release answered.
         return Event::Served {
+            node,
+            env: env.to_string(),
+            served: None,
+            blobs_ok: true,
+        };
+    }
+    let body_cid = cid_of(&body).to_string();
+    // The push whose release answered: the one the route table names.
+    let named = site_commit.and_then(|commit| {
+        pushes
+            .values()
+            .find(|(v, _)| v.env == env.to_string() && v.commit == commit)
+    });
+    match named {
+        // blobs[1] is the push's first file (blobs[0] its manifest).
+        Some((version, blobs)) => Event::Served {
+            node,
+            env: env.to_string(),
+            served: Some(version.clone()),
+            blobs_ok: blobs.get(1) == Some(&body_cid),
+        },
+        None => Event::Served {
             node,
             env: env.to_string(),
             served: Some(Version {
                 env: env.to_string(),
-                commit: site.commit.clone(),
+                commit: format!("(body {body_cid})"),
                 seq: 0,
                 by: "(no such push)".into(),
             }),
             blobs_ok: true,
-        };
-    };
-    let mut blobs_ok = true;
-    for cid in blobs {
-        let Ok(cid) = cid::Cid::try_from(cid.as_str()) else {
-            blobs_ok = false;
-            continue;
-        };
-        match store.get(&cid) {
-            Ok(bytes) => blobs_ok &= cid_of(&bytes) == cid,
-            // A corrupt copy is refused (and quarantined): a 503.
-            Err(_) => return none(),
+        },
+    }
+}
+
+/// `GET path` with `Host: host` through the gateway's handler, over an
+/// in-memory HTTP/1.1 connection, on a runtime of its own: the request is
+/// answered completely before the simulation goes on, so its blocking reads
+/// (the static-file server's) cannot interleave with simulated tasks.
+fn http_get(gateway: Arc<Gateway>, host: &str, path: &str) -> (http::StatusCode, Bytes) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime for one request");
+    let request = http::Request::get(path)
+        .header(http::header::HOST, host)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("a valid request");
+    runtime.block_on(async move {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
+        });
+        let server = tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(server_io), service),
+        );
+        let answer = async {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client_io))
+                    .await
+                    .ok()?;
+            tokio::spawn(conn);
+            let response = sender.send_request(request).await.ok()?;
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .ok()?
+                .to_bytes();
+            Some((status, body))
         }
-    }
-    Event::Served {
-        node,
-        env: env.to_string(),
-        served: Some(version.clone()),
-        blobs_ok,
-    }
+        .await;
+        server.abort();
+        answer.unwrap_or((http::StatusCode::BAD_GATEWAY, Bytes::new()))
+    })
 }
