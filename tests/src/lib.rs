@@ -10,9 +10,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-/// The workspace root.
+/// The workspace root: that of the checkout `cargo test` runs in.
+///
+/// From `CARGO_MANIFEST_DIR` at run time (cargo sets it for the test
+/// process), not only at compile time: several checkouts (git worktrees)
+/// sharing one `CARGO_TARGET_DIR` share this library's compiled artifact,
+/// and the compile-time path would be the checkout that built it first.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .expect("tests/ is in the workspace")
         .to_owned()
