@@ -163,6 +163,13 @@
               hello = self.packages.${system}.hello-wasm;
             }
           );
+          # Three appliance VMs form a cluster (image/cluster-test.nix).
+          cluster = pkgs.testers.runNixOSTest (
+            import ./image/cluster-test.nix {
+              inherit self;
+              hello = self.packages.${system}.hello-wasm;
+            }
+          );
         }
       );
 

@@ -4,9 +4,11 @@
 #   imports = [ canopy.nixosModules.canopy ];
 #   services.canopy = { enable = true; http.port = 80; openFirewall = true; };
 #
-# The service runs `canopy node --config /etc/canopy/node.yaml`, the same
-# path, keys and stop/restart semantics as the busybox appliance that
-# `image/build` makes (see docs/appliance.md).
+# The service runs `canopy node` with the generated config (also at
+# /etc/canopy/node.yaml), the same keys and stop/restart semantics as the
+# busybox appliance that `image/build` makes (see docs/appliance.md). With
+# `cluster.enable` the config gets a `cluster:` section; the secret and an
+# invite reach the node as systemd credentials, never through the store.
 self:
 {
   config,
@@ -41,16 +43,50 @@ let
   };
 
   # YAML is a superset of JSON: the node reads this as its YAML config.
+  # The unit runs it from its RuntimeDirectory (/run/canopy), next to links
+  # to its credentials, so the cluster section names them by relative path
+  # (relative to the config file): `cluster.secret`, `cluster.invite`.
   nodeConfig = pkgs.writeText "canopy-node.yaml" (
-    builtins.toJSON {
-      data_dir = cfg.dataDir;
-      http = socket cfg.http;
-      admin = socket cfg.admin;
-    }
+    builtins.toJSON (
+      {
+        data_dir = cfg.dataDir;
+        http = socket cfg.http;
+        admin = socket cfg.admin;
+      }
+      // lib.optionalAttrs cluster.enable {
+        cluster = {
+          listen = [ (socket cluster.listen) ];
+          inherit (cluster) peers mdns quic;
+        }
+        // lib.optionalAttrs (cfg.clusterSecretFile != null) { secret_file = "cluster.secret"; }
+        // lib.optionalAttrs (cluster.inviteFile != null) { invite_file = "cluster.invite"; }
+        // lib.optionalAttrs (cluster.replication != null) { inherit (cluster) replication; };
+      }
+    )
   );
 
+  # `canopy node` with its config in /run/canopy and the systemd credentials
+  # (LoadCredential, in $CREDENTIALS_DIRECTORY) linked beside it.
+  start = pkgs.writeShellScript "canopy-start" ''
+    set -eu
+    dir=$RUNTIME_DIRECTORY
+    ln -sfn ${nodeConfig} "$dir/node.yaml"
+    for name in cluster.secret cluster.invite; do
+      credential=''${CREDENTIALS_DIRECTORY:-/nonexistent}/''${name/./-}
+      if [ -e "$credential" ]; then
+        ln -sfn "$credential" "$dir/$name"
+      else
+        rm -f "$dir/$name"
+      fi
+    done
+    exec ${cfg.package}/bin/canopy node --config "$dir/node.yaml"
+  '';
+
+  cluster = cfg.cluster;
+
   # Ports below 1024 need one capability; nothing else is granted.
-  lowPort = cfg.http.port < 1024 || cfg.admin.port < 1024;
+  lowPort =
+    cfg.http.port < 1024 || cfg.admin.port < 1024 || (cluster.enable && cluster.listen.port < 1024);
   capabilities = lib.optional lowPort "CAP_NET_BIND_SERVICE";
   defaultDataDir = cfg.dataDir == "/var/lib/canopy";
 in
@@ -85,11 +121,77 @@ in
       default = null;
       example = "/run/keys/canopy-cluster-secret";
       description = ''
-        A file holding the cluster's shared secret, handed to the service as
-        the systemd credential `cluster-secret` (never copied to the Nix
-        store). The standalone node of this version does not read it; see
-        docs/appliance.md.
+        A file holding the cluster's shared secret (64 hex digits; `canopy
+        cluster init --secret-file FILE` makes one), the same on every node.
+        Handed to the service as the systemd credential `cluster-secret`
+        (never copied to the Nix store) and read by the node as its
+        `cluster.secret_file`. It guards TCP connections (libp2p pnet), not
+        QUIC: see docs/security.md. Needs `cluster.enable`.
       '';
+    };
+
+    cluster = {
+      enable = lib.mkEnableOption ''
+        membership in a Canopy cluster. The first node (no `inviteFile`)
+        founds the cluster; every other node joins with an invite from a
+        member (`canopy cluster invite --admin URL`)
+      '';
+
+      listen = listenOption "peer-to-peer network (TCP, and QUIC on the same UDP port)" "0.0.0.0" 4001;
+
+      peers = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "/ip4/192.0.2.10/tcp/4001/p2p/12D3KooW..." ];
+        description = ''
+          Nodes to connect to, as libp2p multiaddrs: the addresses `canopy
+          cluster invite` prints (with `/p2p/<peer id>`), or a bare
+          `/ip4/ADDR/tcp/PORT`. A joining node needs its inviter among them.
+        '';
+      };
+
+      inviteFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = "/run/keys/canopy-invite";
+        description = ''
+          A file holding an invite token (`canopy-invite-...`, from `canopy
+          cluster invite` on a member), handed to the service as the systemd
+          credential `cluster-invite`. Only a joining node needs one; a
+          member ignores it. systemd fails the unit while the file is missing,
+          so write it before the service starts, and unset this option (or
+          keep the spent file) after the node joined: a token admits one node
+          once and expires.
+        '';
+      };
+
+      mdns = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Discover peers on the local network with mDNS (UDP 5353; not opened in the firewall).";
+      };
+
+      quic = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Also listen and dial over QUIC (UDP, same port). The cluster secret
+          does not cover QUIC (only node-key admission does; docs/security.md),
+          so it is off by default.
+        '';
+      };
+
+      replication = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        description = "How many nodes keep each blob (default: min(3, members)).";
+      };
+
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the peer-to-peer port (TCP, and UDP when `quic` is on) in the firewall.";
+      };
     };
 
     openFirewall = mkOption {
@@ -116,12 +218,25 @@ in
   };
 
   config = lib.mkIf cfg.enable {
-    warnings = lib.optional (cfg.clusterSecretFile != null) ''
-      services.canopy.clusterSecretFile is set, but this canopy version runs
-      a standalone node and does not read the secret yet.
-    '';
+    warnings =
+      lib.optional (cfg.clusterSecretFile != null && !cluster.enable) ''
+        services.canopy.clusterSecretFile is set but services.canopy.cluster.enable
+        is not: the node runs standalone and does not read the secret.
+      ''
+      ++ lib.optional (cluster.enable && cfg.clusterSecretFile == null) ''
+        services.canopy.cluster is enabled without clusterSecretFile: any host
+        can reach the peer-to-peer port (only node-key admission guards it).
+      '';
+    assertions = [
+      {
+        assertion = cluster.inviteFile == null || cluster.peers != [ ];
+        message = "services.canopy.cluster.inviteFile needs cluster.peers: the inviting node's address (printed by `canopy cluster invite`).";
+      }
+    ];
 
     environment.etc."canopy/node.yaml".source = nodeConfig;
+    # `canopy cluster invite`, `canopy status` for the operator.
+    environment.systemPackages = [ cfg.package ];
 
     users.users.canopy = {
       isSystemUser = true;
@@ -134,7 +249,12 @@ in
     systemd.tmpfiles.rules = lib.optional (!defaultDataDir) "d ${cfg.dataDir} 0750 canopy canopy - -";
 
     networking.firewall.allowedTCPPorts =
-      lib.optional cfg.openFirewall cfg.http.port ++ lib.optional cfg.openAdminFirewall cfg.admin.port;
+      lib.optional cfg.openFirewall cfg.http.port
+      ++ lib.optional cfg.openAdminFirewall cfg.admin.port
+      ++ lib.optional (cluster.enable && cluster.openFirewall) cluster.listen.port;
+    networking.firewall.allowedUDPPorts = lib.optional (
+      cluster.enable && cluster.openFirewall && cluster.quic
+    ) cluster.listen.port;
 
     systemd.services.canopy = {
       description = "Canopy node";
@@ -145,7 +265,9 @@ in
       environment.RUST_LOG = cfg.logLevel;
 
       serviceConfig = {
-        ExecStart = "${cfg.package}/bin/canopy node --config /etc/canopy/node.yaml";
+        ExecStart = start;
+        RuntimeDirectory = "canopy";
+        RuntimeDirectoryMode = "0750";
         User = "canopy";
         Group = "canopy";
         # The node stops cleanly on SIGTERM (in-flight requests drain).
@@ -158,9 +280,9 @@ in
         StateDirectoryMode = "0750";
         ReadWritePaths = lib.optional (!defaultDataDir) cfg.dataDir;
         WorkingDirectory = cfg.dataDir;
-        LoadCredential = lib.optional (
-          cfg.clusterSecretFile != null
-        ) "cluster-secret:${cfg.clusterSecretFile}";
+        LoadCredential =
+          lib.optional (cfg.clusterSecretFile != null) "cluster-secret:${cfg.clusterSecretFile}"
+          ++ lib.optional (cluster.inviteFile != null) "cluster-invite:${cluster.inviteFile}";
         LimitNOFILE = 65536;
         UMask = "0077";
 

@@ -1,7 +1,6 @@
 # checks.<system>.vm: one appliance VM boots, serves, takes a push and
 # answers a request (run with `nix build .#checks.x86_64-linux.vm`). The
-# three-VM cluster test is a follow-up (docs/appliance.md): it needs the
-# cluster.
+# three-VM cluster is checks.cluster (image/cluster-test.nix).
 { self, hello }:
 {
   name = "canopy-appliance";

@@ -10,9 +10,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-/// The workspace root.
+/// The workspace root: that of the checkout `cargo test` runs in.
+///
+/// From `CARGO_MANIFEST_DIR` at run time (cargo sets it for the test
+/// process), not only at compile time: several checkouts (git worktrees)
+/// sharing one `CARGO_TARGET_DIR` share this library's compiled artifact,
+/// and the compile-time path would be the checkout that built it first.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .expect("tests/ is in the workspace")
         .to_owned()
@@ -86,6 +94,39 @@ where
     }
 }
 
+/// Wait until `child` writes the JSON file `path` (how `canopy dream` and
+/// `canopy node` say they are ready); fail with `log()` if it exits first or
+/// the deadline passes.
+fn wait_for_json(
+    path: &Path,
+    child: &mut Child,
+    timeout: Duration,
+    log: impl Fn() -> String,
+) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            return Ok(v);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("it exited with {status}:\n{}", log());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "no {} within {} s:\n{}",
+                path.display(),
+                timeout.as_secs(),
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running `canopy dream`.
 pub struct Dream {
     child: Option<Child>,
@@ -150,29 +191,10 @@ impl Dream {
             .stderr(log)
             .spawn()
             .context("starting canopy dream")?;
-        let deadline = Instant::now() + Duration::from_secs(180);
-        let facts: Value = loop {
-            let ready = std::fs::read(&facts_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            if let Some(v) = ready {
-                break v;
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "canopy dream exited with {status} before it was ready:\n{}",
-                    std::fs::read_to_string(data_dir.join("dream.log")).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!(
-                    "canopy dream did not write dream.json within 180s:\n{}",
-                    std::fs::read_to_string(data_dir.join("dream.log")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let facts = wait_for_json(&facts_path, &mut child, Duration::from_secs(180), || {
+            std::fs::read_to_string(data_dir.join("dream.log")).unwrap_or_default()
+        })
+        .context("canopy dream did not become ready")?;
         let field = |k: &str| {
             facts[k]
                 .as_str()
@@ -256,26 +278,10 @@ impl Dream {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let facts: Value = loop {
-            if let Some(v) = std::fs::read(&node_json)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-            {
-                break v;
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "node {i} exited with {status}:\n{}",
-                    std::fs::read_to_string(node.data_dir.join("node.log")).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("node {i} did not become ready within 60s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let facts = wait_for_json(&node_json, &mut child, Duration::from_secs(60), || {
+            std::fs::read_to_string(node.data_dir.join("node.log")).unwrap_or_default()
+        })
+        .with_context(|| format!("node {i} did not become ready"))?;
         let info = NodeInfo {
             http: facts["http"].as_str().unwrap_or_default().to_owned(),
             admin: facts["admin"].as_str().unwrap_or_default().to_owned(),

@@ -2,7 +2,13 @@
 //! directories, gives byte-identical outputs; `image/boot-test` boots the
 //! result in qemu, pushes a project through the forwarded Git remote, gets
 //! the function's answer, reboots on the same data disk and powers off
-//! cleanly.
+//! cleanly. `image/cluster-test` boots three appliance VMs on a private
+//! network: they form a cluster (one founds it, two join with invites from
+//! its admin API), a push to one is served by all three, and all three power
+//! off cleanly.
+//!
+//! The tests boot their VMs one test at a time (a lock), so that two sets of
+//! TCG VMs do not share the cores and stretch each other's times.
 //!
 //! Skipped, with the reason printed, when qemu, the Debian cloud kernel,
 //! busybox-static, musl-tools or the Rust musl target are missing — unless
@@ -10,10 +16,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use canopy_tests::workspace_root;
 
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Held while a test builds or boots the appliance.
+static VMS: Mutex<()> = Mutex::new(());
 
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
@@ -118,17 +128,27 @@ fn verify_sums(dir: &Path) {
     );
 }
 
+/// Whether this machine can build and boot the appliance; if not, says why
+/// (or fails under `CANOPY_REQUIRE_ALL=1`).
+fn can_run(test: &str) -> bool {
+    let missing = missing_prerequisites();
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("the {test} needs: {}", missing.join("; "));
+    if std::env::var("CANOPY_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("{reason} (CANOPY_REQUIRE_ALL=1 forbids skipping)");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
 #[test]
 fn image_is_reproducible_and_boots_serves_and_survives_a_reboot() {
-    let missing = missing_prerequisites();
-    if !missing.is_empty() {
-        let reason = format!("the appliance test needs: {}", missing.join("; "));
-        if std::env::var("CANOPY_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("{reason} (CANOPY_REQUIRE_ALL=1 forbids skipping)");
-        }
-        eprintln!("skipped: {reason}");
+    if !can_run("appliance test") {
         return;
     }
+    let _vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
 
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
@@ -168,4 +188,34 @@ fn image_is_reproducible_and_boots_serves_and_survives_a_reboot() {
     assert!(boot.contains("boot-test: ok"), "{boot}");
     // The input image is left as built (the boot test works on a copy).
     verify_sums(&a);
+}
+
+#[test]
+fn three_appliances_form_a_cluster_and_all_serve_a_push() {
+    if !can_run("appliance cluster test") {
+        return;
+    }
+    let _vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image");
+    run_script("build", &image);
+    let log = run_script("cluster-test", &image);
+    println!("{log}");
+    assert!(log.contains("cluster-test: ok"), "{log}");
+    // The script fails on any missed step; these lines are its evidence.
+    for step in [
+        "vm2 joined and healthy after",
+        "converged: 3 members on every VM",
+        "served after the push: vm1",
+        "all three powered off cleanly",
+    ] {
+        assert!(log.contains(step), "missing {step:?} in:\n{log}");
+    }
+    assert!(
+        log.contains("every VM's status: 3 nodes serve hello@main"),
+        "{log}"
+    );
+    // The input image is left as built (each VM works on copies).
+    verify_sums(&image);
 }

@@ -1,6 +1,7 @@
 //! Blob replication as a sans-IO core: fetch a blob by CID from a peer that
-//! has it, in chunks of at most [`MAX_PAYLOAD_BYTES`], verified before it is
-//! stored.
+//! has it, in chunks of at most [`MAX_PAYLOAD_BYTES`] with several chunks in
+//! flight ([`ReplicateConfig::chunks_in_flight`]), written in order and
+//! verified before it is stored.
 //!
 //! The core decides whom to ask and what to do with answers; it never
 //! touches the network or the disk. It emits [`Action`]s — send a request,
@@ -67,6 +68,11 @@ pub struct ReplicateConfig {
     pub max_attempts: u32,
     /// Bytes asked for per `Get`.
     pub chunk_bytes: usize,
+    /// `Get`s of one fetch in flight at once (pipelining: the holder reads
+    /// and sends the next chunks while this node writes and hashes the
+    /// last). Chunks that arrive out of order wait, so one fetch buffers at
+    /// most `chunks_in_flight × chunk_bytes`.
+    pub chunks_in_flight: usize,
     /// Wait after a round in which no peer had the blob.
     pub retry_delay: Duration,
     /// R; `None` means min(3, number of admitted members).
@@ -79,6 +85,7 @@ impl Default for ReplicateConfig {
             max_concurrent_fetches: 4,
             max_attempts: 6,
             chunk_bytes: MAX_PAYLOAD_BYTES,
+            chunks_in_flight: 2,
             retry_delay: Duration::from_secs(2),
             replication_factor: None,
         }
@@ -161,10 +168,15 @@ enum Phase {
     },
     Fetching {
         peer: NodeId,
-        id: RequestId,
         size_bytes: u64,
-        offset: u64,
-        chunk_len: u64,
+        /// The next offset to ask for.
+        next_offset: u64,
+        /// Bytes handed to [`Action::Write`] so far (in order).
+        written: u64,
+        /// `Get`s awaiting their answer: request → (offset, len).
+        in_flight: BTreeMap<RequestId, (u64, u64)>,
+        /// Chunks that arrived before an earlier one, by offset.
+        arrived: BTreeMap<u64, Bytes>,
     },
     Verifying {
         peer: NodeId,
@@ -207,6 +219,7 @@ impl ReplicateCore {
     pub fn new(local: NodeId, config: ReplicateConfig) -> Self {
         debug_assert!(config.max_concurrent_fetches > 0 && config.max_attempts > 0);
         debug_assert!(config.chunk_bytes > 0 && config.chunk_bytes <= MAX_PAYLOAD_BYTES);
+        debug_assert!(config.chunks_in_flight > 0);
         Self {
             local,
             config,
@@ -333,12 +346,15 @@ impl ReplicateCore {
             }
             Phase::Fetching {
                 peer,
-                id: asked,
-                size_bytes,
-                offset,
-                chunk_len,
-            } if *asked == id => {
+                in_flight,
+                arrived,
+                written,
+                ..
+            } => {
                 let peer = *peer;
+                let Some((offset, chunk_len)) = in_flight.remove(&id) else {
+                    return;
+                };
                 let chunk = match answer {
                     Ok(chunk) => chunk,
                     Err(reason) => {
@@ -346,7 +362,7 @@ impl ReplicateCore {
                         return self.peer_failed(cid, peer, reason, false, now);
                     }
                 };
-                if chunk.len() as u64 != *chunk_len {
+                if chunk.len() as u64 != chunk_len {
                     let reason = format!(
                         "sent {} bytes for a chunk of {chunk_len} at offset {offset}",
                         chunk.len()
@@ -354,10 +370,13 @@ impl ReplicateCore {
                     self.actions.push_back(Action::AbortWrite { cid });
                     return self.peer_failed(cid, peer, reason, true, now);
                 }
-                *offset += *chunk_len;
-                let (size_bytes, offset) = (*size_bytes, *offset);
-                self.actions.push_back(Action::Write { cid, chunk });
-                self.next_chunk(cid, peer, size_bytes, offset);
+                arrived.insert(offset, chunk);
+                // Hand over every chunk that is next in order.
+                while let Some(chunk) = arrived.remove(written) {
+                    *written += chunk.len() as u64;
+                    self.actions.push_back(Action::Write { cid, chunk });
+                }
+                self.next_chunks(cid);
             }
             _ => {}
         }
@@ -498,37 +517,73 @@ impl ReplicateCore {
 
     fn begin_fetch(&mut self, cid: Cid, peer: NodeId, size_bytes: u64) {
         self.actions.push_back(Action::StartWrite { cid });
-        self.next_chunk(cid, peer, size_bytes, 0);
-    }
-
-    /// Ask for the chunk at `offset`, or finish when the blob is complete.
-    fn next_chunk(&mut self, cid: Cid, peer: NodeId, size_bytes: u64, offset: u64) {
-        debug_assert!(offset <= size_bytes);
-        if offset >= size_bytes {
-            self.actions.push_back(Action::FinishWrite { cid });
-            if let Some(job) = self.jobs.get_mut(&cid) {
-                job.phase = Phase::Verifying { peer };
-            }
-            return;
-        }
-        let chunk_len = (size_bytes - offset).min(self.config.chunk_bytes as u64);
-        let id = self.send(
-            cid,
-            peer,
-            &BlobRequest::Get {
-                cid: cid.to_string(),
-                offset,
-                len: chunk_len,
-            },
-        );
         if let Some(job) = self.jobs.get_mut(&cid) {
             job.phase = Phase::Fetching {
                 peer,
-                id,
                 size_bytes,
-                offset,
-                chunk_len,
+                next_offset: 0,
+                written: 0,
+                in_flight: BTreeMap::new(),
+                arrived: BTreeMap::new(),
             };
+        }
+        self.next_chunks(cid);
+    }
+
+    /// Keep `chunks_in_flight` `Get`s of `cid` under way, or finish when
+    /// every byte has been written.
+    fn next_chunks(&mut self, cid: Cid) {
+        let (chunk_bytes, depth) = (
+            self.config.chunk_bytes as u64,
+            self.config.chunks_in_flight.max(1),
+        );
+        loop {
+            let Some(Job {
+                phase:
+                    Phase::Fetching {
+                        peer,
+                        size_bytes,
+                        next_offset,
+                        written,
+                        in_flight,
+                        ..
+                    },
+                ..
+            }) = self.jobs.get_mut(&cid)
+            else {
+                return;
+            };
+            let (peer, size_bytes) = (*peer, *size_bytes);
+            debug_assert!(*written <= size_bytes && *next_offset <= size_bytes);
+            if *written >= size_bytes {
+                self.actions.push_back(Action::FinishWrite { cid });
+                if let Some(job) = self.jobs.get_mut(&cid) {
+                    job.phase = Phase::Verifying { peer };
+                }
+                return;
+            }
+            if *next_offset >= size_bytes || in_flight.len() >= depth {
+                return;
+            }
+            let offset = *next_offset;
+            let len = (size_bytes - offset).min(chunk_bytes);
+            *next_offset += len;
+            let id = self.send(
+                cid,
+                peer,
+                &BlobRequest::Get {
+                    cid: cid.to_string(),
+                    offset,
+                    len,
+                },
+            );
+            if let Some(Job {
+                phase: Phase::Fetching { in_flight, .. },
+                ..
+            }) = self.jobs.get_mut(&cid)
+            {
+                in_flight.insert(id, (offset, len));
+            }
         }
     }
 
@@ -647,6 +702,7 @@ mod tests {
         let now = Instant::now();
         let config = ReplicateConfig {
             chunk_bytes: 4,
+            chunks_in_flight: 1,
             ..Default::default()
         };
         let mut core = ReplicateCore::new(node(1), config);
@@ -683,6 +739,66 @@ mod tests {
                 rejected: vec![]
             }]
         );
+    }
+
+    /// With several `Get`s in flight, chunks answered out of order are
+    /// written in order, and the write finishes once all have arrived.
+    #[test]
+    fn pipelined_chunks_are_written_in_order() {
+        let now = Instant::now();
+        let data = b"0123456789abcdefghij";
+        let config = ReplicateConfig {
+            chunk_bytes: 4,
+            chunks_in_flight: 3,
+            ..Default::default()
+        };
+        let mut core = ReplicateCore::new(node(1), config);
+        let cid = cid_of(data);
+        core.want(cid, BTreeSet::from([node(2)]), now);
+        let s = sends(&drain(&mut core));
+        core.handle_response(s[0].0, Ok(have(Some(data.len() as u64))), now);
+        let answer = |core: &mut ReplicateCore, id, offset: u64, len: u64| {
+            let chunk = &data[offset as usize..(offset + len) as usize];
+            core.handle_response(id, Ok(Bytes::copy_from_slice(chunk)), now);
+        };
+        let mut pending: Vec<(RequestId, u64, u64)> = Vec::new();
+        let mut written = Vec::new();
+        let mut most_in_flight = 0;
+        let mut finished = false;
+        for round in 0.. {
+            assert!(round < 20, "the fetch does not finish");
+            for action in drain(&mut core) {
+                match action {
+                    Action::Send { id, payload, .. } => {
+                        let BlobRequest::Get { offset, len, .. } =
+                            serde_json::from_slice(&payload).unwrap()
+                        else {
+                            panic!("expected a Get")
+                        };
+                        pending.push((id, offset, len));
+                    }
+                    Action::Write { chunk, .. } => written.extend_from_slice(&chunk),
+                    Action::FinishWrite { .. } => finished = true,
+                    Action::StartWrite { .. } => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            most_in_flight = most_in_flight.max(pending.len());
+            if finished {
+                break;
+            }
+            // Answer the latest request first: out of order.
+            let (id, offset, len) = pending.pop().expect("a request is in flight");
+            answer(&mut core, id, offset, len);
+        }
+        assert_eq!(most_in_flight, 3);
+        assert!(pending.is_empty());
+        assert_eq!(written, data);
+        core.on_write_finished(cid, WriteOutcome::Stored, now);
+        assert!(matches!(
+            drain(&mut core).as_slice(),
+            [Action::Fetched { .. }]
+        ));
     }
 
     #[test]

@@ -366,16 +366,18 @@ impl ClusterState {
         env: &EnvKey,
         update: DeploymentUpdate,
     ) -> Result<Deployment, ClusterError> {
-        let seen = self.candidates(env);
-        let pushed_at_seq = seen
-            .iter()
-            .map(|(_, c)| c.precedence().0)
-            .max()
-            .unwrap_or(0)
-            + 1;
         let mut artifacts = update.artifacts;
         artifacts.sort();
         artifacts.dedup();
+        let record = DeploymentRecord {
+            commit: update.commit.clone(),
+            manifest_cid: update.manifest_cid.to_string(),
+            artifacts: artifacts.iter().map(Cid::to_string).collect(),
+            pushed_at_seq: 0,
+            pushed_by: node_hex(&self.local),
+            removed: false,
+        };
+        let pushed_at_seq = self.supersede(env, record)?;
         let deployment = Deployment {
             commit: update.commit,
             manifest_cid: update.manifest_cid,
@@ -383,35 +385,6 @@ impl ClusterState {
             pushed_at_seq,
             pushed_by: self.local,
         };
-        let record = DeploymentRecord {
-            commit: deployment.commit.clone(),
-            manifest_cid: deployment.manifest_cid.to_string(),
-            artifacts: deployment.artifacts.iter().map(Cid::to_string).collect(),
-            pushed_at_seq,
-            pushed_by: node_hex(&self.local),
-            removed: false,
-        };
-        let json = serde_json::to_string(&record).map_err(|source| ClusterError::Encode {
-            what: "deployment",
-            source,
-        })?;
-        // One commit: the new candidate appears and the older ones go together.
-        for (key, _) in &seen {
-            self.doc
-                .delete(ROOT, key.as_str())
-                .map_err(|source| ClusterError::Write {
-                    source: Box::new(source),
-                    action: "remove a superseded deployment",
-                })?;
-        }
-        let key = deploy_key(env, pushed_at_seq, &self.local);
-        self.doc
-            .put(ROOT, key.as_str(), json)
-            .map_err(|source| ClusterError::Write {
-                source: Box::new(source),
-                action: "write a deployment",
-            })?;
-        self.doc.commit();
         debug_assert_eq!(
             self.deployment(env).map(|d| d.precedence()),
             Some(deployment.precedence()),
@@ -428,29 +401,44 @@ impl ClusterState {
         &mut self,
         env: &EnvKey,
     ) -> Result<Option<(u64, NodeId)>, ClusterError> {
-        let seen = self.candidates(env);
-        if !matches!(
-            seen.iter().max_by_key(|(_, c)| c.precedence()),
+        let live = matches!(
+            self.candidates(env)
+                .into_iter()
+                .max_by_key(|(_, c)| c.precedence()),
             Some((_, Candidate::Live(_)))
-        ) {
+        );
+        if !live {
             return Ok(None);
         }
-        let pushed_at_seq = seen
+        let tombstone = DeploymentRecord {
+            commit: String::new(),
+            manifest_cid: String::new(),
+            artifacts: Vec::new(),
+            pushed_at_seq: 0,
+            pushed_by: node_hex(&self.local),
+            removed: true,
+        };
+        let pushed_at_seq = self.supersede(env, tombstone)?;
+        Ok(Some((pushed_at_seq, self.local)))
+    }
+
+    /// Write `record` as `env`'s new candidate, ranked above every candidate
+    /// this node has seen, and remove those, in one commit. Returns its
+    /// `pushed_at_seq`.
+    fn supersede(
+        &mut self,
+        env: &EnvKey,
+        mut record: DeploymentRecord,
+    ) -> Result<u64, ClusterError> {
+        let seen = self.candidates(env);
+        record.pushed_at_seq = seen
             .iter()
             .map(|(_, c)| c.precedence().0)
             .max()
             .unwrap_or(0)
             + 1;
-        let record = DeploymentRecord {
-            commit: String::new(),
-            manifest_cid: String::new(),
-            artifacts: Vec::new(),
-            pushed_at_seq,
-            pushed_by: node_hex(&self.local),
-            removed: true,
-        };
         let json = serde_json::to_string(&record).map_err(|source| ClusterError::Encode {
-            what: "deployment tombstone",
+            what: "deployment",
             source,
         })?;
         for (key, _) in &seen {
@@ -458,18 +446,18 @@ impl ClusterState {
                 .delete(ROOT, key.as_str())
                 .map_err(|source| ClusterError::Write {
                     source: Box::new(source),
-                    action: "remove a deployment",
+                    action: "remove a superseded deployment",
                 })?;
         }
-        let key = deploy_key(env, pushed_at_seq, &self.local);
+        let key = deploy_key(env, record.pushed_at_seq, &self.local);
         self.doc
             .put(ROOT, key.as_str(), json)
             .map_err(|source| ClusterError::Write {
                 source: Box::new(source),
-                action: "write a deployment tombstone",
+                action: "write a deployment",
             })?;
         self.doc.commit();
-        Ok(Some((pushed_at_seq, self.local)))
+        Ok(record.pushed_at_seq)
     }
 
     /// The live deployment of `env`, if any (none if its winner is a deletion).

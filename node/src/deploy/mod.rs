@@ -424,19 +424,7 @@ impl Deployer {
             // publish their tables in the opposite order.
             self.publish_routes_locked(&all);
         }
-        self.update_state(key, |e| {
-            if e.pending.as_deref() == Some(release.commit.as_str()) {
-                e.pending = None;
-            }
-            if e.failed
-                .as_ref()
-                .is_some_and(|f| f.commit == release.commit)
-                || e.pending.is_none()
-            {
-                e.failed = None;
-            }
-            e.live = Some(release);
-        });
+        self.record_live(key, release);
         InstallOutcome::Installed
     }
 

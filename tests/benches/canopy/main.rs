@@ -9,11 +9,18 @@
 //! minutes, the debug build of `canopy` unless `--release` is given,
 //! the reference skipped if the wasmtime CLI is absent) that only checks
 //! every figure was produced, and writes its JSON under the target dir.
+//!
+//! `-- --only PHASE[,PHASE…]` runs only some phases (`warm`, `deploy`,
+//! `density`, `restart`, `compile`, `store`, `cluster5`, `replication`;
+//! `cluster` means the last two); in full mode their results replace those
+//! keys of `docs/performance.json`, the rest is kept.
 
+mod cluster;
 mod load;
 mod servers;
 mod store;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -43,13 +50,71 @@ struct Mode {
     inflight_requests: usize,
     small_blobs: usize,
     large_blobs: usize,
+    /// Timed pushes to the 5-node dream.
+    cluster_pushes: usize,
+    /// Size of the blob replicated between two nodes, and how many times.
+    replication_mib: usize,
+    replication_runs: usize,
+    /// The phases to run.
+    phases: BTreeSet<&'static str>,
+    /// Whether `--only` chose the phases.
+    only: bool,
+}
+
+/// Every phase, in the order they run.
+const PHASES: [&str; 8] = [
+    "warm",
+    "deploy",
+    "density",
+    "restart",
+    "compile",
+    "store",
+    "cluster5",
+    "replication",
+];
+
+/// Names that stand for several phases.
+const GROUPS: [(&str, &[&str]); 1] = [("cluster", &["cluster5", "replication"])];
+
+/// `--only a,b` (or `--only=a,b`): the phases named; else all of them.
+fn phases_from_args() -> Result<Option<BTreeSet<&'static str>>> {
+    let args: Vec<String> = std::env::args().collect();
+    let value = args.iter().enumerate().find_map(|(i, a)| {
+        if a == "--only" {
+            Some(args.get(i + 1).cloned().unwrap_or_default())
+        } else {
+            a.strip_prefix("--only=").map(str::to_owned)
+        }
+    });
+    let Some(value) = value else { return Ok(None) };
+    let mut chosen = BTreeSet::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if let Some((_, members)) = GROUPS.iter().find(|(group, _)| *group == name) {
+            chosen.extend(members.iter().copied());
+            continue;
+        }
+        let phase = PHASES.iter().find(|p| **p == name).with_context(|| {
+            format!(
+                "unknown phase {name:?} after --only; the phases are {}",
+                PHASES.join(", ")
+            )
+        })?;
+        chosen.insert(*phase);
+    }
+    ensure!(
+        !chosen.is_empty(),
+        "--only needs phases: {}",
+        PHASES.join(", ")
+    );
+    Ok(Some(chosen))
 }
 
 impl Mode {
-    fn from_args() -> Mode {
+    fn from_args() -> Result<Mode> {
         let quick = std::env::args().any(|a| a == "--quick")
             || std::env::var("CANOPY_BENCH").is_ok_and(|v| v == "quick");
-        if quick {
+        let only = phases_from_args()?;
+        let mode = if quick {
             Mode {
                 quick,
                 warmup: Duration::from_millis(300),
@@ -62,6 +127,11 @@ impl Mode {
                 inflight_requests: 8,
                 small_blobs: 500,
                 large_blobs: 1,
+                cluster_pushes: 2,
+                replication_mib: 32,
+                replication_runs: 1,
+                phases: BTreeSet::new(),
+                only: false,
             }
         } else {
             Mode {
@@ -76,13 +146,27 @@ impl Mode {
                 inflight_requests: 64,
                 small_blobs: 2000,
                 large_blobs: 3,
+                cluster_pushes: 10,
+                replication_mib: 256,
+                replication_runs: 3,
+                phases: BTreeSet::new(),
+                only: false,
             }
-        }
+        };
+        Ok(Mode {
+            only: only.is_some(),
+            phases: only.unwrap_or_else(|| PHASES.into_iter().collect()),
+            ..mode
+        })
+    }
+
+    fn runs(&self, phase: &str) -> bool {
+        self.phases.contains(phase)
     }
 }
 
 fn main() -> Result<()> {
-    let mode = Mode::from_args();
+    let mode = Mode::from_args()?;
     let started = Instant::now();
     // The load generator's runtime: two workers, like the servers'.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -90,13 +174,18 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let report = runtime.block_on(run(&mode))?;
-    check(&report)?;
+    check(&report, &mode)?;
     let out = if mode.quick {
         target_dir().join("canopy-bench.json")
     } else {
         workspace_root().join("docs/performance.json")
     };
-    std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")?;
+    let written = if mode.only && !mode.quick {
+        merge_into(&out, &report, &mode)?
+    } else {
+        report.clone()
+    };
+    std::fs::write(&out, serde_json::to_string_pretty(&written)? + "\n")?;
     print_table(&report);
     eprintln!(
         "canopy bench ({}) finished in {:.0} s; results in {}",
@@ -218,6 +307,7 @@ async fn run(mode: &Mode) -> Result<Value> {
         json!(if mode.quick { "quick" } else { "full" }),
     );
     report.insert("machine".into(), machine());
+    report.insert("phases".into(), json!(mode.phases));
     report.insert(
         "settings".into(),
         json!({
@@ -229,16 +319,86 @@ async fn run(mode: &Mode) -> Result<Value> {
         }),
     );
 
-    let (canopy, build) = canopy_binary(mode)?;
-    report.insert("canopy_build".into(), json!(build));
-    eprintln!("building the hello guest…");
-    let hello = guest("docs/examples/hello", "hello");
+    let dream_phases = ["warm", "deploy", "density", "restart"];
+    let canopy = if dream_phases
+        .iter()
+        .chain(&["cluster5"])
+        .any(|p| mode.runs(p))
+    {
+        let (canopy, build) = canopy_binary(mode)?;
+        report.insert("canopy_build".into(), json!(build));
+        Some(canopy)
+    } else {
+        None
+    };
+    let hello = if dream_phases
+        .iter()
+        .chain(&["compile"])
+        .any(|p| mode.runs(p))
+    {
+        eprintln!("building the hello guest…");
+        Some(guest("docs/examples/hello", "hello"))
+    } else {
+        None
+    };
 
+    if let (Some(canopy), Some(hello)) = (&canopy, &hello)
+        && dream_phases.iter().any(|p| mode.runs(p))
+    {
+        single_node(mode, canopy, hello, &mut report).await?;
+    }
+
+    if let Some(hello) = &hello
+        && mode.runs("compile")
+    {
+        eprintln!("in-process compile and cache load…");
+        report.insert("compile".into(), compile(hello).await?);
+    }
+
+    if mode.runs("store") {
+        eprintln!("store…");
+        report.insert(
+            "store".into(),
+            json!({
+                "blob_4kib": store::measure(4 << 10, mode.small_blobs)?,
+                "blob_64mib": store::measure(64 << 20, mode.large_blobs)?,
+            }),
+        );
+    }
+
+    if let Some(canopy) = &canopy
+        && mode.runs("cluster5")
+    {
+        eprintln!("cluster: 5-node dream, push to serving everywhere, RSS per node…");
+        report.insert("cluster".into(), cluster::five_nodes(mode, canopy).await?);
+    }
+    if mode.runs("replication") {
+        eprintln!(
+            "replication: a {} MiB blob between two nodes…",
+            mode.replication_mib
+        );
+        report.insert(
+            "replication".into(),
+            cluster::replication(mode.replication_mib << 20, mode.replication_runs).await?,
+        );
+    }
+    report.insert("load_avg_at_end".into(), json!(load_avg()));
+    Ok(Value::Object(report))
+}
+
+/// The phases on one single-node dream: warm load (and the references),
+/// deploy, density, restart.
+async fn single_node(
+    mode: &Mode,
+    canopy: &Path,
+    hello: &Path,
+    report: &mut Map<String, Value>,
+) -> Result<()> {
     // Canopy: one dream, the hello project pushed to it.
     let data = tempfile::tempdir()?;
-    let mut dream = Dream::start_with(&canopy, data.path())?;
+    let mut dream = Dream::start_with(canopy, data.path())?;
     let project = Project::new()?;
-    hello_project(&project, &hello)?;
+    hello_project(&project, hello)?;
     let commit = project.commit("hello")?;
     project.push(&dream.git_remote, "main")?;
     dream.wait_live("bench", "main", &commit).await;
@@ -258,9 +418,42 @@ async fn run(mode: &Mode) -> Result<Value> {
         "canopy answered {status}: {body:?}"
     );
 
+    if mode.runs("warm") {
+        warm_phase(mode, hello, &canopy_target, report).await?;
+    }
+
+    if mode.runs("deploy") {
+        eprintln!("cold start and push to serving…");
+        report.insert("deploy".into(), deploy(mode, &dream).await?);
+    }
+
+    if mode.runs("density") {
+        eprintln!("density…");
+        report.insert("density".into(), density(mode, &dream).await?);
+    }
+
+    if mode.runs("restart") {
+        eprintln!("restart with the compiled cache…");
+        report.insert(
+            "restart".into(),
+            restart(&mut dream, canopy, data.path(), &canopy_target).await?,
+        );
+    }
+    dream.stop()?;
+    Ok(())
+}
+
+/// Warm throughput and latency of Canopy, the references and bare hyper;
+/// the per-request overhead.
+async fn warm_phase(
+    mode: &Mode,
+    hello: &Path,
+    canopy_target: &Target,
+    report: &mut Map<String, Value>,
+) -> Result<()> {
     let mut warm_results = Map::new();
     eprintln!("canopy: warm throughput and latency…");
-    warm_results.insert("canopy".into(), warm(mode, &canopy_target).await?);
+    warm_results.insert("canopy".into(), warm(mode, canopy_target).await?);
 
     // The reference, same component, same load.
     match servers::find_wasmtime(!mode.quick) {
@@ -270,7 +463,7 @@ async fn run(mode: &Mode) -> Result<Value> {
                 ("wasmtime_serve_pooling", &["-O", "pooling-allocator=y"][..]),
             ] {
                 eprintln!("{name}: warm throughput and latency…");
-                let server = WasmtimeServe::start(&wasmtime, &hello, extra).await?;
+                let server = WasmtimeServe::start(&wasmtime, hello, extra).await?;
                 let target = Target {
                     addr: server.addr,
                     host: "localhost".into(),
@@ -306,33 +499,39 @@ async fn run(mode: &Mode) -> Result<Value> {
     });
     report.insert("warm".into(), Value::Object(warm_results));
     report.insert("overhead".into(), overhead);
+    Ok(())
+}
 
-    eprintln!("cold start and push to serving…");
-    report.insert("deploy".into(), deploy(mode, &dream).await?);
-
-    eprintln!("density…");
-    report.insert("density".into(), density(mode, &dream).await?);
-
-    eprintln!("restart with the compiled cache…");
-    report.insert(
-        "restart".into(),
-        restart(&mut dream, &canopy, data.path(), &canopy_target).await?,
-    );
-    dream.stop()?;
-
-    eprintln!("in-process compile and cache load…");
-    report.insert("compile".into(), compile(&hello).await?);
-
-    eprintln!("store…");
-    report.insert(
-        "store".into(),
-        json!({
-            "blob_4kib": store::measure(4 << 10, mode.small_blobs)?,
-            "blob_64mib": store::measure(64 << 20, mode.large_blobs)?,
-        }),
-    );
-    report.insert("load_avg_at_end".into(), json!(load_avg()));
-    Ok(Value::Object(report))
+/// `--only` in full mode: the phases run replace their keys in the
+/// existing `docs/performance.json`; every other key is kept.
+fn merge_into(path: &Path, report: &Value, mode: &Mode) -> Result<Value> {
+    let mut merged: Value = match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not JSON", path.display()))?,
+        Err(_) => json!({}),
+    };
+    let target = merged
+        .as_object_mut()
+        .with_context(|| format!("{} is not a JSON object", path.display()))?;
+    let mut keys: Vec<&str> = mode
+        .phases
+        .iter()
+        .map(|p| if *p == "cluster5" { "cluster" } else { *p })
+        .collect();
+    if mode.runs("warm") {
+        keys.extend(["overhead", "reference_skipped"]);
+    }
+    for key in keys {
+        match report.get(key) {
+            Some(value) => {
+                target.insert(key.into(), value.clone());
+            }
+            None => {
+                target.remove(key);
+            }
+        }
+    }
+    Ok(merged)
 }
 
 /// Wait for the first 200 whose body contains `expect`, polling; returns
@@ -572,8 +771,9 @@ async fn compile(hello: &Path) -> Result<Value> {
     }))
 }
 
-/// Quick mode's only check: every figure is a finite number.
-fn check(report: &Value) -> Result<()> {
+/// Quick mode's only check: every figure of the phases run is a finite
+/// number.
+fn check(report: &Value, mode: &Mode) -> Result<()> {
     let mut missing = Vec::new();
     let needed = [
         "/warm/canopy/throughput/rps",
@@ -588,7 +788,22 @@ fn check(report: &Value) -> Result<()> {
         "/compile/load_from_disk_cache_ms",
         "/store/blob_4kib/get_mb_per_s",
         "/store/blob_64mib/get_mb_per_s",
+        "/cluster/push_to_200_pushed_node_ms_median",
+        "/cluster/push_to_200_all_nodes_ms_median",
+        "/cluster/push_to_200_all_nodes_ms_max",
+        "/cluster/rss_idle/mean_bytes",
+        "/cluster/rss_one_project/mean_bytes",
+        "/replication/mb_per_s_median",
     ];
+    let needed = needed.into_iter().filter(|p| {
+        let phase = p.split('/').nth(1).unwrap_or_default();
+        let phase = match phase {
+            "overhead" => "warm",
+            "cluster" => "cluster5",
+            other => other,
+        };
+        mode.runs(phase)
+    });
     for pointer in needed {
         if !report
             .pointer(pointer)
@@ -598,7 +813,8 @@ fn check(report: &Value) -> Result<()> {
             missing.push(pointer);
         }
     }
-    if report.get("reference_skipped").is_none()
+    if mode.runs("warm")
+        && report.get("reference_skipped").is_none()
         && report
             .pointer("/warm/wasmtime_serve/throughput/rps")
             .and_then(Value::as_f64)
@@ -618,6 +834,31 @@ fn print_table(report: &Value) {
         "canopy build: {} (only a release build gives comparable figures)",
         report["canopy_build"].as_str().unwrap_or("?")
     );
+    if report.get("warm").is_some() {
+        print_warm_table(report);
+    }
+    let mut shown = Map::new();
+    for key in [
+        "overhead",
+        "deploy",
+        "restart",
+        "compile",
+        "density",
+        "store",
+        "cluster",
+        "replication",
+    ] {
+        if let Some(value) = report.get(key) {
+            shown.insert(key.into(), value.clone());
+        }
+    }
+    println!(
+        "\n{}",
+        serde_json::to_string_pretty(&shown).unwrap_or_default()
+    );
+}
+
+fn print_warm_table(report: &Value) {
     let get = |p: &str| report.pointer(p).and_then(Value::as_f64);
     let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
     println!(
@@ -649,16 +890,4 @@ fn print_table(report: &Value) {
     ) {
         println!("\ncanopy / wasmtime serve throughput: {:.2}x", c / w);
     }
-    println!(
-        "\n{}",
-        serde_json::to_string_pretty(&json!({
-            "overhead": report["overhead"],
-            "deploy": report["deploy"],
-            "restart": report["restart"],
-            "compile": report["compile"],
-            "density": report["density"],
-            "store": report["store"],
-        }))
-        .unwrap_or_default()
-    );
 }
