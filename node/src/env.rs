@@ -103,6 +103,38 @@ impl Rng {
     }
 }
 
+thread_local! {
+    static INLINE_BLOCKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run blocking work (file IO, compilation) where it cannot stall the async
+/// workers: on tokio's blocking pool — unless this thread asked for it to
+/// run inline ([`set_inline_blocking`]), which the simulator does so a run
+/// stays on its one thread and replays from its seed (a pool thread would
+/// finish in real time, interleaving differently each run). Production
+/// never sets it.
+pub async fn spawn_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BlockingError> {
+    if INLINE_BLOCKING.with(|inline| inline.get()) {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BlockingError(e.to_string()))
+}
+
+/// Run [`spawn_blocking`] work inline on this thread from now on (`true`),
+/// or on tokio's blocking pool again (`false`). For the simulator.
+pub fn set_inline_blocking(inline: bool) {
+    INLINE_BLOCKING.with(|cell| cell.set(inline));
+}
+
+/// Blocking work did not finish (it panicked or the runtime shut down).
+#[derive(Debug, thiserror::Error)]
+#[error("blocking task failed: {0}")]
+pub struct BlockingError(String);
+
 /// Everything a node is built from.
 #[derive(Clone, Debug)]
 pub struct Env {

@@ -57,7 +57,7 @@ fn node_code_reads_no_os_clock_or_randomness() {
 }
 
 /// Directories of protocol code the simulator runs.
-const SIMULATED: &[&str] = &["cluster", "deploy"];
+const SIMULATED: &[&str] = &["cluster", "deploy", "runtime"];
 
 /// tokio watches the simulator never waits on: the admitted set that
 /// `cluster::member` hands to the libp2p net (not part of a simulated node).
@@ -66,7 +66,8 @@ const WATCH_ALLOWED: &[&str] = &["cluster/member.rs"];
 /// An unbiased `tokio::select!` picks its first branch with tokio's
 /// OS-seeded RNG, and `tokio::sync::watch` wakes its receivers in an order
 /// drawn from it: in code the simulator runs, every select is `biased;` and
-/// watches are `cluster::watch`.
+/// watches are `cluster::watch`. Blocking work goes through
+/// `env::spawn_blocking`, which the simulator runs inline.
 #[test]
 fn simulated_code_uses_biased_selects() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -86,6 +87,13 @@ fn simulated_code_uses_biased_selects() {
                     let relative = &relative_path;
                     violations.push(format!(
                         "node/src/{relative}:{}: tokio's watch wakes in a random order; use cluster::watch",
+                        number + 1
+                    ));
+                }
+                if code.contains("tokio::task::spawn_blocking") {
+                    let relative = file.strip_prefix(&src).unwrap().display();
+                    violations.push(format!(
+                        "node/src/{relative}:{}: blocking work goes through env::spawn_blocking (the simulator runs it inline)",
                         number + 1
                     ));
                 }

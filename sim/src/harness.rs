@@ -145,6 +145,8 @@ struct World {
     base_state: Vec<u8>,
     /// Every acknowledged push, by precedence.
     pushes: Pushes,
+    /// The test guest (`tests/guests/testfn`) every push deploys a version of.
+    guest: Arc<Vec<u8>>,
     /// What each running node had installed when last looked at.
     installed: BTreeMap<NodeIx, BTreeMap<String, (u64, String)>>,
     /// The faults are healed: nodes (re)started now get a clean transport.
@@ -205,9 +207,31 @@ pub fn run(config: &RunConfig) -> RunResult {
     canopy_node::bugs::set_active(&config.bugs);
     take_panics();
     let dir = scratch_dir();
+    let guest = match workload::guest_wasm() {
+        Ok(guest) => Arc::new(guest),
+        Err(e) => {
+            let mut trace = Trace::default();
+            trace.push(
+                0,
+                Event::Panic {
+                    message: format!("no test guest: {e}"),
+                },
+            );
+            let violations = invariants::check_all(&trace, 0);
+            return RunResult {
+                config: config.clone(),
+                hash: trace.hash(),
+                trace,
+                violations,
+                simulated: Duration::ZERO,
+            };
+        }
+    };
+    canopy_node::env::set_inline_blocking(true);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        simulate(config, dir.path())
+        simulate(config, dir.path(), guest)
     }));
+    canopy_node::env::set_inline_blocking(false);
     canopy_node::bugs::set_active(&[]);
     let (mut trace, simulated) = match outcome {
         Ok(done) => done,
@@ -231,6 +255,12 @@ pub fn run(config: &RunConfig) -> RunResult {
     }
 }
 
+/// The compiled-code directory every simulated node of this process shares.
+fn compiled_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(scratch_dir).path().join("compiled")
+}
+
 /// A per-run directory for the nodes' data, in memory when the machine has
 /// /dev/shm (fsync is free there, and a run writes many small files).
 fn scratch_dir() -> tempfile::TempDir {
@@ -248,7 +278,7 @@ fn scratch_dir() -> tempfile::TempDir {
     builder().tempdir().expect("create a temp dir for the run")
 }
 
-fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
+fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, Duration) {
     let rng = Rng::seeded(config.seed);
     let params = Params::draw(&rng, config.nodes);
     let total_nodes = config.nodes + params.joins;
@@ -270,6 +300,7 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
         corrupt_read_rate: params.corrupt_read_rate,
         base_state: base_state(&rng, &ids),
         pushes: BTreeMap::new(),
+        guest: guest.clone(),
         installed: BTreeMap::new(),
         healed: false,
         now_ms: 0,
@@ -335,8 +366,14 @@ fn simulate(config: &RunConfig, run_dir: &Path) -> (Trace, Duration) {
                 let branch = workload::BRANCHES[uniform(&rng, 0, 1) as usize];
                 let mut w = lock(&world);
                 let r = &w.running[&node];
-                let event =
-                    workload::request(node, &workload::env_key(branch), &r.gateway, &w.pushes);
+                let function = unit(&rng) < 0.5;
+                let event = workload::request(
+                    node,
+                    &workload::env_key(branch),
+                    function,
+                    &r.gateway,
+                    &w.pushes,
+                );
                 w.record(event);
             }
             if joins_left > 0 && now >= join_at {
@@ -507,8 +544,17 @@ fn do_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &str, n: u64) {
     let env = workload::env_key(branch);
     let commit = format!("c{n:04}");
     let files = workload::push_files(rng, w.seed, n, branch);
+    let marker = uniform(rng, 0, workload::FUNCTION_VERSIONS as u64 - 1) as u8;
+    let function = workload::guest_version(&w.guest, marker);
     let r = &w.running[&node];
-    let result = workload::push(&r.store, r.cluster.handle(), &env, &commit, &files);
+    let result = workload::push(
+        &r.store,
+        r.cluster.handle(),
+        &env,
+        &commit,
+        &files,
+        &function,
+    );
     let state_path = state_path(&w.run_dir, node);
     match result {
         Ok((deployment, blobs)) => {
@@ -523,7 +569,7 @@ fn do_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &str, n: u64) {
             let version = workload::version(&env, &deployment);
             w.pushes.insert(
                 (version.env.clone(), version.seq, version.by.clone()),
-                (version.clone(), blobs.clone()),
+                (version.clone(), blobs.clone(), marker),
             );
             w.record(Event::Push {
                 node,
@@ -557,7 +603,7 @@ fn observe_installs(world: &Shared) {
                 continue;
             }
             let version = match w.pushes.get(&(env.clone(), *seq, by.clone())) {
-                Some((v, _)) => v.clone(),
+                Some((v, _, _)) => v.clone(),
                 None => Version {
                     env: env.clone(),
                     commit: "(no such push)".into(),
@@ -780,11 +826,13 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
     let store = Arc::new(BlobStore::open(dir.join("store"))?);
     let runtime = Runtime::new(RuntimeConfig {
         max_instances: 2,
-        max_memory_bytes: 16 << 20,
-        // No function runs in the simulation yet: a slow tick keeps the
-        // runtime from waking every simulated 10 ms.
+        max_memory_bytes: 64 << 20,
+        // Functions run outside simulated time (see `workload::request`): a
+        // slow tick keeps the runtime from waking every simulated 10 ms.
         epoch_tick: Duration::from_secs(5),
-        ..RuntimeConfig::new(dir.join("compiled"))
+        // One compiled-code directory for every node of every run in this
+        // process: each function version is compiled once.
+        ..RuntimeConfig::new(compiled_dir())
     })?;
     let gateway = Gateway::new();
     let repos = canopy_node::git::Repos::new(dir.join("git"))?;

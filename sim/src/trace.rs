@@ -76,11 +76,14 @@ pub enum Event {
         version: Version,
     },
     /// A request to `node` for `env` was answered: `served` is the version
-    /// whose code answered (or `None`: nothing live yet, 404), `blobs_ok`
-    /// whether every blob read to answer matched its CID.
+    /// whose release answered (or `None`: nothing live yet, 404, or a
+    /// refused corrupt copy, 503), `blobs_ok` whether the answer is the one
+    /// that version's blobs give (the file's CID, the function's marker).
     Served {
         node: NodeIx,
         env: String,
+        /// The path asked for (a file, or the function).
+        path: String,
         served: Option<Version>,
         blobs_ok: bool,
     },
@@ -126,11 +129,12 @@ impl fmt::Display for Event {
             Event::Served {
                 node,
                 env,
+                path,
                 served,
                 blobs_ok,
             } => match served {
-                Some(v) => write!(f, "served n{node} {v} blobs_ok={blobs_ok}"),
-                None => write!(f, "served n{node} env={env} none"),
+                Some(v) => write!(f, "served n{node} {path} {v} blobs_ok={blobs_ok}"),
+                None => write!(f, "served n{node} {path} env={env} none"),
             },
             Event::BlobHeld { node, cid, matches } => {
                 write!(f, "held n{node} {cid} matches={matches}")

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use canopy_node::cluster::{ClusterHandle, Deployment, DeploymentUpdate};
 use canopy_node::deploy::hosts_of;
-use canopy_node::deploy::manifest::{FileArtifact, Manifest, WebsiteArtifact};
+use canopy_node::deploy::manifest::{FileArtifact, FunctionArtifact, Manifest, WebsiteArtifact};
 use canopy_node::deploy::state::EnvKey;
 use canopy_node::env::Rng;
 use canopy_node::gateway::Gateway;
@@ -40,9 +40,83 @@ pub fn version(env: &EnvKey, d: &Deployment) -> Version {
     }
 }
 
-/// Every acknowledged push by (env, seq, pushed_by): its version and the
-/// CIDs of its blobs (manifest first).
-pub type Pushes = BTreeMap<(String, u64, String), (Version, Vec<String>)>;
+/// Every acknowledged push by (env, seq, pushed_by): its version, the CIDs
+/// of its blobs (manifest first, then its files) and its function's
+/// version marker.
+pub type Pushes = BTreeMap<(String, u64, String), (Version, Vec<String>, u8)>;
+
+/// The marker the test guest (`tests/guests/testfn`) embeds; versions of the
+/// function are made by patching its last byte.
+const MARKER: &[u8; 16] = b"CANOPY-VERSION-0";
+/// Distinct function versions: few, so each is compiled once per process.
+pub const FUNCTION_VERSIONS: u8 = 8;
+
+/// The test guest, built for wasm32-wasip2: `$CANOPY_SIM_GUEST`, else the
+/// copy the end-to-end tests build under `$CARGO_TARGET_DIR/guests`, else
+/// built there now.
+pub fn guest_wasm() -> anyhow::Result<Vec<u8>> {
+    static GUEST: std::sync::OnceLock<Result<Vec<u8>, String>> = std::sync::OnceLock::new();
+    GUEST
+        .get_or_init(|| find_or_build_guest().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn find_or_build_guest() -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    if let Some(path) = std::env::var_os("CANOPY_SIM_GUEST") {
+        return std::fs::read(&path).with_context(|| format!("read $CANOPY_SIM_GUEST {path:?}"));
+    }
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("sim/ is in the workspace")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("guests");
+    let wasm = target.join("wasm32-wasip2/release/testfn.wasm");
+    if !wasm.exists() {
+        let output = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(workspace.join("tests/guests/testfn/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .context("run cargo to build the test guest")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "building tests/guests/testfn failed (is the target installed? `rustup target add wasm32-wasip2`; or set CANOPY_SIM_GUEST):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    std::fs::read(&wasm).with_context(|| format!("read {}", wasm.display()))
+}
+
+/// Version `v` of the test guest.
+pub fn guest_version(guest: &[u8], v: u8) -> Vec<u8> {
+    let mut wasm = guest.to_vec();
+    if let Some(at) = wasm.windows(MARKER.len()).position(|w| w == MARKER) {
+        wasm[at + MARKER.len() - 1] = b'0' + v;
+    }
+    wasm
+}
+
+/// What the test guest answers on `.../hello` in version `v`.
+pub fn hello_body(v: u8) -> String {
+    let mut marker = *MARKER;
+    marker[MARKER.len() - 1] = b'0' + v;
+    format!(
+        "hello from testfn VERSION:{}",
+        String::from_utf8_lossy(&marker)
+    )
+}
 
 /// The files of push number `n`: a website of one or two files of random
 /// content and size.
@@ -69,6 +143,7 @@ pub fn push(
     env: &EnvKey,
     commit: &str,
     files: &[(String, Vec<u8>)],
+    function: &[u8],
 ) -> anyhow::Result<(Deployment, Vec<String>)> {
     let mut artifacts = Vec::new();
     let mut site = BTreeMap::new();
@@ -83,12 +158,22 @@ pub fn push(
             },
         );
     }
+    let function_cid = store.put(function)?;
     let manifest = Manifest {
         project: env.project.clone(),
         branch: env.branch.clone(),
         commit: commit.to_string(),
         domains: vec![],
-        functions: BTreeMap::new(),
+        functions: BTreeMap::from([(
+            "fn".to_string(),
+            FunctionArtifact {
+                cid: function_cid.to_string(),
+                http_path: Some("/fn".into()),
+                http_methods: None,
+                timeout_ms: 10_000,
+                memory_bytes: 32 << 20,
+            },
+        )]),
         websites: BTreeMap::from([(
             "www".to_string(),
             WebsiteArtifact {
@@ -98,6 +183,7 @@ pub fn push(
         )]),
     };
     let manifest_cid = store.put(&serde_json::to_vec(&manifest)?)?;
+    artifacts.push(function_cid);
     let local = cluster.read(|s| s.local_id());
     let deployment = cluster.update(|s| {
         for cid in &artifacts {
@@ -118,19 +204,32 @@ pub fn push(
 }
 
 /// A request to `node` for `env`: a real HTTP/1.1 `GET` of the release's
-/// first file, answered by the node's gateway handler (`Gateway::handle`,
+/// first file or of its function (`/fn/hello`, run by wasmtime), answered by the node's gateway handler (`Gateway::handle`,
 /// the code behind its listener) over an in-memory connection. The body
-/// must be the file of the push the gateway's route table names.
-pub fn request(node: NodeIx, env: &EnvKey, gateway: &Arc<Gateway>, pushes: &Pushes) -> Event {
+/// must be the file, or the function's answer, of the push the gateway's
+/// route table names.
+pub fn request(
+    node: NodeIx,
+    env: &EnvKey,
+    function: bool,
+    gateway: &Arc<Gateway>,
+    pushes: &Pushes,
+) -> Event {
     let host = hosts_of(env, &[]).remove(0);
     let site_commit = gateway.routes().site(&host).map(|s| s.commit.clone());
-    let (status, body) = http_get(gateway.clone(), &host, "/file0.bin");
+    let path = if function { "/fn/hello" } else { "/file0.bin" };
+    // The request runs on a runtime of its own: blocking work may use
+    // tokio's pool there (the static-file server streams from it).
+    canopy_node::env::set_inline_blocking(false);
+    let (status, body) = http_get(gateway.clone(), &host, path);
+    canopy_node::env::set_inline_blocking(true);
     if status != http::StatusCode::OK {
         // 404 before anything is live, 503 when the node refuses a corrupt
         // copy: no release answered.
         return Event::Served {
             node,
             env: env.to_string(),
+            path: path.to_string(),
             served: None,
             blobs_ok: true,
         };
@@ -140,19 +239,25 @@ pub fn request(node: NodeIx, env: &EnvKey, gateway: &Arc<Gateway>, pushes: &Push
     let named = site_commit.and_then(|commit| {
         pushes
             .values()
-            .find(|(v, _)| v.env == env.to_string() && v.commit == commit)
+            .find(|(v, _, _)| v.env == env.to_string() && v.commit == commit)
     });
     match named {
         // blobs[1] is the push's first file (blobs[0] its manifest).
-        Some((version, blobs)) => Event::Served {
+        Some((version, blobs, marker)) => Event::Served {
             node,
             env: env.to_string(),
+            path: path.to_string(),
             served: Some(version.clone()),
-            blobs_ok: blobs.get(1) == Some(&body_cid),
+            blobs_ok: if function {
+                body == hello_body(*marker).as_bytes()
+            } else {
+                blobs.get(1) == Some(&body_cid)
+            },
         },
         None => Event::Served {
             node,
             env: env.to_string(),
+            path: path.to_string(),
             served: Some(Version {
                 env: env.to_string(),
                 commit: format!("(body {body_cid})"),
@@ -170,6 +275,7 @@ pub fn request(node: NodeIx, env: &EnvKey, gateway: &Arc<Gateway>, pushes: &Push
 /// (the static-file server's) cannot interleave with simulated tasks.
 fn http_get(gateway: Arc<Gateway>, host: &str, path: &str) -> (http::StatusCode, Bytes) {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("a runtime for one request");
     let request = http::Request::get(path)

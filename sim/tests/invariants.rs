@@ -49,6 +49,7 @@ fn good() -> Trace {
         Event::Served {
             node: 1,
             env: "shop@main".into(),
+            path: "/file0.bin".into(),
             served: Some(v("c1", 1, "aa")),
             blobs_ok: true,
         },
@@ -114,6 +115,7 @@ fn served_only_pushed_fires_on_a_version_nobody_pushed() {
             event: Event::Served {
                 node: 0,
                 env: "shop@main".into(),
+                path: "/fn/hello".into(),
                 served: Some(v("forged", 1, "aa")),
                 blobs_ok: true,
             },
@@ -157,6 +159,7 @@ fn blob_matches_cid_fires_on_a_bad_copy() {
         Event::Served {
             node: 0,
             env: "shop@main".into(),
+            path: "/file0.bin".into(),
             served: Some(v("c1", 1, "aa")),
             blobs_ok: false,
         },

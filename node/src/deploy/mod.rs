@@ -614,7 +614,7 @@ impl Deployer {
         {
             let repo_dir = repo_dir.to_owned();
             let root = root.clone();
-            tokio::task::spawn_blocking(move || git::checkout(&repo_dir, commit, &root))
+            crate::env::spawn_blocking(move || git::checkout(&repo_dir, commit, &root))
                 .await
                 .map_err(|e| DeployError(format!("checkout task failed: {e}")))??;
         }
@@ -840,7 +840,7 @@ impl Deployer {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, DeployError> {
-    tokio::task::spawn_blocking(work)
+    crate::env::spawn_blocking(work)
         .await
         .map_err(|e| DeployError(format!("deploy task failed: {e}")))
 }

@@ -194,7 +194,7 @@ impl Runtime {
         let key = *cid;
         let wasm = wasm.to_vec();
         let (pre, source) =
-            tokio::task::spawn_blocking(move || prepare(&engine, &linker, &disk, &key, &wasm))
+            crate::env::spawn_blocking(move || prepare(&engine, &linker, &disk, &key, &wasm))
                 .await
                 .map_err(|error| RuntimeError::CompileInterrupted {
                     cid: cid.to_string(),
@@ -235,7 +235,7 @@ impl Runtime {
 }
 
 /// Check, compile (or load compiled code), link and pre-instantiate.
-/// Blocking: runs on `spawn_blocking`.
+/// Blocking: runs on `env::spawn_blocking`.
 fn prepare(
     engine: &Engine,
     linker: &Linker<Host>,
