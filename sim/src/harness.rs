@@ -255,10 +255,19 @@ pub fn run(config: &RunConfig) -> RunResult {
     }
 }
 
-/// The compiled-code directory every simulated node of this process shares.
+/// The compiled-code directory every simulated node shares, kept across
+/// processes (`$TMPDIR/canopy-sim-compiled`): each function version is
+/// compiled once per machine. Writes into it are atomic, so processes and
+/// threads may share it; compiled code that does not fit this wasmtime is
+/// compiled again by the runtime.
 fn compiled_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(scratch_dir).path().join("compiled")
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    base.join("canopy-sim-compiled")
 }
 
 /// A per-run directory for the nodes' data, in memory when the machine has
