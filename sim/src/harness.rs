@@ -799,7 +799,7 @@ fn base_state(rng: &Rng, ids: &[NodeId]) -> Vec<u8> {
 /// One node's software: what `turmoil` starts on its host, and again after
 /// every restart. The node's own code from here on.
 async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
-    let (id, hosts, dir, rng, anti_entropy, rates, base) = {
+    let (id, hosts, dir, rng, anti_entropy, rates, base, boot) = {
         let mut w = lock(&world);
         let boot = {
             let b = w.boots.entry(ix).or_insert(0);
@@ -821,6 +821,7 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
                 (w.duplicate_rate, w.corrupt_read_rate)
             },
             w.base_state.clone(),
+            boot,
         )
     };
     let env = Env {
@@ -887,10 +888,7 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
                 gateway,
             },
         );
-        w.record(Event::Boot {
-            node: ix,
-            incarnation: rng.next_u64(),
-        });
+        w.record(Event::Boot { node: ix, boot });
     }
     std::future::pending::<()>().await;
     Ok(())

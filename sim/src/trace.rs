@@ -45,10 +45,10 @@ impl fmt::Display for Version {
 pub enum Event {
     /// The run's parameters drawn from the seed.
     Params(String),
-    /// A node started (first boot or restart) with this incarnation.
+    /// A node started: its first boot is 1, each restart counts one more.
     Boot {
         node: NodeIx,
-        incarnation: u64,
+        boot: u64,
     },
     Crash {
         node: NodeIx,
@@ -113,9 +113,7 @@ impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Event::Params(p) => write!(f, "params {p}"),
-            Event::Boot { node, incarnation } => {
-                write!(f, "boot n{node} incarnation={incarnation:016x}")
-            }
+            Event::Boot { node, boot } => write!(f, "boot n{node} #{boot}"),
             Event::Crash { node } => write!(f, "crash n{node}"),
             Event::Leave { node } => write!(f, "leave n{node}"),
             Event::Fault { what } => write!(f, "fault {what}"),
