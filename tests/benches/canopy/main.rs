@@ -436,7 +436,14 @@ async fn single_node(
         eprintln!("restart with the compiled cache…");
         report.insert(
             "restart".into(),
-            restart(&mut dream, canopy, data.path(), &canopy_target).await?,
+            restart(
+                &mut dream,
+                canopy,
+                data.path(),
+                &canopy_target,
+                mode.samples,
+            )
+            .await?,
         );
     }
     dream.stop()?;
@@ -458,6 +465,9 @@ async fn warm_phase(
     // The reference, same component, same load.
     match servers::find_wasmtime(!mode.quick) {
         Ok(wasmtime) => {
+            eprintln!("canopy vs wasmtime serve: interleaved fixed-rate rounds…");
+            let rounds = latency_rounds(mode, &wasmtime, hello, canopy_target).await?;
+            report.insert("latency_rounds".into(), rounds);
             for (name, extra) in [
                 ("wasmtime_serve", &[][..]),
                 ("wasmtime_serve_pooling", &["-O", "pooling-allocator=y"][..]),
@@ -502,6 +512,55 @@ async fn warm_phase(
     Ok(())
 }
 
+/// p99 at a fixed rate, Canopy and `wasmtime serve` (defaults) alternating
+/// in `mode.samples` rounds: a single run of each, minutes apart on a shared
+/// machine, compares the machine's noise more than the servers.
+async fn latency_rounds(
+    mode: &Mode,
+    wasmtime: &Path,
+    hello: &Path,
+    canopy_target: &Target,
+) -> Result<Value> {
+    let server = WasmtimeServe::start(wasmtime, hello, &[]).await?;
+    let wasmtime_target = Target {
+        addr: server.addr,
+        host: "localhost".into(),
+        path: "/hello".into(),
+    };
+    let (mut canopy_p99, mut wasmtime_p99) = (Vec::new(), Vec::new());
+    let (mut canopy_p999, mut wasmtime_p999) = (Vec::new(), Vec::new());
+    for _ in 0..mode.samples.max(1) {
+        for (target, p99, p999) in [
+            (canopy_target, &mut canopy_p99, &mut canopy_p999),
+            (&wasmtime_target, &mut wasmtime_p99, &mut wasmtime_p999),
+        ] {
+            let result = load::fixed_rate(
+                target,
+                mode.rate_connections,
+                mode.rate_rps,
+                mode.warmup,
+                mode.duration,
+            )
+            .await?;
+            p99.push(result.ms(0.99));
+            p999.push(result.ms(0.999));
+        }
+    }
+    Ok(json!({
+        "rounds": canopy_p99.len(),
+        "rate_rps": mode.rate_rps,
+        "canopy_p99_ms_median": median(canopy_p99.clone()),
+        "wasmtime_serve_p99_ms_median": median(wasmtime_p99.clone()),
+        "canopy_p999_ms_median": median(canopy_p999.clone()),
+        "wasmtime_serve_p999_ms_median": median(wasmtime_p999.clone()),
+        "canopy_p99_ms": canopy_p99,
+        "wasmtime_serve_p99_ms": wasmtime_p99,
+        "canopy_p999_ms": canopy_p999,
+        "wasmtime_serve_p999_ms": wasmtime_p999,
+        "load_avg": load_avg(),
+    }))
+}
+
 /// `--only` in full mode: the phases run replace their keys in the
 /// existing `docs/performance.json`; every other key is kept.
 fn merge_into(path: &Path, report: &Value, mode: &Mode) -> Result<Value> {
@@ -519,7 +578,7 @@ fn merge_into(path: &Path, report: &Value, mode: &Mode) -> Result<Value> {
         .map(|p| if *p == "cluster5" { "cluster" } else { *p })
         .collect();
     if mode.runs("warm") {
-        keys.extend(["overhead", "reference_skipped"]);
+        keys.extend(["overhead", "reference_skipped", "latency_rounds"]);
     }
     for key in keys {
         match report.get(key) {
@@ -709,35 +768,50 @@ fn tokio_stream_from(rx: tokio::sync::mpsc::Receiver<Chunk>) -> ChannelStream {
     ChannelStream(rx)
 }
 
-/// Stop the dream and start it again on the same data dir: the compiled
-/// code comes from the disk cache. Times the start to ready, and the first
-/// request's time to first byte once the node serves again.
+/// Stop the dream and start it again on the same data dir, `samples` times:
+/// the compiled code comes from the disk cache. Times each start to ready,
+/// and the first request's time to first byte (on a new connection) once
+/// the node serves again; reports medians and every sample (a single
+/// restart is too noisy to compare with a sub-millisecond target).
 async fn restart(
     dream: &mut Dream,
     canopy: &Path,
     data_dir: &Path,
     target: &Target,
+    samples: usize,
 ) -> Result<Value> {
-    dream.stop()?;
-    let start = Instant::now();
-    *dream = Dream::start_with(canopy, data_dir)?;
-    let ready_ms = start.elapsed().as_secs_f64() * 1000.0;
-    // The gateway may move to a new port.
-    let target = Target {
-        addr: dream.http.trim_start_matches("http://").parse()?,
-        ..target.clone()
-    };
-    let (ttfb, total, status, body) = load::single(&target).await?;
-    ensure!(
-        status == 200 && body == HELLO_BODY,
-        "after restart canopy answered {status}: {body:?}"
-    );
-    let (warm_ttfb, _, _, _) = load::single(&target).await?;
+    let (mut ready, mut first, mut first_total, mut second) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..samples.max(1) {
+        dream.stop()?;
+        let start = Instant::now();
+        *dream = Dream::start_with(canopy, data_dir)?;
+        ready.push(start.elapsed().as_secs_f64() * 1000.0);
+        // The gateway may move to a new port.
+        let target = Target {
+            addr: dream.http.trim_start_matches("http://").parse()?,
+            ..target.clone()
+        };
+        let (ttfb, total, status, body) = load::single(&target).await?;
+        ensure!(
+            status == 200 && body == HELLO_BODY,
+            "after restart canopy answered {status}: {body:?}"
+        );
+        let (warm_ttfb, _, _, _) = load::single(&target).await?;
+        first.push(ttfb.as_secs_f64() * 1000.0);
+        first_total.push(total.as_secs_f64() * 1000.0);
+        second.push(warm_ttfb.as_secs_f64() * 1000.0);
+    }
     Ok(json!({
-        "start_to_ready_ms": ready_ms,
-        "first_request_ttfb_ms": ttfb.as_secs_f64() * 1000.0,
-        "first_request_total_ms": total.as_secs_f64() * 1000.0,
-        "second_request_ttfb_ms": warm_ttfb.as_secs_f64() * 1000.0,
+        "restarts": first.len(),
+        "start_to_ready_ms": median(ready.clone()),
+        "first_request_ttfb_ms": median(first.clone()),
+        "first_request_total_ms": median(first_total),
+        "second_request_ttfb_ms": median(second.clone()),
+        "samples": {
+            "start_to_ready_ms": ready,
+            "first_request_ttfb_ms": first,
+            "second_request_ttfb_ms": second,
+        },
     }))
 }
 

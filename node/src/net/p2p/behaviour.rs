@@ -5,7 +5,6 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport as _};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
@@ -112,7 +111,7 @@ impl Behaviour {
     }
 }
 
-/// TCP (wrapped in pnet when the cluster has a secret) and, if enabled, QUIC;
+/// TCP (wrapped in the secret's cipher when the cluster has one) and, if enabled, QUIC;
 /// both authenticated with the node key.
 pub fn transport(
     keypair: &Keypair,
@@ -121,16 +120,20 @@ pub fn transport(
     let noise = noise::Config::new(keypair)
         .map_err(|e| NetError::Setup(format!("noise configuration: {e}")))?;
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
-    let psk = config.cluster_secret.map(PreSharedKey::new);
-    // With a secret every TCP stream is wrapped in pnet before noise runs, so
-    // a node without it cannot even start the handshake.
-    let tcp = tcp.and_then(move |socket, _| async move {
-        match psk {
-            Some(psk) => PnetConfig::new(psk)
-                .handshake(socket)
-                .await
-                .map(future::Either::Left),
-            None => Ok(future::Either::Right(socket)),
+    // Nonces for the secret's cipher: libp2p is the production transport
+    // (the simulator replaces it), and it draws OS randomness itself anyway.
+    let psk = config
+        .cluster_secret
+        .map(|secret| super::psk::ClusterPsk::new(secret, crate::env::Rng::from_os()));
+    // With a secret every TCP stream is wrapped in the secret's cipher before
+    // noise runs, so a node without it cannot even start the handshake.
+    let tcp = tcp.and_then(move |socket, _| {
+        let psk = psk.clone();
+        async move {
+            match psk {
+                Some(psk) => psk.handshake(socket).await.map(future::Either::Left),
+                None => Ok(future::Either::Right(socket)),
+            }
         }
     });
     let tcp = tcp

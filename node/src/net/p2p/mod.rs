@@ -21,6 +21,7 @@ mod behaviour;
 pub mod codec;
 mod driver;
 mod gate;
+mod psk;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -56,13 +57,14 @@ pub struct P2pConfig {
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
     /// The cluster's pre-shared key: wraps every TCP connection (libp2p
-    /// `pnet`). It cannot guard QUIC; admission does (see `docs/security.md`).
+    /// private network, see `psk`). It cannot guard QUIC; admission does (see
+    /// `docs/security.md`).
     pub cluster_secret: Option<[u8; 32]>,
     /// Enable the QUIC transport (UDP).
     pub quic: bool,
     /// How long a request may wait for its answer.
     pub request_timeout: Duration,
-    /// How long a connection may take to finish its handshake (pnet, noise, yamux).
+    /// How long a connection may take to finish its handshake (cluster secret, noise, yamux).
     pub handshake_timeout: Duration,
     /// How often bootstrap peers that are not connected are dialed again.
     pub redial_interval: Duration,
