@@ -50,10 +50,15 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     }
 }
 
-fn init(path: &std::path::Path) -> anyhow::Result<()> {
+/// A new cluster secret as a secret file holds it: 32 random bytes in hex
+/// and a newline.
+pub(crate) fn new_secret_file_text() -> String {
     let mut secret = [0u8; 32];
     crate::env::Rng::from_os().fill_bytes(&mut secret);
-    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}\n", crate::cluster::hex(&secret))
+}
+
+fn init(path: &std::path::Path) -> anyhow::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -72,7 +77,7 @@ fn init(path: &std::path::Path) -> anyhow::Result<()> {
             path.display()
         )
     })?;
-    writeln!(file, "{hex}")?;
+    file.write_all(new_secret_file_text().as_bytes())?;
     file.sync_all()?;
     println!("Wrote a new cluster secret to {}", path.display());
     println!("Copy it to every node and point `cluster.secret_file` at it.");

@@ -66,10 +66,8 @@ pub(crate) async fn start(
     let exe = std::env::current_exe().context("cannot find the canopy binary")?;
     let secret = dir.join("cluster.secret");
     if !secret.exists() {
-        let mut bytes = [0u8; 32];
-        crate::env::Rng::from_os().fill_bytes(&mut bytes);
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        crate::durable::write_atomically(&secret, format!("{hex}\n").as_bytes(), Some(0o600))
+        let text = super::cluster_cmd::new_secret_file_text();
+        crate::durable::write_atomically(&secret, text.as_bytes(), Some(0o600))
             .with_context(|| format!("cannot write {}", secret.display()))?;
     }
     let mut cluster = Cluster {

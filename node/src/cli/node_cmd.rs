@@ -209,19 +209,33 @@ fn cluster_setup(config: &ClusterConfig, base: &Path) -> anyhow::Result<ClusterS
 fn read_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("secret_file: cannot read {}", path.display()))?;
-    let hex = text.trim();
-    let bad = || {
+    crate::cluster::parse_hex(text.trim()).ok_or_else(|| {
         anyhow::anyhow!(
             "secret_file: {} does not hold a cluster secret (64 hex digits); make one with `canopy cluster init --secret-file FILE`",
             path.display()
         )
-    };
-    if hex.len() != 64 {
-        return Err(bad());
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_file_holds_64_hex_digits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.secret");
+        std::fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        assert_eq!(read_secret(&path).unwrap(), [0xab; 32]);
+
+        for bad in ["ab".repeat(31), "zz".repeat(32), String::new()] {
+            std::fs::write(&path, bad).unwrap();
+            let error = read_secret(&path).unwrap_err().to_string();
+            assert!(error.contains(&path.display().to_string()), "{error}");
+            assert!(error.contains("canopy cluster init"), "{error}");
+        }
+        let missing = dir.path().join("missing");
+        let error = format!("{:#}", read_secret(&missing).unwrap_err());
+        assert!(error.contains("cannot read"), "{error}");
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
 }

@@ -209,12 +209,7 @@ pub async fn run_sync<N: Net>(
             }
             core.poll_timeout()
         };
-        let timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timer = sleep_until_deadline(deadline);
         // `biased`: an unbiased select picks its first branch from tokio's
         // OS-seeded RNG, which would make simulated runs unreplayable. The
         // rare branches come first so a busy event queue cannot starve them.
@@ -396,12 +391,7 @@ pub async fn run_replicate<N: Net>(
             }
         }
         let deadline = core.poll_timeout();
-        let timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timer = sleep_until_deadline(deadline);
         // `biased` for replayable simulations (see `run_sync`); rare
         // branches first.
         tokio::select! {
@@ -486,5 +476,13 @@ fn replan_now(
         if !core.is_fetching(&cid) {
             core.want(cid, holders, now);
         }
+    }
+}
+
+/// Sleep until a core's next deadline; forever when it has none.
+async fn sleep_until_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -404,15 +404,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn parse_cluster_id(hex: &str) -> Option<ClusterId> {
-    if hex.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(ClusterId(out))
+fn parse_cluster_id(text: &str) -> Option<ClusterId> {
+    super::ids::parse_hex(text).map(ClusterId)
 }
 
 /// Records pushes in cluster state for the deployer.

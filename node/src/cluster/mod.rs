@@ -37,7 +37,7 @@ pub use driver::{
     route_events, run_replicate, run_sync, split_events,
 };
 pub use error::ClusterError;
-pub use ids::{node_hex, parse_node_hex};
+pub use ids::{hex, node_hex, parse_hex, parse_node_hex};
 pub use member::{ClusterNode, ClusterOptions, PeerReport};
 pub use replicate::{BLOB_PROTOCOL, ReplicateConfig, ReplicateCore};
 pub use state::{

@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::ClusterError;
-use super::ids::{node_hex, parse_cid, parse_node_hex};
+use super::ids::{hex, node_hex, parse_cid, parse_node_hex};
 use crate::deploy::state::EnvKey;
 use crate::net::NodeId;
 
@@ -859,10 +859,6 @@ fn decode_candidate(key: &str, json: &str) -> Option<Candidate> {
         pushed_at_seq: record.pushed_at_seq,
         pushed_by: parse_node_hex(&record.pushed_by)?,
     }))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn is_dns_label(s: &str) -> bool {
