@@ -42,12 +42,19 @@ impl Clock {
     /// must be compared across machines (an invite token's expiry), never
     /// for measuring durations.
     pub fn unix_now_s(&self) -> u64 {
+        self.unix_now().as_secs()
+    }
+
+    /// [`Clock::unix_now_s`] to the nanosecond: what functions read as
+    /// `wasi:clocks/wall-clock`.
+    pub fn unix_now(&self) -> std::time::Duration {
         match self.simulated_wall {
-            Some((at, unix_s)) => unix_s + (tokio::time::Instant::now() - at).as_secs(),
+            Some((at, unix_s)) => {
+                std::time::Duration::from_secs(unix_s) + (tokio::time::Instant::now() - at)
+            }
             None => std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+                .unwrap_or_default(),
         }
     }
 

@@ -23,7 +23,7 @@ use crate::net::Net as _;
 use crate::net::admission::InviteToken;
 use crate::net::identity::NodeKey;
 use crate::net::p2p::{Multiaddr, P2pConfig, P2pNet};
-use crate::runtime::{Runtime, RuntimeConfig};
+use crate::runtime::{GuestEnv, Runtime, RuntimeConfig};
 use crate::status::{CertificateStatus, ClusterStatus, NodeStatus, RuntimeStatus, StatusReport};
 use crate::store::BlobStore;
 use crate::tls::LocalCa;
@@ -202,7 +202,10 @@ impl Node {
         let id = key.node_id().to_string();
 
         let store = Arc::new(BlobStore::open(data.join("store"))?);
-        let runtime = Runtime::new(RuntimeConfig::new(data.join("compiled")))?;
+        let runtime = Runtime::with_guest_env(
+            RuntimeConfig::new(data.join("compiled")),
+            GuestEnv::of(&env),
+        )?;
         let gateway = Gateway::new();
         let (pushes_tx, pushes_rx) = mpsc::unbounded_channel();
         let repos = Repos::new(data.join("git"))?;

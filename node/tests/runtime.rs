@@ -550,3 +550,73 @@ async fn artifacts_that_are_not_functions_are_refused_clearly() {
     assert!(matches!(error, RuntimeError::CidMismatch { .. }), "{error}");
     assert_eq!(runtime.load_stats(), LoadStats::default());
 }
+
+/// A clock a test sets by hand.
+#[derive(Debug)]
+struct FixedClock {
+    wall: Duration,
+    monotonic: Duration,
+}
+
+impl canopy_node::runtime::GuestClock for FixedClock {
+    fn wall(&self) -> Duration {
+        self.wall
+    }
+
+    fn monotonic(&self) -> Duration {
+        self.monotonic
+    }
+}
+
+/// What `testfn`'s `entropy` action reports, run directly on a function
+/// whose runtime has `guest` as its environment.
+async fn entropy_with(
+    cache_dir: &std::path::Path,
+    guest: canopy_node::runtime::GuestEnv,
+    requests: usize,
+) -> Vec<String> {
+    let runtime = Runtime::with_guest_env(config(cache_dir), guest).unwrap();
+    let function = load(&runtime, testfn_wasm()).await;
+    let mut answers = Vec::new();
+    for _ in 0..requests {
+        let request = Request::get("/t/entropy")
+            .header(header::HOST, "shop.example.test")
+            .body(empty())
+            .unwrap();
+        let response = function
+            .handle(request, &FunctionLimits::default(), "testfn")
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        answers.push(text(&body));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn functions_read_the_nodes_clock_and_random_stream() {
+    use canopy_node::env::Rng;
+    use canopy_node::runtime::GuestEnv;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = || {
+        Arc::new(FixedClock {
+            wall: Duration::new(1_800_000_000, 250),
+            monotonic: Duration::from_nanos(42_000),
+        })
+    };
+    let first = entropy_with(dir.path(), GuestEnv::new(clock(), Rng::seeded(7)), 2).await;
+    let again = entropy_with(dir.path(), GuestEnv::new(clock(), Rng::seeded(7)), 2).await;
+    let other = entropy_with(dir.path(), GuestEnv::new(clock(), Rng::seeded(8)), 1).await;
+
+    assert!(
+        first[0].starts_with("wall=1800000000.000000250 monotonic=42000 random="),
+        "{}",
+        first[0]
+    );
+    // The same seed replays every byte a guest reads ...
+    assert_eq!(first, again);
+    // ... each instance draws fresh seeds (two requests differ) ...
+    assert_ne!(first[0], first[1]);
+    // ... and another seed gives other bytes.
+    assert_ne!(first[0], other[0]);
+}

@@ -192,6 +192,7 @@ impl Function {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        self.shared.guest.configure(&mut wasi);
         let host = Host {
             wasi: wasi.build(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),

@@ -26,6 +26,7 @@ mod engine;
 mod error;
 mod function;
 mod guest_body;
+mod guest_env;
 mod guest_log;
 mod host;
 mod responses;
@@ -45,6 +46,7 @@ pub use self::engine::Allocator;
 pub use self::error::RuntimeError;
 pub use self::function::{Function, FunctionLimits};
 pub use self::guest_body::GuestBodyError;
+pub use self::guest_env::{GuestClock, GuestEnv, NodeClock};
 
 use self::cache::DiskCache;
 use self::engine::EpochTicker;
@@ -93,6 +95,7 @@ pub struct LoadStats {
 pub(crate) struct Shared {
     engine: Engine,
     max_memory_bytes: u64,
+    guest: GuestEnv,
     _ticker: EpochTicker,
 }
 
@@ -127,7 +130,23 @@ impl Runtime {
     ///
     /// Must be called inside a tokio runtime (the ticker is a tokio task,
     /// so guest time follows tokio's clock).
+    ///
+    /// Functions read the operating system's clock and an OS-seeded random
+    /// stream; a node passes its own with [`Runtime::with_guest_env`].
     pub fn new(config: RuntimeConfig) -> Result<Arc<Self>, RuntimeError> {
+        let guest = GuestEnv::new(
+            Arc::new(NodeClock::new(crate::env::Clock::tokio())),
+            crate::env::Rng::from_os(),
+        );
+        Self::with_guest_env(config, guest)
+    }
+
+    /// [`Runtime::new`], with functions reading time and randomness from
+    /// `guest` (the node's environment: see [`GuestEnv::of`]).
+    pub fn with_guest_env(
+        config: RuntimeConfig,
+        guest: GuestEnv,
+    ) -> Result<Arc<Self>, RuntimeError> {
         if config.epoch_tick.is_zero() {
             return Err(RuntimeError::Engine {
                 reason: "epoch_tick must be longer than zero (10ms is usual)".to_string(),
@@ -146,6 +165,7 @@ impl Runtime {
             shared: Arc::new(Shared {
                 engine,
                 max_memory_bytes: config.max_memory_bytes,
+                guest,
                 _ticker: ticker,
             }),
             allocator,

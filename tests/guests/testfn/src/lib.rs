@@ -9,6 +9,8 @@
 //! - `.../headers`     → the method, path and `Host` header it received
 //! - `.../stream?n=N`  → N chunks of 64 KiB
 //! - `.../env`         → the environment variables it sees, `K=V` per line
+//! - `.../entropy`     → what it reads of the host's clocks and randomness:
+//!   `wall=<s>.<ns> monotonic=<ns> random=<hex> insecure=<hex> seed=<hex>`
 //! - `.../outbound?authority=HOST:PORT` → tries an outbound GET there and
 //!   reports `outbound ok <status>` or `outbound error <code>`
 //!
@@ -85,6 +87,7 @@ impl wasi::exports::http::incoming_handler::Guest for TestFn {
                     .collect();
                 respond(response_out, 200, vars);
             }
+            "entropy" => respond(response_out, 200, entropy()),
             "outbound" => {
                 let authority = query.strip_prefix("authority=").unwrap_or("127.0.0.1:1");
                 respond(response_out, 200, outbound(authority));
@@ -95,6 +98,20 @@ impl wasi::exports::http::incoming_handler::Guest for TestFn {
 }
 
 wasi::http::proxy::export!(TestFn);
+
+/// The host's clocks and generators, as the guest reads them.
+fn entropy() -> String {
+    let wall = wasi::clocks::wall_clock::now();
+    let monotonic = wasi::clocks::monotonic_clock::now();
+    let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let random = hex(wasi::random::random::get_random_bytes(16));
+    let insecure = hex(wasi::random::insecure::get_insecure_random_bytes(16));
+    let (seed_hi, seed_lo) = wasi::random::insecure_seed::insecure_seed();
+    format!(
+        "wall={}.{:09} monotonic={monotonic} random={random} insecure={insecure} seed={seed_hi:016x}{seed_lo:016x}",
+        wall.seconds, wall.nanoseconds
+    )
+}
 
 /// An outbound GET to `authority`, reported as text.
 fn outbound(authority: &str) -> String {
