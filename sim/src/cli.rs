@@ -10,6 +10,10 @@
 //!
 //! `--bug NAME` switches a known bug on in the nodes (see
 //! `canopy_node::bugs`): the run should then find a violation.
+//!
+//! `--check-determinism` runs every seed a second time, after whatever ran
+//! on the other threads in between, and counts a different trace as a
+//! `determinism` violation naming the first line that differs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,7 @@ use canopy_node::bugs::Bug;
 use clap::Parser;
 
 use crate::harness::{RunConfig, RunResult, run};
+use crate::invariants::Violation;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,6 +72,10 @@ pub struct Args {
     /// Print the trace of a single run on stdout.
     #[arg(long)]
     pub print_trace: bool,
+    /// Run every seed twice and report a seed whose two traces differ (a
+    /// `determinism` violation; both traces are written).
+    #[arg(long)]
+    pub check_determinism: bool,
 }
 
 /// Parse `A..B`.
@@ -110,6 +119,56 @@ pub fn write_trace(dir: &Path, result: &RunResult) -> anyhow::Result<PathBuf> {
     }
     std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
+}
+
+/// Run `config` as asked: once, or twice with the traces compared.
+fn run_checked(args: &Args, config: &RunConfig) -> anyhow::Result<RunResult> {
+    let mut result = run(config);
+    if args.check_determinism {
+        let again = run(config);
+        if let Some(violation) = determinism_violation(&result, &again) {
+            let path = write_trace(&args.trace_dir.join("rerun"), &again)?;
+            result.violations.push(Violation {
+                message: format!(
+                    "{} (the rerun's trace: {})",
+                    violation.message,
+                    path.display()
+                ),
+                ..violation
+            });
+        }
+    }
+    Ok(result)
+}
+
+/// The first difference between two runs of one seed, if any.
+pub fn determinism_violation(first: &RunResult, second: &RunResult) -> Option<Violation> {
+    if first.hash == second.hash {
+        return None;
+    }
+    let (a, b) = (&first.trace.entries, &second.trace.entries);
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x.to_string() != y.to_string());
+    let line = |entries: &[crate::trace::Entry], i: usize| {
+        entries
+            .get(i)
+            .map_or("(end of trace)".to_string(), |e| e.to_string())
+    };
+    let i = at.unwrap_or(a.len().min(b.len()));
+    Some(Violation {
+        invariant: "determinism",
+        at_ms: a.get(i).or(b.get(i)).map_or(0, |e| e.at_ms),
+        message: format!(
+            "the same seed gave two traces ({} then {}); first difference at line {}: {:?} vs {:?}",
+            first.hash,
+            second.hash,
+            i + 1,
+            line(a, i),
+            line(b, i)
+        ),
+    })
 }
 
 /// Print one run's outcome: violations, replay command and trace file when
@@ -177,7 +236,13 @@ fn sweep(
                             seed,
                             ..base.clone()
                         };
-                        let result = run(&config);
+                        let result = match run_checked(args, &config) {
+                            Ok(result) => result,
+                            Err(e) => {
+                                errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                                return;
+                            }
+                        };
                         let mut out = stdout.lock().unwrap_or_else(|p| p.into_inner());
                         if let Err(e) = report(args, &result, &mut *out) {
                             errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
@@ -217,7 +282,7 @@ pub fn main_with(args: Args) -> anyhow::Result<i32> {
         .max(1);
     if let Some(seed) = args.seed {
         let config = RunConfig { seed, ..base };
-        let result = on_big_stack(|| run(&config));
+        let result = on_big_stack(|| run_checked(&args, &config))?;
         if args.print_trace {
             print!("{}", result.trace.text());
         }

@@ -48,3 +48,23 @@ fn the_summary_line_has_the_contract_shape() {
     assert_eq!(result.hash.len(), 64);
     assert!(result.hash.chars().all(|c| c.is_ascii_hexdigit()));
 }
+
+#[test]
+fn a_rerun_that_differs_is_reported_with_its_first_different_line() {
+    use canopy_sim::cli::determinism_violation;
+    let first = run(&config(5));
+    let mut second = first.clone();
+    assert!(determinism_violation(&first, &second).is_none());
+
+    // Change one event in the middle, as a leak of real time would.
+    let i = second.trace.entries.len() / 2;
+    second.trace.entries[i].at_ms += 1;
+    second.hash = second.trace.hash();
+    let violation = determinism_violation(&first, &second).expect("the traces differ");
+    assert_eq!(violation.invariant, "determinism");
+    assert!(
+        violation.message.contains(&format!("line {}", i + 1)),
+        "{}",
+        violation.message
+    );
+}
