@@ -5,6 +5,7 @@
 //! - [`harness`] — one run: nodes as turmoil hosts built from simulated
 //!   environments, the generators, the trace, the checks.
 //! - [`faults`] — the fault model and the per-run ranges drawn from a seed.
+//! - [`guest_clock`] — the simulated time functions read.
 //! - [`workload`] — pushes and requests.
 //! - [`trace`] — the trace and its stable hash.
 //! - [`invariants`] — checkers over a trace.
@@ -13,6 +14,7 @@
 
 pub mod cli;
 pub mod faults;
+pub mod guest_clock;
 pub mod harness;
 pub mod invariants;
 pub mod net;
