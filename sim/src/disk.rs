@@ -149,6 +149,14 @@ impl SimDisk {
         Ok(Some(limbo))
     }
 
+    /// Drop a limbo link made for a change that did not happen.
+    fn forget(&self, journal: &mut Journal, limbo: Option<PathBuf>) {
+        if let Some(limbo) = limbo {
+            journal.unlink(&limbo);
+            let _ = std::fs::remove_file(&limbo);
+        }
+    }
+
     /// Lose what a crash loses: every non-durable change survives, vanishes
     /// or (unsynced data) is torn, drawn from `rng` in the order the
     /// changes were made. Call it after the node's software is gone and
@@ -281,8 +289,19 @@ impl Disk for SimDisk {
         let mut journal = self.journal();
         std::fs::symlink_metadata(from)?;
         let before_to = self.preserve(&mut journal, to)?;
-        let before_from = self.preserve(&mut journal, from)?;
-        std::fs::rename(from, to)?;
+        let before_from = match self.preserve(&mut journal, from) {
+            Ok(before_from) => before_from,
+            Err(e) => {
+                self.forget(&mut journal, before_to);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::rename(from, to) {
+            // Nothing changed: the links kept for the change are not needed.
+            self.forget(&mut journal, before_to);
+            self.forget(&mut journal, before_from);
+            return Err(e);
+        }
         journal.unlink(to);
         if let Some(id) = journal.links.get(from).copied() {
             journal.unlink(from);
@@ -305,7 +324,10 @@ impl Disk for SimDisk {
         let mut journal = self.journal();
         std::fs::symlink_metadata(path)?;
         let before = self.preserve(&mut journal, path)?;
-        std::fs::remove_file(path)?;
+        if let Err(e) = std::fs::remove_file(path) {
+            self.forget(&mut journal, before);
+            return Err(e);
+        }
         journal.unlink(path);
         journal.changes.push(EntryChange {
             path: path.to_path_buf(),

@@ -534,9 +534,11 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
 
         observe_installs(&world);
         if let Err(e) = sim.step() {
-            lock(&world).record(Event::Panic {
-                message: format!("simulation error: {e}"),
-            });
+            // A node's error names files in the run's temp directory, whose
+            // name is random: the trace shows it as `$RUN`.
+            let message =
+                format!("simulation error: {e}").replace(&*run_dir.to_string_lossy(), "$RUN");
+            lock(&world).record(Event::Panic { message });
             break;
         }
         for message in take_panics() {
