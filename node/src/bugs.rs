@@ -20,13 +20,17 @@ pub enum Bug {
     /// `cluster::state`: the winner of concurrent pushes is the candidate of
     /// lowest precedence, so followers install a stale release.
     ApplyStaleDeployment,
+    /// `durable::write_atomically_on` and the blob store skip their file and
+    /// directory syncs, so what they wrote may be lost or torn by a crash.
+    SkipFsync,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 4] = [
         Bug::SkipAntiEntropy,
         Bug::AcceptUnverifiedBlob,
         Bug::ApplyStaleDeployment,
+        Bug::SkipFsync,
     ];
 
     /// The switch's name on the `canopy-sim` command line.
@@ -35,6 +39,7 @@ impl Bug {
             Bug::SkipAntiEntropy => "skip-anti-entropy",
             Bug::AcceptUnverifiedBlob => "accept-unverified-blob",
             Bug::ApplyStaleDeployment => "apply-stale-deployment",
+            Bug::SkipFsync => "skip-fsync",
         }
     }
 

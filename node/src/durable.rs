@@ -4,24 +4,82 @@
 //! Write a temporary file beside the target, set its mode, flush it to disk,
 //! rename it into place, then flush the directory so the rename itself is
 //! durable: readers see the old file or the whole new one, never a torn one.
+//!
+//! [`write_atomically_on`] does it through a node's [`Disk`] (the OS disk in
+//! production, the simulator's crash-consistent disk in `canopy-sim`);
+//! [`write_atomically`] through the OS disk, for files outside a simulated
+//! node (keys, certificates, the CLI's files, the compiled-code cache).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Replace `path` with `bytes` atomically and durably. `mode` (Unix
-/// permission bits) is applied before any byte is written, so a secret is
-/// never readable by others, not even in the temporary file.
+use crate::bugs::{self, Bug};
+use crate::env::{Disk, OsDisk};
+
+/// Replace `path` with `bytes` atomically and durably, on the OS disk.
+/// `mode` (Unix permission bits) is applied before any byte is written, so
+/// a secret is never readable by others, not even in the temporary file.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    write_atomically_on(&OsDisk, path, bytes, mode)
+}
+
+/// Replace `path` with `bytes` atomically and durably through `disk`; see
+/// [`write_atomically`].
+pub fn write_atomically_on(
+    disk: &dyn Disk,
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    if let Some(mode) = mode {
-        set_mode(tmp.as_file(), mode)?;
+    disk.create_dir_all(dir)?;
+    let (tmp_path, mut tmp) = create_tmp(disk, path)?;
+    let written = (|| {
+        if let Some(mode) = mode {
+            set_mode(tmp.as_file(), mode)?;
+        }
+        tmp.write_all(bytes)?;
+        // The bug switch `skip-fsync`: the data and the rename stay in the
+        // page cache, where a crash may lose or tear them.
+        let skip_sync = bugs::active(Bug::SkipFsync);
+        if !skip_sync {
+            disk.sync(&tmp)?;
+        }
+        drop(tmp);
+        disk.rename(&tmp_path, path)?;
+        if !skip_sync {
+            disk.sync_dir(dir)?;
+        }
+        Ok(())
+    })();
+    if written.is_err() && tmp_path.exists() {
+        let _ = disk.remove_file(&tmp_path);
     }
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    written
+}
+
+/// Names temporary files uniquely within this process.
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
+
+/// A new temporary file beside `path`: `.<name>.<pid>-<n>.tmp`. Named
+/// deterministically (no random suffix) so the simulator's journal of a
+/// node's disk does not depend on an OS-seeded RNG.
+fn create_tmp(disk: &dyn Disk, path: &Path) -> std::io::Result<(PathBuf, crate::env::DiskFile)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    loop {
+        let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
+        let tmp_path = path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()));
+        match disk.create_new(&tmp_path) {
+            Ok(file) => return Ok((tmp_path, file)),
+            // Left behind by an earlier process with the same pid.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(unix)]

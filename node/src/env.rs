@@ -1,9 +1,14 @@
 //! The node's environment: everything that differs between a production node,
 //! `canopy dream` and the simulator.
 //!
-//! Protocol code takes time, randomness and the data directory from here and
-//! never from the operating system directly, so the simulator can build the
-//! same node from simulated parts and replay a run from a seed.
+//! Protocol code takes time, randomness, the data directory and the disk it
+//! writes durable files through ([`Disk`]) from here and never from the
+//! operating system directly, so the simulator can build the same node from
+//! simulated parts, replay a run from a seed, and crash a node's disk.
+
+mod disk;
+
+pub use disk::{Disk, DiskFile, OsDisk, missing_dirs, os_disk};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -150,15 +155,20 @@ pub struct Env {
     /// Root of everything the node persists: store, git repositories,
     /// deployments, compiled code.
     pub data_dir: PathBuf,
+    /// What durable writes below `data_dir` go through (the store, cluster
+    /// state, deployment state): the OS disk, or the simulator's.
+    pub disk: Arc<dyn Disk>,
 }
 
 impl Env {
-    /// The production environment: tokio's clock, an OS-seeded RNG.
+    /// The production environment: tokio's clock, an OS-seeded RNG, the OS
+    /// disk.
     pub fn production(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             clock: Clock::tokio(),
             rng: Rng::from_os(),
             data_dir: data_dir.into(),
+            disk: os_disk(),
         }
     }
 

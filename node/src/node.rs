@@ -201,7 +201,7 @@ impl Node {
         let key = NodeKey::load_or_create(&data, &env.rng)?;
         let id = key.node_id().to_string();
 
-        let store = Arc::new(BlobStore::open(data.join("store"))?);
+        let store = Arc::new(BlobStore::open_on(env.disk.clone(), data.join("store"))?);
         let runtime = Runtime::with_guest_env(
             RuntimeConfig::new(data.join("compiled")),
             GuestEnv::of(&env),

@@ -113,3 +113,67 @@ fn simulated_code_uses_biased_selects() {
         violations.join("\n")
     );
 }
+
+/// Modules whose writes the node relies on surviving a crash: they write
+/// through the node's `env::Disk`, so the simulator's disk can lose what
+/// they did not sync.
+const DURABLE: &[&str] = &[
+    "store",
+    "durable.rs",
+    "deploy/state.rs",
+    "cluster/member.rs",
+];
+
+/// Direct filesystem writes that would bypass the disk seam.
+const DIRECT_WRITES: &[&str] = &[
+    "fs::write(",
+    "fs::rename(",
+    "fs::remove_file(",
+    "File::create(",
+    "File::options()",
+    "OpenOptions",
+    "sync_all(",
+    "sync_data(",
+    "tempfile::",
+    "NamedTempFile",
+];
+
+#[test]
+fn durable_modules_write_through_the_disk_seam() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut violations = Vec::new();
+    for module in DURABLE {
+        let path = src.join(module);
+        let mut files = Vec::new();
+        if path.is_dir() {
+            rust_files(&path, &mut files);
+        } else {
+            files.push(path);
+        }
+        assert!(!files.is_empty(), "found {module}");
+        for file in files {
+            // Unit tests may set up and corrupt files directly.
+            if file.file_name().is_some_and(|n| n == "tests.rs") {
+                continue;
+            }
+            let relative = file.strip_prefix(&src).unwrap().display().to_string();
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (number, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("#[cfg(test)]") {
+                    break;
+                }
+                let code = line.split("//").next().unwrap_or_default();
+                for pattern in DIRECT_WRITES {
+                    if code.contains(pattern) {
+                        violations.push(format!("node/src/{relative}:{}: {pattern}", number + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "durable modules write through env::Disk (a simulated crash must be able to lose what they did not sync):\n{}",
+        violations.join("\n")
+    );
+}

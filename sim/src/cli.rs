@@ -57,7 +57,7 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub steps: u64,
     /// Switch on a known bug: skip-anti-entropy, accept-unverified-blob,
-    /// apply-stale-deployment. Repeatable.
+    /// apply-stale-deployment, skip-fsync. Repeatable.
     #[arg(long = "bug", value_name = "NAME")]
     pub bugs: Vec<String>,
     /// Parallel runs (default: every core).

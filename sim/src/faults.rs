@@ -11,7 +11,8 @@
 //!   bursts of delay and reordering across connections;
 //! - duplication: a request sent twice by the transport;
 //! - crashes and restarts: a host's software and memory are gone, its data
-//!   directory survives as synced; restarted after a random downtime;
+//!   directory survives as synced — its disk ([`crate::disk::SimDisk`])
+//!   loses or tears what was not; restarted after a random downtime;
 //! - clock drift: each node's timers run at its own rate (its anti-entropy
 //!   interval is scaled by a factor per node), since turmoil gives every
 //!   host the same rate of time;

@@ -5,9 +5,10 @@
 //! the net seam ([`crate::net::SimNet`]), turmoil's clock (each host's tokio
 //! runtime runs on simulated time), an RNG seeded from the run's seed, the
 //! node index and the boot count, and a data directory in a per-run temp
-//! directory that survives crashes: what the node synced (the store's blobs,
-//! the cluster state it saved) is there after a restart, what it held only
-//! in memory is gone.
+//! directory behind a crash-consistent disk ([`crate::disk::SimDisk`], one
+//! per node, kept across restarts): after a crash, what the node synced
+//! (the store's blobs, the cluster state it saved) is there, what it had
+//! not synced may be gone or torn, what it held only in memory is gone.
 //!
 //! A node runs the production code unchanged: its store, runtime, gateway
 //! route table and deployer, and its cluster side (`ClusterNode`: state
@@ -41,6 +42,7 @@ use canopy_node::runtime::{Runtime, RuntimeConfig};
 use canopy_node::store::{BlobStore, cid_of};
 use sha2::{Digest, Sha256};
 
+use crate::disk::SimDisk;
 use crate::faults::{Params, uniform, unit};
 use crate::invariants::{self, Violation};
 use crate::net::{NetConfig, PORT, SimNet};
@@ -137,6 +139,8 @@ struct World {
     hosts: BTreeMap<NodeId, String>,
     running: BTreeMap<NodeIx, Running>,
     boots: BTreeMap<NodeIx, u64>,
+    /// Each node's disk, kept across its restarts.
+    disks: BTreeMap<NodeIx, Arc<SimDisk>>,
     drift_permille: Vec<u64>,
     duplicate_rate: f64,
     corrupt_read_rate: f64,
@@ -304,6 +308,7 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
         hosts,
         running: BTreeMap::new(),
         boots: BTreeMap::new(),
+        disks: BTreeMap::new(),
         drift_permille: params.drift_permille.clone(),
         duplicate_rate: params.duplicate_rate,
         corrupt_read_rate: params.corrupt_read_rate,
@@ -446,6 +451,7 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
                 let restart_at = now + uniform(&rng, 100, params.max_downtime.as_millis() as u64);
                 crashed.insert(node, restart_at);
                 lock(&world).record(Event::Crash { node });
+                crash_disk(&world, &rng, node);
             }
             if unit(&rng) < params.corrupt_chance {
                 let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
@@ -528,9 +534,11 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
 
         observe_installs(&world);
         if let Err(e) = sim.step() {
-            lock(&world).record(Event::Panic {
-                message: format!("simulation error: {e}"),
-            });
+            // A node's error names files in the run's temp directory, whose
+            // name is random: the trace shows it as `$RUN`.
+            let message =
+                format!("simulation error: {e}").replace(&*run_dir.to_string_lossy(), "$RUN");
+            lock(&world).record(Event::Panic { message });
             break;
         }
         for message in take_panics() {
@@ -567,9 +575,15 @@ fn do_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &str, n: u64) {
     let state_path = state_path(&w.run_dir, node);
     match result {
         Ok((deployment, blobs)) => {
-            // Acknowledged only once durable.
+            // Acknowledged only once durable (on the node's disk, which a
+            // crash may take unsynced writes from).
             let bytes = r.cluster.handle().save();
-            if let Err(e) = canopy_node::durable::write_atomically(&state_path, &bytes, None) {
+            let Some(disk) = w.disks.get(&node) else {
+                return;
+            };
+            if let Err(e) =
+                canopy_node::durable::write_atomically_on(disk.as_ref(), &state_path, &bytes, None)
+            {
                 w.record(Event::Fault {
                     what: format!("push on n{node} not saved: {e}"),
                 });
@@ -671,6 +685,24 @@ fn stop_node(
         for r in w.running.values() {
             r.net.peer_down(id);
         }
+    }
+}
+
+/// The crashed `node`'s disk loses what it had not made durable (drawn
+/// from the run's RNG); the trace records what was lost. Call it after the
+/// host is gone and before it restarts.
+fn crash_disk(world: &Shared, rng: &Rng, node: NodeIx) {
+    let mut w = lock(world);
+    let Some(disk) = w.disks.get(&node).cloned() else {
+        return;
+    };
+    match disk.crash(rng) {
+        Ok(report) => w.record(Event::Fault {
+            what: format!("crash n{node} {report}"),
+        }),
+        Err(e) => w.record(Event::Panic {
+            message: format!("the simulated disk of n{node} failed to crash: {e}"),
+        }),
     }
 }
 
@@ -824,16 +856,28 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
             boot,
         )
     };
+    let disk = {
+        let mut w = lock(&world);
+        match w.disks.get(&ix) {
+            Some(disk) => disk.clone(),
+            None => {
+                let disk = Arc::new(SimDisk::new(&dir)?);
+                w.disks.insert(ix, disk.clone());
+                disk
+            }
+        }
+    };
     let env = Env {
         clock: Clock::tokio(),
         rng: rng.clone(),
         data_dir: dir.clone(),
+        disk: disk.clone(),
     };
     let state_file = dir.join(STATE_FILE);
     if !state_file.exists() {
-        canopy_node::durable::write_atomically(&state_file, &base, None)?;
+        canopy_node::durable::write_atomically_on(disk.as_ref(), &state_file, &base, None)?;
     }
-    let store = Arc::new(BlobStore::open(dir.join("store"))?);
+    let store = Arc::new(BlobStore::open_on(disk, dir.join("store"))?);
     let runtime = Runtime::new(RuntimeConfig {
         max_instances: 2,
         max_memory_bytes: 64 << 20,

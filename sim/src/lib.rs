@@ -2,6 +2,8 @@
 //! turmoil, replayable from a seed. See `docs/simulation.md`.
 //!
 //! - [`net`] — the node's net seam over turmoil's simulated TCP.
+//! - [`disk`] — the node's disk seam: a real directory with a journal of
+//!   what is not yet durable, which a simulated crash may lose or tear.
 //! - [`harness`] — one run: nodes as turmoil hosts built from simulated
 //!   environments, the generators, the trace, the checks.
 //! - [`faults`] — the fault model and the per-run ranges drawn from a seed.
@@ -13,6 +15,7 @@
 //!   parallel, soak.
 
 pub mod cli;
+pub mod disk;
 pub mod faults;
 pub mod guest_clock;
 pub mod harness;

@@ -105,6 +105,36 @@ fn applying_a_stale_deployment_is_found() {
 }
 
 #[test]
+fn skipping_fsync_is_found() {
+    let found = find(Bug::SkipFsync);
+    eprintln!(
+        "skip-fsync: seed {} — {}",
+        found.config.seed, found.violations[0]
+    );
+    // What a crash takes from a node that did not sync: an acknowledged
+    // push, a blob's tail, or a state file's tail (the node cannot boot).
+    assert!(
+        found.violations.iter().any(|v| {
+            v.invariant == invariants::PUSH_LIVE_EVERYWHERE
+                || v.invariant == invariants::BLOB_MATCHES_CID
+                || (v.invariant == invariants::NO_PANIC
+                    && (v.message.contains("not valid") || v.message.contains("unreadable")))
+        }),
+        "{:?}",
+        found.violations
+    );
+    assert!(
+        found
+            .trace
+            .entries
+            .iter()
+            .any(|e| e.event.to_string().contains("unsynced writes")),
+        "the trace records what the crash lost"
+    );
+    replays(&found, Bug::SkipFsync);
+}
+
+#[test]
 fn without_bugs_seeds_run_clean() {
     for seed in 0..10 {
         let result = run(&config(seed, vec![]));

@@ -36,7 +36,7 @@ use super::replicate::ReplicateConfig;
 use super::state::{ClusterState, DeploymentUpdate, Role, StateHash};
 use super::sync::{SyncConfig, SyncCore};
 use crate::deploy::{Deployer, EnvKey, Ledger, Precedence, WantedRelease, release_blobs};
-use crate::env::Env;
+use crate::env::{Disk, Env};
 use crate::net::admission::{ClusterId, InviteError, InviteToken};
 use crate::net::identity::NodeKey;
 use crate::net::{JOIN_PROTOCOL, Net, NetEvent, NodeId, Responder};
@@ -239,7 +239,7 @@ impl ClusterNode {
                 replicate_config,
             )),
             tokio::spawn(follow(handle.clone(), deployer, replicate, store)),
-            tokio::spawn(persist(handle.clone(), path)),
+            tokio::spawn(persist(handle.clone(), env.disk.clone(), path)),
             tokio::spawn(serve_control(node.clone(), env.clone(), routed.control)),
             tokio::spawn(track_admitted(node.clone())),
         ];
@@ -460,16 +460,16 @@ async fn track_admitted(node: Arc<ClusterNode>) {
     }
 }
 
-/// Save the state document whenever it changes (atomically: a crash leaves
-/// the previous or the new document).
-async fn persist(handle: ClusterHandle, path: PathBuf) {
+/// Save the state document whenever it changes, through the node's disk
+/// (atomically: a crash leaves the previous or the new document).
+async fn persist(handle: ClusterHandle, disk: Arc<dyn Disk>, path: PathBuf) {
     let mut changes = handle.subscribe();
     let mut saved: Option<StateHash> = None;
     loop {
         let hash = handle.state_hash();
         if saved != Some(hash) {
             let bytes = handle.save();
-            match crate::durable::write_atomically(&path, &bytes, None) {
+            match crate::durable::write_atomically_on(disk.as_ref(), &path, &bytes, None) {
                 Ok(()) => saved = Some(hash),
                 Err(e) => {
                     tracing::error!(path = %path.display(), error = %e, "cannot save cluster state")

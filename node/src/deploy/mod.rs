@@ -828,7 +828,7 @@ impl Deployer {
     }
 
     fn save(&self, state: &DeploymentState) {
-        if let Err(e) = state.save(&self.state_path) {
+        if let Err(e) = state.save(self.env.disk.as_ref(), &self.state_path) {
             // The release still serves; only its memory across a restart is at risk.
             tracing::error!(error = %e, "cannot persist deployment state");
         }

@@ -1,13 +1,15 @@
 //! What the node remembers about every environment (project × branch): the
 //! live release, the push being deployed and the last failure.
 //!
-//! Persisted as one JSON file written atomically, so a restart serves every
-//! live release again without a push.
+//! Persisted as one JSON file written atomically through the node's
+//! [`Disk`], so a restart serves every live release again without a push.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::env::Disk;
 
 /// An environment's key: the project and the branch it was pushed on.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -117,9 +119,9 @@ impl DeploymentState {
         })
     }
 
-    /// Write the state atomically: a crash leaves the old or the new file,
-    /// never a torn one.
-    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+    /// Write the state atomically through `disk`: a crash leaves the old or
+    /// the new file, never a torn one.
+    pub fn save(&self, disk: &dyn Disk, path: &Path) -> Result<(), StateError> {
         let file = StateFile {
             version: STATE_FILE_VERSION,
             environments: self
@@ -129,9 +131,11 @@ impl DeploymentState {
                 .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).expect("state serialises");
-        crate::durable::write_atomically(path, &bytes, None).map_err(|source| StateError::Write {
-            path: path.to_owned(),
-            source,
+        crate::durable::write_atomically_on(disk, path, &bytes, None).map_err(|source| {
+            StateError::Write {
+                path: path.to_owned(),
+                source,
+            }
         })
     }
 }
@@ -169,7 +173,7 @@ mod tests {
                 }),
             },
         );
-        state.save(&path).unwrap();
+        state.save(&crate::env::OsDisk, &path).unwrap();
         assert_eq!(DeploymentState::load(&path).unwrap(), state);
     }
 

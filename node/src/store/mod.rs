@@ -14,8 +14,11 @@
 //! bits).
 //!
 //! Guarantees:
-//! - **Atomic**: a blob is written to `tmp/`, `sync_all`ed, renamed into place
-//!   and its directory fsynced; after a crash a blob is either whole or absent.
+//! - **Atomic**: a blob is written to `tmp/`, synced, renamed into place and
+//!   its directory synced; after a crash a blob is either whole or absent.
+//!   Every such write goes through the store's [`Disk`] (the OS disk in
+//!   production, [`BlobStore::open_on`] takes the simulator's), so a
+//!   simulated crash can take what was not synced.
 //! - **Deduplicated**: putting content that is already stored does not rewrite it.
 //! - **Verified on every read**: [`BlobStore::get`] hashes what it read;
 //!   [`BlobReader`] hashes as it streams and fails its last read on a
@@ -35,8 +38,8 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cid::Cid;
@@ -48,6 +51,9 @@ pub use writer::BlobWriter;
 
 use hash::{CidHasher, check_supported};
 
+use crate::bugs::{self, Bug};
+use crate::env::{Disk, DiskFile, os_disk};
+
 /// Size of the buffer used when copying streamed content.
 const COPY_CHUNK_BYTES: usize = 64 * 1024;
 /// How much of a blob `get` reads before hashing it (fits in L2 cache).
@@ -56,6 +62,8 @@ const GET_CHUNK_BYTES: u64 = 256 * 1024;
 /// A content-addressed blob store rooted at one directory.
 #[derive(Debug)]
 pub struct BlobStore {
+    /// Every write, rename, removal and sync goes through it.
+    disk: Arc<dyn Disk>,
     root: PathBuf,
     blobs_dir: PathBuf,
     tmp_dir: PathBuf,
@@ -69,12 +77,19 @@ pub struct BlobStore {
 }
 
 impl BlobStore {
-    /// Open (creating if needed) the store rooted at `root`.
+    /// Open (creating if needed) the store rooted at `root`, on the OS disk.
     ///
     /// Leftover temp files of writes interrupted by a crash are removed.
     pub fn open(root: impl AsRef<Path>) -> Result<BlobStore, StoreError> {
+        Self::open_on(os_disk(), root)
+    }
+
+    /// Open the store rooted at `root`, writing through `disk` (a node's
+    /// [`Env::disk`](crate::env::Env::disk)).
+    pub fn open_on(disk: Arc<dyn Disk>, root: impl AsRef<Path>) -> Result<BlobStore, StoreError> {
         let root = root.as_ref().to_path_buf();
         let store = BlobStore {
+            disk,
             blobs_dir: root.join("blobs"),
             tmp_dir: root.join("tmp"),
             quarantine_dir: root.join("quarantine"),
@@ -83,7 +98,10 @@ impl BlobStore {
             publish_lock: Mutex::new(()),
         };
         for dir in [&store.blobs_dir, &store.tmp_dir, &store.quarantine_dir] {
-            fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+            store
+                .disk
+                .create_dir_all(dir)
+                .map_err(|e| StoreError::io("create directory", dir, e))?;
         }
         // Nothing in tmp/ was ever visible as a blob: it is safe to drop.
         let entries = fs::read_dir(&store.tmp_dir)
@@ -91,7 +109,9 @@ impl BlobStore {
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io("list directory", &store.tmp_dir, e))?;
             let path = entry.path();
-            fs::remove_file(&path)
+            store
+                .disk
+                .remove_file(&path)
                 .map_err(|e| StoreError::io("remove stale temp file", &path, e))?;
         }
         Ok(store)
@@ -119,7 +139,7 @@ impl BlobStore {
             .write_all(bytes)
             .map_err(|e| StoreError::io("write temp file", &tmp_path, e));
         if let Err(e) = written {
-            remove_quietly(&tmp_path);
+            self.remove_quietly(&tmp_path);
             return Err(e);
         }
         self.publish(&cid, &tmp_path, file)?;
@@ -140,13 +160,13 @@ impl BlobStore {
         let (cid, size_bytes) = match copied {
             Ok(done) => done,
             Err(e) => {
-                remove_quietly(&tmp_path);
+                self.remove_quietly(&tmp_path);
                 return Err(e);
             }
         };
         if self.holds_intact_size(&cid, size_bytes)? {
             drop(file);
-            remove_quietly(&tmp_path);
+            self.remove_quietly(&tmp_path);
             return Ok(cid);
         }
         self.publish(&cid, &tmp_path, file)?;
@@ -301,32 +321,35 @@ impl BlobStore {
         Ok(false)
     }
 
-    fn create_tmp(&self) -> Result<(PathBuf, File), StoreError> {
+    fn create_tmp(&self) -> Result<(PathBuf, DiskFile), StoreError> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp_dir.join(format!("put-{}-{n}", std::process::id()));
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = self
+            .disk
+            .create_new(&path)
             .map_err(|e| StoreError::io("create temp file", &path, e))?;
         Ok((path, file))
     }
 
     /// Make a fully written temp file the blob `cid`: sync, rename, fsync dir.
-    fn publish(&self, cid: &Cid, tmp_path: &Path, file: File) -> Result<(), StoreError> {
-        let synced = file
-            .sync_all()
-            .map_err(|e| StoreError::io("sync temp file", tmp_path, e));
+    fn publish(&self, cid: &Cid, tmp_path: &Path, file: DiskFile) -> Result<(), StoreError> {
+        let synced = if bugs::active(Bug::SkipFsync) {
+            Ok(())
+        } else {
+            self.disk
+                .sync(&file)
+                .map_err(|e| StoreError::io("sync temp file", tmp_path, e))
+        };
         drop(file);
         if let Err(e) = synced {
-            remove_quietly(tmp_path);
+            self.remove_quietly(tmp_path);
             return Err(e);
         }
         let dest = self.blob_path(cid);
         let shard_dir = dest.parent().unwrap_or(&self.blobs_dir).to_path_buf();
         let result = self.publish_locked(tmp_path, &dest, &shard_dir);
         if result.is_err() {
-            remove_quietly(tmp_path);
+            self.remove_quietly(tmp_path);
         }
         result
     }
@@ -338,13 +361,17 @@ impl BlobStore {
         shard_dir: &Path,
     ) -> Result<(), StoreError> {
         let _guard = self.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if !shard_dir.is_dir() {
-            fs::create_dir_all(shard_dir)
-                .map_err(|e| StoreError::io("create directory", shard_dir, e))?;
-            sync_dir(&self.blobs_dir)?;
+        // Durable on return: the shard's entry in blobs/ is synced.
+        self.disk
+            .create_dir_all(shard_dir)
+            .map_err(|e| StoreError::io("create directory", shard_dir, e))?;
+        self.disk
+            .rename(tmp_path, dest)
+            .map_err(|e| StoreError::io("move temp file into", dest, e))?;
+        if bugs::active(Bug::SkipFsync) {
+            return Ok(());
         }
-        fs::rename(tmp_path, dest).map_err(|e| StoreError::io("move temp file into", dest, e))?;
-        sync_dir(shard_dir)
+        self.sync_dir(shard_dir)
     }
 
     /// Move the blob file that `opened` was read from into quarantine and
@@ -359,10 +386,12 @@ impl BlobStore {
             _ => false,
         };
         if same_file {
-            match fs::rename(&path, &target) {
+            match self.disk.rename(&path, &target) {
                 Ok(()) => {
+                    // The blob's name must not come back after a crash;
+                    // the quarantined copy is only for inspection.
                     if let Some(dir) = path.parent() {
-                        let _ = sync_dir(dir);
+                        let _ = self.sync_dir(dir);
                     }
                 }
                 Err(e) => {
@@ -394,7 +423,7 @@ fn shard_of(cid_string: &str) -> &str {
 /// Copy `reader` into `file` while hashing; returns the CID and byte count.
 fn copy_hashing(
     reader: &mut impl Read,
-    file: &mut File,
+    file: &mut DiskFile,
     tmp_path: &Path,
 ) -> Result<(Cid, u64), StoreError> {
     let mut hasher = CidHasher::new();
@@ -426,16 +455,20 @@ fn same_inode(a: &fs::Metadata, b: &fs::Metadata) -> bool {
     a.len() == b.len()
 }
 
-/// fsync a directory so a rename into it survives a crash.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io("sync directory", dir, e))
-}
+impl BlobStore {
+    /// fsync a directory so a rename into it survives a crash.
+    fn sync_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        self.disk
+            .sync_dir(dir)
+            .map_err(|e| StoreError::io("sync directory", dir, e))
+    }
 
-fn remove_quietly(path: &Path) {
-    if let Err(e) = fs::remove_file(path) {
-        tracing::warn!(path = %path.display(), error = %e, "blob store: could not remove temp file");
+    /// Remove a temp file that will never be published. Not synced: after a
+    /// crash it may come back, and [`BlobStore::open`] removes it then.
+    fn remove_quietly(&self, path: &Path) {
+        if let Err(e) = self.disk.remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "blob store: could not remove temp file");
+        }
     }
 }
 

@@ -5,11 +5,13 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cid::Cid;
 
 use super::hash::{CidHasher, check_supported};
-use super::{BlobStore, StoreError, remove_quietly};
+use super::{BlobStore, StoreError};
+use crate::env::{Disk, DiskFile};
 
 /// A blob being written chunk by chunk into the store's temp directory.
 ///
@@ -18,7 +20,9 @@ use super::{BlobStore, StoreError, remove_quietly};
 pub struct BlobWriter {
     expected: Cid,
     tmp_path: PathBuf,
-    file: Option<File>,
+    /// Writes go straight to the file; the disk removes it if unfinished.
+    file: Option<DiskFile>,
+    disk: Arc<dyn Disk>,
     hasher: CidHasher,
     written_bytes: u64,
 }
@@ -55,7 +59,7 @@ impl BlobWriter {
         };
         file.write_all(chunk)
             .map_err(|e| StoreError::io("write temp file", &self.tmp_path, e))?;
-        start_writeback(file, self.written_bytes, chunk.len() as u64);
+        start_writeback(file.as_file(), self.written_bytes, chunk.len() as u64);
         self.hasher.update(chunk);
         self.written_bytes += chunk.len() as u64;
         Ok(())
@@ -83,8 +87,10 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
-            remove_quietly(&self.tmp_path);
+        if self.file.take().is_some()
+            && let Err(e) = self.disk.remove_file(&self.tmp_path)
+        {
+            tracing::warn!(path = %self.tmp_path.display(), error = %e, "blob store: could not remove temp file");
         }
     }
 }
@@ -98,6 +104,7 @@ impl BlobStore {
             expected,
             tmp_path,
             file: Some(file),
+            disk: self.disk.clone(),
             hasher: CidHasher::new(),
             written_bytes: 0,
         })
@@ -122,7 +129,7 @@ impl BlobStore {
         }
         if actual != writer.expected {
             drop(file);
-            remove_quietly(&writer.tmp_path);
+            self.remove_quietly(&writer.tmp_path);
             return Err(StoreError::Mismatch {
                 expected: writer.expected,
                 actual: actual.to_string(),
@@ -130,7 +137,7 @@ impl BlobStore {
         }
         if self.holds_intact_size(&actual, writer.written_bytes)? {
             drop(file);
-            remove_quietly(&writer.tmp_path);
+            self.remove_quietly(&writer.tmp_path);
             return Ok(actual);
         }
         self.publish(&actual, &writer.tmp_path, file)?;
