@@ -5,7 +5,9 @@
 //! - [`harness`] — one run: nodes as turmoil hosts built from simulated
 //!   environments, the generators, the trace, the checks.
 //! - [`faults`] — the fault model and the per-run ranges drawn from a seed.
-//! - [`workload`] — pushes and requests.
+//! - [`workload`] — what pushes carry, and requests.
+//! - [`git_push`] — a push's commit and pack built in process, and the
+//!   smart-HTTP exchange with a node's Git remote.
 //! - [`trace`] — the trace and its stable hash.
 //! - [`invariants`] — checkers over a trace.
 //! - [`cli`] — the `canopy-sim` command line: one seed, a range in
@@ -13,6 +15,7 @@
 
 pub mod cli;
 pub mod faults;
+pub mod git_push;
 pub mod harness;
 pub mod invariants;
 pub mod net;
