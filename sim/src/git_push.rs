@@ -256,7 +256,7 @@ pub fn acknowledged(report: &[u8], branch: &str) -> Result<(), String> {
         None => return Err("empty report".to_owned()),
     }
     let ok = format!("ok refs/heads/{branch}");
-    if text.iter().any(|l| *l == ok) {
+    if text.contains(&ok) {
         Ok(())
     } else {
         Err(text

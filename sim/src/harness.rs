@@ -1210,15 +1210,13 @@ async fn join(world: &Shared, ix: NodeIx, cluster: &ClusterNode, rng: &Rng) {
             Ok(Ok(Err(e))) => Err(format!("no invite: {e}")),
             Ok(Err(_)) | Err(_) => Err("the inviter did not answer".to_string()),
         };
-        let mut w = lock(world);
         match outcome {
             Ok(()) => {
-                w.record(Event::Joined { node: ix });
+                lock(world).record(Event::Joined { node: ix });
                 return;
             }
-            Err(reason) => w.record(Event::JoinFailed { node: ix, reason }),
+            Err(reason) => lock(world).record(Event::JoinFailed { node: ix, reason }),
         }
-        drop(w);
         tokio::time::sleep(JOIN_RETRY).await;
     }
 }
