@@ -11,16 +11,27 @@
 //! not synced may be gone or torn, what it held only in memory is gone.
 //!
 //! A node runs the production code unchanged: its store, runtime, gateway
-//! route table and deployer, and its cluster side (`ClusterNode`: state
-//! sync and anti-entropy, verified chunked replication and placement, the
-//! ledger, the follower that installs each environment's winner through the
-//! deployer once every blob is fetched and verified, state persistence).
-//! What the harness does itself: it seeds each node's first cluster state
-//! (one cluster, every node admitted, as after joining), makes a push by
-//! storing the release's blobs on a node and recording the deployment in
-//! its cluster state (what the deployer's ledger does after a `git push`),
-//! and sends requests through the gateway's handler (see
-//! [`crate::workload::request`]).
+//! route table, Git remote (`GitHttp`) and deployer, and its cluster side
+//! (`ClusterNode`: state sync and anti-entropy, verified chunked replication
+//! and placement, the ledger, the follower that installs each environment's
+//! winner through the deployer once every blob is fetched and verified,
+//! admission, state persistence).
+//!
+//! Joins are real: node 0 founds the cluster; every other node, at its
+//! first boot or mid-run, asks a random admitted running node for an invite
+//! (`ClusterNode::invite`, issued on the inviter's host) and presents it
+//! (`ClusterNode::join`, the `join/1` exchange over the simulated net),
+//! again with a fresh invite after every failure. A restarted node finds its
+//! admission in its saved state and does not join again.
+//!
+//! Pushes are real: the workload builds a commit and its pack in process
+//! ([`crate::git_push`]) and hands the push to a random admitted node's
+//! host, where a task plays the client: it reads the branch's old value
+//! from the ref advertisement and posts the pack to the node's Git HTTP
+//! handler, which stores it and hands the push to the deployer (check out,
+//! parse `canopy.yaml`, store and compile, go live through the ledger). A
+//! crash of the host mid-push loses the task. Requests go through the
+//! gateway's handler (see [`crate::workload::request`]).
 //!
 //! Everything runs on the calling thread: turmoil steps every host's
 //! runtime in turn, so a run is a pure function of its seed.
@@ -31,34 +42,51 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
 
+use bytes::Bytes;
 use canopy_node::bugs::Bug;
-use canopy_node::cluster::{ClusterNode, ClusterOptions, ClusterState, Role, SyncConfig};
-use canopy_node::deploy::Deployer;
+use canopy_node::cluster::{ClusterNode, ClusterOptions, SyncConfig};
+use canopy_node::deploy::{DeployEvent, Deployer};
 use canopy_node::env::{Clock, Env, Rng};
 use canopy_node::gateway::Gateway;
+use canopy_node::git::{GitHttp, Repos};
 use canopy_node::net::NodeId;
-use canopy_node::net::admission::ClusterId;
-use canopy_node::runtime::{Runtime, RuntimeConfig};
+use canopy_node::net::admission::InviteToken;
+use canopy_node::net::identity::NodeKey;
+use canopy_node::runtime::{GuestEnv, Runtime, RuntimeConfig};
 use canopy_node::store::{BlobStore, cid_of};
-use sha2::{Digest, Sha256};
+use http_body_util::BodyExt;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::disk::SimDisk;
 use crate::faults::{Params, uniform, unit};
+use crate::git_push::{self, PushPack};
+use crate::guest_clock::{EPOCH_S, SimulatedNow};
 use crate::invariants::{self, Violation};
 use crate::net::{NetConfig, PORT, SimNet};
 use crate::trace::{Event, NodeIx, Trace, Version};
 use crate::workload;
-use crate::workload::Pushes;
+use crate::workload::{Pushed, Pushes};
 
 /// Simulated time per turmoil step.
 pub const TICK: Duration = Duration::from_millis(10);
 const TICK_MS: u64 = TICK.as_millis() as u64;
 /// The workload and fault generators roll once per slot.
 const SLOT_MS: u64 = 100;
-/// Where `ClusterNode` keeps its state, below the data directory.
-const STATE_FILE: &str = "cluster/state.automerge";
 /// Cluster-state anti-entropy interval before drift.
 const ANTI_ENTROPY: Duration = Duration::from_secs(10);
+/// How long a joining node waits for its admission to reach its own state.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+/// How long a joining node waits for an inviter to hand it a token.
+const INVITE_WAIT: Duration = Duration::from_secs(2);
+/// Pause between join attempts.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
+/// How long an invite is valid.
+const INVITE_TTL: Duration = Duration::from_secs(600);
+/// The client's upload rate for a push, in bytes per simulated second.
+const PUSH_UPLOAD_BYTES_PER_S: u64 = 10_000_000;
+/// The repository every push goes to (`canopy dream`'s remote is the same
+/// kind of URL: `<admin>/git/<repo>.git`).
+const REPO: &str = "shop.git";
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -129,6 +157,40 @@ struct Running {
     store: Arc<BlobStore>,
     deployer: Arc<Deployer>,
     gateway: Arc<Gateway>,
+    /// Work for the node's host: pushes to serve, invites to issue.
+    jobs: mpsc::UnboundedSender<Job>,
+    /// What the deployer reports: pushes going live through the ledger.
+    deploy_events: broadcast::Receiver<DeployEvent>,
+    boot: u64,
+}
+
+/// Work the harness hands to a node's host.
+enum Job {
+    /// Play a `git push` client against the node's Git remote.
+    Push(PushJob),
+    /// Issue an invite (as an operator would through the admin API).
+    Invite(oneshot::Sender<Result<InviteToken, String>>),
+}
+
+/// One push: a commit of the project for `branch`.
+struct PushJob {
+    branch: &'static str,
+    pack: PushPack,
+}
+
+/// What the harness knows of a push it started.
+struct Started {
+    node: NodeIx,
+    /// The boot of `node` it was handed to (a crash loses it).
+    boot: u64,
+    env: String,
+    blobs: Vec<String>,
+    file0: String,
+    marker: u8,
+    in_flight: bool,
+    acknowledged: bool,
+    /// Its `push` line was written.
+    reported: bool,
 }
 
 /// State shared by the harness and the simulated hosts (one thread).
@@ -144,18 +206,19 @@ struct World {
     drift_permille: Vec<u64>,
     duplicate_rate: f64,
     corrupt_read_rate: f64,
-    /// The first cluster state every node starts from (one cluster, every
-    /// node admitted).
-    base_state: Vec<u8>,
-    /// Every acknowledged push, by precedence.
+    /// Every push that a ledger recorded, by precedence.
     pushes: Pushes,
-    /// The test guest (`tests/guests/testfn`) every push deploys a version of.
-    guest: Arc<Vec<u8>>,
+    /// Every push started, by commit id (hex).
+    started: BTreeMap<String, Started>,
+    /// The test guest's versions (`tests/guests/testfn`) pushes deploy.
+    functions: Vec<Arc<Vec<u8>>>,
     /// What each running node had installed when last looked at.
     installed: BTreeMap<NodeIx, BTreeMap<String, (u64, String)>>,
     /// The faults are healed: nodes (re)started now get a clean transport.
     healed: bool,
     now_ms: u64,
+    /// `now_ms` as functions read it (see [`crate::guest_clock`]).
+    simulated_now: SimulatedNow,
     trace: Trace,
 }
 
@@ -175,10 +238,17 @@ fn host_name(ix: NodeIx) -> String {
     format!("n{ix}")
 }
 
-/// A node's id: derived from its index, the same in every run.
-pub fn node_id(ix: NodeIx) -> NodeId {
-    let digest = Sha256::digest(format!("canopy-sim node {ix}").as_bytes());
-    NodeId(digest.into())
+/// The RNG of boot `boot` of node `ix`: every node, and every restart of
+/// it, has its own stream.
+fn node_rng(seed: u64, ix: NodeIx, boot: u64) -> Rng {
+    Rng::seeded(seed ^ ((ix as u64) << 32) ^ (boot << 48))
+}
+
+/// Node `ix`'s key: the one its first boot draws from its RNG
+/// (`NodeKey::load_or_create`, the node's first draw), so the same for the
+/// same (seed, node).
+pub fn node_key(seed: u64, ix: NodeIx) -> NodeKey {
+    NodeKey::generate(&node_rng(seed, ix, 1))
 }
 
 thread_local! {
@@ -295,7 +365,9 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
     let rng = Rng::seeded(config.seed);
     let params = Params::draw(&rng, config.nodes);
     let total_nodes = config.nodes + params.joins;
-    let ids: Vec<NodeId> = (0..total_nodes).map(node_id).collect();
+    let ids: Vec<NodeId> = (0..total_nodes)
+        .map(|ix| node_key(config.seed, ix).node_id())
+        .collect();
     let hosts = ids
         .iter()
         .enumerate()
@@ -312,12 +384,15 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
         drift_permille: params.drift_permille.clone(),
         duplicate_rate: params.duplicate_rate,
         corrupt_read_rate: params.corrupt_read_rate,
-        base_state: base_state(&rng, &ids),
         pushes: BTreeMap::new(),
-        guest: guest.clone(),
+        started: BTreeMap::new(),
+        functions: (0..workload::FUNCTION_VERSIONS)
+            .map(|v| Arc::new(workload::guest_version(&guest, v)))
+            .collect(),
         installed: BTreeMap::new(),
         healed: false,
         now_ms: 0,
+        simulated_now: SimulatedNow::default(),
         trace: Trace::default(),
     }));
     lock(&world).record(Event::Params(format!(
@@ -338,7 +413,7 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
         .repair_rate(params.repair_rate)
         .rng_seed(config.seed)
         // A fixed wall-clock epoch (turmoil's default is the real time).
-        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(EPOCH_S))
         .build();
     let add_host = |sim: &mut turmoil::Sim<'_>, ix: NodeIx| {
         let world = world.clone();
@@ -364,31 +439,50 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
     let mut healed_at: Option<u64> = None;
     let mut now = 0u64;
     loop {
-        lock(&world).now_ms = now;
+        {
+            let mut w = lock(&world);
+            w.now_ms = now;
+            w.simulated_now.set(now);
+        }
         let running: Vec<NodeIx> = lock(&world).running.keys().copied().collect();
 
         if now < active_ms && now.is_multiple_of(SLOT_MS) && !running.is_empty() {
             // --- workload ---
             if unit(&rng) < params.push_chance {
-                let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
+                let admitted: Vec<NodeIx> = {
+                    let w = lock(&world);
+                    running
+                        .iter()
+                        .copied()
+                        .filter(|n| w.running[n].cluster.is_admitted())
+                        .collect()
+                };
+                let node = (!admitted.is_empty())
+                    .then(|| admitted[uniform(&rng, 0, admitted.len() as u64 - 1) as usize]);
                 let branch = workload::BRANCHES[uniform(&rng, 0, 1) as usize];
                 pushes += 1;
-                do_push(&world, &rng, node, branch, pushes);
+                if let Some(node) = node {
+                    start_push(&world, &rng, node, branch, pushes);
+                }
             }
             if unit(&rng) < params.request_chance {
                 let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
                 let branch = workload::BRANCHES[uniform(&rng, 0, 1) as usize];
                 let mut w = lock(&world);
-                let r = &w.running[&node];
+                let gateway = w.running[&node].gateway.clone();
                 let function = unit(&rng) < 0.5;
                 let event = workload::request(
                     node,
                     &workload::env_key(branch),
                     function,
-                    &r.gateway,
+                    &gateway,
                     &w.pushes,
                 );
                 w.record(event);
+                if function && unit(&rng) < 0.2 {
+                    let event = workload::guest_read(node, &workload::env_key(branch), &gateway);
+                    w.record(event);
+                }
             }
             if joins_left > 0 && now >= join_at {
                 joins_left -= 1;
@@ -555,60 +649,199 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
     (trace, Duration::from_millis(now))
 }
 
-/// Push number `n` on `node`.
-fn do_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &str, n: u64) {
+/// Push number `n` to `node`: build its commit and pack (pure, on the run's
+/// thread) and hand it to the node's host, which plays the client.
+fn start_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &'static str, n: u64) {
     let mut w = lock(world);
-    let env = workload::env_key(branch);
-    let commit = format!("c{n:04}");
-    let files = workload::push_files(rng, w.seed, n, branch);
+    let env = workload::env_key(branch).to_string();
+    let site = workload::push_files(rng, w.seed, n, branch);
     let marker = uniform(rng, 0, workload::FUNCTION_VERSIONS as u64 - 1) as u8;
-    let function = workload::guest_version(&w.guest, marker);
-    let r = &w.running[&node];
-    let result = workload::push(
-        &r.store,
-        r.cluster.handle(),
-        &env,
-        &commit,
-        &files,
-        &function,
-    );
-    let state_path = state_path(&w.run_dir, node);
-    match result {
-        Ok((deployment, blobs)) => {
-            // Acknowledged only once durable (on the node's disk, which a
-            // crash may take unsynced writes from).
-            let bytes = r.cluster.handle().save();
-            let Some(disk) = w.disks.get(&node) else {
-                return;
-            };
-            if let Err(e) =
-                canopy_node::durable::write_atomically_on(disk.as_ref(), &state_path, &bytes, None)
-            {
-                w.record(Event::Fault {
-                    what: format!("push on n{node} not saved: {e}"),
-                });
-                return;
-            }
-            let version = workload::version(&env, &deployment);
-            w.pushes.insert(
-                (version.env.clone(), version.seq, version.by.clone()),
-                (version.clone(), blobs.clone(), marker),
-            );
-            w.record(Event::Push {
-                node,
-                version,
-                blobs,
+    let function = w.functions[marker as usize].clone();
+    let blobs = workload::content_cids(&site, &function);
+    let files = workload::commit_files(&site, function);
+    let pack = match git_push::build(&files, n, EPOCH_S as i64) {
+        Ok(pack) => pack,
+        Err(e) => {
+            w.record(Event::Panic {
+                message: format!("building push {n}: {e:#}"),
             });
+            return;
         }
-        Err(e) => w.record(Event::Fault {
-            what: format!("push on n{node} failed: {e}"),
+    };
+    let commit = pack.commit.to_string();
+    let r = &w.running[&node];
+    let boot = r.boot;
+    if r.jobs.send(Job::Push(PushJob { branch, pack })).is_err() {
+        return;
+    }
+    w.started.insert(
+        commit.clone(),
+        Started {
+            node,
+            boot,
+            env: env.clone(),
+            file0: blobs[0].clone(),
+            blobs,
+            marker,
+            in_flight: true,
+            acknowledged: false,
+            reported: false,
+        },
+    );
+    w.record(Event::PushStarted { node, env, commit });
+}
+
+/// The client side of one `git push` on `node`'s host: read the branch's
+/// old value from the ref advertisement, upload (taking simulated time),
+/// post the pack to the node's Git HTTP handler, read its report.
+async fn run_push(world: Shared, node: NodeIx, git: Arc<GitHttp>, job: PushJob) {
+    let commit = job.pack.commit.to_string();
+    let result = push_exchange(&git, &job).await;
+    let mut w = lock(&world);
+    if let Some(started) = w.started.get_mut(&commit) {
+        started.in_flight = false;
+        started.acknowledged = result.is_ok();
+    }
+    match result {
+        Ok(()) => report_pushes(&mut w),
+        Err(reason) => w.record(Event::PushRefused {
+            node,
+            commit,
+            reason,
         }),
     }
+}
+
+async fn push_exchange(git: &GitHttp, job: &PushJob) -> Result<(), String> {
+    let base = format!("{}/{REPO}", canopy_node::admin::GIT_MOUNT);
+    let advertise = http::Request::get(format!("{base}/info/refs?service=git-receive-pack"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let (status, advertisement) = answer(git.handle(advertise).await).await?;
+    if status != http::StatusCode::OK {
+        return Err(format!("ref advertisement: {status}"));
+    }
+    let old = git_push::advertised(&advertisement, job.branch).map_err(|e| format!("{e:#}"))?;
+    let body = git_push::request_body(old, &job.pack, job.branch);
+    let upload_ms = 5 + body.len() as u64 * 1000 / PUSH_UPLOAD_BYTES_PER_S;
+    tokio::time::sleep(Duration::from_millis(upload_ms)).await;
+    let post = http::Request::post(format!("{base}/git-receive-pack"))
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-git-receive-pack-request",
+        )
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let (status, report) = answer(git.handle(post).await).await?;
+    if status != http::StatusCode::OK {
+        return Err(format!(
+            "receive-pack: {status}: {}",
+            String::from_utf8_lossy(&report).trim_end()
+        ));
+    }
+    git_push::acknowledged(&report, job.branch)
+}
+
+async fn answer(
+    response: http::Response<canopy_node::body::Body>,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// Write the `push` line of every acknowledged push whose ledger record is
+/// known (the first, if a restart deployed it again).
+fn report_pushes(w: &mut World) {
+    let mut events = Vec::new();
+    for (commit, started) in w.started.iter_mut() {
+        if !started.acknowledged || started.reported {
+            continue;
+        }
+        let by = w.ids[started.node].to_string();
+        let recorded = w.pushes.values().find(|p| {
+            p.version.env == started.env && p.version.commit == *commit && p.version.by == by
+        });
+        if let Some(pushed) = recorded {
+            started.reported = true;
+            events.push(Event::Push {
+                node: started.node,
+                version: pushed.version.clone(),
+                blobs: started.blobs.clone(),
+            });
+        }
+    }
+    for e in events {
+        w.record(e);
+    }
+}
+
+/// Read what each node's deployer reported: a push going live through the
+/// ledger of the node it was pushed to (seen there, or as it is installed
+/// elsewhere) is recorded with its precedence.
+fn observe_ledgers(world: &Shared) {
+    let mut w = lock(world);
+    let mut lives = Vec::new();
+    for r in w.running.values_mut() {
+        loop {
+            match r.deploy_events.try_recv() {
+                Ok(DeployEvent::Live {
+                    key,
+                    commit,
+                    precedence: Some((seq, by)),
+                    ..
+                }) => lives.push((key.to_string(), commit, seq, by)),
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    let mut events = Vec::new();
+    for (env, commit, seq, by) in lives {
+        let Some(started) = w.started.get(&commit) else {
+            continue;
+        };
+        let by = by.to_string();
+        if started.env != env || w.ids[started.node].to_string() != by {
+            continue;
+        }
+        let key = (env.clone(), seq, by.clone());
+        if w.pushes.contains_key(&key) {
+            continue;
+        }
+        let version = Version {
+            env,
+            commit,
+            seq,
+            by,
+        };
+        events.push(Event::Recorded {
+            node: started.node,
+            version: version.clone(),
+        });
+        let pushed = Pushed {
+            version,
+            blobs: started.blobs.clone(),
+            file0: started.file0.clone(),
+            marker: started.marker,
+        };
+        w.pushes.insert(key, pushed);
+    }
+    for e in events {
+        w.record(e);
+    }
+    report_pushes(&mut w);
 }
 
 /// Record what each node's deployer newly installed (its precedence names
 /// the push; one that names none is reported as such).
 fn observe_installs(world: &Shared) {
+    observe_ledgers(world);
     let mut w = lock(world);
     let mut events = Vec::new();
     let mut seen = std::mem::take(&mut w.installed);
@@ -626,7 +859,7 @@ fn observe_installs(world: &Shared) {
                 continue;
             }
             let version = match w.pushes.get(&(env.clone(), *seq, by.clone())) {
-                Some((v, _, _)) => v.clone(),
+                Some(p) => p.version.clone(),
                 None => Version {
                     env: env.clone(),
                     commit: "(no such push)".into(),
@@ -777,10 +1010,18 @@ fn sample(world: &Shared, checked: &mut BTreeSet<(NodeIx, String)>) {
     }
 }
 
-/// Whether the run may stop early: one state everywhere and every
-/// environment's last push live on every node.
+/// Whether the run may stop early: no push in flight on a running node, one
+/// state everywhere, and for every environment one release live on every
+/// node, at least as recent as the last acknowledged push.
 fn settled(world: &Shared) -> bool {
     let w = lock(world);
+    let in_flight = w
+        .started
+        .values()
+        .any(|p| p.in_flight && w.running.get(&p.node).is_some_and(|r| r.boot == p.boot));
+    if in_flight {
+        return false;
+    }
     let hashes: BTreeSet<_> = w.running.values().map(|r| r.cluster.state_hash()).collect();
     if hashes.len() > 1 {
         return false;
@@ -794,57 +1035,36 @@ fn settled(world: &Shared) -> bool {
             }
         }
     }
-    w.running.keys().all(|ix| {
-        let installed = w.installed.get(ix);
-        winners
-            .iter()
-            .all(|(env, v)| installed.and_then(|m| m.get(*env)) == Some(&(v.seq, v.by.clone())))
+    winners.iter().all(|(env, v)| {
+        let live: BTreeSet<Option<&(u64, String)>> = w
+            .running
+            .keys()
+            .map(|ix| w.installed.get(ix).and_then(|m| m.get(*env)))
+            .collect();
+        live.len() == 1
+            && live
+                .iter()
+                .all(|l| l.is_some_and(|(seq, by)| (*seq, by.as_str()) >= v.precedence()))
     })
 }
 
-fn state_path(run_dir: &Path, node: NodeIx) -> PathBuf {
-    run_dir.join(host_name(node)).join(STATE_FILE)
-}
-
-/// The first cluster state: one cluster, every node a member and admitted
-/// (as after each joined with an invite).
-fn base_state(rng: &Rng, ids: &[NodeId]) -> Vec<u8> {
-    let mut state = ClusterState::new(ids[0], 0);
-    let build = |state: &mut ClusterState| -> Result<(), canopy_node::cluster::ClusterError> {
-        state.set_cluster_id(&ClusterId::generate(rng).to_string())?;
-        for (ix, id) in ids.iter().enumerate() {
-            state.admit(*id, ids[0])?;
-            let joined_by = (ix > 0).then_some(ids[0]);
-            state.upsert_member(
-                *id,
-                vec![format!("{}:{PORT}", host_name(ix))],
-                Role::Full,
-                joined_by,
-            )?;
-        }
-        Ok(())
-    };
-    build(&mut state).expect("build the first cluster state");
-    state.save()
-}
-
 /// One node's software: what `turmoil` starts on its host, and again after
-/// every restart. The node's own code from here on.
+/// every restart. The node's own code from here on, assembled as
+/// `canopy_node::node` does it (with the simulated net in place of libp2p).
 async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
-    let (id, hosts, dir, rng, anti_entropy, rates, base, boot) = {
+    let (id, hosts, dir, rng, anti_entropy, rates, boot, unix_s) = {
         let mut w = lock(&world);
         let boot = {
             let b = w.boots.entry(ix).or_insert(0);
             *b += 1;
             *b
         };
-        let rng = Rng::seeded(w.seed ^ ((ix as u64) << 32) ^ (boot << 48));
         let drift = w.drift_permille.get(ix).copied().unwrap_or(1000);
         (
             w.ids[ix],
             w.hosts.clone(),
             w.run_dir.join(host_name(ix)),
-            rng,
+            node_rng(w.seed, ix, boot),
             ANTI_ENTROPY * drift as u32 / 1000,
             // Restarted after the heal: no more transport faults.
             if w.healed {
@@ -852,8 +1072,8 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
             } else {
                 (w.duplicate_rate, w.corrupt_read_rate)
             },
-            w.base_state.clone(),
             boot,
+            EPOCH_S + w.now_ms / 1000,
         )
     };
     let disk = {
@@ -868,45 +1088,70 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
         }
     };
     let env = Env {
-        clock: Clock::tokio(),
+        // Simulated wall-clock time: invite tokens carry an expiry.
+        clock: Clock::simulated(unix_s),
         rng: rng.clone(),
         data_dir: dir.clone(),
         disk: disk.clone(),
     };
-    let state_file = dir.join(STATE_FILE);
-    if !state_file.exists() {
-        canopy_node::durable::write_atomically_on(disk.as_ref(), &state_file, &base, None)?;
+    std::fs::create_dir_all(&dir)?;
+    // The node's first draw: its identity (kept on disk across restarts).
+    let key = NodeKey::load_or_create(&dir, &env.rng)?;
+    if key.node_id() != id {
+        return Err(format!("n{ix} has key {} but the run expects {id}", key.node_id()).into());
     }
     let store = Arc::new(BlobStore::open_on(disk, dir.join("store"))?);
-    let runtime = Runtime::new(RuntimeConfig {
-        max_instances: 2,
-        max_memory_bytes: 64 << 20,
-        // Functions run outside simulated time (see `workload::request`): a
-        // slow tick keeps the runtime from waking every simulated 10 ms.
-        epoch_tick: Duration::from_secs(5),
-        // One compiled-code directory for every node of every run in this
-        // process: each function version is compiled once.
-        ..RuntimeConfig::new(compiled_dir())
-    })?;
+    // Functions read simulated time and a stream of their own, seeded from
+    // the node's (so requests do not shift the node's protocol draws).
+    let guest = GuestEnv::new(
+        lock(&world).simulated_now.guest_clock(),
+        Rng::seeded(rng.next_u64()),
+    );
+    let runtime = Runtime::with_guest_env(
+        RuntimeConfig {
+            max_instances: 2,
+            max_memory_bytes: 64 << 20,
+            // Functions run outside simulated time (see `workload::request`): a
+            // slow tick keeps the runtime from waking every simulated 10 ms.
+            epoch_tick: Duration::from_secs(5),
+            // One compiled-code directory for every node of every run in this
+            // process: each function version is compiled once.
+            ..RuntimeConfig::new(compiled_dir())
+        },
+        guest,
+    )?;
     let gateway = Gateway::new();
-    let repos = canopy_node::git::Repos::new(dir.join("git"))?;
+    let (pushes_tx, pushes_rx) = mpsc::unbounded_channel();
+    let repos = Repos::new(dir.join("git"))?;
+    let git = Arc::new(
+        GitHttp::new(repos.clone(), pushes_tx.clone())
+            .with_mount_prefix(canopy_node::admin::GIT_MOUNT),
+    );
     let deployer = Deployer::new(env.clone(), store.clone(), runtime, gateway.clone(), repos)?;
+    let deploy_events = deployer.subscribe();
     deployer.restore().await;
 
-    let (net, events) = SimNet::new(id, hosts, NetConfig::default(), Rng::seeded(rng.next_u64()));
+    let (admitted_tx, admitted_rx) = tokio::sync::watch::channel(BTreeSet::new());
+    let (net, events) = SimNet::new(
+        id,
+        hosts,
+        NetConfig::default(),
+        Rng::seeded(rng.next_u64()),
+        admitted_rx,
+    );
     net.set_duplicate_rate(rates.0);
     net.set_corrupt_rate(rates.1);
     tokio::spawn(net.clone().serve());
-    let (admitted, _) = tokio::sync::watch::channel(BTreeSet::new());
     let cluster = ClusterNode::start(
         &env,
         Arc::new(net.clone()),
         events,
         store.clone(),
         deployer.clone(),
-        admitted,
+        admitted_tx,
         ClusterOptions {
-            found_if_new: false,
+            // Node 0 founds the cluster; every other node joins it.
+            found_if_new: ix == 0,
             addresses: vec![format!("{}:{PORT}", host_name(ix))],
             sync: SyncConfig {
                 anti_entropy_interval: anti_entropy,
@@ -914,6 +1159,14 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
             ..ClusterOptions::default()
         },
     )?;
+    // As `Node::start`: pushes acknowledged before a crash but never
+    // deployed are deployed now, then every push as it comes.
+    for event in deployer.unfinished_pushes() {
+        let _ = pushes_tx.send(event);
+    }
+    tokio::spawn(deployer.clone().run(pushes_rx));
+
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     {
         let mut w = lock(&world);
         let others: Vec<NodeIx> = w.running.keys().copied().collect();
@@ -926,14 +1179,101 @@ async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
             ix,
             Running {
                 net,
-                cluster,
+                cluster: cluster.clone(),
                 store,
                 deployer,
                 gateway,
+                jobs: jobs_tx,
+                deploy_events,
+                boot,
             },
         );
         w.record(Event::Boot { node: ix, boot });
     }
+    tokio::spawn(serve_jobs(
+        world.clone(),
+        ix,
+        jobs_rx,
+        git,
+        cluster.clone(),
+        key,
+        env.clone(),
+    ));
+    if !cluster.is_admitted() {
+        join(&world, ix, &cluster, &env.rng).await;
+    }
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// Serve the harness's jobs on the node's host: each push as a task of its
+/// own, invites at once.
+async fn serve_jobs(
+    world: Shared,
+    ix: NodeIx,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    git: Arc<GitHttp>,
+    cluster: Arc<ClusterNode>,
+    key: NodeKey,
+    env: Env,
+) {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            Job::Push(push) => {
+                tokio::spawn(run_push(world.clone(), ix, git.clone(), push));
+            }
+            Job::Invite(reply) => {
+                let token = cluster
+                    .invite(&key, &env, INVITE_TTL)
+                    .map_err(|e| format!("{e:#}"));
+                let _ = reply.send(token);
+            }
+        }
+    }
+}
+
+/// Join the cluster as `canopy node` does with `cluster.invite` set: ask an
+/// admitted node for an invite and present it (`join/1`); after a failure
+/// (a partition, a crashed inviter), again with a fresh invite.
+async fn join(world: &Shared, ix: NodeIx, cluster: &ClusterNode, rng: &Rng) {
+    loop {
+        let asked = {
+            let mut w = lock(world);
+            let inviters: Vec<NodeIx> = w
+                .running
+                .iter()
+                .filter(|(n, r)| **n != ix && r.cluster.is_admitted())
+                .map(|(n, _)| *n)
+                .collect();
+            if inviters.is_empty() {
+                None
+            } else {
+                let inviter = inviters[(rng.next_u64() % inviters.len() as u64) as usize];
+                let (tx, rx) = oneshot::channel();
+                let sent = w.running[&inviter].jobs.send(Job::Invite(tx)).is_ok();
+                w.record(Event::JoinAttempt { node: ix, inviter });
+                sent.then_some(rx)
+            }
+        };
+        let Some(invite) = asked else {
+            tokio::time::sleep(JOIN_RETRY).await;
+            continue;
+        };
+        let outcome = match tokio::time::timeout(INVITE_WAIT, invite).await {
+            Ok(Ok(Ok(token))) => cluster
+                .join(&token, JOIN_WAIT)
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(Ok(Err(e))) => Err(format!("no invite: {e}")),
+            Ok(Err(_)) | Err(_) => Err("the inviter did not answer".to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                lock(world).record(Event::Joined { node: ix });
+                return;
+            }
+            Err(reason) => lock(world).record(Event::JoinFailed { node: ix, reason }),
+        }
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
 }

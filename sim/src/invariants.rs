@@ -115,13 +115,15 @@ pub fn convergence(trace: &Trace, bound_ms: u64) -> Vec<Violation> {
     }
 }
 
-/// A node only serves (and only installs) a version that was pushed before.
+/// A node only serves (and only installs) a version some push made: one a
+/// ledger recorded as it went live on the node pushed to (acknowledged or
+/// not: a crash may come between going live and answering the client).
 pub fn served_only_pushed(trace: &Trace) -> Vec<Violation> {
     let mut pushed: BTreeSet<&Version> = BTreeSet::new();
     let mut out = Vec::new();
     for e in &trace.entries {
         let (node, version, what) = match &e.event {
-            Event::Push { version, .. } => {
+            Event::Push { version, .. } | Event::Recorded { version, .. } => {
                 pushed.insert(version);
                 continue;
             }
@@ -137,7 +139,7 @@ pub fn served_only_pushed(trace: &Trace) -> Vec<Violation> {
             out.push(Violation {
                 invariant: SERVED_PUSHED,
                 at_ms: e.at_ms,
-                message: format!("n{node} {what} {version}, which no acknowledged push made"),
+                message: format!("n{node} {what} {version}, which no push made"),
             });
         }
     }
@@ -198,9 +200,11 @@ pub fn blob_matches_cid(trace: &Trace) -> Vec<Violation> {
     out
 }
 
-/// At the end, every healthy node has live, for every environment, the
-/// winner of all acknowledged pushes (the one of greatest precedence):
-/// no acknowledged push was lost or left behind.
+/// At the end, for every environment, every healthy node has live one and
+/// the same version, of precedence at least that of the winner of all
+/// acknowledged pushes (a later push that reached a ledger but was never
+/// acknowledged may rank above it): no acknowledged push was lost or left
+/// behind.
 pub fn push_live_everywhere(trace: &Trace) -> Vec<Violation> {
     let Some((end_ms, healthy)) = end(trace) else {
         return vec![];
@@ -226,9 +230,13 @@ pub fn push_live_everywhere(trace: &Trace) -> Vec<Violation> {
     }
     let mut out = Vec::new();
     for (env, winner) in &winners {
+        let mut serving: BTreeSet<&Version> = BTreeSet::new();
         for node in healthy {
             let has = live.get(&(*node, *env));
-            if has != Some(winner) {
+            if let Some(v) = has {
+                serving.insert(v);
+            }
+            if has.is_none_or(|v| v.precedence() < winner.precedence()) {
                 let has = has.map_or("nothing".to_string(), |v| v.to_string());
                 out.push(Violation {
                     invariant: PUSH_LIVE_EVERYWHERE,
@@ -238,6 +246,17 @@ pub fn push_live_everywhere(trace: &Trace) -> Vec<Violation> {
                     ),
                 });
             }
+        }
+        if serving.len() > 1 {
+            let all: Vec<String> = serving.iter().map(|v| v.to_string()).collect();
+            out.push(Violation {
+                invariant: PUSH_LIVE_EVERYWHERE,
+                at_ms: end_ms,
+                message: format!(
+                    "healthy nodes serve different versions of {env}: {}",
+                    all.join("; ")
+                ),
+            });
         }
     }
     out

@@ -8,7 +8,9 @@
 //!   environments, the generators, the trace, the checks.
 //! - [`faults`] — the fault model and the per-run ranges drawn from a seed.
 //! - [`guest_clock`] — the simulated time functions read.
-//! - [`workload`] — pushes and requests.
+//! - [`workload`] — what pushes carry, and requests.
+//! - [`git_push`] — a push's commit and pack built in process, and the
+//!   smart-HTTP exchange with a node's Git remote.
 //! - [`trace`] — the trace and its stable hash.
 //! - [`invariants`] — checkers over a trace.
 //! - [`cli`] — the `canopy-sim` command line: one seed, a range in
@@ -17,6 +19,7 @@
 pub mod cli;
 pub mod disk;
 pub mod faults;
+pub mod git_push;
 pub mod guest_clock;
 pub mod harness;
 pub mod invariants;

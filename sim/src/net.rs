@@ -12,8 +12,16 @@
 //!
 //! Connection state (which peers are up) is driven by the harness, as a
 //! transport would see it: a crash or a graceful leave drops the node's
-//! connections (its peers get `PeerDown`), a (re)start brings them up
-//! (`PeerUp` on both sides). Partitions are silent: nobody is told.
+//! connections, a (re)start brings them up on both sides. Partitions are
+//! silent: nobody is told.
+//!
+//! Admission is enforced here, as the `Net` contract asks and as libp2p's
+//! connection gate does in production: the node's admitted set (the watch
+//! its `ClusterNode` keeps equal to cluster state, plus an inviter it joins
+//! through) decides which connected peers protocol code sees. `PeerUp` /
+//! `PeerDown` follow "connected and admitted"; a request from a peer that is
+//! not admitted is refused unanswered unless it is a `join/1` request, and
+//! only `join/1` may be sent to one.
 //!
 //! Duplication: with probability `duplicate_rate` a request is sent twice
 //! (at-least-once delivery); the second answer is ignored.
@@ -28,11 +36,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use canopy_node::env::Rng;
-use canopy_node::net::{MAX_PAYLOAD_BYTES, Net, NetError, NetEvent, NodeId, Protocol, Responder};
+use canopy_node::net::{
+    JOIN_PROTOCOL, MAX_PAYLOAD_BYTES, Net, NetError, NetEvent, NodeId, Protocol, Responder,
+};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The port every simulated node listens on.
 pub const PORT: u16 = 7000;
@@ -55,7 +65,11 @@ struct Inner {
     id: NodeId,
     /// Host names of every node that may exist in the run.
     hosts: BTreeMap<NodeId, String>,
+    /// Peers with a connection.
     up: Mutex<BTreeSet<NodeId>>,
+    /// Peers protocol code was told are up (connected and admitted).
+    visible: Mutex<BTreeSet<NodeId>>,
+    admitted: watch::Receiver<BTreeSet<NodeId>>,
     events: mpsc::Sender<NetEvent>,
     config: NetConfig,
     /// Probability (in millionths) that a request is sent twice.
@@ -72,13 +86,15 @@ pub struct SimNet {
 }
 
 impl SimNet {
-    /// A node's transport and the event queue its protocol drivers read.
+    /// A node's transport and the event queue its protocol drivers read;
+    /// `admitted` is the set of peers it may talk to (see the module doc).
     /// Call [`SimNet::serve`] inside the node's host to accept requests.
     pub fn new(
         id: NodeId,
         hosts: BTreeMap<NodeId, String>,
         config: NetConfig,
         rng: Rng,
+        admitted: watch::Receiver<BTreeSet<NodeId>>,
     ) -> (SimNet, mpsc::Receiver<NetEvent>) {
         let (events, rx) = mpsc::channel(1024);
         let net = SimNet {
@@ -86,6 +102,8 @@ impl SimNet {
                 id,
                 hosts,
                 up: Mutex::default(),
+                visible: Mutex::default(),
+                admitted,
                 events,
                 config,
                 duplicate_ppm: Default::default(),
@@ -103,14 +121,51 @@ impl SimNet {
     /// The connection to `peer` came up (the harness tells both sides).
     pub fn peer_up(&self, peer: NodeId) {
         if peer != self.inner.id && self.up().insert(peer) {
-            let _ = self.inner.events.try_send(NetEvent::PeerUp(peer));
+            self.refresh();
         }
     }
 
     /// The connection to `peer` went down.
     pub fn peer_down(&self, peer: NodeId) {
         if self.up().remove(&peer) {
-            let _ = self.inner.events.try_send(NetEvent::PeerDown(peer));
+            self.refresh();
+        }
+    }
+
+    fn is_admitted(&self, peer: &NodeId) -> bool {
+        self.inner.admitted.borrow().contains(peer)
+    }
+
+    /// Tell protocol code which peers are now connected and admitted, in
+    /// id order.
+    fn refresh(&self) {
+        let now: BTreeSet<NodeId> = {
+            let admitted = self.inner.admitted.borrow();
+            self.up()
+                .iter()
+                .filter(|p| admitted.contains(p))
+                .copied()
+                .collect()
+        };
+        let mut visible = self.inner.visible.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in visible.difference(&now) {
+            let _ = self.inner.events.try_send(NetEvent::PeerDown(*gone));
+        }
+        for new in now.difference(&visible) {
+            let _ = self.inner.events.try_send(NetEvent::PeerUp(*new));
+        }
+        *visible = now;
+    }
+
+    /// Follow the admitted set (one waiter on the watch, so its wake-up
+    /// order cannot vary).
+    async fn track_admitted(self) {
+        let mut admitted = self.inner.admitted.clone();
+        loop {
+            self.refresh();
+            if admitted.changed().await.is_err() {
+                return;
+            }
         }
     }
 
@@ -138,6 +193,7 @@ impl SimNet {
     /// Accept requests on [`PORT`] until the host stops. Spawn it inside the
     /// node's turmoil host.
     pub async fn serve(self) -> std::io::Result<()> {
+        tokio::spawn(self.clone().track_admitted());
         let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
         loop {
             let (stream, _) = listener.accept().await?;
@@ -153,6 +209,14 @@ impl SimNet {
         let Some((from, protocol, payload)) = decode_request(frame) else {
             return Ok(());
         };
+        if protocol != JOIN_PROTOCOL && !self.is_admitted(&from) {
+            let mut out = vec![1u8];
+            out.extend_from_slice(b"not an admitted member of this cluster");
+            write_frame(&mut stream, &out).await?;
+            let mut rest = [0u8; 1];
+            let _ = stream.read(&mut rest).await;
+            return Ok(());
+        }
         let is_blob = protocol == canopy_node::cluster::BLOB_PROTOCOL;
         let (tx, rx) = oneshot::channel();
         let event = NetEvent::Request {
@@ -248,7 +312,12 @@ impl Net for SimNet {
     }
 
     fn peers(&self) -> Vec<NodeId> {
-        self.up().iter().copied().collect()
+        let admitted = self.inner.admitted.borrow();
+        self.up()
+            .iter()
+            .filter(|p| admitted.contains(p))
+            .copied()
+            .collect()
     }
 
     fn request(
@@ -264,7 +333,7 @@ impl Net for SimNet {
                     size_bytes: payload.len(),
                 });
             }
-            if !net.up().contains(&peer) {
+            if !net.up().contains(&peer) || (protocol != JOIN_PROTOCOL && !net.is_admitted(&peer)) {
                 return Err(NetError::NotConnected(peer));
             }
             let Some(host) = net.inner.hosts.get(&peer).cloned() else {

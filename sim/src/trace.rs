@@ -57,18 +57,58 @@ pub enum Event {
     Leave {
         node: NodeIx,
     },
+    /// A function on `node` reported what it read of its clocks and
+    /// random streams (`testfn`'s `entropy`): part of the trace, so a seed
+    /// must replay every byte a guest reads. `None`: no function answered.
+    GuestRead {
+        node: NodeIx,
+        read: Option<String>,
+    },
     /// A network or disk fault began (`what` says which).
     Fault {
         what: String,
     },
     /// Every fault is healed and crashed nodes restarted.
     Healed,
-    /// A push was acknowledged (stored durably on `node`).
+    /// A `git push` of `commit` to `node` began (it may be lost to a crash).
+    PushStarted {
+        node: NodeIx,
+        env: String,
+        commit: String,
+    },
+    /// `node`'s Git remote refused a push (or the exchange failed).
+    PushRefused {
+        node: NodeIx,
+        commit: String,
+        reason: String,
+    },
+    /// `node`'s ledger recorded a push it built: it went live there with
+    /// `version`'s precedence, acknowledged or not (a crash may come first).
+    Recorded {
+        node: NodeIx,
+        version: Version,
+    },
+    /// A push was acknowledged (`node`'s Git remote answered `ok` for its
+    /// branch) and its ledger recorded it as `version`.
     Push {
         node: NodeIx,
         version: Version,
-        /// The CIDs of every blob the push stored.
+        /// The CIDs of the push's content (site files, function).
         blobs: Vec<String>,
+    },
+    /// `node` asked `inviter` for an invite and presented it (`join/1`).
+    JoinAttempt {
+        node: NodeIx,
+        inviter: NodeIx,
+    },
+    /// A join attempt failed; the node tries again with a fresh invite.
+    JoinFailed {
+        node: NodeIx,
+        reason: String,
+    },
+    /// `node`'s own cluster state admits it.
+    Joined {
+        node: NodeIx,
     },
     /// `node` now serves `version` for its environment.
     Live {
@@ -117,12 +157,30 @@ impl fmt::Display for Event {
             Event::Crash { node } => write!(f, "crash n{node}"),
             Event::Leave { node } => write!(f, "leave n{node}"),
             Event::Fault { what } => write!(f, "fault {what}"),
+            Event::GuestRead { node, read } => match read {
+                Some(read) => write!(f, "guest-read n{node} {read}"),
+                None => write!(f, "guest-read n{node} none"),
+            },
             Event::Healed => write!(f, "healed"),
+            Event::PushStarted { node, env, commit } => {
+                write!(f, "push-started n{node} env={env} commit={commit}")
+            }
+            Event::PushRefused {
+                node,
+                commit,
+                reason,
+            } => write!(f, "push-refused n{node} commit={commit} {reason:?}"),
+            Event::Recorded { node, version } => write!(f, "recorded n{node} {version}"),
             Event::Push {
                 node,
                 version,
                 blobs,
             } => write!(f, "push n{node} {version} blobs={}", blobs.join(",")),
+            Event::JoinAttempt { node, inviter } => {
+                write!(f, "join-attempt n{node} inviter=n{inviter}")
+            }
+            Event::JoinFailed { node, reason } => write!(f, "join-failed n{node} {reason:?}"),
+            Event::Joined { node } => write!(f, "joined n{node}"),
             Event::Live { node, version } => write!(f, "live n{node} {version}"),
             Event::Served {
                 node,

@@ -1,21 +1,21 @@
-//! The workload: pushes of new deployments to random nodes and requests to
-//! random nodes. (Joins and leaves are driven by the harness, drawn from
-//! the run's [`crate::faults::Params`].)
+//! The workload: what pushes of new deployments carry (a project whose
+//! commit [`crate::git_push`] packs and the harness pushes to a random
+//! admitted node) and requests to random nodes. (Joins and leaves are driven
+//! by the harness, drawn from the run's [`crate::faults::Params`].)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use canopy_node::cluster::{ClusterHandle, Deployment, DeploymentUpdate};
 use canopy_node::deploy::hosts_of;
-use canopy_node::deploy::manifest::{FileArtifact, FunctionArtifact, Manifest, WebsiteArtifact};
 use canopy_node::deploy::state::EnvKey;
 use canopy_node::env::Rng;
 use canopy_node::gateway::Gateway;
-use canopy_node::store::{BlobStore, cid_of};
+use canopy_node::store::cid_of;
 
 use crate::faults::uniform;
+use crate::git_push;
 use crate::trace::{Event, NodeIx, Version};
 
 /// The project every push deploys to.
@@ -30,20 +30,60 @@ pub fn env_key(branch: &str) -> EnvKey {
     }
 }
 
-/// How the trace names a deployment.
-pub fn version(env: &EnvKey, d: &Deployment) -> Version {
-    Version {
-        env: env.to_string(),
-        commit: d.commit.clone(),
-        seq: d.pushed_at_seq,
-        by: d.pushed_by.to_string(),
-    }
+/// The function's route, and the path function requests ask for.
+pub const FUNCTION_PATH: &str = "/fn/hello";
+/// Below the function's route: `testfn` answers with what it reads of its
+/// clocks and random streams.
+pub const ENTROPY_PATH: &str = "/fn/hello/entropy";
+
+/// What the harness knows of a push that reached a ledger.
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    pub version: Version,
+    /// The CIDs of its content: site files, then the function.
+    pub blobs: Vec<String>,
+    /// The CID of `file0.bin`, the file requests ask for.
+    pub file0: String,
+    /// The function's version marker.
+    pub marker: u8,
 }
 
-/// Every acknowledged push by (env, seq, pushed_by): its version, the CIDs
-/// of its blobs (manifest first, then its files) and its function's
-/// version marker.
-pub type Pushes = BTreeMap<(String, u64, String), (Version, Vec<String>, u8)>;
+/// Every push a ledger recorded, by (env, seq, pushed_by).
+pub type Pushes = BTreeMap<(String, u64, String), Pushed>;
+
+/// The project's `canopy.yaml`: the function (a prebuilt component in the
+/// commit, so no build runs) on [`FUNCTION_PATH`] and a website at `/`.
+pub const CANOPY_YAML: &str = "project: shop
+functions:
+  hello:
+    wasm: functions/hello.wasm
+    http: { path: /fn/hello }
+    limits: { timeout: 10s, memory: 32MiB }
+websites:
+  www: { dir: public, path: / }
+";
+
+/// The files of a push's commit: `canopy.yaml`, the site under `public/`
+/// and the function.
+pub fn commit_files(site: &[(String, Vec<u8>)], function: Arc<Vec<u8>>) -> Vec<git_push::File> {
+    let mut files = vec![(
+        "canopy.yaml".to_string(),
+        Arc::new(CANOPY_YAML.as_bytes().to_vec()),
+    )];
+    for (name, bytes) in site {
+        files.push((format!("public/{name}"), Arc::new(bytes.clone())));
+    }
+    files.push(("functions/hello.wasm".to_string(), function));
+    files
+}
+
+/// The CIDs of a push's content, as its `push` trace line lists them.
+pub fn content_cids(site: &[(String, Vec<u8>)], function: &[u8]) -> Vec<String> {
+    site.iter()
+        .map(|(_, bytes)| cid_of(bytes).to_string())
+        .chain([cid_of(function).to_string()])
+        .collect()
+}
 
 /// The marker the test guest (`tests/guests/testfn`) embeds; versions of the
 /// function are made by patching its last byte.
@@ -76,24 +116,33 @@ fn find_or_build_guest() -> anyhow::Result<Vec<u8>> {
         .unwrap_or_else(|| workspace.join("target"))
         .join("guests");
     let wasm = target.join("wasm32-wasip2/release/testfn.wasm");
-    if !wasm.exists() {
-        let output = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
-            .arg(workspace.join("tests/guests/testfn/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .output()
-            .context("run cargo to build the test guest")?;
+    // Built every time (a no-op when fresh), so a changed guest is never
+    // simulated from a stale copy.
+    let built = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(workspace.join("tests/guests/testfn/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output();
+    let failure = match built {
+        Ok(output) if output.status.success() => None,
+        Ok(output) => Some(String::from_utf8_lossy(&output.stderr).into_owned()),
+        Err(e) => Some(format!("cannot run cargo: {e}")),
+    };
+    if let Some(failure) = failure {
         anyhow::ensure!(
-            output.status.success(),
-            "building tests/guests/testfn failed (is the target installed? `rustup target add wasm32-wasip2`; or set CANOPY_SIM_GUEST):\n{}",
-            String::from_utf8_lossy(&output.stderr)
+            wasm.exists(),
+            "building tests/guests/testfn failed (is the target installed? `rustup target add wasm32-wasip2`; or set CANOPY_SIM_GUEST):\n{failure}"
+        );
+        eprintln!(
+            "canopy-sim: could not rebuild tests/guests/testfn, using {}: {failure}",
+            wasm.display()
         );
     }
     std::fs::read(&wasm).with_context(|| format!("read {}", wasm.display()))
@@ -132,77 +181,6 @@ pub fn push_files(rng: &Rng, seed: u64, n: u64, branch: &str) -> Vec<(String, Ve
         .collect()
 }
 
-/// Push: store the release's blobs (its files and its manifest) on the node,
-/// then record it in the node's cluster state as the deployer's ledger does
-/// after a `git push` (the node holds the blobs; the deployment is the push
-/// of greatest precedence this node has seen, plus one). The node's
-/// follower installs it through its deployer.
-pub fn push(
-    store: &BlobStore,
-    cluster: &ClusterHandle,
-    env: &EnvKey,
-    commit: &str,
-    files: &[(String, Vec<u8>)],
-    function: &[u8],
-) -> anyhow::Result<(Deployment, Vec<String>)> {
-    let mut artifacts = Vec::new();
-    let mut site = BTreeMap::new();
-    for (name, bytes) in files {
-        let cid = store.put(bytes)?;
-        artifacts.push(cid);
-        site.insert(
-            name.clone(),
-            FileArtifact {
-                cid: cid.to_string(),
-                size_bytes: bytes.len() as u64,
-            },
-        );
-    }
-    let function_cid = store.put(function)?;
-    let manifest = Manifest {
-        project: env.project.clone(),
-        branch: env.branch.clone(),
-        commit: commit.to_string(),
-        domains: vec![],
-        functions: BTreeMap::from([(
-            "fn".to_string(),
-            FunctionArtifact {
-                cid: function_cid.to_string(),
-                http_path: Some("/fn".into()),
-                http_methods: None,
-                timeout_ms: 10_000,
-                memory_bytes: 32 << 20,
-            },
-        )]),
-        websites: BTreeMap::from([(
-            "www".to_string(),
-            WebsiteArtifact {
-                path: "/".into(),
-                files: site,
-            },
-        )]),
-    };
-    let manifest_cid = store.put(&serde_json::to_vec(&manifest)?)?;
-    artifacts.push(function_cid);
-    let local = cluster.read(|s| s.local_id());
-    let deployment = cluster.update(|s| {
-        for cid in &artifacts {
-            s.add_holder(cid, local)?;
-        }
-        s.apply_deployment(
-            env,
-            DeploymentUpdate {
-                commit: commit.to_string(),
-                manifest_cid,
-                artifacts: artifacts.clone(),
-            },
-        )
-    })?;
-    let mut cids = vec![manifest_cid.to_string()];
-    cids.extend(artifacts.iter().map(|c| c.to_string()));
-    Ok((deployment, cids))
-}
-
 /// A request to `node` for `env`: a real HTTP/1.1 `GET` of the release's
 /// first file or of its function (`/fn/hello`, run by wasmtime), answered by the node's gateway handler (`Gateway::handle`,
 /// the code behind its listener) over an in-memory connection. The body
@@ -217,7 +195,11 @@ pub fn request(
 ) -> Event {
     let host = hosts_of(env, &[]).remove(0);
     let site_commit = gateway.routes().site(&host).map(|s| s.commit.clone());
-    let path = if function { "/fn/hello" } else { "/file0.bin" };
+    let path = if function {
+        FUNCTION_PATH
+    } else {
+        "/file0.bin"
+    };
     // The request runs on a runtime of its own: blocking work may use
     // tokio's pool there (the static-file server streams from it).
     canopy_node::env::set_inline_blocking(false);
@@ -239,19 +221,18 @@ pub fn request(
     let named = site_commit.and_then(|commit| {
         pushes
             .values()
-            .find(|(v, _, _)| v.env == env.to_string() && v.commit == commit)
+            .find(|p| p.version.env == env.to_string() && p.version.commit == commit)
     });
     match named {
-        // blobs[1] is the push's first file (blobs[0] its manifest).
-        Some((version, blobs, marker)) => Event::Served {
+        Some(pushed) => Event::Served {
             node,
             env: env.to_string(),
             path: path.to_string(),
-            served: Some(version.clone()),
+            served: Some(pushed.version.clone()),
             blobs_ok: if function {
-                body == hello_body(*marker).as_bytes()
+                body == hello_body(pushed.marker).as_bytes()
             } else {
-                blobs.get(1) == Some(&body_cid)
+                pushed.file0 == body_cid
             },
         },
         None => Event::Served {
@@ -267,6 +248,18 @@ pub fn request(
             blobs_ok: true,
         },
     }
+}
+
+/// Ask `node`'s function what it reads of its clocks and random streams
+/// (`testfn`'s `entropy` action, below the function's route).
+pub fn guest_read(node: NodeIx, env: &EnvKey, gateway: &Arc<Gateway>) -> Event {
+    let host = hosts_of(env, &[]).remove(0);
+    canopy_node::env::set_inline_blocking(false);
+    let (status, body) = http_get(gateway.clone(), &host, ENTROPY_PATH);
+    canopy_node::env::set_inline_blocking(true);
+    let read =
+        (status == http::StatusCode::OK).then(|| String::from_utf8_lossy(&body).into_owned());
+    Event::GuestRead { node, read }
 }
 
 /// `GET path` with `Host: host` through the gateway's handler, over an

@@ -42,29 +42,47 @@ fn one_clean_seed_ends_with_the_contract_line_and_exits_0() {
     assert!(last.ends_with(" violations=0"));
 }
 
+/// The first seed below 40 on which `accept-unverified-blob` breaks an
+/// invariant (found through the library, so the test does not depend on
+/// which seed that is today).
+fn seed_that_finds_the_unverified_blob_bug() -> u64 {
+    use canopy_node::bugs::Bug;
+    (0..40)
+        .find(|seed| {
+            let config = canopy_sim::RunConfig {
+                bugs: vec![Bug::AcceptUnverifiedBlob],
+                ..canopy_sim::RunConfig::new(*seed)
+            };
+            !canopy_sim::run(&config).violations.is_empty()
+        })
+        .expect("accept-unverified-blob found within 40 seeds")
+}
+
 #[test]
 fn a_violation_exits_1_and_prints_its_replay_command_and_trace() {
+    let seed = seed_that_finds_the_unverified_blob_bug();
+    let seed_arg = seed.to_string();
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = sim(
-        &["--seed", "0", "--bug", "accept-unverified-blob"],
-        dir.path(),
-    );
+    let args = [
+        "--seed",
+        seed_arg.as_str(),
+        "--bug",
+        "accept-unverified-blob",
+    ];
+    let (code, out) = sim(&args, dir.path());
     assert_eq!(code, 1, "{out}");
-    assert!(is_summary_line(out.lines().last().unwrap(), 0), "{out}");
+    assert!(is_summary_line(out.lines().last().unwrap(), seed), "{out}");
     assert!(
-        out.contains(
-            "seed=0 replay: canopy-sim --seed 0 --nodes 5 --steps 60 --bug accept-unverified-blob"
-        ),
+        out.contains(&format!(
+            "seed={seed} replay: canopy-sim --seed {seed} --nodes 5 --steps 60 --bug accept-unverified-blob"
+        )),
         "{out}"
     );
-    let trace = dir.path().join("seed-0.trace");
+    let trace = dir.path().join(format!("seed-{seed}.trace"));
     let text = std::fs::read_to_string(&trace).unwrap();
     assert!(text.contains("# violation [blob-matches-cid]"), "{text}");
     // The replay gives the same line.
-    let (again, out2) = sim(
-        &["--seed", "0", "--bug", "accept-unverified-blob"],
-        dir.path(),
-    );
+    let (again, out2) = sim(&args, dir.path());
     assert_eq!(again, 1);
     assert_eq!(out.lines().last(), out2.lines().last());
 }
@@ -88,4 +106,23 @@ fn a_sweep_prints_one_line_per_seed_and_a_summary() {
         summary.starts_with("summary seeds=10..14 runs=4 failed=0 "),
         "{summary}"
     );
+}
+
+#[test]
+fn check_determinism_runs_each_seed_twice_and_stays_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = sim(
+        &[
+            "--seeds",
+            "0..2",
+            "--steps",
+            "10",
+            "--nodes",
+            "3",
+            "--check-determinism",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("summary seeds=0..2 runs=2 failed=0"), "{out}");
 }

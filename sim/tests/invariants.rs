@@ -126,6 +126,45 @@ fn served_only_pushed_fires_on_a_version_nobody_pushed() {
 }
 
 #[test]
+fn served_only_pushed_accepts_a_push_that_reached_a_ledger_unacknowledged() {
+    // n0 crashed after its push went live (recorded) but before answering.
+    let mut t = good();
+    let end = t.entries.pop().unwrap();
+    t.push(
+        1000,
+        Event::PushStarted {
+            node: 0,
+            env: "shop@main".into(),
+            commit: "c2".into(),
+        },
+    );
+    t.push(
+        1010,
+        Event::Recorded {
+            node: 0,
+            version: v("c2", 2, "aa"),
+        },
+    );
+    t.push(1020, Event::Crash { node: 0 });
+    live(&mut t, 1200, 1, v("c2", 2, "aa"));
+    t.entries.push(end);
+    assert_eq!(invariants::served_only_pushed(&t), vec![]);
+    // Started alone (never recorded) is no licence to serve it.
+    let mut t = good();
+    t.push(
+        1000,
+        Event::PushStarted {
+            node: 0,
+            env: "shop@main".into(),
+            commit: "c3".into(),
+        },
+    );
+    live(&mut t, 1200, 1, v("c3", 2, "aa"));
+    let found = invariants::served_only_pushed(&t);
+    assert!(fired(&found, invariants::SERVED_PUSHED), "{found:?}");
+}
+
+#[test]
 fn no_rollback_fires_when_a_node_goes_back() {
     let mut t = good();
     let mut bad = Trace::default();
@@ -178,6 +217,33 @@ fn push_live_everywhere_fires_when_a_push_is_lost_or_left_behind() {
     let found = invariants::push_live_everywhere(&t);
     assert!(fired(&found, invariants::PUSH_LIVE_EVERYWHERE), "{found:?}");
     assert_eq!(found.len(), 2);
+    // An unacknowledged push (recorded, never answered) need not be live
+    // everywhere; a newer one that is live everywhere satisfies the
+    // acknowledged winner.
+    let mut t = good();
+    let end = t.entries.pop().unwrap();
+    t.push(
+        1500,
+        Event::Recorded {
+            node: 1,
+            version: v("c2", 2, "bb"),
+        },
+    );
+    t.entries.push(end);
+    assert_eq!(invariants::push_live_everywhere(&t), vec![]);
+    let mut t = good();
+    let end = t.entries.pop().unwrap();
+    live(&mut t, 1500, 0, v("c2", 2, "bb"));
+    live(&mut t, 1500, 1, v("c2", 2, "bb"));
+    t.entries.push(end);
+    assert_eq!(invariants::push_live_everywhere(&t), vec![]);
+    // Two healthy nodes serving different versions.
+    let mut t = good();
+    let end = t.entries.pop().unwrap();
+    live(&mut t, 1500, 1, v("c2", 2, "bb"));
+    t.entries.push(end);
+    let found = invariants::push_live_everywhere(&t);
+    assert!(fired(&found, invariants::PUSH_LIVE_EVERYWHERE), "{found:?}");
     // A node that crashed lost what it had live until it installs again.
     let mut t = good();
     let end = t.entries.pop().unwrap();

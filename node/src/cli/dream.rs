@@ -259,6 +259,7 @@ fn print_event(event: &DeployEvent, port: u16) {
             key,
             commit,
             elapsed_ms,
+            ..
         } => {
             let host = crate::deploy::hosts_of(key, &[]).remove(0);
             println!(

@@ -269,6 +269,11 @@ impl ClusterNode {
     /// Ask the inviter (the caller has connected to it) to admit this node,
     /// then wait until the admission reached this node's own state.
     pub async fn join(&self, token: &InviteToken, wait: Duration) -> Result<(), JoinError> {
+        // Trust the inviter until this node's own state admits it: its state
+        // (with our admission) must reach us. A retry may bring a token from
+        // another inviter than the one given at start.
+        lock(&self.extra_admitted).insert(token.inviter);
+        self.publish_admitted();
         let request = JoinRequest {
             token: token.encode(),
             addresses: self.addresses.clone(),

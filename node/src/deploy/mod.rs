@@ -49,6 +49,9 @@ pub enum DeployEvent {
         key: EnvKey,
         commit: String,
         elapsed_ms: u128,
+        /// The precedence cluster state gave the release (`None`: no
+        /// cluster). A push made here gets it from the ledger as it goes live.
+        precedence: Option<Precedence>,
     },
     Failed {
         key: EnvKey,
@@ -317,17 +320,21 @@ impl Deployer {
                     repo: repo.to_owned(),
                     precedence: None,
                 };
-                if let Err(error) = self.go_live(&key, live, release) {
-                    let error = format!("cannot record the release in cluster state: {error}");
-                    self.fail(&key, &commit_hex, error);
-                    return;
-                }
+                let precedence = match self.go_live(&key, live, release) {
+                    Ok(precedence) => precedence,
+                    Err(error) => {
+                        let error = format!("cannot record the release in cluster state: {error}");
+                        self.fail(&key, &commit_hex, error);
+                        return;
+                    }
+                };
                 let elapsed_ms = (self.env.clock.now() - started).as_millis();
                 tracing::info!(env = %key, commit = %commit_hex, elapsed_ms, "live");
                 let _ = self.events.send(DeployEvent::Live {
                     key,
                     commit: commit_hex,
                     elapsed_ms,
+                    precedence,
                 });
             }
             Err(DeployError(error)) => self.fail(&key, &commit_hex, error),
@@ -354,12 +361,13 @@ impl Deployer {
     /// swap it in, both under the live lock, so the follower cannot install
     /// the same release a second time in between. A push recorded here ranks
     /// above every release this node has seen, so it always goes live.
+    /// Returns the precedence the ledger gave it (`None`: no ledger).
     fn go_live(
         &self,
         key: &EnvKey,
         mut live: LiveRelease,
         mut release: Release,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Precedence>, String> {
         {
             let mut all = self.live.lock().expect("live lock");
             if let Some(ledger) = self.ledger.get() {
@@ -378,8 +386,9 @@ impl Deployer {
             all.insert(key.clone(), live);
             self.publish_routes_locked(&all);
         }
+        let precedence = release.precedence;
         self.record_live(key, release);
-        Ok(())
+        Ok(precedence)
     }
 
     /// Record `release` as `key`'s live release (after its routes swapped).
@@ -475,6 +484,7 @@ impl Deployer {
                 key: key.clone(),
                 commit: wanted.commit,
                 elapsed_ms,
+                precedence: Some(wanted.precedence),
             });
         }
         Ok(outcome)

@@ -10,13 +10,12 @@
 //! - dumb HTTP (`info/refs` without `service`, `HEAD`, `objects/…`) — 404.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufReader, Read, Seek};
+use std::io::{self, BufReader, Read, Seek, Write};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::receive::{self, Commands, Outcome};
@@ -35,7 +34,9 @@ const MIN_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 /// reports each acknowledged push as a [`PushEvent`].
 ///
 /// Cheap to clone (shared state is behind `Arc`s). `handle` must run inside a
-/// tokio runtime (it uses `spawn_blocking` and tokio's file I/O).
+/// tokio runtime: its file work goes through [`crate::env::spawn_blocking`]
+/// (tokio's blocking pool, or inline in the simulator, so a simulated push
+/// replays from its seed).
 #[derive(Clone, Debug)]
 pub struct GitHttp {
     repos: Repos,
@@ -144,7 +145,7 @@ impl GitHttp {
     async fn advertise(&self, repo: &str) -> Response<Body> {
         let repos = self.repos.clone();
         let name = repo.to_owned();
-        match tokio::task::spawn_blocking(move || advertisement(&repos, &name)).await {
+        match crate::env::spawn_blocking(move || advertisement(&repos, &name)).await {
             Ok(Ok(body)) => git_response("application/x-git-receive-pack-advertisement", body),
             Ok(Err(e)) => {
                 tracing::error!(repo, error = %e, "could not advertise refs");
@@ -200,7 +201,7 @@ impl GitHttp {
         let repos = self.repos.clone();
         let name = repo.to_owned();
         let max_push_bytes = self.max_push_bytes;
-        let processed = tokio::task::spawn_blocking(move || {
+        let processed = crate::env::spawn_blocking(move || {
             process(&repos, &name, spooled, gzip, max_push_bytes)
         })
         .await;
@@ -274,7 +275,7 @@ impl GitHttp {
                 ),
             )
         })?;
-        let mut file = tokio::fs::File::from_std(file);
+        let mut file = Some(file);
         let max = self.max_push_bytes;
         let mut stored_bytes = 0u64;
         let mut discarded_bytes = 0u64;
@@ -292,9 +293,18 @@ impl GitHttp {
             let keep = len.min(max - stored_bytes);
             if keep > 0 {
                 let keep_usize = usize::try_from(keep).unwrap_or(data.len());
-                file.write_all(&data[..keep_usize])
-                    .await
-                    .map_err(spool_write_error)?;
+                let data = data.slice(..keep_usize);
+                let mut open = file
+                    .take()
+                    .ok_or_else(|| spool_write_error(io::Error::other("spool file lost")))?;
+                let (open, written) = crate::env::spawn_blocking(move || {
+                    let written = open.write_all(&data);
+                    (open, written)
+                })
+                .await
+                .map_err(|e| spool_write_error(io::Error::other(e.to_string())))?;
+                written.map_err(spool_write_error)?;
+                file = Some(open);
                 stored_bytes += keep;
             }
             discarded_bytes += len - keep;
@@ -305,8 +315,8 @@ impl GitHttp {
                 ));
             }
         }
-        file.flush().await.map_err(spool_write_error)?;
-        let mut file = file.into_std().await;
+        let mut file =
+            file.ok_or_else(|| spool_write_error(io::Error::other("spool file lost")))?;
         file.rewind().map_err(spool_write_error)?;
         debug_assert!(stored_bytes <= max);
         Ok(Spooled {
