@@ -139,14 +139,7 @@ impl SimNet {
     /// Tell protocol code which peers are now connected and admitted, in
     /// id order.
     fn refresh(&self) {
-        let now: BTreeSet<NodeId> = {
-            let admitted = self.inner.admitted.borrow();
-            self.up()
-                .iter()
-                .filter(|p| admitted.contains(p))
-                .copied()
-                .collect()
-        };
+        let now: BTreeSet<NodeId> = Net::peers(self).into_iter().collect();
         let mut visible = self.inner.visible.lock().unwrap_or_else(|p| p.into_inner());
         for gone in visible.difference(&now) {
             let _ = self.inner.events.try_send(NetEvent::PeerDown(*gone));

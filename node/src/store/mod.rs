@@ -104,11 +104,17 @@ impl BlobStore {
                 .map_err(|e| StoreError::io("create directory", dir, e))?;
         }
         // Nothing in tmp/ was ever visible as a blob: it is safe to drop.
-        let entries = fs::read_dir(&store.tmp_dir)
+        // In name order, not the filesystem's: the simulator's disk journals
+        // each removal, and a replay must see them in the same order.
+        let mut stale = fs::read_dir(&store.tmp_dir)
+            .and_then(|entries| {
+                entries
+                    .map(|entry| entry.map(|e| e.path()))
+                    .collect::<std::io::Result<Vec<_>>>()
+            })
             .map_err(|e| StoreError::io("list directory", &store.tmp_dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| StoreError::io("list directory", &store.tmp_dir, e))?;
-            let path = entry.path();
+        stale.sort();
+        for path in stale {
             store
                 .disk
                 .remove_file(&path)
