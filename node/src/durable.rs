@@ -12,7 +12,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bugs::{self, Bug};
 use crate::env::{Disk, OsDisk};
@@ -59,27 +58,29 @@ pub fn write_atomically_on(
     written
 }
 
-/// Names temporary files uniquely within this process.
-static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
-
-/// A new temporary file beside `path`: `.<name>.<pid>-<n>.tmp`. Named
-/// deterministically (no random suffix) so the simulator's journal of a
-/// node's disk does not depend on an OS-seeded RNG.
+/// A new temporary file beside `path`: `.<name>.tmp`, or `.<name>.<n>.tmp`
+/// with the first `n` free if another writer (or a crash) holds that name.
+/// Named from the directory's contents alone — no random suffix, no
+/// process-wide counter — so the simulator's journal of a node's disk is
+/// the same whatever else runs in the process.
 fn create_tmp(disk: &dyn Disk, path: &Path) -> std::io::Result<(PathBuf, crate::env::DiskFile)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    loop {
-        let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
-        let tmp_path = path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()));
+    for n in 0u64.. {
+        let tmp_name = match n {
+            0 => format!(".{name}.tmp"),
+            n => format!(".{name}.{n}.tmp"),
+        };
+        let tmp_path = path.with_file_name(tmp_name);
         match disk.create_new(&tmp_path) {
             Ok(file) => return Ok((tmp_path, file)),
-            // Left behind by an earlier process with the same pid.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     }
+    unreachable!("u64 names run out")
 }
 
 #[cfg(unix)]
@@ -115,5 +116,21 @@ mod tests {
             std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
             1
         );
+    }
+
+    #[test]
+    fn a_temporary_name_in_use_is_skipped_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        // A temporary file another writer (or a crash) left under the
+        // first name.
+        std::fs::write(dir.path().join(".state.tmp"), b"someone else's").unwrap();
+        write_atomically(&path, b"mine", None).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"mine");
+        assert_eq!(
+            std::fs::read(dir.path().join(".state.tmp")).unwrap(),
+            b"someone else's"
+        );
+        assert!(!dir.path().join(".state.1.tmp").exists());
     }
 }

@@ -17,8 +17,10 @@
 //!   as the seam promises (the OS disk syncs their parents).
 //!
 //! On a simulated crash the harness calls [`SimDisk::crash`] once the
-//! node's software is gone. For every non-durable change, in the order the
-//! changes were made (never in the order of their temporary names), it
+//! node's software is gone. For every non-durable change — file data in
+//! the order the files were created, directory entries name by name in
+//! name order, each name's changes in the order they were made (never in
+//! the order tasks happened to run or be dropped) — it
 //! draws from the run's RNG whether the change survives or vanishes, and
 //! for unsynced data also whether it is torn (cut to a random prefix
 //! between the synced length and what was written). A vanished entry
@@ -190,9 +192,16 @@ impl SimDisk {
             };
             File::options().write(true).open(path)?.set_len(keep)?;
         }
-        // Then names: a name's changes survive as a prefix.
+        // Then names: a name's changes survive as a prefix. Name by name,
+        // in name order (each name's changes in the order they were made):
+        // changes to different names may have been made in an order a
+        // replay does not repeat — a crashed host's tasks are dropped, and
+        // their temp files removed, in an order that depends on tokio's
+        // process-wide task ids.
+        let mut changes: Vec<&EntryChange> = journal.changes.iter().collect();
+        changes.sort_by(|a, b| a.path.cmp(&b.path));
         let mut undo: BTreeMap<&Path, Option<&Path>> = BTreeMap::new();
-        for change in &journal.changes {
+        for change in changes {
             report.unsynced += 1;
             let lost = if undo.contains_key(change.path.as_path()) {
                 true

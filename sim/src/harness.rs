@@ -33,60 +33,42 @@
 //! crash of the host mid-push loses the task. Requests go through the
 //! gateway's handler (see [`crate::workload::request`]).
 //!
+//! A node's software and the work handed to its host are in [`crate::host`];
+//! what the harness and the hosts share is in [`crate::world`].
+//!
 //! Everything runs on the calling thread: turmoil steps every host's
 //! runtime in turn, so a run is a pure function of its seed.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::path::Path;
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use bytes::Bytes;
 use canopy_node::bugs::Bug;
-use canopy_node::cluster::{ClusterNode, ClusterOptions, SyncConfig};
-use canopy_node::deploy::{DeployEvent, Deployer};
-use canopy_node::env::{Clock, Env, Rng};
-use canopy_node::gateway::Gateway;
-use canopy_node::git::{GitHttp, Repos};
+use canopy_node::deploy::DeployEvent;
+use canopy_node::env::Rng;
 use canopy_node::net::NodeId;
-use canopy_node::net::admission::InviteToken;
-use canopy_node::net::identity::NodeKey;
-use canopy_node::runtime::{GuestEnv, Runtime, RuntimeConfig};
-use canopy_node::store::{BlobStore, cid_of};
-use http_body_util::BodyExt;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use canopy_node::store::cid_of;
+use tokio::sync::broadcast;
 
-use crate::disk::SimDisk;
 use crate::faults::{Params, uniform, unit};
-use crate::git_push::{self, PushPack};
+use crate::git_push;
 use crate::guest_clock::{EPOCH_S, SimulatedNow};
+use crate::host::node_main;
 use crate::invariants::{self, Violation};
-use crate::net::{NetConfig, PORT, SimNet};
 use crate::trace::{Event, NodeIx, Trace, Version};
 use crate::workload;
-use crate::workload::{Pushed, Pushes};
+use crate::workload::Pushed;
+use crate::world::{
+    Job, PushJob, Shared, Started, World, host_name, lock, node_key, report_pushes,
+};
 
 /// Simulated time per turmoil step.
 pub const TICK: Duration = Duration::from_millis(10);
 const TICK_MS: u64 = TICK.as_millis() as u64;
 /// The workload and fault generators roll once per slot.
 const SLOT_MS: u64 = 100;
-/// Cluster-state anti-entropy interval before drift.
-const ANTI_ENTROPY: Duration = Duration::from_secs(10);
-/// How long a joining node waits for its admission to reach its own state.
-const JOIN_WAIT: Duration = Duration::from_secs(10);
-/// How long a joining node waits for an inviter to hand it a token.
-const INVITE_WAIT: Duration = Duration::from_secs(2);
-/// Pause between join attempts.
-const JOIN_RETRY: Duration = Duration::from_secs(1);
-/// How long an invite is valid.
-const INVITE_TTL: Duration = Duration::from_secs(600);
-/// The client's upload rate for a push, in bytes per simulated second.
-const PUSH_UPLOAD_BYTES_PER_S: u64 = 10_000_000;
-/// The repository every push goes to (`canopy dream`'s remote is the same
-/// kind of URL: `<admin>/git/<repo>.git`).
-const REPO: &str = "shop.git";
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -148,107 +130,6 @@ impl RunResult {
             self.violations.len()
         )
     }
-}
-
-/// A running node's parts, as the harness reaches them.
-struct Running {
-    net: SimNet,
-    cluster: Arc<ClusterNode>,
-    store: Arc<BlobStore>,
-    deployer: Arc<Deployer>,
-    gateway: Arc<Gateway>,
-    /// Work for the node's host: pushes to serve, invites to issue.
-    jobs: mpsc::UnboundedSender<Job>,
-    /// What the deployer reports: pushes going live through the ledger.
-    deploy_events: broadcast::Receiver<DeployEvent>,
-    boot: u64,
-}
-
-/// Work the harness hands to a node's host.
-enum Job {
-    /// Play a `git push` client against the node's Git remote.
-    Push(PushJob),
-    /// Issue an invite (as an operator would through the admin API).
-    Invite(oneshot::Sender<Result<InviteToken, String>>),
-}
-
-/// One push: a commit of the project for `branch`.
-struct PushJob {
-    branch: &'static str,
-    pack: PushPack,
-}
-
-/// What the harness knows of a push it started.
-struct Started {
-    node: NodeIx,
-    /// The boot of `node` it was handed to (a crash loses it).
-    boot: u64,
-    env: String,
-    blobs: Vec<String>,
-    file0: String,
-    marker: u8,
-    in_flight: bool,
-    acknowledged: bool,
-    /// Its `push` line was written.
-    reported: bool,
-}
-
-/// State shared by the harness and the simulated hosts (one thread).
-struct World {
-    seed: u64,
-    run_dir: PathBuf,
-    ids: Vec<NodeId>,
-    hosts: BTreeMap<NodeId, String>,
-    running: BTreeMap<NodeIx, Running>,
-    boots: BTreeMap<NodeIx, u64>,
-    /// Each node's disk, kept across its restarts.
-    disks: BTreeMap<NodeIx, Arc<SimDisk>>,
-    drift_permille: Vec<u64>,
-    duplicate_rate: f64,
-    corrupt_read_rate: f64,
-    /// Every push that a ledger recorded, by precedence.
-    pushes: Pushes,
-    /// Every push started, by commit id (hex).
-    started: BTreeMap<String, Started>,
-    /// The test guest's versions (`tests/guests/testfn`) pushes deploy.
-    functions: Vec<Arc<Vec<u8>>>,
-    /// What each running node had installed when last looked at.
-    installed: BTreeMap<NodeIx, BTreeMap<String, (u64, String)>>,
-    /// The faults are healed: nodes (re)started now get a clean transport.
-    healed: bool,
-    now_ms: u64,
-    /// `now_ms` as functions read it (see [`crate::guest_clock`]).
-    simulated_now: SimulatedNow,
-    trace: Trace,
-}
-
-type Shared = Arc<Mutex<World>>;
-
-fn lock(world: &Shared) -> MutexGuard<'_, World> {
-    world.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl World {
-    fn record(&mut self, event: Event) {
-        self.trace.push(self.now_ms, event);
-    }
-}
-
-fn host_name(ix: NodeIx) -> String {
-    format!("n{ix}")
-}
-
-/// The RNG of boot `boot` of node `ix`: every node, and every restart of
-/// it, has its own stream.
-fn node_rng(seed: u64, ix: NodeIx, boot: u64) -> Rng {
-    Rng::seeded(seed ^ ((ix as u64) << 32) ^ (boot << 48))
-}
-
-/// Node `ix`'s key: the one its first boot draws from its RNG
-/// (`NodeKey::load_or_create`, the node's first draw), so the same for the
-/// same (seed, node).
-pub fn node_key(seed: u64, ix: NodeIx) -> NodeKey {
-    NodeKey::generate(&node_rng(seed, ix, 1))
 }
 
 thread_local! {
@@ -327,21 +208,6 @@ pub fn run(config: &RunConfig) -> RunResult {
         violations,
         simulated,
     }
-}
-
-/// The compiled-code directory every simulated node shares, kept across
-/// processes (`$TMPDIR/canopy-sim-compiled`): each function version is
-/// compiled once per machine. Writes into it are atomic, so processes and
-/// threads may share it; compiled code that does not fit this wasmtime is
-/// compiled again by the runtime.
-fn compiled_dir() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    let base = if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    base.join("canopy-sim-compiled")
 }
 
 /// A per-run directory for the nodes' data, in memory when the machine has
@@ -497,7 +363,14 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
                 leaves_left -= 1;
                 let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
                 let others: Vec<NodeIx> = registered.difference(&left).copied().collect();
-                stop_node(&world, &mut sim, node, &others, &partition, hold);
+                stop_node(
+                    &world,
+                    &mut sim,
+                    node,
+                    &others,
+                    (&partition, hold),
+                    params.fail_rate,
+                );
                 left.insert(node);
                 lock(&world).record(Event::Leave { node });
             }
@@ -541,7 +414,14 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
             if running.len() > 2 && unit(&rng) < params.crash_chance {
                 let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
                 let others: Vec<NodeIx> = registered.difference(&left).copied().collect();
-                stop_node(&world, &mut sim, node, &others, &partition, hold);
+                stop_node(
+                    &world,
+                    &mut sim,
+                    node,
+                    &others,
+                    (&partition, hold),
+                    params.fail_rate,
+                );
                 let restart_at = now + uniform(&rng, 100, params.max_downtime.as_millis() as u64);
                 crashed.insert(node, restart_at);
                 lock(&world).record(Event::Crash { node });
@@ -594,6 +474,12 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
         }
         if heal_everything {
             sim.set_fail_rate(0.0);
+            // Links a crash gave a loss rate of their own (see `stop_node`).
+            for a in &registered {
+                for b in registered.iter().filter(|b| a < *b) {
+                    sim.set_link_fail_rate(host_name(*a), host_name(*b), 0.0);
+                }
+            }
             let hosts_up: Vec<NodeIx> = registered.difference(&left).copied().collect();
             for a in &hosts_up {
                 for b in &hosts_up {
@@ -689,96 +575,6 @@ fn start_push(world: &Shared, rng: &Rng, node: NodeIx, branch: &'static str, n: 
         },
     );
     w.record(Event::PushStarted { node, env, commit });
-}
-
-/// The client side of one `git push` on `node`'s host: read the branch's
-/// old value from the ref advertisement, upload (taking simulated time),
-/// post the pack to the node's Git HTTP handler, read its report.
-async fn run_push(world: Shared, node: NodeIx, git: Arc<GitHttp>, job: PushJob) {
-    let commit = job.pack.commit.to_string();
-    let result = push_exchange(&git, &job).await;
-    let mut w = lock(&world);
-    if let Some(started) = w.started.get_mut(&commit) {
-        started.in_flight = false;
-        started.acknowledged = result.is_ok();
-    }
-    match result {
-        Ok(()) => report_pushes(&mut w),
-        Err(reason) => w.record(Event::PushRefused {
-            node,
-            commit,
-            reason,
-        }),
-    }
-}
-
-async fn push_exchange(git: &GitHttp, job: &PushJob) -> Result<(), String> {
-    let base = format!("{}/{REPO}", canopy_node::admin::GIT_MOUNT);
-    let advertise = http::Request::get(format!("{base}/info/refs?service=git-receive-pack"))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let (status, advertisement) = answer(git.handle(advertise).await).await?;
-    if status != http::StatusCode::OK {
-        return Err(format!("ref advertisement: {status}"));
-    }
-    let old = git_push::advertised(&advertisement, job.branch).map_err(|e| format!("{e:#}"))?;
-    let body = git_push::request_body(old, &job.pack, job.branch);
-    let upload_ms = 5 + body.len() as u64 * 1000 / PUSH_UPLOAD_BYTES_PER_S;
-    tokio::time::sleep(Duration::from_millis(upload_ms)).await;
-    let post = http::Request::post(format!("{base}/git-receive-pack"))
-        .header(
-            http::header::CONTENT_TYPE,
-            "application/x-git-receive-pack-request",
-        )
-        .body(http_body_util::Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let (status, report) = answer(git.handle(post).await).await?;
-    if status != http::StatusCode::OK {
-        return Err(format!(
-            "receive-pack: {status}: {}",
-            String::from_utf8_lossy(&report).trim_end()
-        ));
-    }
-    git_push::acknowledged(&report, job.branch)
-}
-
-async fn answer(
-    response: http::Response<canopy_node::body::Body>,
-) -> Result<(http::StatusCode, Bytes), String> {
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?
-        .to_bytes();
-    Ok((status, body))
-}
-
-/// Write the `push` line of every acknowledged push whose ledger record is
-/// known (the first, if a restart deployed it again).
-fn report_pushes(w: &mut World) {
-    let mut events = Vec::new();
-    for (commit, started) in w.started.iter_mut() {
-        if !started.acknowledged || started.reported {
-            continue;
-        }
-        let by = w.ids[started.node].to_string();
-        let recorded = w.pushes.values().find(|p| {
-            p.version.env == started.env && p.version.commit == *commit && p.version.by == by
-        });
-        if let Some(pushed) = recorded {
-            started.reported = true;
-            events.push(Event::Push {
-                node: started.node,
-                version: pushed.version.clone(),
-                blobs: started.blobs.clone(),
-            });
-        }
-    }
-    for e in events {
-        w.record(e);
-    }
 }
 
 /// Read what each node's deployer reported: a push going live through the
@@ -891,16 +687,25 @@ fn stop_node(
     sim: &mut turmoil::Sim<'_>,
     node: NodeIx,
     hosts: &[NodeIx],
-    partition: &Option<(Vec<NodeIx>, u64)>,
-    hold: Option<(NodeIx, NodeIx, u64)>,
+    (partition, hold): (&Option<(Vec<NodeIx>, u64)>, Option<(NodeIx, NodeIx, u64)>),
+    fail_rate: f64,
 ) {
     let me = host_name(node);
-    for other in hosts.iter().filter(|o| **o != node) {
-        sim.partition(me.clone(), host_name(*other));
+    let others = || hosts.iter().filter(|o| **o != node).map(|o| host_name(*o));
+    // While the runtime is dropped, its sockets still hand turmoil a FIN
+    // each, and turmoil draws its loss dice for every message it is given,
+    // even on a cut link, unless the link's loss rate is zero. tokio drops
+    // tasks in an order that depends on process-wide task ids (other runs on
+    // other threads spawn tasks too), so those draws would land in a
+    // different order each time: no loss on these links while the host dies.
+    for other in others() {
+        sim.set_link_fail_rate(me.clone(), other.clone(), 0.0);
+        sim.partition(me.clone(), other);
     }
     sim.crash(me.clone());
-    for other in hosts.iter().filter(|o| **o != node) {
-        sim.repair(me.clone(), host_name(*other));
+    for other in others() {
+        sim.repair(me.clone(), other.clone());
+        sim.set_link_fail_rate(me.clone(), other, fail_rate);
     }
     if let Some((side, _)) = partition {
         for a in side {
@@ -1046,234 +851,4 @@ fn settled(world: &Shared) -> bool {
                 .iter()
                 .all(|l| l.is_some_and(|(seq, by)| (*seq, by.as_str()) >= v.precedence()))
     })
-}
-
-/// One node's software: what `turmoil` starts on its host, and again after
-/// every restart. The node's own code from here on, assembled as
-/// `canopy_node::node` does it (with the simulated net in place of libp2p).
-async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
-    let (id, hosts, dir, rng, anti_entropy, rates, boot, unix_s) = {
-        let mut w = lock(&world);
-        let boot = {
-            let b = w.boots.entry(ix).or_insert(0);
-            *b += 1;
-            *b
-        };
-        let drift = w.drift_permille.get(ix).copied().unwrap_or(1000);
-        (
-            w.ids[ix],
-            w.hosts.clone(),
-            w.run_dir.join(host_name(ix)),
-            node_rng(w.seed, ix, boot),
-            ANTI_ENTROPY * drift as u32 / 1000,
-            // Restarted after the heal: no more transport faults.
-            if w.healed {
-                (0.0, 0.0)
-            } else {
-                (w.duplicate_rate, w.corrupt_read_rate)
-            },
-            boot,
-            EPOCH_S + w.now_ms / 1000,
-        )
-    };
-    let disk = {
-        let mut w = lock(&world);
-        match w.disks.get(&ix) {
-            Some(disk) => disk.clone(),
-            None => {
-                let disk = Arc::new(SimDisk::new(&dir)?);
-                w.disks.insert(ix, disk.clone());
-                disk
-            }
-        }
-    };
-    let env = Env {
-        // Simulated wall-clock time: invite tokens carry an expiry.
-        clock: Clock::simulated(unix_s),
-        rng: rng.clone(),
-        data_dir: dir.clone(),
-        disk: disk.clone(),
-    };
-    std::fs::create_dir_all(&dir)?;
-    // The node's first draw: its identity (kept on disk across restarts).
-    let key = NodeKey::load_or_create(&dir, &env.rng)?;
-    if key.node_id() != id {
-        return Err(format!("n{ix} has key {} but the run expects {id}", key.node_id()).into());
-    }
-    let store = Arc::new(BlobStore::open_on(disk, dir.join("store"))?);
-    // Functions read simulated time and a stream of their own, seeded from
-    // the node's (so requests do not shift the node's protocol draws).
-    let guest = GuestEnv::new(
-        lock(&world).simulated_now.guest_clock(),
-        Rng::seeded(rng.next_u64()),
-    );
-    let runtime = Runtime::with_guest_env(
-        RuntimeConfig {
-            max_instances: 2,
-            max_memory_bytes: 64 << 20,
-            // Functions run outside simulated time (see `workload::request`): a
-            // slow tick keeps the runtime from waking every simulated 10 ms.
-            epoch_tick: Duration::from_secs(5),
-            // One compiled-code directory for every node of every run in this
-            // process: each function version is compiled once.
-            ..RuntimeConfig::new(compiled_dir())
-        },
-        guest,
-    )?;
-    let gateway = Gateway::new();
-    let (pushes_tx, pushes_rx) = mpsc::unbounded_channel();
-    let repos = Repos::new(dir.join("git"))?;
-    let git = Arc::new(
-        GitHttp::new(repos.clone(), pushes_tx.clone())
-            .with_mount_prefix(canopy_node::admin::GIT_MOUNT),
-    );
-    let deployer = Deployer::new(env.clone(), store.clone(), runtime, gateway.clone(), repos)?;
-    let deploy_events = deployer.subscribe();
-    deployer.restore().await;
-
-    let (admitted_tx, admitted_rx) = tokio::sync::watch::channel(BTreeSet::new());
-    let (net, events) = SimNet::new(
-        id,
-        hosts,
-        NetConfig::default(),
-        Rng::seeded(rng.next_u64()),
-        admitted_rx,
-    );
-    net.set_duplicate_rate(rates.0);
-    net.set_corrupt_rate(rates.1);
-    tokio::spawn(net.clone().serve());
-    let cluster = ClusterNode::start(
-        &env,
-        Arc::new(net.clone()),
-        events,
-        store.clone(),
-        deployer.clone(),
-        admitted_tx,
-        ClusterOptions {
-            // Node 0 founds the cluster; every other node joins it.
-            found_if_new: ix == 0,
-            addresses: vec![format!("{}:{PORT}", host_name(ix))],
-            sync: SyncConfig {
-                anti_entropy_interval: anti_entropy,
-            },
-            ..ClusterOptions::default()
-        },
-    )?;
-    // As `Node::start`: pushes acknowledged before a crash but never
-    // deployed are deployed now, then every push as it comes.
-    for event in deployer.unfinished_pushes() {
-        let _ = pushes_tx.send(event);
-    }
-    tokio::spawn(deployer.clone().run(pushes_rx));
-
-    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-    {
-        let mut w = lock(&world);
-        let others: Vec<NodeIx> = w.running.keys().copied().collect();
-        for other in others {
-            let other_id = w.ids[other];
-            w.running[&other].net.peer_up(id);
-            net.peer_up(other_id);
-        }
-        w.running.insert(
-            ix,
-            Running {
-                net,
-                cluster: cluster.clone(),
-                store,
-                deployer,
-                gateway,
-                jobs: jobs_tx,
-                deploy_events,
-                boot,
-            },
-        );
-        w.record(Event::Boot { node: ix, boot });
-    }
-    tokio::spawn(serve_jobs(
-        world.clone(),
-        ix,
-        jobs_rx,
-        git,
-        cluster.clone(),
-        key,
-        env.clone(),
-    ));
-    if !cluster.is_admitted() {
-        join(&world, ix, &cluster, &env.rng).await;
-    }
-    std::future::pending::<()>().await;
-    Ok(())
-}
-
-/// Serve the harness's jobs on the node's host: each push as a task of its
-/// own, invites at once.
-async fn serve_jobs(
-    world: Shared,
-    ix: NodeIx,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-    git: Arc<GitHttp>,
-    cluster: Arc<ClusterNode>,
-    key: NodeKey,
-    env: Env,
-) {
-    while let Some(job) = jobs.recv().await {
-        match job {
-            Job::Push(push) => {
-                tokio::spawn(run_push(world.clone(), ix, git.clone(), push));
-            }
-            Job::Invite(reply) => {
-                let token = cluster
-                    .invite(&key, &env, INVITE_TTL)
-                    .map_err(|e| format!("{e:#}"));
-                let _ = reply.send(token);
-            }
-        }
-    }
-}
-
-/// Join the cluster as `canopy node` does with `cluster.invite` set: ask an
-/// admitted node for an invite and present it (`join/1`); after a failure
-/// (a partition, a crashed inviter), again with a fresh invite.
-async fn join(world: &Shared, ix: NodeIx, cluster: &ClusterNode, rng: &Rng) {
-    loop {
-        let asked = {
-            let mut w = lock(world);
-            let inviters: Vec<NodeIx> = w
-                .running
-                .iter()
-                .filter(|(n, r)| **n != ix && r.cluster.is_admitted())
-                .map(|(n, _)| *n)
-                .collect();
-            if inviters.is_empty() {
-                None
-            } else {
-                let inviter = inviters[(rng.next_u64() % inviters.len() as u64) as usize];
-                let (tx, rx) = oneshot::channel();
-                let sent = w.running[&inviter].jobs.send(Job::Invite(tx)).is_ok();
-                w.record(Event::JoinAttempt { node: ix, inviter });
-                sent.then_some(rx)
-            }
-        };
-        let Some(invite) = asked else {
-            tokio::time::sleep(JOIN_RETRY).await;
-            continue;
-        };
-        let outcome = match tokio::time::timeout(INVITE_WAIT, invite).await {
-            Ok(Ok(Ok(token))) => cluster
-                .join(&token, JOIN_WAIT)
-                .await
-                .map_err(|e| e.to_string()),
-            Ok(Ok(Err(e))) => Err(format!("no invite: {e}")),
-            Ok(Err(_)) | Err(_) => Err("the inviter did not answer".to_string()),
-        };
-        match outcome {
-            Ok(()) => {
-                lock(world).record(Event::Joined { node: ix });
-                return;
-            }
-            Err(reason) => lock(world).record(Event::JoinFailed { node: ix, reason }),
-        }
-        tokio::time::sleep(JOIN_RETRY).await;
-    }
 }

@@ -4,8 +4,11 @@
 //! - [`net`] — the node's net seam over turmoil's simulated TCP.
 //! - [`disk`] — the node's disk seam: a real directory with a journal of
 //!   what is not yet durable, which a simulated crash may lose or tear.
-//! - [`harness`] — one run: nodes as turmoil hosts built from simulated
-//!   environments, the generators, the trace, the checks.
+//! - [`harness`] — one run: nodes as turmoil hosts, the generators, the
+//!   faults, the samples the invariants check.
+//! - [`host`] — a simulated node's software (the production parts on
+//!   simulated environments) and the push client, invites and joins on it.
+//! - [`world`] — what the harness and the hosts share.
 //! - [`faults`] — the fault model and the per-run ranges drawn from a seed.
 //! - [`guest_clock`] — the simulated time functions read.
 //! - [`workload`] — what pushes carry, and requests.
@@ -22,9 +25,11 @@ pub mod faults;
 pub mod git_push;
 pub mod guest_clock;
 pub mod harness;
+pub mod host;
 pub mod invariants;
 pub mod net;
 pub mod trace;
 pub mod workload;
+pub mod world;
 
 pub use harness::{RunConfig, RunResult, run};
