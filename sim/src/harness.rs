@@ -64,6 +64,11 @@ use crate::world::{
     Job, PushJob, Shared, Started, World, host_name, lock, node_key, report_pushes,
 };
 
+/// A partition under way: the nodes on one side, and when it heals (ms).
+type Partition = Option<(Vec<NodeIx>, u64)>;
+/// A held link under way: its two nodes, and when it is released (ms).
+type Hold = Option<(NodeIx, NodeIx, u64)>;
+
 /// Simulated time per turmoil step.
 pub const TICK: Duration = Duration::from_millis(10);
 const TICK_MS: u64 = TICK.as_millis() as u64;
@@ -294,8 +299,8 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
     let mut registered: BTreeSet<NodeIx> = (0..config.nodes).collect();
     let mut left: BTreeSet<NodeIx> = BTreeSet::new();
     let mut crashed: BTreeMap<NodeIx, u64> = BTreeMap::new(); // node -> restart at
-    let mut partition: Option<(Vec<NodeIx>, u64)> = None; // side, heal at
-    let mut hold: Option<(NodeIx, NodeIx, u64)> = None;
+    let mut partition: Partition = None;
+    let mut hold: Hold = None;
     let mut joins_left = params.joins;
     let mut leaves_left = params.leaves;
     let join_at = uniform(&rng, active_ms / 4, active_ms * 3 / 4);
@@ -687,7 +692,7 @@ fn stop_node(
     sim: &mut turmoil::Sim<'_>,
     node: NodeIx,
     hosts: &[NodeIx],
-    (partition, hold): (&Option<(Vec<NodeIx>, u64)>, Option<(NodeIx, NodeIx, u64)>),
+    (partition, hold): (&Partition, Hold),
     fail_rate: f64,
 ) {
     let me = host_name(node);
