@@ -275,7 +275,7 @@ impl GitHttp {
                 ),
             )
         })?;
-        let mut file = Some(file);
+        let mut file = file;
         let max = self.max_push_bytes;
         let mut stored_bytes = 0u64;
         let mut discarded_bytes = 0u64;
@@ -294,17 +294,15 @@ impl GitHttp {
             if keep > 0 {
                 let keep_usize = usize::try_from(keep).unwrap_or(data.len());
                 let data = data.slice(..keep_usize);
-                let mut open = file
-                    .take()
-                    .ok_or_else(|| spool_write_error(io::Error::other("spool file lost")))?;
+                // The file moves to the blocking write and back.
                 let (open, written) = crate::env::spawn_blocking(move || {
-                    let written = open.write_all(&data);
-                    (open, written)
+                    let written = file.write_all(&data);
+                    (file, written)
                 })
                 .await
                 .map_err(|e| spool_write_error(io::Error::other(e.to_string())))?;
                 written.map_err(spool_write_error)?;
-                file = Some(open);
+                file = open;
                 stored_bytes += keep;
             }
             discarded_bytes += len - keep;
@@ -315,8 +313,6 @@ impl GitHttp {
                 ));
             }
         }
-        let mut file =
-            file.ok_or_else(|| spool_write_error(io::Error::other("spool file lost")))?;
         file.rewind().map_err(spool_write_error)?;
         debug_assert!(stored_bytes <= max);
         Ok(Spooled {
