@@ -262,7 +262,6 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
             .collect(),
         installed: BTreeMap::new(),
         healed: false,
-        now_ms: 0,
         simulated_now: SimulatedNow::default(),
         trace: Trace::default(),
     }));
@@ -310,11 +309,7 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
     let mut healed_at: Option<u64> = None;
     let mut now = 0u64;
     loop {
-        {
-            let mut w = lock(&world);
-            w.now_ms = now;
-            w.simulated_now.set(now);
-        }
+        lock(&world).simulated_now.set(now);
         let running: Vec<NodeIx> = lock(&world).running.keys().copied().collect();
 
         if now < active_ms && now.is_multiple_of(SLOT_MS) && !running.is_empty() {

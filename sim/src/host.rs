@@ -139,7 +139,7 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
                 (w.duplicate_rate, w.corrupt_read_rate)
             },
             boot,
-            EPOCH_S + w.now_ms / 1000,
+            EPOCH_S + w.simulated_now.elapsed_ms() / 1000,
         )
     };
     let disk = {

@@ -89,8 +89,8 @@ pub(crate) struct World {
     pub(crate) installed: BTreeMap<NodeIx, BTreeMap<String, (u64, String)>>,
     /// The faults are healed: nodes (re)started now get a clean transport.
     pub(crate) healed: bool,
-    pub(crate) now_ms: u64,
-    /// `now_ms` as functions read it (see [`crate::guest_clock`]).
+    /// Simulated time since the run started: what the trace stamps and
+    /// what functions read (see [`crate::guest_clock`]).
     pub(crate) simulated_now: SimulatedNow,
     pub(crate) trace: Trace,
 }
@@ -103,7 +103,7 @@ pub(crate) fn lock(world: &Shared) -> MutexGuard<'_, World> {
 
 impl World {
     pub(crate) fn record(&mut self, event: Event) {
-        self.trace.push(self.now_ms, event);
+        self.trace.push(self.simulated_now.elapsed_ms(), event);
     }
 }
 
