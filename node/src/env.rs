@@ -7,8 +7,10 @@
 //! simulated parts, replay a run from a seed, and crash a node's disk.
 
 mod disk;
+mod guest_clock;
 
 pub use disk::{Disk, DiskFile, OsDisk, missing_dirs, os_disk};
+pub use guest_clock::{GuestClock, NodeClock};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -107,6 +109,14 @@ impl Rng {
         self.inner.lock().expect("rng lock poisoned").next_u64()
     }
 
+    /// A generator of its own, seeded with 256 bits of this one's stream:
+    /// for a consumer whose draws must not shift this stream's later ones.
+    pub fn fork(&self) -> Rng {
+        let mut seed = [0u8; 32];
+        self.fill_bytes(&mut seed);
+        Rng::from_seed(seed)
+    }
+
     pub fn fill_bytes(&self, dest: &mut [u8]) {
         self.inner
             .lock()
@@ -158,6 +168,9 @@ pub struct Env {
     /// What durable writes below `data_dir` go through (the store, cluster
     /// state, deployment state): the OS disk, or the simulator's.
     pub disk: Arc<dyn Disk>,
+    /// What functions read as `wasi:clocks`: the node's [`Clock`] in
+    /// production, the simulation's own reading of time in the simulator.
+    pub guest_clock: Arc<dyn GuestClock>,
 }
 
 impl Env {
@@ -169,6 +182,7 @@ impl Env {
             rng: Rng::from_os(),
             data_dir: data_dir.into(),
             disk: os_disk(),
+            guest_clock: Arc::new(NodeClock::new(Clock::tokio())),
         }
     }
 
@@ -189,5 +203,17 @@ mod tests {
         let ys: Vec<u64> = (0..4).map(|_| b.next_u64()).collect();
         assert_eq!(xs, ys);
         assert_ne!(Rng::seeded(8).next_u64(), xs[0]);
+    }
+
+    #[test]
+    fn a_fork_replays_and_leaves_the_parent_its_own_stream() {
+        let (a, b) = (Rng::seeded(7), Rng::seeded(7));
+        let (fa, fb) = (a.fork(), b.fork());
+        assert_eq!(fa.next_u64(), fb.next_u64());
+        // The fork took 32 bytes: the parents continue in step, and apart
+        // from the fork's stream.
+        let parent = a.next_u64();
+        assert_eq!(parent, b.next_u64());
+        assert_ne!(parent, fa.next_u64());
     }
 }

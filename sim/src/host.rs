@@ -1,6 +1,6 @@
 //! A simulated node's software: what turmoil starts on a node's host, and
-//! again after every restart — the production node parts assembled as
-//! `canopy_node::node` does it, with the simulated net in place of libp2p —
+//! again after every restart — the production node's own assembly
+//! (`canopy_node::node::assemble`) with the simulated net in place of libp2p —
 //! and the work the harness hands the host: playing a `git push` client
 //! against the node's Git remote, issuing invites, joining the cluster.
 
@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use canopy_node::cluster::{ClusterNode, ClusterOptions, SyncConfig};
-use canopy_node::deploy::Deployer;
 use canopy_node::env::{Clock, Env, Rng};
-use canopy_node::gateway::Gateway;
-use canopy_node::git::{GitHttp, Repos};
+use canopy_node::git::GitHttp;
+use canopy_node::net::NodeId;
 use canopy_node::net::identity::NodeKey;
-use canopy_node::runtime::{GuestEnv, Runtime, RuntimeConfig};
-use canopy_node::store::BlobStore;
+use canopy_node::node::{ClusterSpec, NodeSpec, Started, Transport, assemble};
+use canopy_node::runtime::RuntimeConfig;
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, oneshot};
 
@@ -114,11 +113,47 @@ async fn answer(
     Ok((status, body))
 }
 
+/// The simulated network as a node's transport: a [`SimNet`] on the
+/// node's host, with the run's transport faults.
+struct SimTransport {
+    ix: NodeIx,
+    hosts: std::collections::BTreeMap<NodeId, String>,
+    rng: Rng,
+    /// Duplicate and corrupt-read rates.
+    rates: (f64, f64),
+}
+
+impl Transport for SimTransport {
+    type Net = SimNet;
+
+    async fn start(
+        self,
+        key: &NodeKey,
+        admitted: tokio::sync::watch::Receiver<BTreeSet<NodeId>>,
+    ) -> anyhow::Result<Started<SimNet>> {
+        let (net, events) = SimNet::new(
+            key.node_id(),
+            self.hosts,
+            NetConfig::default(),
+            Rng::seeded(self.rng.next_u64()),
+            admitted,
+        );
+        net.set_duplicate_rate(self.rates.0);
+        net.set_corrupt_rate(self.rates.1);
+        tokio::spawn(net.clone().serve());
+        Ok(Started {
+            net,
+            events,
+            addresses: vec![format!("{}:{PORT}", host_name(self.ix))],
+        })
+    }
+}
+
 /// One node's software: what `turmoil` starts on its host, and again after
-/// every restart. The node's own code from here on, assembled as
-/// `canopy_node::node` does it (with the simulated net in place of libp2p).
+/// every restart — the node's own assembly ([`assemble`], as `canopy node`
+/// builds it) on the simulated environment and net.
 pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
-    let (id, hosts, dir, rng, anti_entropy, rates, boot, unix_s) = {
+    let (id, hosts, dir, rng, anti_entropy, rates, boot, unix_s, guest_clock) = {
         let mut w = lock(&world);
         let boot = {
             let b = w.boots.entry(ix).or_insert(0);
@@ -140,6 +175,9 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
             },
             boot,
             EPOCH_S + w.simulated_now.elapsed_ms() / 1000,
+            // Functions run outside simulated time (see `workload::request`)
+            // and read the simulation's own reading of it.
+            w.simulated_now.guest_clock(),
         )
     };
     let disk = {
@@ -158,79 +196,50 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
         clock: Clock::simulated(unix_s),
         rng: rng.clone(),
         data_dir: dir.clone(),
-        disk: disk.clone(),
+        disk,
+        guest_clock,
     };
-    std::fs::create_dir_all(&dir)?;
-    // The node's first draw: its identity (kept on disk across restarts).
-    let key = NodeKey::load_or_create(&dir, &env.rng)?;
-    if key.node_id() != id {
-        return Err(format!("n{ix} has key {} but the run expects {id}", key.node_id()).into());
-    }
-    let store = Arc::new(BlobStore::open_on(disk, dir.join("store"))?);
-    // Functions read simulated time and a stream of their own, seeded from
-    // the node's (so requests do not shift the node's protocol draws).
-    let guest = GuestEnv::new(
-        lock(&world).simulated_now.guest_clock(),
-        Rng::seeded(rng.next_u64()),
-    );
-    let runtime = Runtime::with_guest_env(
-        RuntimeConfig {
+    let spec = NodeSpec {
+        runtime: RuntimeConfig {
             max_instances: 2,
             max_memory_bytes: 64 << 20,
-            // Functions run outside simulated time (see `workload::request`): a
-            // slow tick keeps the runtime from waking every simulated 10 ms.
+            // Functions run outside simulated time: a slow tick keeps the
+            // runtime from waking every simulated 10 ms.
             epoch_tick: Duration::from_secs(5),
             // One compiled-code directory for every node of every run in this
             // process: each function version is compiled once.
             ..RuntimeConfig::new(compiled_dir())
         },
-        guest,
-    )?;
-    let gateway = Gateway::new();
-    let (pushes_tx, pushes_rx) = mpsc::unbounded_channel();
-    let repos = Repos::new(dir.join("git"))?;
-    let git = Arc::new(
-        GitHttp::new(repos.clone(), pushes_tx.clone())
-            .with_mount_prefix(canopy_node::admin::GIT_MOUNT),
-    );
-    let deployer = Deployer::new(env.clone(), store.clone(), runtime, gateway.clone(), repos)?;
-    let deploy_events = deployer.subscribe();
-    deployer.restore().await;
-
-    let (admitted_tx, admitted_rx) = tokio::sync::watch::channel(BTreeSet::new());
-    let (net, events) = SimNet::new(
-        id,
-        hosts,
-        NetConfig::default(),
-        Rng::seeded(rng.next_u64()),
-        admitted_rx,
-    );
-    net.set_duplicate_rate(rates.0);
-    net.set_corrupt_rate(rates.1);
-    tokio::spawn(net.clone().serve());
-    let cluster = ClusterNode::start(
-        &env,
-        Arc::new(net.clone()),
-        events,
-        store.clone(),
-        deployer.clone(),
-        admitted_tx,
-        ClusterOptions {
-            // Node 0 founds the cluster; every other node joins it.
-            found_if_new: ix == 0,
-            addresses: vec![format!("{}:{PORT}", host_name(ix))],
-            sync: SyncConfig {
-                anti_entropy_interval: anti_entropy,
+        cluster: Some(ClusterSpec {
+            transport: SimTransport {
+                ix,
+                hosts,
+                rng: rng.clone(),
+                rates,
             },
-            ..ClusterOptions::default()
-        },
-    )?;
-    // As `Node::start`: pushes acknowledged before a crash but never
-    // deployed are deployed now, then every push as it comes.
-    for event in deployer.unfinished_pushes() {
-        let _ = pushes_tx.send(event);
+            options: ClusterOptions {
+                // Node 0 founds the cluster; every other node joins it.
+                found_if_new: ix == 0,
+                sync: SyncConfig {
+                    anti_entropy_interval: anti_entropy,
+                },
+                ..ClusterOptions::default()
+            },
+        }),
+    };
+    let services = assemble(&env, spec)
+        .await
+        .map_err(|e| format!("n{ix}: {e:#}"))?;
+    if services.key.node_id() != id {
+        return Err(format!(
+            "n{ix} has key {} but the run expects {id}",
+            services.key.node_id()
+        )
+        .into());
     }
-    tokio::spawn(deployer.clone().run(pushes_rx));
+    let Some((cluster, net)) = services.cluster else {
+        return Err(format!("n{ix} started without its cluster side").into());
+    };
 
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     {
@@ -246,11 +255,11 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
             Running {
                 net,
                 cluster: cluster.clone(),
-                store,
-                deployer,
-                gateway,
+                store: services.store,
+                deployer: services.deployer,
+                gateway: services.gateway,
                 jobs: jobs_tx,
-                deploy_events,
+                deploy_events: services.deploy_events,
                 boot,
             },
         );
@@ -260,9 +269,9 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
         world.clone(),
         ix,
         jobs_rx,
-        git,
+        services.git,
         cluster.clone(),
-        key,
+        services.key,
         env.clone(),
     ));
     if !cluster.is_admitted() {

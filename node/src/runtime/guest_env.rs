@@ -16,41 +16,8 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
-use crate::env::{Clock, Env, Rng};
-
-/// A clock as guests read it.
-pub trait GuestClock: Send + Sync + Debug {
-    /// Time since the Unix epoch (`wasi:clocks/wall-clock`).
-    fn wall(&self) -> Duration;
-    /// Time since an arbitrary origin that never goes back
-    /// (`wasi:clocks/monotonic-clock`).
-    fn monotonic(&self) -> Duration;
-}
-
-/// The node's [`Clock`]: wall time as the node knows it, monotonic time
-/// from when the runtime started.
-#[derive(Debug)]
-pub struct NodeClock {
-    clock: Clock,
-    origin: tokio::time::Instant,
-}
-
-impl NodeClock {
-    pub fn new(clock: Clock) -> Self {
-        let origin = clock.now();
-        Self { clock, origin }
-    }
-}
-
-impl GuestClock for NodeClock {
-    fn wall(&self) -> Duration {
-        self.clock.unix_now()
-    }
-
-    fn monotonic(&self) -> Duration {
-        self.clock.now().saturating_duration_since(self.origin)
-    }
-}
+use crate::env::{Env, Rng};
+pub use crate::env::{GuestClock, NodeClock};
 
 /// Time and randomness for the functions of one runtime.
 #[derive(Clone, Debug)]
@@ -60,9 +27,10 @@ pub struct GuestEnv {
 }
 
 impl GuestEnv {
-    /// The node's clock and random stream.
+    /// The environment's guest clock, and a stream of the guests' own forked
+    /// from the node's (so requests never shift the node's protocol draws).
     pub fn of(env: &Env) -> Self {
-        Self::new(Arc::new(NodeClock::new(env.clock.clone())), env.rng.clone())
+        Self::new(env.guest_clock.clone(), env.rng.fork())
     }
 
     /// Guests read `clock`; their generators are seeded from `rng`.

@@ -1,0 +1,299 @@
+//! One running node: its services ([`assemble`]: store, runtime, gateway,
+//! Git remote, deployer, the cluster side when it has one) behind its
+//! listeners — the gateway (HTTP and HTTPS) and the admin API.
+//!
+//! The simulator builds the same services with [`assemble`] on its own
+//! environment and transport, and drives the handlers without sockets.
+
+mod assemble;
+mod p2p_join;
+mod report;
+
+pub use assemble::{ClusterSpec, NodeSpec, Services, Started, Transport, assemble};
+pub use p2p_join::P2pTransport;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Admin};
+use crate::cluster::{ClusterNode, ClusterOptions};
+use crate::deploy::{DeployEvent, Deployer};
+use crate::env::Env;
+use crate::net::admission::InviteToken;
+use crate::net::p2p::Multiaddr;
+use crate::runtime::RuntimeConfig;
+use crate::status::CertificateStatus;
+use crate::tls::LocalCa;
+
+/// The repository name `canopy dream` advertises as its Git remote.
+pub const DEFAULT_REPO: &str = "dream.git";
+
+/// Where a node listens.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The gateway: user traffic (HTTP/1.1 and HTTP/2).
+    pub http_listen: SocketAddr,
+    /// The admin API and the Git remote.
+    pub admin_listen: SocketAddr,
+    /// HTTPS with certificates from a local CA kept in the data directory
+    /// (`canopy dream`); `None` serves plain HTTP only.
+    pub https_local_ca: Option<SocketAddr>,
+    /// Where the local CA lives; default `DATA_DIR/tls`. Nodes of one dream
+    /// share one CA, so clients trust one certificate.
+    pub local_ca_dir: Option<PathBuf>,
+    /// Be part of a cluster; `None`: a standalone node.
+    pub cluster: Option<ClusterSetup>,
+}
+
+/// How a node takes part in a cluster (`cluster:` in the node config).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterSetup {
+    /// Peer-to-peer listen addresses (TCP, and QUIC when on).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (and to join through, with `invite`).
+    pub peers: Vec<Multiaddr>,
+    /// The cluster's pre-shared key (every node has the same).
+    pub secret: Option<[u8; 32]>,
+    pub mdns: bool,
+    pub quic: bool,
+    /// Join the cluster with this token (first start only; ignored once the
+    /// node is a member).
+    pub invite: Option<InviteToken>,
+    /// Copies of every blob; `None`: min(3, nodes).
+    pub replication_factor: Option<usize>,
+}
+
+/// A running node. Dropping it does not stop it; call [`Node::stop`].
+pub struct Node {
+    id: String,
+    cluster: Option<Arc<ClusterNode>>,
+    p2p_addrs: Vec<String>,
+    http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
+    ca_pem: Option<PathBuf>,
+    admin_addr: SocketAddr,
+    deployer: Arc<Deployer>,
+    shutdown: watch::Sender<bool>,
+    /// The gateway and the admin API: they drain in-flight requests on stop.
+    tasks: Vec<JoinHandle<()>>,
+    deploy_task: JoinHandle<()>,
+}
+
+/// The sockets a node listens on, bound before its services start (the
+/// cluster side tells peers these addresses).
+struct Listeners {
+    http: TcpListener,
+    admin: TcpListener,
+    https: Option<TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(options: &NodeOptions) -> anyhow::Result<Self> {
+        let http = TcpListener::bind(options.http_listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", options.http_listen))?;
+        let admin = TcpListener::bind(options.admin_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for the admin API on {}",
+                    options.admin_listen
+                )
+            })?;
+        let https = match options.https_local_ca {
+            Some(listen) => Some(
+                TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen for HTTPS on {listen}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self { http, admin, https })
+    }
+}
+
+impl Node {
+    /// Start a node: restore what was live, then listen. Returns once the
+    /// node serves every restored release and accepts pushes.
+    pub async fn start(env: Env, options: NodeOptions) -> anyhow::Result<Node> {
+        let listeners = Listeners::bind(&options).await?;
+        let http_addr = listeners.http.local_addr()?;
+        let admin_addr = listeners.admin.local_addr()?;
+        let https_addr = match &listeners.https {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+
+        let spec = NodeSpec {
+            runtime: RuntimeConfig::new(env.data_dir.join("compiled")),
+            cluster: options.cluster.as_ref().map(|setup| ClusterSpec {
+                transport: P2pTransport::of(setup),
+                options: ClusterOptions {
+                    found_if_new: setup.invite.is_none(),
+                    invite: setup.invite.clone(),
+                    replication_factor: setup.replication_factor,
+                    http: format!("http://{http_addr}"),
+                    admin: format!("http://{admin_addr}"),
+                    ..ClusterOptions::default()
+                },
+            }),
+        };
+        let services = assemble(&env, spec).await?;
+        let id = services.key.node_id().to_string();
+        let p2p_addrs: Vec<String> = match (&services.cluster, &options.cluster) {
+            (Some((cluster, net)), Some(setup)) => {
+                if let Err(e) = p2p_join::connect(&env, &services.key, setup, cluster, net).await {
+                    services.deploy_task.abort();
+                    cluster.stop().await;
+                    return Err(e);
+                }
+                net.listen_addrs().iter().map(|a| a.to_string()).collect()
+            }
+            _ => Vec::new(),
+        };
+
+        let ca = match options.https_local_ca {
+            Some(_) => {
+                let ca_dir = options
+                    .local_ca_dir
+                    .clone()
+                    .unwrap_or_else(|| env.data_dir.join("tls"));
+                Some(Arc::new(LocalCa::load_or_create(&ca_dir, &env.rng)?))
+            }
+            None => None,
+        };
+        let ca_pem = ca.as_ref().map(|ca| ca.ca_pem_path().to_owned());
+        let certificates = match &ca_pem {
+            Some(path) => vec![CertificateStatus {
+                domain: "localhost, *.localhost, 127.0.0.1".to_owned(),
+                issuer: format!("the dream's local CA ({})", path.display()),
+                not_after: "2045-01-01".to_owned(),
+            }],
+            None => Vec::new(),
+        };
+
+        let (shutdown, _) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn({
+            let gateway = services.gateway.clone();
+            let stop = stopped(shutdown.subscribe());
+            let listener = listeners.http;
+            async move {
+                if let Err(e) = gateway.serve(listener, stop).await {
+                    tracing::error!(error = %e, "gateway stopped");
+                }
+            }
+        }));
+        if let (Some(listener), Some(ca)) = (listeners.https, ca) {
+            let config = crate::tls::server_config(ca)?;
+            let gateway = services.gateway.clone();
+            let stop = stopped(shutdown.subscribe());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = gateway.serve_tls(listener, config, stop).await {
+                    tracing::error!(error = %e, "HTTPS gateway stopped");
+                }
+            }));
+        }
+        let cluster = services.cluster.as_ref().map(|(c, _)| c.clone());
+        let info = Arc::new(report::Info {
+            id: id.clone(),
+            http: format!("http://{http_addr}"),
+            admin: format!("http://{admin_addr}"),
+            deployer: services.deployer.clone(),
+            runtime: services.runtime.clone(),
+            certificates,
+            cluster: cluster
+                .clone()
+                .map(|c| (c, services.key.clone(), env.clone(), p2p_addrs.clone())),
+        });
+        tasks.push(tokio::spawn({
+            let admin = Admin::new(info, services.git.clone());
+            let stop = stopped(shutdown.subscribe());
+            let listener = listeners.admin;
+            async move {
+                if let Err(e) = admin.serve(listener, stop).await {
+                    tracing::error!(error = %e, "admin API stopped");
+                }
+            }
+        }));
+
+        Ok(Node {
+            id,
+            cluster,
+            p2p_addrs,
+            http_addr,
+            https_addr,
+            ca_pem,
+            admin_addr,
+            deployer: services.deployer,
+            shutdown,
+            tasks,
+            deploy_task: services.deploy_task,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The HTTPS gateway, when the node serves one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The local CA's certificate that HTTPS clients should trust.
+    pub fn ca_pem(&self) -> Option<&Path> {
+        self.ca_pem.as_deref()
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The URL `git push` accepts for repository `repo` (e.g. `dream.git`).
+    pub fn git_remote(&self, repo: &str) -> String {
+        format!("http://{}{}/{repo}", self.admin_addr, admin::GIT_MOUNT)
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DeployEvent> {
+        self.deployer.subscribe()
+    }
+
+    /// The node's peer-to-peer addresses (with `/p2p/<id>`), when in a cluster.
+    pub fn p2p_addrs(&self) -> &[String] {
+        &self.p2p_addrs
+    }
+
+    /// The cluster side, when the node is in a cluster.
+    pub fn cluster(&self) -> Option<&Arc<ClusterNode>> {
+        self.cluster.as_ref()
+    }
+
+    /// Stop accepting, let in-flight requests finish, stop every task.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        if let Some(cluster) = &self.cluster {
+            cluster.stop().await;
+        }
+        // A deploy in flight is abandoned: its push stays acknowledged and is
+        // deployed again at the next start (see `Deployer::unfinished_pushes`).
+        self.deploy_task.abort();
+        let _ = self.deploy_task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! What the admin API asks a running node: the status of the node and of
+//! every peer it reaches, and cluster invites.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+
+use crate::admin::{self, AdminSource, InviteAnswer};
+use crate::cluster::{ClusterNode, PeerReport};
+use crate::deploy::Deployer;
+use crate::env::Env;
+use crate::net::identity::NodeKey;
+use crate::runtime::Runtime;
+use crate::status::{CertificateStatus, ClusterStatus, NodeStatus, RuntimeStatus, StatusReport};
+
+use super::DEFAULT_REPO;
+
+/// The node as its admin API sees it.
+pub(super) struct Info {
+    pub(super) id: String,
+    pub(super) http: String,
+    pub(super) admin: String,
+    pub(super) deployer: Arc<Deployer>,
+    pub(super) runtime: Arc<Runtime>,
+    pub(super) certificates: Vec<CertificateStatus>,
+    /// The cluster side, with what issuing invites takes: the node's key,
+    /// its environment (clock, randomness) and its peer addresses.
+    pub(super) cluster: Option<(Arc<ClusterNode>, NodeKey, Env, Vec<String>)>,
+}
+
+impl Info {
+    fn local_status(&self) -> NodeStatus {
+        let stats = self.runtime.load_stats();
+        let mut status = NodeStatus {
+            id: self.id.clone(),
+            version: crate::version().to_owned(),
+            role: "standalone".to_owned(),
+            http: self.http.clone(),
+            admin: self.admin.clone(),
+            git_remote: format!("{}{}/{DEFAULT_REPO}", self.admin, admin::GIT_MOUNT),
+            runtime: RuntimeStatus {
+                compiled: stats.compiled,
+                from_disk: stats.from_disk,
+                from_memory: stats.from_memory,
+            },
+            peers: Vec::new(),
+            state_hash: None,
+            serving: Default::default(),
+            holds: None,
+        };
+        if let Some((cluster, ..)) = &self.cluster {
+            let report = cluster.report();
+            status.role = report.role;
+            status.peers = report.peers;
+            status.state_hash = Some(report.state_hash);
+            status.serving = report.serving;
+            status.holds = Some(report.holds);
+        }
+        status
+    }
+}
+
+/// A peer's report as `canopy status` shows it.
+fn peer_status(report: PeerReport) -> NodeStatus {
+    NodeStatus {
+        git_remote: format!("{}{}/{DEFAULT_REPO}", report.admin, admin::GIT_MOUNT),
+        id: report.id,
+        version: report.version,
+        role: report.role,
+        http: report.http,
+        admin: report.admin,
+        runtime: RuntimeStatus::default(),
+        peers: report.peers,
+        state_hash: Some(report.state_hash),
+        serving: report.serving,
+        holds: Some(report.holds),
+    }
+}
+
+impl AdminSource for Info {
+    fn status(&self) -> futures::future::BoxFuture<'_, StatusReport> {
+        async move {
+            let mut nodes = vec![self.local_status()];
+            let mut cluster_status = None;
+            if let Some((cluster, ..)) = &self.cluster {
+                nodes.extend(cluster.peer_reports().await.into_iter().map(peer_status));
+                let hashes: BTreeSet<_> =
+                    nodes.iter().filter_map(|n| n.state_hash.clone()).collect();
+                cluster_status = Some(ClusterStatus {
+                    id: cluster
+                        .cluster_id()
+                        .unwrap_or_else(|| "(joining)".to_owned()),
+                    members: cluster.handle().read(|s| s.admitted().len()),
+                    reporting: nodes.len(),
+                    converged: hashes.len() == 1,
+                });
+            }
+            StatusReport {
+                cluster: cluster_status,
+                nodes,
+                deployments: self.deployer.status(),
+                certificates: self.certificates.clone(),
+            }
+        }
+        .boxed()
+    }
+
+    fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, String> {
+        let Some((cluster, key, env, peers)) = &self.cluster else {
+            return Err(
+                "this node is not part of a cluster: add a `cluster:` section to its config"
+                    .to_owned(),
+            );
+        };
+        let token = cluster
+            .invite(key, env, Duration::from_secs(ttl_s))
+            .map_err(|e| e.to_string())?;
+        Ok(InviteAnswer {
+            token: token.encode(),
+            peers: peers.clone(),
+            expires_at_unix_s: token.expires_at_unix_s,
+        })
+    }
+}
