@@ -40,3 +40,17 @@ impl GuestClock for NodeClock {
         self.clock.now().saturating_duration_since(self.origin)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn node_clock_follows_the_nodes_time() {
+        let clock = NodeClock::new(Clock::simulated(1_800_000_000));
+        assert_eq!(clock.monotonic(), Duration::ZERO);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(clock.monotonic(), Duration::from_millis(1500));
+        assert_eq!(clock.wall(), Duration::from_millis(1_800_000_001_500));
+    }
+}
