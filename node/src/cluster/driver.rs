@@ -1,11 +1,20 @@
 //! The tokio drivers of the cluster cores: they feed [`SyncCore`] and
-//! [`ReplicateCore`] from [`NetEvent`]s and the tokio clock, and carry out
-//! what the cores ask. All protocol decisions live in the cores.
+//! [`ReplicateCore`] from [`NetEvent`]s and the node's clock, and carry out
+//! what the cores ask — send requests, write blobs, answer peers' blob
+//! requests from the store ([`super::blob_server`]). All protocol decisions
+//! live in the cores.
+//!
+//! Time: the drivers read the node's [`Clock`] (the one the
+//! [`ClusterHandle`] carries; tokio's, so simulated under turmoil) and hand
+//! the cores `now` as a [`std::time::Instant`]; a core's
+//! `poll_timeout` deadline becomes a tokio sleep again
+//! ([`tokio::time::Instant::from_std`]). Drivers never read a clock of
+//! their own.
 //!
 //! Wiring (all inside one tokio runtime):
 //!
 //! ```text
-//! let cluster = ClusterHandle::new(SyncCore::new(state, SyncConfig::default()));
+//! let cluster = ClusterHandle::with_clock(SyncCore::new(state, SyncConfig::default()), env.clock.clone());
 //! let (sync_rx, blob_rx) = split_events(net_events);          // spawns a router task
 //! tokio::spawn(run_sync(cluster.clone(), net.clone(), sync_rx));
 //! let (replicate, commands) = replicate_channel();
@@ -16,22 +25,26 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use cid::Cid;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::blob_server;
 use super::error::ClusterError;
 use super::member::STATUS_PROTOCOL;
 use super::placement::{self, default_replication_factor};
 use super::replicate::{
-    Action, BLOB_PROTOCOL, ReplicateConfig, ReplicateCore, WriteOutcome, serve_request,
+    Action, BLOB_PROTOCOL, ReplicateConfig, ReplicateCore, RequestId, WriteOutcome,
 };
 use super::state::{ClusterState, StateHash};
 use super::sync::{SYNC_PROTOCOL, SyncCore};
 use super::watch;
-use crate::net::{JOIN_PROTOCOL, Net, NetEvent, NodeId};
+use crate::env::Clock;
+use crate::net::{JOIN_PROTOCOL, Net, NetError, NetEvent, NodeId, Responder};
 use crate::store::{BlobStore, BlobWriter};
 
 /// Events queued per protocol by [`split_events`].
@@ -40,23 +53,38 @@ const SPLIT_QUEUE_LEN: usize = 1024;
 /// failed is retried then).
 const REPLAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Shared access to this node's cluster state and its sync core. Cheap to
-/// clone; never hold the lock across an await.
+/// Shared access to this node's cluster state and its sync core, and the
+/// node's clock the drivers read. Cheap to clone; never hold the lock across
+/// an await.
 #[derive(Clone)]
 pub struct ClusterHandle {
     core: Arc<Mutex<SyncCore>>,
     local_change: Arc<Notify>,
     hash: Arc<watch::Sender<StateHash>>,
+    clock: Clock,
 }
 
 impl ClusterHandle {
+    /// A handle whose drivers read tokio's clock ([`Clock::tokio`]).
     pub fn new(core: SyncCore) -> Self {
+        Self::with_clock(core, Clock::tokio())
+    }
+
+    /// A handle whose drivers read `clock`: the node's
+    /// ([`Env::clock`](crate::env::Env::clock)).
+    pub fn with_clock(core: SyncCore, clock: Clock) -> Self {
         let hash = core.state().state_hash();
         Self {
             core: Arc::new(Mutex::new(core)),
             local_change: Arc::new(Notify::new()),
             hash: Arc::new(watch::channel(hash)),
+            clock,
         }
+    }
+
+    /// The node's clock: where the drivers take `now` from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     fn lock(&self) -> MutexGuard<'_, SyncCore> {
@@ -192,12 +220,14 @@ pub async fn run_sync<N: Net>(
     net: N,
     mut events: mpsc::Receiver<NetEvent>,
 ) {
+    let clock = cluster.clock().clone();
+    let now = || clock.now().into_std();
     let mut in_flight = FuturesUnordered::new();
     {
-        let now = Instant::now();
+        let now = now();
         let mut core = cluster.lock();
         for peer in net.peers() {
-            core.on_peer_up(peer, now);
+            core.handle_peer_up(peer, now);
         }
     }
     loop {
@@ -215,20 +245,20 @@ pub async fn run_sync<N: Net>(
         // rare branches come first so a busy event queue cannot starve them.
         tokio::select! {
             biased;
-            _ = timer => cluster.lock().handle_timeout(Instant::now()),
+            _ = timer => cluster.lock().handle_timeout(now()),
             Some((peer, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Err(e) = &result {
                     tracing::debug!(peer = %peer, error = %e, "state sync: message not delivered");
                 }
-                cluster.lock().on_transmit_done(peer, result.is_ok());
+                cluster.lock().handle_transmit_done(peer, result.is_ok());
             }
             _ = cluster.local_change.notified() => {}
             event = events.recv() => {
                 let Some(event) = event else { return };
-                let now = Instant::now();
+                let now = now();
                 match event {
-                    NetEvent::PeerUp(peer) => cluster.lock().on_peer_up(peer, now),
-                    NetEvent::PeerDown(peer) => cluster.lock().on_peer_down(peer),
+                    NetEvent::PeerUp(peer) => cluster.lock().handle_peer_up(peer, now),
+                    NetEvent::PeerDown(peer) => cluster.lock().handle_peer_down(peer),
                     NetEvent::Request { from, protocol, payload, reply } => {
                         if protocol != SYNC_PROTOCOL {
                             reply.err(format!("protocol {protocol:?} is not served by state sync"));
@@ -236,7 +266,7 @@ pub async fn run_sync<N: Net>(
                         }
                         let result = cluster.lock().handle_message(from, &payload, now);
                         match result {
-                            Ok(()) => reply.ok(bytes::Bytes::new()),
+                            Ok(()) => reply.ok(Bytes::new()),
                             Err(e) => {
                                 tracing::warn!(peer = %from, error = %e, "state sync: message rejected");
                                 reply.err(e.to_string());
@@ -308,181 +338,255 @@ pub async fn run_replicate<N: Net>(
     mut commands: mpsc::Receiver<FetchCommand>,
     config: ReplicateConfig,
 ) {
-    let local = net.local_id();
-    let fixed_r = config.replication_factor;
-    let mut core = ReplicateCore::new(local, config);
-    for peer in net.peers() {
-        core.on_peer_up(peer);
-    }
     let mut state_changes = cluster.subscribe();
-    let mut in_flight = FuturesUnordered::new();
-    let mut writers: BTreeMap<Cid, BlobWriter> = BTreeMap::new();
-    let mut waiters: BTreeMap<Cid, Vec<FetchReply>> = BTreeMap::new();
+    let mut driver = ReplicateDriver::new(cluster, store, net, config);
     let mut replan = tokio::time::interval(REPLAN_INTERVAL);
     let mut commands_open = true;
     loop {
-        while let Some(action) = core.poll_action() {
-            let now = Instant::now();
-            match action {
-                Action::Send { id, peer, payload } => {
-                    let request = net.request(peer, BLOB_PROTOCOL, payload);
-                    in_flight.push(async move { (id, request.await) });
-                }
-                Action::StartWrite { cid } => match store.begin_write(cid) {
-                    Ok(writer) => {
-                        writers.insert(cid, writer);
-                    }
-                    Err(e) => {
-                        tracing::error!(cid = %cid, error = %e, "blob replication: cannot start a write");
-                    }
-                },
-                Action::Write { cid, chunk } => {
-                    let failed = match writers.get_mut(&cid) {
-                        Some(writer) => writer.write_chunk(&chunk).err(),
-                        None => None,
-                    };
-                    if let Some(e) = failed {
-                        tracing::error!(cid = %cid, error = %e, "blob replication: write failed");
-                        writers.remove(&cid);
-                    }
-                }
-                Action::FinishWrite { cid } => {
-                    let outcome = match writers.remove(&cid) {
-                        Some(writer) => WriteOutcome::from_store(store.finish_write(writer)),
-                        None => WriteOutcome::LocalError(
-                            "the write was not open (see the error logged before)".into(),
-                        ),
-                    };
-                    core.on_write_finished(cid, outcome, now);
-                }
-                Action::AbortWrite { cid } => {
-                    writers.remove(&cid);
-                }
-                Action::Fetched {
-                    cid,
-                    from,
-                    rejected,
-                } => {
-                    tracing::info!(cid = %cid, from = %from, "blob replication: fetched and verified");
-                    if let Err(e) = cluster.update(|s| s.add_holder(&cid, local)) {
-                        tracing::error!(cid = %cid, error = %e, "blob replication: cannot record this node as holder");
-                    }
-                    for reply in waiters.remove(&cid).unwrap_or_default() {
-                        let _ = reply.send(Ok(FetchReport {
-                            from: Some(from),
-                            rejected: rejected.clone(),
-                        }));
-                    }
-                }
-                Action::Failed {
-                    cid,
-                    attempts,
-                    reason,
-                } => {
-                    tracing::warn!(cid = %cid, attempts, reason, "blob replication: fetch gave up");
-                    for reply in waiters.remove(&cid).unwrap_or_default() {
-                        let _ = reply.send(Err(ClusterError::FetchFailed {
-                            cid: cid.to_string(),
-                            attempts,
-                            reason: reason.clone(),
-                        }));
-                    }
-                }
-            }
+        while let Some(action) = driver.core.poll_action() {
+            driver.carry_out(action);
         }
-        let deadline = core.poll_timeout();
-        let timer = sleep_until_deadline(deadline);
+        let timer = sleep_until_deadline(driver.core.poll_timeout());
         // `biased` for replayable simulations (see `run_sync`); rare
         // branches first.
         tokio::select! {
             biased;
-            _ = timer => core.handle_timeout(Instant::now()),
-            _ = replan.tick() => replan_now(&cluster, &store, &mut core, local, fixed_r),
-            Some((id, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                core.handle_response(id, result.map_err(|e| e.to_string()), Instant::now());
+            _ = timer => {
+                let now = driver.now();
+                driver.core.handle_timeout(now);
             }
-            command = commands.recv(), if commands_open => {
-                let Some(FetchCommand { cid, reply }) = command else {
-                    commands_open = false;
-                    continue;
-                };
-                if store.contains(&cid) {
-                    let _ = reply.send(Ok(FetchReport { from: None, rejected: vec![] }));
-                    continue;
-                }
-                waiters.entry(cid).or_default().push(reply);
-                let holders = cluster.read(|s| s.holders(&cid));
-                core.want(cid, holders, Instant::now());
+            _ = replan.tick() => driver.replan(),
+            Some((id, result)) = driver.requests.next(), if !driver.requests.is_empty() => {
+                let now = driver.now();
+                driver.core.handle_response(id, result, now);
             }
+            command = commands.recv(), if commands_open => match command {
+                Some(command) => driver.handle_fetch_command(command),
+                None => commands_open = false,
+            },
             changed = state_changes.changed() => {
                 if changed.is_ok() {
-                    replan_now(&cluster, &store, &mut core, local, fixed_r);
+                    driver.replan();
                 }
             }
             event = events.recv() => {
                 let Some(event) = event else { return };
-                match event {
-                    NetEvent::PeerUp(peer) => core.on_peer_up(peer),
-                    NetEvent::PeerDown(peer) => core.on_peer_down(peer),
-                    NetEvent::Request { from, protocol, payload, reply } => {
-                        if protocol != BLOB_PROTOCOL {
-                            reply.err(format!("protocol {protocol:?} is not served by blob replication"));
-                            continue;
-                        }
-                        match serve_request(&store, &payload) {
-                            Ok(answer) => reply.ok(answer),
-                            Err(reason) => {
-                                tracing::debug!(peer = %from, reason, "blob replication: request refused");
-                                reply.err(reason);
-                            }
-                        }
-                    }
-                    NetEvent::Message { .. } => {}
-                }
+                driver.handle_net_event(event);
             }
         }
     }
 }
 
-/// Fetch what placement says this node must hold; announce what it holds.
-fn replan_now(
-    cluster: &ClusterHandle,
-    store: &BlobStore,
-    core: &mut ReplicateCore,
+/// A `blob/1` request on its way, and the answer it resolves to.
+type PendingRequest = BoxFuture<'static, (RequestId, Result<Bytes, NetError>)>;
+
+/// What [`run_replicate`] keeps between events: the core, and the IO it
+/// carries out for it.
+struct ReplicateDriver<N> {
+    cluster: ClusterHandle,
+    clock: Clock,
+    store: Arc<BlobStore>,
+    net: N,
     local: NodeId,
+    /// The configured replication factor; `None`: from the admitted count.
     fixed_r: Option<usize>,
-) {
-    let (plan, holders) = cluster.read(|s| {
-        let r = fixed_r.unwrap_or_else(|| {
-            let admitted = s.members().values().filter(|m| m.admitted).count();
-            default_replication_factor(admitted.max(1))
-        });
-        let plan = placement::plan(s, local, r, |cid| store.contains(cid));
-        let holders: BTreeMap<Cid, _> = plan.fetch.iter().map(|c| (*c, s.holders(c))).collect();
-        (plan, holders)
-    });
-    if !plan.announce.is_empty() {
-        let result = cluster.update(|s| {
-            plan.announce
-                .iter()
-                .try_for_each(|cid| s.add_holder(cid, local))
-        });
-        if let Err(e) = result {
-            tracing::error!(error = %e, "blob replication: cannot record held blobs");
+    core: ReplicateCore,
+    requests: FuturesUnordered<PendingRequest>,
+    /// Open blob writes, by the blob they must hash to.
+    writers: BTreeMap<Cid, BlobWriter>,
+    /// [`ReplicateHandle::fetch`] callers waiting for a blob.
+    waiters: BTreeMap<Cid, Vec<FetchReply>>,
+}
+
+impl<N: Net> ReplicateDriver<N> {
+    fn new(cluster: ClusterHandle, store: Arc<BlobStore>, net: N, config: ReplicateConfig) -> Self {
+        let local = net.local_id();
+        let fixed_r = config.replication_factor;
+        let mut core = ReplicateCore::new(local, config);
+        for peer in net.peers() {
+            core.handle_peer_up(peer);
+        }
+        Self {
+            clock: cluster.clock().clone(),
+            cluster,
+            store,
+            net,
+            local,
+            fixed_r,
+            core,
+            requests: FuturesUnordered::new(),
+            writers: BTreeMap::new(),
+            waiters: BTreeMap::new(),
         }
     }
-    let now = Instant::now();
-    for (cid, holders) in holders {
-        if !core.is_fetching(&cid) {
-            core.want(cid, holders, now);
+
+    /// The time to give the core.
+    fn now(&self) -> std::time::Instant {
+        self.clock.now().into_std()
+    }
+
+    /// Perform one of the core's actions.
+    fn carry_out(&mut self, action: Action) {
+        match action {
+            Action::Send { id, peer, payload } => {
+                let request = self.net.request(peer, BLOB_PROTOCOL, payload);
+                self.requests
+                    .push(Box::pin(async move { (id, request.await) }));
+            }
+            Action::StartWrite { cid } => match self.store.begin_write(cid) {
+                Ok(writer) => {
+                    self.writers.insert(cid, writer);
+                }
+                Err(e) => {
+                    tracing::error!(cid = %cid, error = %e, "blob replication: cannot start a write");
+                }
+            },
+            Action::Write { cid, chunk } => {
+                let failed = match self.writers.get_mut(&cid) {
+                    Some(writer) => writer.write_chunk(&chunk).err(),
+                    None => None,
+                };
+                if let Some(e) = failed {
+                    tracing::error!(cid = %cid, error = %e, "blob replication: write failed");
+                    self.writers.remove(&cid);
+                }
+            }
+            Action::FinishWrite { cid } => {
+                let outcome = match self.writers.remove(&cid) {
+                    Some(writer) => WriteOutcome::from_store(self.store.finish_write(writer)),
+                    None => WriteOutcome::LocalError(
+                        "the write was not open (see the error logged before)".into(),
+                    ),
+                };
+                let now = self.now();
+                self.core.handle_write_finished(cid, outcome, now);
+            }
+            Action::AbortWrite { cid } => {
+                self.writers.remove(&cid);
+            }
+            Action::Fetched {
+                cid,
+                from,
+                rejected,
+            } => self.fetched(cid, from, &rejected),
+            Action::Failed {
+                cid,
+                attempts,
+                reason,
+            } => self.failed(cid, attempts, &reason),
+        }
+    }
+
+    /// `cid` is stored and verified: record this node as a holder and
+    /// answer whoever waits for it.
+    fn fetched(&mut self, cid: Cid, from: NodeId, rejected: &[NodeId]) {
+        tracing::info!(cid = %cid, from = %from, "blob replication: fetched and verified");
+        let local = self.local;
+        if let Err(e) = self.cluster.update(|s| s.add_holder(&cid, local)) {
+            tracing::error!(cid = %cid, error = %e, "blob replication: cannot record this node as holder");
+        }
+        for reply in self.waiters.remove(&cid).unwrap_or_default() {
+            let _ = reply.send(Ok(FetchReport {
+                from: Some(from),
+                rejected: rejected.to_vec(),
+            }));
+        }
+    }
+
+    /// The core gave up on `cid`: tell whoever waits for it.
+    fn failed(&mut self, cid: Cid, attempts: u32, reason: &str) {
+        tracing::warn!(cid = %cid, attempts, reason, "blob replication: fetch gave up");
+        for reply in self.waiters.remove(&cid).unwrap_or_default() {
+            let _ = reply.send(Err(ClusterError::FetchFailed {
+                cid: cid.to_string(),
+                attempts,
+                reason: reason.to_owned(),
+            }));
+        }
+    }
+
+    /// A [`ReplicateHandle::fetch`]: answer at once if the blob is local,
+    /// else want it and answer when the core is done.
+    fn handle_fetch_command(&mut self, FetchCommand { cid, reply }: FetchCommand) {
+        if self.store.contains(&cid) {
+            let _ = reply.send(Ok(FetchReport {
+                from: None,
+                rejected: vec![],
+            }));
+            return;
+        }
+        self.waiters.entry(cid).or_default().push(reply);
+        let holders = self.cluster.read(|s| s.holders(&cid));
+        let now = self.now();
+        self.core.handle_want(cid, holders, now);
+    }
+
+    fn handle_net_event(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::PeerUp(peer) => self.core.handle_peer_up(peer),
+            NetEvent::PeerDown(peer) => self.core.handle_peer_down(peer),
+            NetEvent::Request {
+                from,
+                protocol,
+                payload,
+                reply,
+            } => self.serve(from, &protocol, &payload, reply),
+            NetEvent::Message { .. } => {}
+        }
+    }
+
+    /// Answer a peer's request from the local store ([`blob_server`]).
+    fn serve(&self, from: NodeId, protocol: &str, payload: &[u8], reply: Responder) {
+        if protocol != BLOB_PROTOCOL {
+            reply.err(format!(
+                "protocol {protocol:?} is not served by blob replication"
+            ));
+            return;
+        }
+        match blob_server::serve_request(&self.store, payload) {
+            Ok(answer) => reply.ok(answer),
+            Err(error) => {
+                tracing::debug!(peer = %from, reason = %error, "blob replication: request refused");
+                reply.err(error.to_string());
+            }
+        }
+    }
+
+    /// Fetch what placement says this node must hold; announce what it holds.
+    fn replan(&mut self) {
+        let (local, fixed_r, store) = (self.local, self.fixed_r, &self.store);
+        let (plan, holders) = self.cluster.read(|s| {
+            let r = fixed_r.unwrap_or_else(|| {
+                let admitted = s.members().values().filter(|m| m.admitted).count();
+                default_replication_factor(admitted.max(1))
+            });
+            let plan = placement::plan(s, local, r, |cid| store.contains(cid));
+            let holders: BTreeMap<Cid, _> = plan.fetch.iter().map(|c| (*c, s.holders(c))).collect();
+            (plan, holders)
+        });
+        if !plan.announce.is_empty() {
+            let result = self.cluster.update(|s| {
+                plan.announce
+                    .iter()
+                    .try_for_each(|cid| s.add_holder(cid, local))
+            });
+            if let Err(e) = result {
+                tracing::error!(error = %e, "blob replication: cannot record held blobs");
+            }
+        }
+        let now = self.now();
+        for (cid, holders) in holders {
+            if !self.core.is_fetching(&cid) {
+                self.core.handle_want(cid, holders, now);
+            }
         }
     }
 }
 
 /// Sleep until a core's next deadline; forever when it has none.
-async fn sleep_until_deadline(deadline: Option<Instant>) {
+async fn sleep_until_deadline(deadline: Option<std::time::Instant>) {
     match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
         None => std::future::pending().await,
     }
 }

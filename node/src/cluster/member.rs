@@ -9,15 +9,17 @@
 //! - the **follower**: for every environment, the state's winning release is
 //!   fetched blob by blob from peers, verified, and installed through the
 //!   deployer — a node never serves what it has not verified, and never
-//!   replaces a release with one of lower precedence;
+//!   replaces a release with one of lower precedence. The decisions are the
+//!   sans-IO [`FollowCore`]'s; the task here is its driver;
 //! - **admission**: join requests carrying an invite token are checked and
 //!   the newcomer is admitted in cluster state; the admitted set feeds the
 //!   net's connection filter;
 //! - **persistence** of the state document in the data directory;
 //! - **status**: peers answer `status/1` so any node can report on all.
 //!
-//! It must not read the OS clock or RNG, spawn OS threads, or talk to peers
-//! except through [`Net`].
+//! The tasks read time from the node's clock ([`Env::clock`], carried by the
+//! [`ClusterHandle`]). It must not read the OS clock or RNG, spawn OS
+//! threads, or talk to peers except through [`Net`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -26,12 +28,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::future::AbortHandle;
 use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::driver::{ClusterHandle, ReplicateHandle, replicate_channel, route_events};
+use super::error::ClusterError;
+use super::follow::{FollowAction, FollowCore, InstallId};
 use super::replicate::ReplicateConfig;
 use super::state::{ClusterState, DeploymentUpdate, Role, StateHash};
 use super::sync::{SyncConfig, SyncCore};
@@ -40,12 +45,14 @@ use crate::env::{Disk, Env};
 use crate::net::admission::{ClusterId, InviteError, InviteToken};
 use crate::net::identity::NodeKey;
 use crate::net::{JOIN_PROTOCOL, Net, NetEvent, NodeId, Responder};
-use crate::store::BlobStore;
+use crate::store::{BlobStore, StoreError};
 
 /// Peers answer this with a [`PeerReport`].
 pub const STATUS_PROTOCOL: &str = "status/1";
 
-/// How long a follower waits before retrying a release it could not install.
+/// How often the follower plans again without a state change. (A failed
+/// install does not wait for it: its end is an event, and the pass after it
+/// starts the install again.)
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// How long `canopy status` waits for each peer's report.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -187,7 +194,10 @@ impl ClusterNode {
             let joined_by = state.members().get(&local).and_then(|m| m.joined_by);
             state.upsert_member(local, options.addresses.clone(), options.role, joined_by)?;
         }
-        let handle = ClusterHandle::new(SyncCore::new(state, options.sync.clone()));
+        let handle = ClusterHandle::with_clock(
+            SyncCore::new(state, options.sync.clone()),
+            env.clock.clone(),
+        );
 
         let (replicate, commands) = replicate_channel();
         let routed = route_events(events);
@@ -514,49 +524,9 @@ async fn serve_control(node: Arc<ClusterNode>, env: Env, mut events: mpsc::Recei
     }
 }
 
-/// Check a join request and admit its sender.
+/// Answer a join request: admit its sender, or say why not.
 fn admit(node: &ClusterNode, env: &Env, from: NodeId, payload: &[u8], reply: Responder) {
-    let result = (|| -> Result<String, String> {
-        let request: JoinRequest = serde_json::from_slice(payload)
-            .map_err(|e| format!("the join request is not valid: {e}"))?;
-        let token = InviteToken::decode(&request.token).map_err(|e| e.to_string())?;
-        let (cluster, trusted, used_by) = node.handle.read(|s| {
-            (
-                s.cluster_id(),
-                s.admitted().into_keys().collect::<BTreeSet<_>>(),
-                s.invite_used_by(&token.nonce),
-            )
-        });
-        let cluster = cluster
-            .as_deref()
-            .and_then(parse_cluster_id)
-            .ok_or("this node has no cluster state yet; ask another node")?;
-        token
-            .verify(env.clock.unix_now_s(), cluster, &trusted)
-            .map_err(|e| e.to_string())?;
-        match used_by {
-            Some(joined) if joined != from => {
-                return Err(format!(
-                    "the invite token was already used by node {joined}; run `canopy cluster invite` again"
-                ));
-            }
-            _ => {}
-        }
-        node.handle
-            .update(|s| {
-                s.admit(from, node.local)?;
-                s.upsert_member(
-                    from,
-                    request.addresses.clone(),
-                    request.role,
-                    Some(node.local),
-                )?;
-                s.record_invite_used(&token.nonce, from)
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(cluster.to_string())
-    })();
-    match result {
+    match check_and_admit(node, env, from, payload) {
         Ok(cluster_id) => {
             tracing::info!(node = %from, "admitted a new node with an invite token");
             let answer = serde_json::to_vec(&JoinAnswer { cluster_id }).expect("answer encodes");
@@ -564,13 +534,71 @@ fn admit(node: &ClusterNode, env: &Env, from: NodeId, payload: &[u8], reply: Res
         }
         Err(reason) => {
             tracing::warn!(node = %from, %reason, "refused a join request");
-            reply.err(reason);
+            reply.err(reason.to_string());
         }
     }
 }
 
+/// Why a join request was refused. Its text is what the newcomer sees (the
+/// wire carries it as the request's error).
+#[derive(Debug, thiserror::Error)]
+enum JoinRefusal {
+    #[error("the join request is not valid: {0}")]
+    BadRequest(serde_json::Error),
+    /// The token is malformed, forged, expired or for another cluster.
+    #[error(transparent)]
+    Invite(#[from] InviteError),
+    #[error("this node has no cluster state yet; ask another node")]
+    NoCluster,
+    #[error("the invite token was already used by node {0}; run `canopy cluster invite` again")]
+    TokenUsed(NodeId),
+    /// Recording the admission in cluster state failed.
+    #[error(transparent)]
+    State(#[from] ClusterError),
+}
+
+/// Check a join request and admit its sender; the cluster id to tell it.
+fn check_and_admit(
+    node: &ClusterNode,
+    env: &Env,
+    from: NodeId,
+    payload: &[u8],
+) -> Result<String, JoinRefusal> {
+    let request: JoinRequest = serde_json::from_slice(payload).map_err(JoinRefusal::BadRequest)?;
+    let token = InviteToken::decode(&request.token)?;
+    let (cluster, trusted, used_by) = node.handle.read(|s| {
+        (
+            s.cluster_id(),
+            s.admitted().into_keys().collect::<BTreeSet<_>>(),
+            s.invite_used_by(&token.nonce),
+        )
+    });
+    let cluster = cluster
+        .as_deref()
+        .and_then(parse_cluster_id)
+        .ok_or(JoinRefusal::NoCluster)?;
+    token.verify(env.clock.unix_now_s(), cluster, &trusted)?;
+    if let Some(joined) = used_by.filter(|joined| *joined != from) {
+        return Err(JoinRefusal::TokenUsed(joined));
+    }
+    node.handle.update(|s| {
+        s.admit(from, node.local)?;
+        s.upsert_member(
+            from,
+            request.addresses.clone(),
+            request.role,
+            Some(node.local),
+        )?;
+        s.record_invite_used(&token.nonce, from)
+    })?;
+    Ok(cluster.to_string())
+}
+
 /// Install the state's winning release of every environment once its blobs
 /// are local and verified; take down environments whose branch was deleted.
+///
+/// The driver of [`FollowCore`], which decides; this task reads the state,
+/// runs the installs it asks for and aborts the ones it gives up.
 async fn follow(
     handle: ClusterHandle,
     deployer: Arc<Deployer>,
@@ -580,41 +608,36 @@ async fn follow(
     let mut changes = handle.subscribe();
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // One install at a time per environment: a newer winner aborts the
-    // install of an older one (nothing of it has served yet), so a burst of
-    // pushes does not compile every intermediate version on every node.
-    let mut in_flight: BTreeMap<EnvKey, (Precedence, futures::future::AbortHandle)> =
-        BTreeMap::new();
+    let mut core = FollowCore::new();
+    let mut aborts: BTreeMap<InstallId, AbortHandle> = BTreeMap::new();
     let mut installs = FuturesUnordered::new();
     loop {
         let (wanted, removed) = handle.read(|s| (s.deployments(), s.removed()));
-        let installed = deployer.installed();
-        for (key, precedence) in &removed {
-            if let Some((_, abort)) = in_flight.remove(key) {
-                abort.abort();
+        core.handle_state(wanted, &removed, &deployer.installed());
+        while let Some(action) = core.poll_action() {
+            match action {
+                FollowAction::Install {
+                    id,
+                    key,
+                    deployment,
+                } => {
+                    let (deployer, replicate, store) =
+                        (deployer.clone(), replicate.clone(), store.clone());
+                    let key_for_task = key.clone();
+                    let (install, abort) = futures::future::abortable(async move {
+                        fetch_and_install(&deployer, &replicate, &store, &key_for_task, deployment)
+                            .await
+                    });
+                    aborts.insert(id, abort);
+                    installs.push(async move { (id, key, install.await) });
+                }
+                FollowAction::Abort { id } => {
+                    if let Some(abort) = aborts.remove(&id) {
+                        abort.abort();
+                    }
+                }
+                FollowAction::Retire { key, precedence } => deployer.retire(&key, precedence),
             }
-            if installed.contains_key(key) {
-                deployer.retire(key, *precedence);
-            }
-        }
-        for (key, deployment) in wanted {
-            let precedence = deployment.precedence();
-            let current = installed.get(&key).copied().flatten();
-            if current.is_some_and(|c| c >= precedence)
-                || in_flight.get(&key).is_some_and(|(p, _)| *p >= precedence)
-            {
-                continue;
-            }
-            if let Some((_, older)) = in_flight.remove(&key) {
-                older.abort();
-            }
-            let (deployer, replicate, store) = (deployer.clone(), replicate.clone(), store.clone());
-            let key_for_task = key.clone();
-            let (install, abort) = futures::future::abortable(async move {
-                fetch_and_install(&deployer, &replicate, &store, &key_for_task, deployment).await
-            });
-            in_flight.insert(key.clone(), (precedence, abort));
-            installs.push(async move { (key, precedence, install.await) });
         }
         // `biased`: an unbiased select draws from tokio's OS-seeded RNG
         // (unreplayable in canopy-sim).
@@ -625,10 +648,9 @@ async fn follow(
                     return;
                 }
             }
-            Some((key, precedence, result)) = installs.next(), if !installs.is_empty() => {
-                if in_flight.get(&key).is_some_and(|(p, _)| *p == precedence) {
-                    in_flight.remove(&key);
-                }
+            Some((id, key, result)) = installs.next(), if !installs.is_empty() => {
+                aborts.remove(&id);
+                core.handle_install_done(id);
                 match result {
                     Ok(Ok(())) | Err(futures::future::Aborted) => {}
                     Ok(Err(error)) => {
@@ -641,30 +663,49 @@ async fn follow(
     }
 }
 
+/// Why installing a release of the cluster's failed (it is tried again).
+#[derive(Debug, thiserror::Error)]
+enum InstallError {
+    /// A blob of the release could not be fetched.
+    #[error(transparent)]
+    Fetch(#[from] ClusterError),
+    /// The fetched manifest could not be read from the store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The manifest is not valid.
+    #[error("manifest {cid} is not valid: {source}")]
+    BadManifest {
+        cid: cid::Cid,
+        source: serde_json::Error,
+    },
+    /// The deployer refused the release, or its blobs.
+    #[error("{0}")]
+    Deploy(String),
+}
+
 async fn fetch_and_install(
     deployer: &Deployer,
     replicate: &ReplicateHandle,
     store: &BlobStore,
     key: &EnvKey,
     deployment: super::state::Deployment,
-) -> Result<(), String> {
-    replicate
-        .fetch(deployment.manifest_cid)
-        .await
-        .map_err(|e| e.to_string())?;
-    let manifest: crate::deploy::manifest::Manifest = serde_json::from_slice(
-        &store
-            .get(&deployment.manifest_cid)
-            .map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| format!("manifest {} is not valid: {e}", deployment.manifest_cid))?;
-    let mut blobs: BTreeSet<cid::Cid> = release_blobs(deployment.manifest_cid, &manifest)?
+) -> Result<(), InstallError> {
+    replicate.fetch(deployment.manifest_cid).await?;
+    let manifest: crate::deploy::manifest::Manifest =
+        serde_json::from_slice(&store.get(&deployment.manifest_cid)?).map_err(|source| {
+            InstallError::BadManifest {
+                cid: deployment.manifest_cid,
+                source,
+            }
+        })?;
+    let mut blobs: BTreeSet<cid::Cid> = release_blobs(deployment.manifest_cid, &manifest)
+        .map_err(|e| InstallError::Deploy(e.to_string()))?
         .into_iter()
         .collect();
     blobs.extend(deployment.artifacts.iter().copied());
     let fetches: Vec<_> = blobs.iter().map(|cid| replicate.fetch(*cid)).collect();
     for result in futures::future::join_all(fetches).await {
-        result.map_err(|e| e.to_string())?;
+        result?;
     }
     deployer
         .install(
@@ -677,4 +718,5 @@ async fn fetch_and_install(
         )
         .await
         .map(|_| ())
+        .map_err(|e| InstallError::Deploy(e.to_string()))
 }

@@ -8,11 +8,22 @@
 //! - [`replicate`] — fetching blobs by CID from peers, chunked and verified
 //!   before they are stored ([`ReplicateCore`]), and [`placement`] — which
 //!   nodes must hold a blob (replication factor R, rendezvous hashing).
+//! - [`follow`] — which release of every environment to install, abort or
+//!   retire ([`follow::FollowCore`]).
 //! - [`driver`] — the tokio drivers that feed the cores from [`crate::net`]
-//!   events and the tokio clock.
+//!   events and the node's clock, and [`blob_server`], which answers peers'
+//!   blob requests from the local store (file IO, driver side).
 //! - [`member`] — [`member::ClusterNode`]: the cluster side of a running node
-//!   (the tasks above, plus following the state's releases, admission and
+//!   (the tasks above, plus the follower's driver, admission and
 //!   persistence).
+//!
+//! The cores ([`SyncCore`], [`ReplicateCore`], [`follow::FollowCore`]) are
+//! sans-IO, in quinn-proto's shape: fed inputs through `handle_*` methods
+//! (with `now` as a plain [`std::time::Instant`] where time matters),
+//! polled through `poll_*` methods for what to do and when to be called
+//! again. They do no IO, never read a clock and do not depend on tokio, so
+//! a unit test, the libp2p node and the simulator drive the same code. New
+//! protocol cores start in that shape.
 //! - [`testing`] — [`testing::MemoryHub`], an in-memory [`crate::net::Net`]
 //!   with partitions, for tests and the simulator.
 //! - [`watch`] — a watch channel whose wake order is deterministic (tokio's
@@ -21,8 +32,10 @@
 //! This module must not touch the network except through [`crate::net::Net`],
 //! read the OS clock or RNG, or spawn OS threads. See `docs/cluster.md`.
 
+pub mod blob_server;
 pub mod driver;
 mod error;
+pub mod follow;
 mod ids;
 pub mod member;
 pub mod placement;

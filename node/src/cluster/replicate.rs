@@ -4,18 +4,27 @@
 //! verified before it is stored.
 //!
 //! The core decides whom to ask and what to do with answers; it never
-//! touches the network or the disk. It emits [`Action`]s — send a request,
+//! touches the network or the disk, never reads a clock (`now` is an
+//! argument, a plain [`std::time::Instant`]) and does not depend on tokio.
+//! In quinn-proto's shape, inputs are `handle_*` methods
+//! ([`ReplicateCore::handle_want`], [`ReplicateCore::handle_response`],
+//! [`ReplicateCore::handle_write_finished`], peer up/down,
+//! [`ReplicateCore::handle_timeout`]) and outputs `poll_*` methods: it emits
+//! [`Action`]s ([`ReplicateCore::poll_action`]) — send a request,
 //! start/append/finish/abort a blob write, a fetch finished or failed — and
-//! the driver performs them and reports back ([`ReplicateCore::handle_response`],
-//! [`ReplicateCore::on_write_finished`]). The store verifies the written
-//! content against the CID on finish ([`crate::store::BlobStore::finish_write`]);
-//! a mismatch rejects that peer for the blob and the next holder is tried.
+//! says when it wants the time ([`ReplicateCore::poll_timeout`]). The driver
+//! ([`super::driver::run_replicate`]) performs the actions and reports back.
+//! The store verifies the written content against the CID on finish
+//! ([`crate::store::BlobStore::finish_write`]); a mismatch rejects that peer
+//! for the blob and the next holder is tried.
 //!
 //! # Protocol `"blob/1"`
 //!
 //! Requests are JSON [`BlobRequest`]s. `Have` is answered with JSON
 //! [`HaveReply`]; `Get { cid, offset, len }` with exactly `len` raw bytes of
-//! the blob from `offset` (`len` ≤ [`MAX_PAYLOAD_BYTES`]).
+//! the blob from `offset` (`len` ≤ [`MAX_PAYLOAD_BYTES`]). Answering them
+//! from the local store is file IO, so it lives on the driver side, in
+//! [`super::blob_server`].
 //!
 //! # Choosing a source
 //!
@@ -26,18 +35,15 @@
 //! nobody had it waits `retry_delay` before the next.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cid::Cid;
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use super::placement;
-use crate::net::{MAX_PAYLOAD_BYTES, NodeId};
-use crate::store::{BlobStore, StoreError};
+use crate::net::{MAX_PAYLOAD_BYTES, NetError, NodeId};
+use crate::store::StoreError;
 
 /// The net protocol name of blob replication.
 pub const BLOB_PROTOCOL: &str = "blob/1";
@@ -111,7 +117,7 @@ pub enum Action {
     /// Append `chunk` to the open write of `cid`.
     Write { cid: Cid, chunk: Bytes },
     /// Verify and publish the write of `cid`; report with
-    /// [`ReplicateCore::on_write_finished`].
+    /// [`ReplicateCore::handle_write_finished`].
     FinishWrite { cid: Cid },
     /// Discard the open write of `cid`.
     AbortWrite { cid: Cid },
@@ -148,6 +154,37 @@ impl WriteOutcome {
             Err(StoreError::Mismatch { .. }) => WriteOutcome::Mismatch,
             Err(e) => WriteOutcome::LocalError(e.to_string()),
         }
+    }
+}
+
+/// Why one try of a fetch from one peer failed: counts towards
+/// [`ReplicateConfig::max_attempts`], and the last one is the reason a fetch
+/// that gives up reports.
+#[derive(Debug, thiserror::Error)]
+enum TryError {
+    /// The request did not get an answer (not connected, timed out, refused).
+    #[error("{0}")]
+    Net(NetError),
+    /// The answer to `Have` is not a [`HaveReply`].
+    #[error("invalid Have reply: {0}")]
+    BadHave(serde_json::Error),
+    /// The answer to `Get` has the wrong length.
+    #[error("sent {sent_bytes} bytes for a chunk of {len} at offset {offset}")]
+    ShortChunk {
+        sent_bytes: usize,
+        len: u64,
+        offset: u64,
+    },
+    /// The written blob does not hash to its CID.
+    #[error("offered content that does not hash to the CID")]
+    Corrupt,
+}
+
+impl TryError {
+    /// Whether the peer is never asked for this blob again: it sent a corrupt
+    /// blob or broke the protocol (a network failure may pass).
+    fn rejects_peer(&self) -> bool {
+        matches!(self, TryError::ShortChunk { .. } | TryError::Corrupt)
     }
 }
 
@@ -241,19 +278,19 @@ impl ReplicateCore {
         self.jobs.contains_key(cid)
     }
 
-    pub fn on_peer_up(&mut self, peer: NodeId) {
+    pub fn handle_peer_up(&mut self, peer: NodeId) {
         if peer != self.local {
             self.peers.insert(peer);
         }
     }
 
-    pub fn on_peer_down(&mut self, peer: NodeId) {
+    pub fn handle_peer_down(&mut self, peer: NodeId) {
         self.peers.remove(&peer);
     }
 
     /// Fetch `cid`; `holders` are the nodes the cluster state says hold it.
     /// Wanting a blob already being fetched adds the holders as candidates.
-    pub fn want(&mut self, cid: Cid, holders: BTreeSet<NodeId>, now: Instant) {
+    pub fn handle_want(&mut self, cid: Cid, holders: BTreeSet<NodeId>, now: Instant) {
         let local = self.local;
         if let Some(job) = self.jobs.get_mut(&cid) {
             job.candidates
@@ -312,7 +349,12 @@ impl ReplicateCore {
     }
 
     /// The answer to request `id`: the payload, or why there is none.
-    pub fn handle_response(&mut self, id: RequestId, answer: Result<Bytes, String>, now: Instant) {
+    pub fn handle_response(
+        &mut self,
+        id: RequestId,
+        answer: Result<Bytes, NetError>,
+        now: Instant,
+    ) {
         let Some(cid) = self.requests.remove(&id) else {
             return;
         };
@@ -323,13 +365,13 @@ impl ReplicateCore {
             Phase::Asking { peer, id: asked } if *asked == id => {
                 let peer = *peer;
                 job.tried.insert(peer);
-                match answer.and_then(|p| decode_have(&p)) {
+                match answer.map_err(TryError::Net).and_then(|p| decode_have(&p)) {
                     Ok(Some(size_bytes)) => self.begin_fetch(cid, peer, size_bytes),
                     Ok(None) => {
                         job.candidates.remove(&peer);
                         self.advance(cid, now);
                     }
-                    Err(reason) => self.peer_failed(cid, peer, reason, false, now),
+                    Err(error) => self.peer_failed(cid, peer, error, now),
                 }
             }
             Phase::Probing { outstanding } => {
@@ -357,18 +399,19 @@ impl ReplicateCore {
                 };
                 let chunk = match answer {
                     Ok(chunk) => chunk,
-                    Err(reason) => {
+                    Err(error) => {
                         self.actions.push_back(Action::AbortWrite { cid });
-                        return self.peer_failed(cid, peer, reason, false, now);
+                        return self.peer_failed(cid, peer, TryError::Net(error), now);
                     }
                 };
                 if chunk.len() as u64 != chunk_len {
-                    let reason = format!(
-                        "sent {} bytes for a chunk of {chunk_len} at offset {offset}",
-                        chunk.len()
-                    );
+                    let error = TryError::ShortChunk {
+                        sent_bytes: chunk.len(),
+                        len: chunk_len,
+                        offset,
+                    };
                     self.actions.push_back(Action::AbortWrite { cid });
-                    return self.peer_failed(cid, peer, reason, true, now);
+                    return self.peer_failed(cid, peer, error, now);
                 }
                 arrived.insert(offset, chunk);
                 // Hand over every chunk that is next in order.
@@ -383,7 +426,7 @@ impl ReplicateCore {
     }
 
     /// How finishing the write of `cid` went.
-    pub fn on_write_finished(&mut self, cid: Cid, outcome: WriteOutcome, now: Instant) {
+    pub fn handle_write_finished(&mut self, cid: Cid, outcome: WriteOutcome, now: Instant) {
         let Some(job) = self.jobs.get_mut(&cid) else {
             return;
         };
@@ -403,13 +446,7 @@ impl ReplicateCore {
             }
             WriteOutcome::Mismatch => {
                 tracing::warn!(peer = %peer, cid = %cid, "blob replication: peer offered a corrupt blob (its content does not hash to the CID); rejected, trying another holder");
-                self.peer_failed(
-                    cid,
-                    peer,
-                    "offered content that does not hash to the CID".into(),
-                    true,
-                    now,
-                );
+                self.peer_failed(cid, peer, TryError::Corrupt, now);
             }
             WriteOutcome::LocalError(reason) => {
                 let attempts = job.attempts;
@@ -587,15 +624,15 @@ impl ReplicateCore {
         }
     }
 
-    fn peer_failed(&mut self, cid: Cid, peer: NodeId, reason: String, reject: bool, now: Instant) {
+    fn peer_failed(&mut self, cid: Cid, peer: NodeId, error: TryError, now: Instant) {
         let Some(job) = self.jobs.get_mut(&cid) else {
             return;
         };
-        tracing::debug!(peer = %peer, cid = %cid, reason, "blob replication: try failed");
+        tracing::debug!(peer = %peer, cid = %cid, reason = %error, "blob replication: try failed");
         job.attempts += 1;
         job.tried.insert(peer);
-        job.last_error = format!("peer {peer}: {reason}");
-        if reject {
+        job.last_error = format!("peer {peer}: {error}");
+        if error.rejects_peer() {
             job.rejected.insert(peer);
         }
         self.advance(cid, now);
@@ -616,56 +653,10 @@ impl ReplicateCore {
     }
 }
 
-fn decode_have(payload: &[u8]) -> Result<Option<u64>, String> {
+fn decode_have(payload: &[u8]) -> Result<Option<u64>, TryError> {
     serde_json::from_slice::<HaveReply>(payload)
         .map(|r| r.size_bytes)
-        .map_err(|e| format!("invalid Have reply: {e}"))
-}
-
-/// Answer a blob-protocol request from the local store (blocking file IO).
-///
-/// `Get` reads the stored bytes without verifying them: the requester
-/// verifies the whole blob against its CID before storing it.
-pub fn serve_request(store: &BlobStore, payload: &[u8]) -> Result<Bytes, String> {
-    let request: BlobRequest =
-        serde_json::from_slice(payload).map_err(|e| format!("invalid blob request: {e}"))?;
-    match request {
-        BlobRequest::Have { cid } => {
-            let cid = Cid::try_from(cid.as_str()).map_err(|e| format!("invalid CID: {e}"))?;
-            let size_bytes = if store.contains(&cid) {
-                store.size(&cid).ok()
-            } else {
-                None
-            };
-            let reply = serde_json::to_vec(&HaveReply { size_bytes }).map_err(|e| e.to_string())?;
-            Ok(Bytes::from(reply))
-        }
-        BlobRequest::Get { cid, offset, len } => {
-            let cid = Cid::try_from(cid.as_str()).map_err(|e| format!("invalid CID: {e}"))?;
-            if len > MAX_PAYLOAD_BYTES as u64 {
-                return Err(format!(
-                    "a chunk of {len} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit"
-                ));
-            }
-            read_range(store, &cid, offset, len).map(Bytes::from)
-        }
-    }
-}
-
-fn read_range(store: &BlobStore, cid: &Cid, offset: u64, len: u64) -> Result<Vec<u8>, String> {
-    let path = store.blob_path(cid);
-    let mut file = File::open(&path).map_err(|_| format!("blob {cid} is not held here"))?;
-    let size_bytes = file.metadata().map_err(|e| e.to_string())?.len();
-    if offset.checked_add(len).is_none_or(|end| end > size_bytes) {
-        return Err(format!(
-            "range {offset}+{len} is past the end of blob {cid} ({size_bytes} bytes)"
-        ));
-    }
-    file.seek(SeekFrom::Start(offset))
-        .map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact(&mut buf).map_err(|e| e.to_string())?;
-    Ok(buf)
+        .map_err(TryError::BadHave)
 }
 
 #[cfg(test)]
@@ -707,7 +698,7 @@ mod tests {
         };
         let mut core = ReplicateCore::new(node(1), config);
         let cid = cid_of(b"0123456789");
-        core.want(cid, BTreeSet::from([node(2)]), now);
+        core.handle_want(cid, BTreeSet::from([node(2)]), now);
         let s = sends(&drain(&mut core));
         assert_eq!(s.len(), 1);
         assert!(matches!(s[0].2, BlobRequest::Have { .. }));
@@ -730,7 +721,7 @@ mod tests {
             core.handle_response(id, Ok(Bytes::copy_from_slice(data)), now);
         }
         assert_eq!(lens, vec![4, 4, 2]);
-        core.on_write_finished(cid, WriteOutcome::Stored, now);
+        core.handle_write_finished(cid, WriteOutcome::Stored, now);
         assert_eq!(
             drain(&mut core),
             vec![Action::Fetched {
@@ -754,7 +745,7 @@ mod tests {
         };
         let mut core = ReplicateCore::new(node(1), config);
         let cid = cid_of(data);
-        core.want(cid, BTreeSet::from([node(2)]), now);
+        core.handle_want(cid, BTreeSet::from([node(2)]), now);
         let s = sends(&drain(&mut core));
         core.handle_response(s[0].0, Ok(have(Some(data.len() as u64))), now);
         let answer = |core: &mut ReplicateCore, id, offset: u64, len: u64| {
@@ -794,7 +785,7 @@ mod tests {
         assert_eq!(most_in_flight, 3);
         assert!(pending.is_empty());
         assert_eq!(written, data);
-        core.on_write_finished(cid, WriteOutcome::Stored, now);
+        core.handle_write_finished(cid, WriteOutcome::Stored, now);
         assert!(matches!(
             drain(&mut core).as_slice(),
             [Action::Fetched { .. }]
@@ -811,7 +802,7 @@ mod tests {
         };
         let mut core = ReplicateCore::new(node(1), config);
         let cid = cid_of(b"x");
-        core.want(cid, BTreeSet::new(), now);
+        core.handle_want(cid, BTreeSet::new(), now);
         // No peers: backoff, then fail.
         assert!(drain(&mut core).is_empty());
         let t = core.poll_timeout().unwrap();

@@ -2,13 +2,21 @@
 //! (`automerge::sync::{State, Message}`) per peer, fed events and the time
 //! by a driver, polled for what to send.
 //!
+//! In quinn-proto's shape: inputs are `handle_*` methods (peer up/down, a
+//! received message, a delivery outcome, a local change, `handle_timeout`),
+//! outputs are `poll_*` methods ([`SyncCore::poll_transmit`],
+//! [`SyncCore::poll_timeout`]). The core does no IO, never reads a clock
+//! (`now` is an argument, a plain [`std::time::Instant`]) and does not
+//! depend on tokio, so a unit test, the libp2p driver and the simulator
+//! drive the same code ([`super::driver::run_sync`] is the tokio driver).
+//!
 //! # Transport contract
 //!
 //! Every sync message is one request on protocol [`SYNC_PROTOCOL`]; the
 //! answer is an empty acknowledgement. The core hands out at most one
 //! message per peer at a time ([`SyncCore::poll_transmit`]) and the next only
 //! after the driver reported the previous one delivered
-//! ([`SyncCore::on_transmit_done`]), so each direction is in order, as the
+//! ([`SyncCore::handle_transmit_done`]), so each direction is in order, as the
 //! automerge protocol assumes. Messages are generated when they are polled,
 //! from the document as it is then, so a burst of local changes costs one
 //! message.
@@ -20,11 +28,10 @@
 //! after the partition heals.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
 use bytes::Bytes;
-use tokio::time::Instant;
 
 use super::error::ClusterError;
 use super::state::ClusterState;
@@ -84,10 +91,10 @@ impl SyncCore {
     }
 
     /// Change the replica; every peer is told (the caller need not call
-    /// [`SyncCore::on_local_change`]).
+    /// [`SyncCore::handle_local_change`]).
     pub fn update<R>(&mut self, change: impl FnOnce(&mut ClusterState) -> R) -> R {
         let result = change(&mut self.state);
-        self.on_local_change();
+        self.handle_local_change();
         result
     }
 
@@ -97,7 +104,7 @@ impl SyncCore {
     }
 
     /// The replica changed locally: every peer may need the new changes.
-    pub fn on_local_change(&mut self) {
+    pub fn handle_local_change(&mut self) {
         self.dirty.extend(self.peers.keys().copied());
     }
 
@@ -107,7 +114,7 @@ impl SyncCore {
     }
 
     /// A connection to `peer` came up: start a fresh exchange.
-    pub fn on_peer_up(&mut self, peer: NodeId, now: Instant) {
+    pub fn handle_peer_up(&mut self, peer: NodeId, now: Instant) {
         if peer == self.state.local_id() {
             return;
         }
@@ -119,7 +126,7 @@ impl SyncCore {
     }
 
     /// The last connection to `peer` went down.
-    pub fn on_peer_down(&mut self, peer: NodeId) {
+    pub fn handle_peer_down(&mut self, peer: NodeId) {
         self.peers.remove(&peer);
         self.dirty.remove(&peer);
     }
@@ -136,7 +143,7 @@ impl SyncCore {
     ) -> Result<(), ClusterError> {
         if !self.peers.contains_key(&peer) {
             // A message can overtake the peer-up event; treat it as one.
-            self.on_peer_up(peer, now);
+            self.handle_peer_up(peer, now);
         }
         let heads_before = self.state.heads();
         let result = match sync::Message::decode(payload) {
@@ -161,14 +168,14 @@ impl SyncCore {
         }
         if self.state.heads() != heads_before {
             // New changes: pass them on to everyone else too.
-            self.on_local_change();
+            self.handle_local_change();
         }
         Ok(())
     }
 
     /// The next message to send, if any: `(peer, payload)`. Send it as a
     /// request on [`SYNC_PROTOCOL`] and report the outcome with
-    /// [`SyncCore::on_transmit_done`].
+    /// [`SyncCore::handle_transmit_done`].
     pub fn poll_transmit(&mut self) -> Option<(NodeId, Bytes)> {
         while let Some(peer) = self
             .dirty
@@ -201,7 +208,7 @@ impl SyncCore {
     }
 
     /// The message last polled for `peer` was delivered (`true`) or not.
-    pub fn on_transmit_done(&mut self, peer: NodeId, delivered: bool) {
+    pub fn handle_transmit_done(&mut self, peer: NodeId, delivered: bool) {
         // The peer may have gone down and up since: a result for a message
         // the current exchange did not send is stale.
         let Some(entry) = self.peers.get_mut(&peer).filter(|e| e.in_flight) else {
@@ -270,7 +277,7 @@ mod tests {
                         .position(|c| c.state().local_id() == to)
                         .unwrap();
                     cores[j].handle_message(from, &payload, now).unwrap();
-                    cores[i].on_transmit_done(to, true);
+                    cores[i].handle_transmit_done(to, true);
                     delivered += 1;
                     progressed = true;
                 }
@@ -302,8 +309,8 @@ mod tests {
             )
         })
         .unwrap();
-        a.on_peer_up(node(2), now);
-        b.on_peer_up(node(1), now);
+        a.handle_peer_up(node(2), now);
+        b.handle_peer_up(node(1), now);
         let mut cores = [a, b];
         assert!(pump(&mut cores, now) > 0);
         assert_eq!(cores[0].state().state_hash(), cores[1].state().state_hash());

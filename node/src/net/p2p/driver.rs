@@ -5,10 +5,16 @@
 //! Admission: a peer in the admitted set is a full peer once it identified
 //! itself (`PeerUp`). A peer outside it that got through the transport is on
 //! probation: the gates in [`Behaviour`] keep kad and gossipsub away from it,
-//! it gets no `PeerUp` and is not listed in `peers()`, and its requests are
-//! refused except up to [`MAX_JOIN_REQUESTS_PER_CONNECTION`] on
-//! [`JOIN_PROTOCOL`] per connection. It is promoted in place when the set
+//! it gets no `PeerUp` and is not listed in `peers()`, and what it may do —
+//! up to [`MAX_JOIN_REQUESTS_PER_CONNECTION`] requests on
+//! [`JOIN_PROTOCOL`](crate::net::JOIN_PROTOCOL) per connection, for
+//! [`P2pConfig::probation`] — is decided by the sans-IO [`Probation`] core,
+//! which this task feeds (with `now` from the node's clock,
+//! [`P2pConfig::clock`]) and obeys. It is promoted in place when the set
 //! comes to include it, and disconnected when its probation runs out first.
+//!
+//! Inputs are handled by `handle_*` methods (commands, swarm events, the
+//! redial tick, the probation timer), one per source.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::pin::Pin;
@@ -29,9 +35,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::behaviour::{self, Behaviour, BehaviourEvent};
 use super::codec::{WireRequest, WireResponse};
+use super::probation::Probation;
 use super::{Command, MAX_JOIN_REQUESTS_PER_CONNECTION, P2pConfig, Shared, lock};
+use crate::env::Clock;
 use crate::net::identity::NodeKey;
-use crate::net::{JOIN_PROTOCOL, NetError, NetEvent, NodeId, Responder};
+use crate::net::{NetError, NetEvent, NodeId, Responder};
 
 /// How often kad may start a bootstrap query on new peers.
 const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,17 +53,6 @@ struct PendingDial {
     /// `None` for the driver's own bootstrap redials.
     reply: Option<oneshot::Sender<Result<NodeId, NetError>>>,
     bootstrap: bool,
-}
-
-/// A connected peer that is not admitted.
-struct Probation {
-    /// When its connections are closed unless it is admitted first.
-    deadline: tokio::time::Instant,
-    /// Join requests received on each of its connections.
-    joins: BTreeMap<ConnectionId, u32>,
-    /// Set once it identified itself: the addresses to give kad if it is
-    /// promoted (empty when it does not speak kad).
-    identified: Option<Vec<Multiaddr>>,
 }
 
 pub struct Driver {
@@ -73,9 +70,11 @@ pub struct Driver {
     /// Admitted peers that identified themselves on a live connection.
     up: BTreeSet<PeerId>,
     /// Connected peers that are not admitted.
-    probation: BTreeMap<PeerId, Probation>,
+    probation: Probation,
     /// Fires at the earliest probation deadline.
     probation_timer: Pin<Box<tokio::time::Sleep>>,
+    /// The node's clock: probation deadlines, kad bootstrap spacing.
+    clock: Clock,
     shared: Arc<Shared>,
     requests: HashMap<OutboundRequestId, (NodeId, oneshot::Sender<Result<Bytes, NetError>>)>,
     responses: FuturesUnordered<PendingResponse>,
@@ -104,6 +103,8 @@ impl Driver {
             libp2p::swarm::Config::with_tokio_executor()
                 .with_idle_connection_timeout(config.idle_connection_timeout),
         );
+        let probation = Probation::new(config.probation, MAX_JOIN_REQUESTS_PER_CONNECTION);
+        let clock = config.clock.clone();
         let mut driver = Self {
             swarm,
             config,
@@ -115,8 +116,9 @@ impl Driver {
             admitted_open: true,
             admitted: BTreeSet::new(),
             up: BTreeSet::new(),
-            probation: BTreeMap::new(),
+            probation,
             probation_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            clock,
             shared,
             requests: HashMap::new(),
             responses: FuturesUnordered::new(),
@@ -172,7 +174,7 @@ impl Driver {
                         "cannot listen on {addr}: {error}; pick another address or port"
                     )));
                 }
-                other => self.on_swarm_event(other),
+                other => self.handle_swarm_event(other),
             }
         }
         Ok(self)
@@ -205,9 +207,9 @@ impl Driver {
         let events = self.events.clone();
         loop {
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
                 command = self.commands.recv() => match command {
-                    Some(command) => self.on_command(command),
+                    Some(command) => self.handle_command(command),
                     None => break,
                 },
                 changed = self.admitted_rx.changed(), if self.admitted_open => match changed {
@@ -215,7 +217,7 @@ impl Driver {
                     // The owner is gone: keep the last set.
                     Err(_) => self.admitted_open = false,
                 },
-                () = &mut self.probation_timer, if !self.probation.is_empty() => self.expire_probation(),
+                () = &mut self.probation_timer, if !self.probation.is_empty() => self.handle_probation_timeout(),
                 Some((channel, response)) = self.responses.next(), if !self.responses.is_empty() => {
                     if self.swarm.behaviour_mut().requests.send_response(channel, response).is_err() {
                         tracing::debug!("a requester went away before its answer was sent");
@@ -233,7 +235,7 @@ impl Driver {
                         self.outbox.clear();
                     }
                 },
-                _ = redial.tick() => self.on_tick(),
+                _ = redial.tick() => self.handle_redial_tick(),
             }
         }
         tracing::debug!("network stopped: every handle was dropped");
@@ -284,12 +286,12 @@ impl Driver {
     /// A peer on probation was admitted: it becomes a full peer on the
     /// connections it has (the gates opened in `apply_admitted`).
     fn promote(&mut self, peer: PeerId) {
-        let Some(probation) = self.probation.remove(&peer) else {
+        let Some(promotion) = self.probation.handle_admitted(&peer) else {
             return;
         };
         tracing::info!(%peer, "peer on probation is admitted now");
-        // Not identified yet: `on_identified` marks it up.
-        if let Some(addrs) = probation.identified {
+        // Not identified yet: `handle_identified` marks it up.
+        if let Some(addrs) = promotion.identified {
             let kad = self.swarm.behaviour_mut().kad.inner_mut();
             for addr in addrs {
                 kad.add_address(&peer, addr);
@@ -306,36 +308,25 @@ impl Driver {
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
-        let deadline = tokio::time::Instant::now() + self.config.probation;
-        let probation = self.probation.entry(peer).or_insert_with(|| {
+        let now = self.clock.now().into_std();
+        if self.probation.handle_connection(peer, connection, now) {
             tracing::info!(%peer, "peer is not admitted: on probation, it may only send join requests");
-            Probation {
-                deadline,
-                joins: BTreeMap::new(),
-                identified: None,
-            }
-        });
-        probation.joins.insert(connection, 0);
+        }
         self.rearm_probation();
     }
 
     fn rearm_probation(&mut self) {
-        if let Some(next) = self.probation.values().map(|p| p.deadline).min() {
-            self.probation_timer.as_mut().reset(next);
+        if let Some(next) = self.probation.poll_timeout() {
+            self.probation_timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(next));
         }
     }
 
     /// Close the connections of peers whose probation ran out.
-    fn expire_probation(&mut self) {
-        let now = tokio::time::Instant::now();
-        let expired: Vec<PeerId> = self
-            .probation
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in expired {
-            self.probation.remove(&peer);
+    fn handle_probation_timeout(&mut self) {
+        let now = self.clock.now().into_std();
+        for peer in self.probation.handle_timeout(now) {
             tracing::info!(
                 %peer,
                 probation_ms = self.config.probation.as_millis(),
@@ -344,35 +335,6 @@ impl Driver {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
         self.rearm_probation();
-    }
-
-    /// Whether a request from `peer`, which is not admitted, may reach
-    /// protocol code; `Err` holds the reason it is refused.
-    fn check_probation_request(
-        &mut self,
-        peer: &PeerId,
-        connection: ConnectionId,
-        protocol: &str,
-    ) -> Result<(), String> {
-        if protocol != JOIN_PROTOCOL {
-            return Err(format!(
-                "this node has not admitted {peer}; before admission only `{JOIN_PROTOCOL}` requests (an invite) are accepted"
-            ));
-        }
-        let count = self
-            .probation
-            .get_mut(peer)
-            .and_then(|p| p.joins.get_mut(&connection));
-        match count {
-            Some(n) if *n < MAX_JOIN_REQUESTS_PER_CONNECTION => {
-                *n += 1;
-                Ok(())
-            }
-            Some(_) => Err(format!(
-                "too many join requests: at most {MAX_JOIN_REQUESTS_PER_CONNECTION} per connection from a node that is not admitted"
-            )),
-            None => Err(format!("this node has not admitted {peer}")),
-        }
     }
 
     // ---- events to protocol code ----
@@ -423,7 +385,7 @@ impl Driver {
 
     /// Look for more peers through the ones we know, at most once a second.
     fn kad_bootstrap(&mut self) {
-        let now = tokio::time::Instant::now();
+        let now = self.clock.now();
         if self
             .last_kad_bootstrap
             .is_some_and(|last| now.duration_since(last) < KAD_BOOTSTRAP_MIN_INTERVAL)
@@ -444,7 +406,7 @@ impl Driver {
 
     // ---- commands ----
 
-    fn on_command(&mut self, command: Command) {
+    fn handle_command(&mut self, command: Command) {
         match command {
             Command::Request {
                 peer,
@@ -558,7 +520,7 @@ impl Driver {
         }
     }
 
-    fn on_tick(&mut self) {
+    fn handle_redial_tick(&mut self) {
         // Forget dials whose caller gave up waiting.
         self.dials
             .retain(|_, d| d.reply.as_ref().is_none_or(|r| !r.is_closed()));
@@ -583,9 +545,9 @@ impl Driver {
 
     // ---- swarm events ----
 
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::Behaviour(event) => self.handle_behaviour_event(event),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -618,11 +580,10 @@ impl Driver {
                     ConnectedPoint::Listener { .. } => "connection closed".to_owned(),
                 };
                 self.finish_dial(connection_id, Err(reason));
+                self.probation
+                    .handle_connection_closed(peer_id, connection_id, num_established);
                 if num_established == 0 {
-                    self.probation.remove(&peer_id);
                     self.mark_down(peer_id);
-                } else if let Some(probation) = self.probation.get_mut(&peer_id) {
-                    probation.joins.remove(&connection_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -659,20 +620,20 @@ impl Driver {
         }
     }
 
-    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+    fn handle_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received {
                 connection_id,
                 peer_id,
                 info,
-            }) => self.on_identified(connection_id, peer_id, info),
+            }) => self.handle_identified(connection_id, peer_id, info),
             BehaviourEvent::Identify(_) => {}
-            BehaviourEvent::Requests(event) => self.on_request_event(event),
+            BehaviourEvent::Requests(event) => self.handle_request_event(event),
             BehaviourEvent::Gossip(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
                 message,
-            }) => self.on_gossip(propagation_source, message_id, message),
+            }) => self.handle_gossip(propagation_source, message_id, message),
             BehaviourEvent::Gossip(_) => {}
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, is_new_peer, ..
@@ -704,7 +665,7 @@ impl Driver {
         }
     }
 
-    fn on_identified(&mut self, connection: ConnectionId, peer: PeerId, info: identify::Info) {
+    fn handle_identified(&mut self, connection: ConnectionId, peer: PeerId, info: identify::Info) {
         if info.protocol_version != behaviour::IDENTIFY_PROTOCOL_VERSION {
             tracing::warn!(%peer, version = %info.protocol_version, "peer speaks another Canopy protocol version");
         }
@@ -716,9 +677,7 @@ impl Driver {
         if !self.is_admitted(&peer) {
             // On probation: kept for promotion, not given to kad.
             tracing::debug!(%peer, "a peer on probation identified itself");
-            if let Some(probation) = self.probation.get_mut(&peer) {
-                probation.identified = Some(kad_addrs);
-            }
+            self.probation.handle_identified(peer, kad_addrs);
             self.finish_dial(
                 connection,
                 Err(format!(
@@ -738,7 +697,7 @@ impl Driver {
         self.mark_up(peer);
     }
 
-    fn on_request_event(&mut self, event: request_response::Event<WireRequest, WireResponse>) {
+    fn handle_request_event(&mut self, event: request_response::Event<WireRequest, WireResponse>) {
         match event {
             request_response::Event::Message {
                 peer,
@@ -754,15 +713,16 @@ impl Driver {
                 if self.is_admitted(&peer) {
                     // A request can overtake identify on a fresh connection.
                     self.mark_up(peer);
-                } else if let Err(reason) =
-                    self.check_probation_request(&peer, connection_id, &request.protocol)
+                } else if let Err(refusal) =
+                    self.probation
+                        .handle_request(&peer, connection_id, &request.protocol)
                 {
-                    tracing::warn!(%peer, protocol = %request.protocol, "refused a request from a peer that is not admitted: {reason}");
+                    tracing::warn!(%peer, protocol = %request.protocol, "refused a request from a peer that is not admitted: {refusal}");
                     if self
                         .swarm
                         .behaviour_mut()
                         .requests
-                        .send_response(channel, Err(reason))
+                        .send_response(channel, Err(refusal.to_string()))
                         .is_err()
                     {
                         tracing::debug!(%peer, "a refused requester went away");
@@ -837,7 +797,7 @@ impl Driver {
         }
     }
 
-    fn on_gossip(
+    fn handle_gossip(
         &mut self,
         propagation_source: PeerId,
         message_id: gossipsub::MessageId,

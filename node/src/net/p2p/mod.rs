@@ -11,7 +11,8 @@
 //! kad or gossipsub, every request refused except a few on
 //! [`JOIN_PROTOCOL`](crate::net::JOIN_PROTOCOL), and its connections closed
 //! after [`P2pConfig::probation`] unless it is admitted first, in which case
-//! it is promoted on the same connection.
+//! it is promoted on the same connection. Those rules are a sans-IO core
+//! (`probation`) that the swarm task (`driver`) feeds and obeys.
 //!
 //! The swarm runs in one tokio task (no OS threads); [`P2pNet`] handles talk
 //! to it over a command channel. Dropping every handle stops the task and
@@ -21,6 +22,7 @@ mod behaviour;
 pub mod codec;
 mod driver;
 mod gate;
+mod probation;
 mod psk;
 
 use std::collections::BTreeSet;
@@ -38,6 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::identity::NodeKey;
 use super::{MAX_PAYLOAD_BYTES, Net, NetError, NetEvent, NodeId, Protocol};
+use crate::env::Clock;
 use codec::MAX_PROTOCOL_NAME_BYTES;
 
 /// How many [`JOIN_PROTOCOL`](crate::net::JOIN_PROTOCOL) requests one
@@ -83,6 +86,9 @@ pub struct P2pConfig {
     /// present an invite ([`JOIN_PROTOCOL`](crate::net::JOIN_PROTOCOL)) before
     /// its connections are closed.
     pub probation: Duration,
+    /// The node's clock ([`Env::clock`](crate::env::Env::clock)): probation
+    /// deadlines are read from it. Default: tokio's.
+    pub clock: Clock,
 }
 
 impl Default for P2pConfig {
@@ -102,6 +108,7 @@ impl Default for P2pConfig {
             max_pending_connections: 64,
             event_queue_len: 4096,
             probation: Duration::from_secs(30),
+            clock: Clock::tokio(),
         }
     }
 }
