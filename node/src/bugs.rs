@@ -23,14 +23,21 @@ pub enum Bug {
     /// `durable::write_atomically_on` and the blob store skip their file and
     /// directory syncs, so what they wrote may be lost or torn by a crash.
     SkipFsync,
+    /// `cluster::replicate`: the core starts every queued fetch at once,
+    /// past `max_concurrent_fetches`. The blobs still arrive, so no
+    /// cluster invariant sees it: only the core's `debug_assert!` on its
+    /// bound does — the proof that the CI sweep runs with the node's debug
+    /// assertions live (`--profile sim`).
+    ExceedFetchLimit,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::SkipAntiEntropy,
         Bug::AcceptUnverifiedBlob,
         Bug::ApplyStaleDeployment,
         Bug::SkipFsync,
+        Bug::ExceedFetchLimit,
     ];
 
     /// The switch's name on the `canopy-sim` command line.
@@ -40,6 +47,7 @@ impl Bug {
             Bug::AcceptUnverifiedBlob => "accept-unverified-blob",
             Bug::ApplyStaleDeployment => "apply-stale-deployment",
             Bug::SkipFsync => "skip-fsync",
+            Bug::ExceedFetchLimit => "exceed-fetch-limit",
         }
     }
 

@@ -462,9 +462,16 @@ impl ReplicateCore {
     }
 
     fn start_queued(&mut self, now: Instant) {
-        while self.jobs.values().filter(|j| j.is_active()).count()
-            < self.config.max_concurrent_fetches
-        {
+        let limit = if crate::bugs::active(crate::bugs::Bug::ExceedFetchLimit) {
+            usize::MAX
+        } else {
+            self.config.max_concurrent_fetches
+        };
+        loop {
+            let active = self.jobs.values().filter(|j| j.is_active()).count();
+            if active >= limit {
+                return;
+            }
             let Some(cid) = self.queue.pop_front() else {
                 return;
             };
@@ -473,6 +480,11 @@ impl ReplicateCore {
                 .get(&cid)
                 .is_some_and(|j| matches!(j.phase, Phase::Queued))
             {
+                debug_assert!(
+                    active < self.config.max_concurrent_fetches,
+                    "starting a fetch with {active} under way breaks the limit of {} concurrent fetches",
+                    self.config.max_concurrent_fetches
+                );
                 self.advance(cid, now);
             }
         }

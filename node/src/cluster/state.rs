@@ -385,7 +385,9 @@ impl ClusterState {
             pushed_at_seq,
             pushed_by: self.local,
         };
-        debug_assert_eq!(
+        // Checked in release builds too: a local push that did not win would
+        // be acknowledged and then lost to an older release on every node.
+        assert_eq!(
             self.deployment(env).map(|d| d.precedence()),
             Some(deployment.precedence()),
             "a local push must win over every candidate it has seen"
@@ -525,7 +527,11 @@ impl ClusterState {
 
     /// Record the cluster's id (the founder does, once).
     pub fn set_cluster_id(&mut self, id: &str) -> Result<(), ClusterError> {
-        debug_assert!(self.cluster_id().is_none_or(|current| current == id));
+        // Checked in release builds too: a second id would split the cluster.
+        assert!(
+            self.cluster_id().is_none_or(|current| current == id),
+            "a cluster's id is set once"
+        );
         self.doc
             .put(ROOT, CLUSTER_ID_KEY, id)
             .map_err(|source| ClusterError::Write {

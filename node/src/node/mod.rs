@@ -133,7 +133,7 @@ impl Node {
         let spec = NodeSpec {
             runtime: RuntimeConfig::new(env.data_dir.join("compiled")),
             cluster: options.cluster.as_ref().map(|setup| ClusterSpec {
-                transport: P2pTransport::of(setup),
+                transport: P2pTransport::of(setup, &env.clock),
                 options: ClusterOptions {
                     found_if_new: setup.invite.is_none(),
                     invite: setup.invite.clone(),

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::cluster::ClusterNode;
-use crate::env::Env;
+use crate::env::{Clock, Env};
 use crate::net::Net as _;
 use crate::net::NodeId;
 use crate::net::admission::InviteToken;
@@ -27,9 +27,10 @@ const JOIN_WAIT: Duration = Duration::from_secs(30);
 pub struct P2pTransport(pub P2pConfig);
 
 impl P2pTransport {
-    /// The transport a `cluster:` section asks for.
-    pub fn of(setup: &ClusterSetup) -> Self {
+    /// The transport a `cluster:` section asks for, on the node's clock.
+    pub fn of(setup: &ClusterSetup, clock: &Clock) -> Self {
         Self(P2pConfig {
+            clock: clock.clone(),
             listen: setup.listen.clone(),
             bootstrap: setup.peers.clone(),
             mdns: setup.mdns,
