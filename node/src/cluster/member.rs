@@ -35,7 +35,9 @@ use super::driver::{ClusterHandle, ReplicateHandle, replicate_channel, route_eve
 use super::replicate::ReplicateConfig;
 use super::state::{ClusterState, DeploymentUpdate, Role, StateHash};
 use super::sync::{SyncConfig, SyncCore};
-use crate::deploy::{Deployer, EnvKey, Ledger, Precedence, WantedRelease, release_blobs};
+use crate::deploy::{
+    Deployer, EnvKey, Ledger, LedgerError, Precedence, WantedRelease, release_blobs,
+};
 use crate::env::{Disk, Env};
 use crate::net::admission::{ClusterId, InviteError, InviteToken};
 use crate::net::identity::NodeKey;
@@ -426,7 +428,7 @@ impl Ledger for StateLedger {
         commit: &str,
         manifest_cid: cid::Cid,
         artifacts: Vec<cid::Cid>,
-    ) -> Result<Precedence, String> {
+    ) -> Result<Precedence, LedgerError> {
         self.handle
             .update(|s| {
                 for cid in &artifacts {
@@ -442,14 +444,14 @@ impl Ledger for StateLedger {
                 )
             })
             .map(|d| d.precedence())
-            .map_err(|e| e.to_string())
+            .map_err(LedgerError::new)
     }
 
-    fn record_removal(&self, key: &EnvKey) -> Result<(), String> {
+    fn record_removal(&self, key: &EnvKey) -> Result<(), LedgerError> {
         self.handle
             .update(|s| s.remove_deployment(key))
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(LedgerError::new)
     }
 }
 
@@ -658,7 +660,8 @@ async fn fetch_and_install(
             .map_err(|e| e.to_string())?,
     )
     .map_err(|e| format!("manifest {} is not valid: {e}", deployment.manifest_cid))?;
-    let mut blobs: BTreeSet<cid::Cid> = release_blobs(deployment.manifest_cid, &manifest)?
+    let mut blobs: BTreeSet<cid::Cid> = release_blobs(deployment.manifest_cid, &manifest)
+        .map_err(|e| e.to_string())?
         .into_iter()
         .collect();
     blobs.extend(deployment.artifacts.iter().copied());
@@ -677,4 +680,5 @@ async fn fetch_and_install(
         )
         .await
         .map(|_| ())
+        .map_err(|e| e.to_string())
 }
