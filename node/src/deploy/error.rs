@@ -43,20 +43,20 @@ pub enum DeployError {
 
     /// A function's committed `wasm` file cannot be read.
     #[error(transparent)]
-    ReadComponent(Diagnostic),
+    ReadComponent(Box<Diagnostic>),
 
     /// A function's build command failed or timed out.
     #[error(transparent)]
-    Build(Diagnostic),
+    Build(Box<Diagnostic>),
 
     /// A build succeeded but its output cannot be read or is not a
     /// wasi:http component.
     #[error(transparent)]
-    BuildOutput(Diagnostic),
+    BuildOutput(Box<Diagnostic>),
 
     /// A component does not compile (or does not link) in the runtime.
     #[error(transparent)]
-    Compile(Diagnostic),
+    Compile(Box<Diagnostic>),
 
     /// Blocking work (checking files, storing websites) did not finish.
     #[error("deploy task failed: {0}")]
@@ -68,7 +68,7 @@ pub enum DeployError {
 
     /// An artifact or the manifest could not be stored and verified.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
 
     /// Built and verified here, but cluster state did not record it.
     #[error("cannot record the release in cluster state: {0}")]
@@ -83,7 +83,7 @@ pub enum LoadError {
     Cid(#[from] InvalidCid),
 
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
 
     /// The manifest blob is not a manifest.
     #[error("{0}")]
@@ -100,6 +100,19 @@ pub enum LoadError {
         branch: String,
         key: EnvKey,
     },
+}
+
+// A store error is large; boxed, it keeps every `Result` small.
+impl From<StoreError> for DeployError {
+    fn from(e: StoreError) -> Self {
+        DeployError::Store(Box::new(e))
+    }
+}
+
+impl From<StoreError> for LoadError {
+    fn from(e: StoreError) -> Self {
+        LoadError::Store(Box::new(e))
+    }
 }
 
 /// A CID in a manifest or in deployment state that does not parse.

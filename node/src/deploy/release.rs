@@ -112,7 +112,11 @@ impl ReleaseBuilder<'_> {
         let cid = self.store.put(bytes)?;
         self.store.verify(&cid)?;
         let loaded = self.runtime.load(&cid, bytes).await.map_err(|e| {
-            DeployError::Compile(project_file.diagnostic(&["functions", name], e.to_string(), None))
+            DeployError::Compile(Box::new(project_file.diagnostic(
+                &["functions", name],
+                e.to_string(),
+                None,
+            )))
         })?;
         let artifact = FunctionArtifact {
             cid: cid.to_string(),
@@ -173,11 +177,11 @@ async fn component_bytes(
 ) -> Result<Vec<u8>, DeployError> {
     match source {
         config::Source::Wasm { path } => std::fs::read(root.join(path)).map_err(|e| {
-            DeployError::ReadComponent(project_file.diagnostic(
+            DeployError::ReadComponent(Box::new(project_file.diagnostic(
                 &["functions", name, "wasm"],
                 format!("cannot read {path}: {e}"),
                 None,
-            ))
+            )))
         }),
         config::Source::Build {
             dir,
@@ -189,26 +193,23 @@ async fn component_bytes(
             build::run(command, &build_dir, *timeout)
                 .await
                 .map_err(|e| {
-                    DeployError::Build(project_file.diagnostic(
+                    DeployError::Build(Box::new(project_file.diagnostic(
                         &["functions", name, "build", "command"],
                         e.to_string(),
                         Some("run the command in a clean checkout to reproduce it".into()),
-                    ))
+                    )))
                 })?;
-            let bytes =
-                std::fs::read(build_dir.join(output)).map_err(|e| {
-                    DeployError::BuildOutput(project_file.diagnostic(
+            let bytes = std::fs::read(build_dir.join(output)).map_err(|e| {
+                let help = "point `output` at the component the command writes, relative to `dir`";
+                DeployError::BuildOutput(Box::new(project_file.diagnostic(
                     &["functions", name, "build", "output"],
                     format!("the build succeeded but {dir}/{output} cannot be read: {e}"),
-                    Some(
-                        "point `output` at the component the command writes, relative to `dir`"
-                            .into(),
-                    ),
-                ))
-                })?;
+                    Some(help.into()),
+                )))
+            })?;
             project_file
                 .check_built_component(name, &bytes)
-                .map_err(DeployError::BuildOutput)?;
+                .map_err(|d| DeployError::BuildOutput(Box::new(d)))?;
             Ok(bytes)
         }
     }
