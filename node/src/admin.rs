@@ -30,7 +30,17 @@ pub trait AdminSource: Send + Sync + 'static {
     fn status(&self) -> futures::future::BoxFuture<'_, StatusReport>;
 
     /// Issue an invite token valid for `ttl_s` seconds (cluster nodes only).
-    fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, String>;
+    fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, InviteError>;
+}
+
+/// Why a node issued no invite; the text is the answer's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum InviteError {
+    #[error("this node is not part of a cluster: add a `cluster:` section to its config")]
+    NotInCluster,
+    /// The cluster refused (the node is not an admitted member yet, ...).
+    #[error(transparent)]
+    Cluster(anyhow::Error),
 }
 
 /// The answer of `POST /api/cluster/invite`.
@@ -97,7 +107,10 @@ impl Admin {
     fn invite(&self, ttl_s: u64) -> Response<Body> {
         match self.source.invite(ttl_s) {
             Ok(answer) => json(StatusCode::OK, &answer),
-            Err(error) => json(StatusCode::CONFLICT, &serde_json::json!({ "error": error })),
+            Err(error) => json(
+                StatusCode::CONFLICT,
+                &serde_json::json!({ "error": error.to_string() }),
+            ),
         }
     }
 

@@ -233,8 +233,396 @@ fn scratch_dir() -> tempfile::TempDir {
 }
 
 fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, Duration) {
-    let rng = Rng::seeded(config.seed);
-    let params = Params::draw(&rng, config.nodes);
+    let mut run = Run::start(config, run_dir, &guest);
+    while run.tick() {}
+    run.finish()
+}
+
+/// One run under way: turmoil's simulation, the world it shares with the
+/// hosts, and the harness's own account of nodes and faults. Every random
+/// draw comes from `rng`, in an order fixed by the seed.
+struct Run<'a> {
+    sim: turmoil::Sim<'a>,
+    world: Shared,
+    rng: Rng,
+    params: Params,
+    run_dir: &'a Path,
+    /// The end of the active phase (workload and faults), ms.
+    active_ms: u64,
+    /// How long after healing the run may go on to settle, ms.
+    bound_ms: u64,
+    /// Every node given a host so far (initial and joined).
+    registered: BTreeSet<NodeIx>,
+    /// Nodes that left for good.
+    left: BTreeSet<NodeIx>,
+    /// Crashed nodes, and when each restarts (ms).
+    crashed: BTreeMap<NodeIx, u64>,
+    partition: Partition,
+    hold: Hold,
+    joins_left: usize,
+    leaves_left: usize,
+    join_at: u64,
+    leave_at: u64,
+    /// Pushes drawn so far (numbering every push, handed out or not).
+    pushes: u64,
+    /// Blobs whose bytes were checked (or corrupted on purpose) per node.
+    checked_blobs: BTreeSet<(NodeIx, String)>,
+    healed_at: Option<u64>,
+    /// Simulated time, ms.
+    now: u64,
+}
+
+impl<'a> Run<'a> {
+    /// Draw the run's parameters, build the world and the simulation, and
+    /// give the initial nodes their hosts.
+    fn start(config: &RunConfig, run_dir: &'a Path, guest: &[u8]) -> Self {
+        let rng = Rng::seeded(config.seed);
+        let params = Params::draw(&rng, config.nodes);
+        let world = new_world(config, &params, run_dir, guest);
+        lock(&world).record(Event::Params(format!(
+            "seed={} nodes={} steps={} bugs={:?} {}",
+            config.seed,
+            config.nodes,
+            config.steps,
+            config.bugs.iter().map(|b| b.name()).collect::<Vec<_>>(),
+            params.describe()
+        )));
+        let sim = turmoil::Builder::new()
+            .simulation_duration(Duration::from_secs(100_000))
+            .tick_duration(TICK)
+            .min_message_latency(params.min_latency)
+            .max_message_latency(params.max_latency)
+            .fail_rate(params.fail_rate)
+            .repair_rate(params.repair_rate)
+            .rng_seed(config.seed)
+            // A fixed wall-clock epoch (turmoil's default is the real time).
+            .epoch(std::time::UNIX_EPOCH + Duration::from_secs(EPOCH_S))
+            .build();
+        let active_ms = config.steps * 1000;
+        let mut run = Run {
+            sim,
+            world,
+            joins_left: params.joins,
+            leaves_left: params.leaves,
+            params,
+            run_dir,
+            active_ms,
+            bound_ms: config.convergence_bound.as_millis() as u64,
+            registered: (0..config.nodes).collect(),
+            left: BTreeSet::new(),
+            crashed: BTreeMap::new(),
+            partition: None,
+            hold: None,
+            join_at: 0,
+            leave_at: 0,
+            pushes: 0,
+            checked_blobs: BTreeSet::new(),
+            healed_at: None,
+            now: 0,
+            rng,
+        };
+        for ix in 0..config.nodes {
+            run.add_host(ix);
+        }
+        run.join_at = uniform(&run.rng, active_ms / 4, active_ms * 3 / 4);
+        run.leave_at = uniform(&run.rng, active_ms / 4, active_ms * 3 / 4);
+        run
+    }
+
+    /// Start node `ix`'s software on a host of its own.
+    fn add_host(&mut self, ix: NodeIx) {
+        let world = self.world.clone();
+        self.sim
+            .host(host_name(ix), move || node_main(world.clone(), ix));
+    }
+
+    /// The hosts that have not left (running or crashed).
+    fn hosts_up(&self) -> Vec<NodeIx> {
+        self.registered.difference(&self.left).copied().collect()
+    }
+
+    /// One tick of simulated time: in the active phase, every slot rolls the
+    /// workload, joins and leaves, and faults; then faults due heal, the
+    /// nodes are sampled, and turmoil steps. `false`: the run is over.
+    fn tick(&mut self) -> bool {
+        lock(&self.world).simulated_now.set(self.now);
+        let running: Vec<NodeIx> = lock(&self.world).running.keys().copied().collect();
+        if self.now < self.active_ms && self.now.is_multiple_of(SLOT_MS) && !running.is_empty() {
+            self.workload(&running);
+            self.membership(&running);
+            self.faults(&running);
+        }
+        self.heal_due();
+        if self.now.is_multiple_of(1000) && self.sample_and_settle() {
+            return false;
+        }
+        observe_installs(&self.world);
+        if let Err(e) = self.sim.step() {
+            // A node's error names files in the run's temp directory, whose
+            // name is random: the trace shows it as `$RUN`.
+            let message =
+                format!("simulation error: {e}").replace(&*self.run_dir.to_string_lossy(), "$RUN");
+            lock(&self.world).record(Event::Panic { message });
+            return false;
+        }
+        for message in take_panics() {
+            lock(&self.world).record(Event::Panic { message });
+        }
+        self.now += TICK_MS;
+        true
+    }
+
+    /// Maybe a push to a random admitted node, maybe a request (and a read of
+    /// the guest's view) through a random node's gateway.
+    fn workload(&mut self, running: &[NodeIx]) {
+        let rng = &self.rng;
+        if unit(rng) < self.params.push_chance {
+            let admitted: Vec<NodeIx> = {
+                let w = lock(&self.world);
+                running
+                    .iter()
+                    .copied()
+                    .filter(|n| w.running[n].cluster.is_admitted())
+                    .collect()
+            };
+            let node = (!admitted.is_empty())
+                .then(|| admitted[uniform(rng, 0, admitted.len() as u64 - 1) as usize]);
+            let branch = workload::BRANCHES[uniform(rng, 0, 1) as usize];
+            self.pushes += 1;
+            if let Some(node) = node {
+                start_push(&self.world, rng, node, branch, self.pushes);
+            }
+        }
+        if unit(rng) < self.params.request_chance {
+            let node = running[uniform(rng, 0, running.len() as u64 - 1) as usize];
+            let branch = workload::BRANCHES[uniform(rng, 0, 1) as usize];
+            let mut w = lock(&self.world);
+            let gateway = w.running[&node].gateway.clone();
+            let function = unit(rng) < 0.5;
+            let event = workload::request(
+                node,
+                &workload::env_key(branch),
+                function,
+                &gateway,
+                &w.pushes,
+            );
+            w.record(event);
+            if function && unit(rng) < 0.2 {
+                let event = workload::guest_read(node, &workload::env_key(branch), &gateway);
+                w.record(event);
+            }
+        }
+    }
+
+    /// A new node joins once its time has come; a random node leaves once
+    /// its time has come (if more than two run).
+    fn membership(&mut self, running: &[NodeIx]) {
+        if self.joins_left > 0 && self.now >= self.join_at {
+            self.joins_left -= 1;
+            let ix = self.registered.len();
+            self.registered.insert(ix);
+            self.add_host(ix);
+            lock(&self.world).record(Event::Fault {
+                what: format!("join n{ix}"),
+            });
+        }
+        if self.leaves_left > 0 && self.now >= self.leave_at && running.len() > 2 {
+            self.leaves_left -= 1;
+            let node = running[uniform(&self.rng, 0, running.len() as u64 - 1) as usize];
+            self.stop(node);
+            self.left.insert(node);
+            lock(&self.world).record(Event::Leave { node });
+        }
+    }
+
+    /// Maybe start a partition, a held link, a crash, a corrupted blob.
+    fn faults(&mut self, running: &[NodeIx]) {
+        let hosts_up = self.hosts_up();
+        if self.partition.is_none()
+            && self.hold.is_none()
+            && unit(&self.rng) < self.params.partition_chance
+        {
+            self.start_partition(&hosts_up);
+        }
+        if self.partition.is_none()
+            && self.hold.is_none()
+            && hosts_up.len() >= 2
+            && unit(&self.rng) < self.params.hold_chance
+        {
+            self.start_hold(&hosts_up);
+        }
+        if running.len() > 2 && unit(&self.rng) < self.params.crash_chance {
+            let node = running[uniform(&self.rng, 0, running.len() as u64 - 1) as usize];
+            self.stop(node);
+            let restart_at =
+                self.now + uniform(&self.rng, 100, self.params.max_downtime.as_millis() as u64);
+            self.crashed.insert(node, restart_at);
+            lock(&self.world).record(Event::Crash { node });
+            crash_disk(&self.world, &self.rng, node);
+        }
+        if unit(&self.rng) < self.params.corrupt_chance {
+            let node = running[uniform(&self.rng, 0, running.len() as u64 - 1) as usize];
+            if let Some(cid) = corrupt_blob(&self.world, &self.rng, node) {
+                self.checked_blobs.insert((node, cid.clone()));
+                lock(&self.world).record(Event::Fault {
+                    what: format!("corrupt n{node} {cid}"),
+                });
+            }
+        }
+    }
+
+    /// Cut a random side of `hosts_up` from the rest, until a random time.
+    fn start_partition(&mut self, hosts_up: &[NodeIx]) {
+        let side: Vec<NodeIx> = hosts_up
+            .iter()
+            .copied()
+            .filter(|_| unit(&self.rng) < 0.5)
+            .collect();
+        if side.is_empty() || side.len() >= hosts_up.len() {
+            return;
+        }
+        for a in &side {
+            for b in hosts_up.iter().filter(|b| !side.contains(b)) {
+                self.sim.partition(host_name(*a), host_name(*b));
+            }
+        }
+        let heal_at =
+            self.now + uniform(&self.rng, 500, self.params.max_partition.as_millis() as u64);
+        lock(&self.world).record(Event::Fault {
+            what: format!("partition {:?} until {heal_at}", side),
+        });
+        self.partition = Some((side, heal_at));
+    }
+
+    /// Stall the link between two random hosts, until a random time.
+    fn start_hold(&mut self, hosts_up: &[NodeIx]) {
+        let a = hosts_up[uniform(&self.rng, 0, hosts_up.len() as u64 - 1) as usize];
+        let b = hosts_up[uniform(&self.rng, 0, hosts_up.len() as u64 - 1) as usize];
+        if a == b {
+            return;
+        }
+        self.sim.hold(host_name(a), host_name(b));
+        let until = self.now + uniform(&self.rng, 100, self.params.max_hold.as_millis() as u64);
+        lock(&self.world).record(Event::Fault {
+            what: format!("hold n{a}-n{b} until {until}"),
+        });
+        self.hold = Some((a, b, until));
+    }
+
+    /// Crash or stop `node` (see [`stop_node`]).
+    fn stop(&mut self, node: NodeIx) {
+        let others = self.hosts_up();
+        stop_node(
+            &self.world,
+            &mut self.sim,
+            node,
+            &others,
+            (&self.partition, self.hold),
+            self.params.fail_rate,
+        );
+    }
+
+    /// Heal the partition and release the hold whose time has come, restart
+    /// the crashed nodes whose downtime is over; at the end of the active
+    /// phase, all of them and every other fault at once.
+    fn heal_due(&mut self) {
+        let heal_everything = self.now >= self.active_ms && self.healed_at.is_none();
+        if let Some((side, at)) = &self.partition
+            && (self.now >= *at || heal_everything)
+        {
+            let hosts_up = self.hosts_up();
+            for a in side {
+                for b in hosts_up.iter().filter(|b| !side.contains(b)) {
+                    self.sim.repair(host_name(*a), host_name(*b));
+                }
+            }
+            lock(&self.world).record(Event::Fault {
+                what: "partition healed".into(),
+            });
+            self.partition = None;
+        }
+        if let Some((a, b, at)) = self.hold
+            && (self.now >= at || heal_everything)
+        {
+            self.sim.release(host_name(a), host_name(b));
+            lock(&self.world).record(Event::Fault {
+                what: format!("released n{a}-n{b}"),
+            });
+            self.hold = None;
+        }
+        let due: Vec<NodeIx> = self
+            .crashed
+            .iter()
+            .filter(|(_, at)| self.now >= **at || heal_everything)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in due {
+            self.crashed.remove(&node);
+            self.sim.bounce(host_name(node));
+        }
+        if heal_everything {
+            self.heal_everything();
+        }
+    }
+
+    /// The end of the active phase: no more loss, every link repaired, no
+    /// more duplicated or corrupted messages.
+    fn heal_everything(&mut self) {
+        self.sim.set_fail_rate(0.0);
+        // Links a crash gave a loss rate of their own (see `stop_node`).
+        for a in &self.registered {
+            for b in self.registered.iter().filter(|b| a < *b) {
+                self.sim
+                    .set_link_fail_rate(host_name(*a), host_name(*b), 0.0);
+            }
+        }
+        let hosts_up = self.hosts_up();
+        for a in &hosts_up {
+            for b in &hosts_up {
+                if a < b {
+                    self.sim.repair(host_name(*a), host_name(*b));
+                }
+            }
+        }
+        let mut w = lock(&self.world);
+        w.healed = true;
+        for r in w.running.values() {
+            r.net.set_duplicate_rate(0.0);
+            r.net.set_corrupt_rate(0.0);
+        }
+        drop(w);
+        lock(&self.world).record(Event::Healed);
+        self.healed_at = Some(self.now);
+    }
+
+    /// Sample every node; after healing, whether the run may stop: every
+    /// host up and [`settled`], or the convergence bound is over.
+    fn sample_and_settle(&mut self) -> bool {
+        sample(&self.world, &mut self.checked_blobs);
+        let Some(healed) = self.healed_at else {
+            return false;
+        };
+        let all_up = self
+            .registered
+            .difference(&self.left)
+            .all(|n| lock(&self.world).running.contains_key(n));
+        (all_up && settled(&self.world)) || self.now >= healed + self.bound_ms
+    }
+
+    /// The trace, ended with the nodes still running, and the simulated time.
+    fn finish(self) -> (Trace, Duration) {
+        let mut w = lock(&self.world);
+        let healthy: Vec<NodeIx> = w.running.keys().copied().collect();
+        w.record(Event::End { healthy });
+        let trace = std::mem::take(&mut w.trace);
+        drop(w);
+        drop(self.sim);
+        (trace, Duration::from_millis(self.now))
+    }
+}
+
+/// The world of a run before any node starts.
+fn new_world(config: &RunConfig, params: &Params, run_dir: &Path, guest: &[u8]) -> Shared {
     let total_nodes = config.nodes + params.joins;
     let ids: Vec<NodeId> = (0..total_nodes)
         .map(|ix| node_key(config.seed, ix).node_id())
@@ -244,10 +632,10 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
         .enumerate()
         .map(|(ix, id)| (*id, host_name(ix)))
         .collect();
-    let world: Shared = Arc::new(Mutex::new(World {
+    Arc::new(Mutex::new(World {
         seed: config.seed,
         run_dir: run_dir.to_path_buf(),
-        ids: ids.clone(),
+        ids,
         hosts,
         running: BTreeMap::new(),
         boots: BTreeMap::new(),
@@ -258,281 +646,13 @@ fn simulate(config: &RunConfig, run_dir: &Path, guest: Arc<Vec<u8>>) -> (Trace, 
         pushes: BTreeMap::new(),
         started: BTreeMap::new(),
         functions: (0..workload::FUNCTION_VERSIONS)
-            .map(|v| Arc::new(workload::guest_version(&guest, v)))
+            .map(|v| Arc::new(workload::guest_version(guest, v)))
             .collect(),
         installed: BTreeMap::new(),
         healed: false,
         simulated_now: SimulatedNow::default(),
         trace: Trace::default(),
-    }));
-    lock(&world).record(Event::Params(format!(
-        "seed={} nodes={} steps={} bugs={:?} {}",
-        config.seed,
-        config.nodes,
-        config.steps,
-        config.bugs.iter().map(|b| b.name()).collect::<Vec<_>>(),
-        params.describe()
-    )));
-
-    let mut sim = turmoil::Builder::new()
-        .simulation_duration(Duration::from_secs(100_000))
-        .tick_duration(TICK)
-        .min_message_latency(params.min_latency)
-        .max_message_latency(params.max_latency)
-        .fail_rate(params.fail_rate)
-        .repair_rate(params.repair_rate)
-        .rng_seed(config.seed)
-        // A fixed wall-clock epoch (turmoil's default is the real time).
-        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(EPOCH_S))
-        .build();
-    let add_host = |sim: &mut turmoil::Sim<'_>, ix: NodeIx| {
-        let world = world.clone();
-        sim.host(host_name(ix), move || node_main(world.clone(), ix));
-    };
-    for ix in 0..config.nodes {
-        add_host(&mut sim, ix);
-    }
-
-    let active_ms = config.steps * 1000;
-    let bound_ms = config.convergence_bound.as_millis() as u64;
-    let mut registered: BTreeSet<NodeIx> = (0..config.nodes).collect();
-    let mut left: BTreeSet<NodeIx> = BTreeSet::new();
-    let mut crashed: BTreeMap<NodeIx, u64> = BTreeMap::new(); // node -> restart at
-    let mut partition: Partition = None;
-    let mut hold: Hold = None;
-    let mut joins_left = params.joins;
-    let mut leaves_left = params.leaves;
-    let join_at = uniform(&rng, active_ms / 4, active_ms * 3 / 4);
-    let leave_at = uniform(&rng, active_ms / 4, active_ms * 3 / 4);
-    let mut pushes = 0u64;
-    let mut checked_blobs: BTreeSet<(NodeIx, String)> = BTreeSet::new();
-    let mut healed_at: Option<u64> = None;
-    let mut now = 0u64;
-    loop {
-        lock(&world).simulated_now.set(now);
-        let running: Vec<NodeIx> = lock(&world).running.keys().copied().collect();
-
-        if now < active_ms && now.is_multiple_of(SLOT_MS) && !running.is_empty() {
-            // --- workload ---
-            if unit(&rng) < params.push_chance {
-                let admitted: Vec<NodeIx> = {
-                    let w = lock(&world);
-                    running
-                        .iter()
-                        .copied()
-                        .filter(|n| w.running[n].cluster.is_admitted())
-                        .collect()
-                };
-                let node = (!admitted.is_empty())
-                    .then(|| admitted[uniform(&rng, 0, admitted.len() as u64 - 1) as usize]);
-                let branch = workload::BRANCHES[uniform(&rng, 0, 1) as usize];
-                pushes += 1;
-                if let Some(node) = node {
-                    start_push(&world, &rng, node, branch, pushes);
-                }
-            }
-            if unit(&rng) < params.request_chance {
-                let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
-                let branch = workload::BRANCHES[uniform(&rng, 0, 1) as usize];
-                let mut w = lock(&world);
-                let gateway = w.running[&node].gateway.clone();
-                let function = unit(&rng) < 0.5;
-                let event = workload::request(
-                    node,
-                    &workload::env_key(branch),
-                    function,
-                    &gateway,
-                    &w.pushes,
-                );
-                w.record(event);
-                if function && unit(&rng) < 0.2 {
-                    let event = workload::guest_read(node, &workload::env_key(branch), &gateway);
-                    w.record(event);
-                }
-            }
-            if joins_left > 0 && now >= join_at {
-                joins_left -= 1;
-                let ix = registered.len();
-                registered.insert(ix);
-                add_host(&mut sim, ix);
-                lock(&world).record(Event::Fault {
-                    what: format!("join n{ix}"),
-                });
-            }
-            if leaves_left > 0 && now >= leave_at && running.len() > 2 {
-                leaves_left -= 1;
-                let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
-                let others: Vec<NodeIx> = registered.difference(&left).copied().collect();
-                stop_node(
-                    &world,
-                    &mut sim,
-                    node,
-                    &others,
-                    (&partition, hold),
-                    params.fail_rate,
-                );
-                left.insert(node);
-                lock(&world).record(Event::Leave { node });
-            }
-            // --- faults ---
-            let hosts_up: Vec<NodeIx> = registered.difference(&left).copied().collect();
-            if partition.is_none() && hold.is_none() && unit(&rng) < params.partition_chance {
-                let side: Vec<NodeIx> = hosts_up
-                    .iter()
-                    .copied()
-                    .filter(|_| unit(&rng) < 0.5)
-                    .collect();
-                if !side.is_empty() && side.len() < hosts_up.len() {
-                    for a in &side {
-                        for b in hosts_up.iter().filter(|b| !side.contains(b)) {
-                            sim.partition(host_name(*a), host_name(*b));
-                        }
-                    }
-                    let heal_at = now + uniform(&rng, 500, params.max_partition.as_millis() as u64);
-                    lock(&world).record(Event::Fault {
-                        what: format!("partition {:?} until {heal_at}", side),
-                    });
-                    partition = Some((side, heal_at));
-                }
-            }
-            if partition.is_none()
-                && hold.is_none()
-                && hosts_up.len() >= 2
-                && unit(&rng) < params.hold_chance
-            {
-                let a = hosts_up[uniform(&rng, 0, hosts_up.len() as u64 - 1) as usize];
-                let b = hosts_up[uniform(&rng, 0, hosts_up.len() as u64 - 1) as usize];
-                if a != b {
-                    sim.hold(host_name(a), host_name(b));
-                    let until = now + uniform(&rng, 100, params.max_hold.as_millis() as u64);
-                    lock(&world).record(Event::Fault {
-                        what: format!("hold n{a}-n{b} until {until}"),
-                    });
-                    hold = Some((a, b, until));
-                }
-            }
-            if running.len() > 2 && unit(&rng) < params.crash_chance {
-                let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
-                let others: Vec<NodeIx> = registered.difference(&left).copied().collect();
-                stop_node(
-                    &world,
-                    &mut sim,
-                    node,
-                    &others,
-                    (&partition, hold),
-                    params.fail_rate,
-                );
-                let restart_at = now + uniform(&rng, 100, params.max_downtime.as_millis() as u64);
-                crashed.insert(node, restart_at);
-                lock(&world).record(Event::Crash { node });
-                crash_disk(&world, &rng, node);
-            }
-            if unit(&rng) < params.corrupt_chance {
-                let node = running[uniform(&rng, 0, running.len() as u64 - 1) as usize];
-                if let Some(cid) = corrupt_blob(&world, &rng, node) {
-                    checked_blobs.insert((node, cid.clone()));
-                    lock(&world).record(Event::Fault {
-                        what: format!("corrupt n{node} {cid}"),
-                    });
-                }
-            }
-        }
-
-        // --- heals due ---
-        let heal_everything = now >= active_ms && healed_at.is_none();
-        if let Some((side, at)) = &partition
-            && (now >= *at || heal_everything)
-        {
-            let hosts_up: Vec<NodeIx> = registered.difference(&left).copied().collect();
-            for a in side {
-                for b in hosts_up.iter().filter(|b| !side.contains(b)) {
-                    sim.repair(host_name(*a), host_name(*b));
-                }
-            }
-            lock(&world).record(Event::Fault {
-                what: "partition healed".into(),
-            });
-            partition = None;
-        }
-        if let Some((a, b, at)) = hold
-            && (now >= at || heal_everything)
-        {
-            sim.release(host_name(a), host_name(b));
-            lock(&world).record(Event::Fault {
-                what: format!("released n{a}-n{b}"),
-            });
-            hold = None;
-        }
-        let due: Vec<NodeIx> = crashed
-            .iter()
-            .filter(|(_, at)| now >= **at || heal_everything)
-            .map(|(n, _)| *n)
-            .collect();
-        for node in due {
-            crashed.remove(&node);
-            sim.bounce(host_name(node));
-        }
-        if heal_everything {
-            sim.set_fail_rate(0.0);
-            // Links a crash gave a loss rate of their own (see `stop_node`).
-            for a in &registered {
-                for b in registered.iter().filter(|b| a < *b) {
-                    sim.set_link_fail_rate(host_name(*a), host_name(*b), 0.0);
-                }
-            }
-            let hosts_up: Vec<NodeIx> = registered.difference(&left).copied().collect();
-            for a in &hosts_up {
-                for b in &hosts_up {
-                    if a < b {
-                        sim.repair(host_name(*a), host_name(*b));
-                    }
-                }
-            }
-            let mut w = lock(&world);
-            w.healed = true;
-            for r in w.running.values() {
-                r.net.set_duplicate_rate(0.0);
-                r.net.set_corrupt_rate(0.0);
-            }
-            drop(w);
-            lock(&world).record(Event::Healed);
-            healed_at = Some(now);
-        }
-
-        // --- samples ---
-        if now.is_multiple_of(1000) {
-            sample(&world, &mut checked_blobs);
-            if let Some(healed) = healed_at {
-                let all_up = registered
-                    .difference(&left)
-                    .all(|n| lock(&world).running.contains_key(n));
-                if (all_up && settled(&world)) || now >= healed + bound_ms {
-                    break;
-                }
-            }
-        }
-
-        observe_installs(&world);
-        if let Err(e) = sim.step() {
-            // A node's error names files in the run's temp directory, whose
-            // name is random: the trace shows it as `$RUN`.
-            let message =
-                format!("simulation error: {e}").replace(&*run_dir.to_string_lossy(), "$RUN");
-            lock(&world).record(Event::Panic { message });
-            break;
-        }
-        for message in take_panics() {
-            lock(&world).record(Event::Panic { message });
-        }
-        now += TICK_MS;
-    }
-    let mut w = lock(&world);
-    let healthy: Vec<NodeIx> = w.running.keys().copied().collect();
-    w.record(Event::End { healthy });
-    let trace = std::mem::take(&mut w.trace);
-    drop(w);
-    drop(sim);
-    (trace, Duration::from_millis(now))
+    }))
 }
 
 /// Push number `n` to `node`: build its commit and pack (pure, on the run's

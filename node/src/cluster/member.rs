@@ -40,7 +40,9 @@ use super::follow::{FollowAction, FollowCore, InstallId};
 use super::replicate::ReplicateConfig;
 use super::state::{ClusterState, DeploymentUpdate, Role, StateHash};
 use super::sync::{SyncConfig, SyncCore};
-use crate::deploy::{Deployer, EnvKey, Ledger, Precedence, WantedRelease, release_blobs};
+use crate::deploy::{
+    Deployer, EnvKey, Ledger, LedgerError, Precedence, WantedRelease, release_blobs,
+};
 use crate::env::{Disk, Env};
 use crate::net::admission::{ClusterId, InviteError, InviteToken};
 use crate::net::identity::NodeKey;
@@ -436,7 +438,7 @@ impl Ledger for StateLedger {
         commit: &str,
         manifest_cid: cid::Cid,
         artifacts: Vec<cid::Cid>,
-    ) -> Result<Precedence, String> {
+    ) -> Result<Precedence, LedgerError> {
         self.handle
             .update(|s| {
                 for cid in &artifacts {
@@ -452,14 +454,14 @@ impl Ledger for StateLedger {
                 )
             })
             .map(|d| d.precedence())
-            .map_err(|e| e.to_string())
+            .map_err(LedgerError::new)
     }
 
-    fn record_removal(&self, key: &EnvKey) -> Result<(), String> {
+    fn record_removal(&self, key: &EnvKey) -> Result<(), LedgerError> {
         self.handle
             .update(|s| s.remove_deployment(key))
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(LedgerError::new)
     }
 }
 

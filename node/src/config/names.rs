@@ -9,28 +9,40 @@ pub const MAX_LABEL_LEN: usize = 63;
 /// The longest DNS name, dots included.
 pub const MAX_NAME_LEN: usize = 253;
 
-/// What is wrong with a label, phrased to follow the label in a message.
-pub fn check_label(label: &str) -> Result<(), String> {
+/// What is wrong with a DNS label, phrased to follow the label in a
+/// message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LabelProblem {
+    #[error("is empty")]
+    Empty,
+    #[error("is {len} characters long; the limit is {MAX_LABEL_LEN}")]
+    TooLong { len: usize },
+    #[error(
+        "contains `{}`; only lowercase letters `a-z`, digits and `-` are allowed",
+        .0.escape_debug()
+    )]
+    Character(char),
+    #[error("starts or ends with `-`")]
+    EdgeHyphen,
+}
+
+/// Check that `label` is a DNS label.
+pub fn check_label(label: &str) -> Result<(), LabelProblem> {
     if label.is_empty() {
-        return Err("is empty".to_string());
+        return Err(LabelProblem::Empty);
     }
     let len = label.chars().count();
     if len > MAX_LABEL_LEN {
-        return Err(format!(
-            "is {len} characters long; the limit is {MAX_LABEL_LEN}"
-        ));
+        return Err(LabelProblem::TooLong { len });
     }
     if let Some(c) = label
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        return Err(format!(
-            "contains `{}`; only lowercase letters `a-z`, digits and `-` are allowed",
-            c.escape_debug()
-        ));
+        return Err(LabelProblem::Character(c));
     }
     if label.starts_with('-') || label.ends_with('-') {
-        return Err("starts or ends with `-`".to_string());
+        return Err(LabelProblem::EdgeHyphen);
     }
     Ok(())
 }
@@ -51,34 +63,51 @@ pub fn suggest_label(text: &str) -> Option<String> {
     (check_label(&trimmed).is_ok() && trimmed != text).then_some(trimmed)
 }
 
+/// What is wrong with a domain, phrased to follow "it" in a message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DomainProblem {
+    #[error("is empty")]
+    Empty,
+    #[error("is {len} characters long; the limit is {MAX_NAME_LEN}")]
+    TooLong { len: usize },
+    #[error("needs at least two labels, like `example.com`")]
+    TooFewLabels,
+    #[error("has a `*` that is not the whole first label")]
+    MisplacedWildcard,
+    #[error("has an empty label (two dots in a row, or a dot at an end)")]
+    EmptyLabel,
+    #[error("has a label `{label}` that {problem}")]
+    Label {
+        label: String,
+        problem: LabelProblem,
+    },
+}
+
 /// Check a domain and return its lowercase form. A leading `*.` (one
 /// wildcard label) is allowed; the rest needs at least two labels.
-pub fn normalize_domain(text: &str) -> Result<String, String> {
+pub fn normalize_domain(text: &str) -> Result<String, DomainProblem> {
     let lower = text.to_ascii_lowercase();
     if lower.is_empty() {
-        return Err("is empty".to_string());
+        return Err(DomainProblem::Empty);
     }
     if lower.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "is {} characters long; the limit is {MAX_NAME_LEN}",
-            lower.len()
-        ));
+        return Err(DomainProblem::TooLong { len: lower.len() });
     }
     let rest = lower.strip_prefix("*.").unwrap_or(&lower);
     let labels: Vec<&str> = rest.split('.').collect();
     if labels.len() < 2 {
-        return Err("needs at least two labels, like `example.com`".to_string());
+        return Err(DomainProblem::TooFewLabels);
     }
     for label in &labels {
         if *label == "*" {
-            return Err("has a `*` that is not the whole first label".to_string());
+            return Err(DomainProblem::MisplacedWildcard);
         }
-        check_label(label).map_err(|problem| {
-            if label.is_empty() {
-                "has an empty label (two dots in a row, or a dot at an end)".to_string()
-            } else {
-                format!("has a label `{label}` that {problem}")
-            }
+        check_label(label).map_err(|problem| match problem {
+            LabelProblem::Empty => DomainProblem::EmptyLabel,
+            problem => DomainProblem::Label {
+                label: (*label).to_owned(),
+                problem,
+            },
         })?;
     }
     Ok(lower)

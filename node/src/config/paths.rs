@@ -1,46 +1,62 @@
 //! Paths in a project file: file paths inside the repository, and HTTP route
 //! prefixes.
 
+/// What is wrong with a path inside the repository, phrased to follow the
+/// path in a message (`` `../x` leads outside the repository ...``).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RepoPathProblem {
+    #[error("is empty")]
+    Empty,
+    #[error("is absolute; paths are relative to the repository root")]
+    Absolute,
+    #[error("contains `\\`; separate directories with `/`")]
+    Backslash,
+    #[error("contains a NUL character")]
+    Nul,
+    #[error("leads outside the repository (too many `..`)")]
+    OutsideRepository,
+    /// Resolved against `base`, it climbs above the repository root.
+    #[error("leads outside the repository from `{base}`")]
+    OutsideFrom { base: String },
+}
+
 /// Normalise a path inside the repository: relative, `/`-separated, no `.`
 /// parts, `..` resolved, never above the root. The root itself is `.`.
-/// The error follows the value in a message.
-pub fn normalize_repo_path(text: &str) -> Result<String, String> {
+pub fn normalize_repo_path(text: &str) -> Result<String, RepoPathProblem> {
     if text.is_empty() {
-        return Err("is empty".to_string());
+        return Err(RepoPathProblem::Empty);
     }
     if text.starts_with('/') || text.starts_with('\\') || has_drive_prefix(text) {
-        return Err("is absolute; paths are relative to the repository root".to_string());
+        return Err(RepoPathProblem::Absolute);
     }
     if text.contains('\\') {
-        return Err("contains `\\`; separate directories with `/`".to_string());
+        return Err(RepoPathProblem::Backslash);
     }
     if text.contains('\0') {
-        return Err("contains a NUL character".to_string());
+        return Err(RepoPathProblem::Nul);
     }
-    let parts = resolve(Vec::new(), text)
-        .ok_or_else(|| "leads outside the repository (too many `..`)".to_string())?;
+    let parts = resolve(Vec::new(), text).ok_or(RepoPathProblem::OutsideRepository)?;
     Ok(join(&parts))
 }
 
 /// Resolve `relative` against the repository path `base` (normalised), and
 /// check the result stays inside the repository. Used for a build's
 /// `output`, which is relative to the build's `dir`.
-pub fn join_repo_path(base: &str, relative: &str) -> Result<String, String> {
-    let normalized = normalize_repo_path(relative);
-    // `..` may climb out of `dir` (a workspace's shared `target/`), but not
-    // out of the repository.
-    let relative_ok = match normalized {
-        Ok(_) => relative,
-        Err(problem) if problem.starts_with("leads outside") => relative,
+pub fn join_repo_path(base: &str, relative: &str) -> Result<String, RepoPathProblem> {
+    match normalize_repo_path(relative) {
+        // `..` may climb out of `dir` (a workspace's shared `target/`), but
+        // not out of the repository: checked below, from `base`.
+        Ok(_) | Err(RepoPathProblem::OutsideRepository) => {}
         Err(problem) => return Err(problem),
-    };
+    }
     let base_parts: Vec<&str> = if base == "." {
         Vec::new()
     } else {
         base.split('/').collect()
     };
-    let parts = resolve(base_parts, relative_ok)
-        .ok_or_else(|| format!("leads outside the repository from `{base}`"))?;
+    let parts = resolve(base_parts, relative).ok_or_else(|| RepoPathProblem::OutsideFrom {
+        base: base.to_owned(),
+    })?;
     Ok(join(&parts))
 }
 
@@ -70,23 +86,37 @@ fn join(parts: &[&str]) -> String {
     }
 }
 
+/// What is wrong with an HTTP route prefix, phrased to follow it in a
+/// message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RoutePathProblem {
+    #[error("does not start with `/`")]
+    NotAbsolute,
+    #[error("contains `{0}`; a route is a path prefix without query or fragment")]
+    QueryOrFragment(char),
+    #[error(
+        "contains `{}`; spaces and control characters are not allowed (percent-encode them)",
+        .0.escape_debug()
+    )]
+    Unencoded(char),
+    #[error("has an empty segment (`//`)")]
+    EmptySegment,
+    #[error("has a `{0}` segment; write the path it means")]
+    DotSegment(&'static str),
+}
+
 /// Check an HTTP route prefix and return its normal form: starts with `/`,
 /// no `?`, `#`, `.`/`..` segments or empty segments, no trailing `/` except
 /// for the root `/` itself.
-pub fn normalize_http_path(text: &str) -> Result<String, String> {
+pub fn normalize_http_path(text: &str) -> Result<String, RoutePathProblem> {
     if !text.starts_with('/') {
-        return Err("does not start with `/`".to_string());
+        return Err(RoutePathProblem::NotAbsolute);
     }
     if let Some(c) = text.chars().find(|c| matches!(c, '?' | '#')) {
-        return Err(format!(
-            "contains `{c}`; a route is a path prefix without query or fragment"
-        ));
+        return Err(RoutePathProblem::QueryOrFragment(c));
     }
     if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "contains `{}`; spaces and control characters are not allowed (percent-encode them)",
-            c.escape_debug()
-        ));
+        return Err(RoutePathProblem::Unencoded(c));
     }
     let trimmed = text.trim_end_matches('/');
     if trimmed.is_empty() {
@@ -94,12 +124,9 @@ pub fn normalize_http_path(text: &str) -> Result<String, String> {
     }
     for segment in trimmed[1..].split('/') {
         match segment {
-            "" => return Err("has an empty segment (`//`)".to_string()),
-            "." | ".." => {
-                return Err(format!(
-                    "has a `{segment}` segment; write the path it means"
-                ));
-            }
+            "" => return Err(RoutePathProblem::EmptySegment),
+            "." => return Err(RoutePathProblem::DotSegment(".")),
+            ".." => return Err(RoutePathProblem::DotSegment("..")),
             _ => {}
         }
     }

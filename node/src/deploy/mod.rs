@@ -10,30 +10,41 @@
 //!
 //! It must not touch the network or the gateway's connections; it only
 //! replaces the route table.
+//!
+//! This module is the deploy loop (pushes in, one at a time), restoring
+//! releases at start, installing what cluster state chose, and the events
+//! and status it reports; building a release is [`release`], loading a
+//! stored one is [`live`].
 
 pub mod build;
+mod error;
+mod live;
 pub mod manifest;
+mod release;
 mod routes;
-pub use routes::hosts_of;
 pub mod state;
 
-use std::collections::{BTreeMap, BTreeSet};
+pub use error::{DeployError, InvalidCid, LedgerError, LoadError, RecordError};
+pub use live::release_blobs;
+pub use routes::hosts_of;
+pub use state::{EnvKey, Precedence};
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{broadcast, mpsc};
 
-use crate::config;
 use crate::env::Env;
 use crate::gateway::Gateway;
 use crate::git::{self, PushEvent};
-use crate::runtime::{Function, Runtime};
+use crate::runtime::Runtime;
 use crate::status::EnvironmentStatus;
 use crate::store::BlobStore;
 
-use manifest::{FileArtifact, FunctionArtifact, Manifest, WebsiteArtifact};
+use live::{LiveRelease, parse_cid};
+use release::ReleaseBuilder;
 use state::{DeploymentState, Failure, Release};
-pub use state::{EnvKey, Precedence};
 
 /// The branch that is the production environment.
 pub const PRODUCTION_BRANCH: &str = "main";
@@ -63,13 +74,6 @@ pub enum DeployEvent {
     },
 }
 
-/// A loaded release: its manifest and the compiled functions it serves.
-struct LiveRelease {
-    manifest: Manifest,
-    functions: BTreeMap<String, Arc<Function>>,
-    precedence: Option<Precedence>,
-}
-
 /// Where a node records the releases pushed to it, so that every other node
 /// follows: the cluster state. A node outside any cluster has none.
 pub trait Ledger: Send + Sync + 'static {
@@ -82,10 +86,10 @@ pub trait Ledger: Send + Sync + 'static {
         commit: &str,
         manifest_cid: cid::Cid,
         artifacts: Vec<cid::Cid>,
-    ) -> Result<Precedence, String>;
+    ) -> Result<Precedence, LedgerError>;
 
     /// The branch of `key` was deleted here.
-    fn record_removal(&self, key: &EnvKey) -> Result<(), String>;
+    fn record_removal(&self, key: &EnvKey) -> Result<(), LedgerError>;
 }
 
 /// A release that cluster state says should serve: what the follower hands
@@ -105,20 +109,6 @@ pub enum InstallOutcome {
     AlreadyCurrent,
 }
 
-/// Every blob a release needs: the manifest, every component and every file.
-pub fn release_blobs(manifest_cid: cid::Cid, manifest: &Manifest) -> Result<Vec<cid::Cid>, String> {
-    let mut out = BTreeSet::from([manifest_cid]);
-    for artifact in manifest.functions.values() {
-        out.insert(parse_cid(&artifact.cid).map_err(|DeployError(e)| e)?);
-    }
-    for site in manifest.websites.values() {
-        for file in site.files.values() {
-            out.insert(parse_cid(&file.cid).map_err(|DeployError(e)| e)?);
-        }
-    }
-    Ok(out.into_iter().collect())
-}
-
 pub struct Deployer {
     env: Env,
     store: Arc<BlobStore>,
@@ -131,16 +121,6 @@ pub struct Deployer {
     live: Mutex<BTreeMap<EnvKey, LiveRelease>>,
     events: broadcast::Sender<DeployEvent>,
     ledger: OnceLock<Arc<dyn Ledger>>,
-}
-
-/// Why a push did not go live: already phrased for a person.
-#[derive(Debug)]
-struct DeployError(String);
-
-impl<E: std::fmt::Display> From<E> for DeployError {
-    fn from(e: E) -> Self {
-        DeployError(e.to_string())
-    }
 }
 
 impl Deployer {
@@ -209,7 +189,7 @@ impl Deployer {
                         .insert(key.clone(), live);
                     tracing::info!(env = %key, commit = %release.commit, "restored live release");
                 }
-                Err(DeployError(error)) => {
+                Err(error) => {
                     tracing::error!(env = %key, %error, "cannot restore live release");
                     self.update_state(&key, |e| {
                         e.failed = Some(Failure {
@@ -312,22 +292,19 @@ impl Deployer {
         });
         tracing::info!(env = %key, commit = %commit_hex, "deploying");
 
-        match self.build_release(&repo_dir, &key, commit).await {
-            Ok((manifest_cid, live)) => {
-                let release = Release {
-                    commit: commit_hex.clone(),
-                    manifest: manifest_cid.clone(),
-                    repo: repo.to_owned(),
-                    precedence: None,
-                };
-                let precedence = match self.go_live(&key, live, release) {
-                    Ok(precedence) => precedence,
-                    Err(error) => {
-                        let error = format!("cannot record the release in cluster state: {error}");
-                        self.fail(&key, &commit_hex, error);
-                        return;
-                    }
-                };
+        let built = self.builder().build(&repo_dir, &key, commit).await;
+        let live = built.and_then(|(manifest_cid, live)| {
+            let release = Release {
+                commit: commit_hex.clone(),
+                manifest: manifest_cid.to_string(),
+                repo: repo.to_owned(),
+                precedence: None,
+            };
+            self.go_live(&key, live, release)
+                .map_err(DeployError::Record)
+        });
+        match live {
+            Ok(precedence) => {
                 let elapsed_ms = (self.env.clock.now() - started).as_millis();
                 tracing::info!(env = %key, commit = %commit_hex, elapsed_ms, "live");
                 let _ = self.events.send(DeployEvent::Live {
@@ -337,11 +314,22 @@ impl Deployer {
                     precedence,
                 });
             }
-            Err(DeployError(error)) => self.fail(&key, &commit_hex, error),
+            Err(error) => self.fail(&key, &commit_hex, error),
         }
     }
 
-    fn fail(&self, key: &EnvKey, commit_hex: &str, error: String) {
+    /// What building a release needs of this deployer.
+    fn builder(&self) -> ReleaseBuilder<'_> {
+        ReleaseBuilder {
+            store: &self.store,
+            runtime: &self.runtime,
+            work_dir: &self.work_dir,
+        }
+    }
+
+    /// Record that the push of `commit_hex` did not go live, and why.
+    fn fail(&self, key: &EnvKey, commit_hex: &str, error: DeployError) {
+        let error = error.to_string();
         tracing::warn!(env = %key, commit = %commit_hex, %error, "push not deployed");
         self.update_state(key, |e| {
             e.pending = None;
@@ -367,14 +355,14 @@ impl Deployer {
         key: &EnvKey,
         mut live: LiveRelease,
         mut release: Release,
-    ) -> Result<Option<Precedence>, String> {
+    ) -> Result<Option<Precedence>, RecordError> {
         {
             let mut all = self.live.lock().expect("live lock");
             if let Some(ledger) = self.ledger.get() {
-                let cid = parse_cid(&release.manifest).map_err(|DeployError(e)| e)?;
-                let blobs = release_blobs(cid, &live.manifest)?;
-                let precedence = ledger.record_push(key, &release.commit, cid, blobs)?;
-                debug_assert!(
+                let precedence = record_push(ledger.as_ref(), key, &release, &live.manifest)?;
+                // Checked in release builds too: installing a push that ranks
+                // below the installed release would roll this node back.
+                assert!(
                     all.get(key)
                         .and_then(|r| r.precedence)
                         .is_none_or(|current| current < precedence),
@@ -444,7 +432,7 @@ impl Deployer {
         &self,
         key: &EnvKey,
         wanted: WantedRelease,
-    ) -> Result<InstallOutcome, String> {
+    ) -> Result<InstallOutcome, LoadError> {
         if self
             .installed_precedence(key)
             .is_some_and(|current| current >= wanted.precedence)
@@ -454,13 +442,14 @@ impl Deployer {
         let started = self.env.clock.now();
         let live = self
             .load_release(&wanted.manifest_cid.to_string(), Some(wanted.precedence))
-            .await
-            .map_err(|DeployError(e)| e)?;
+            .await?;
         if live.manifest.project != key.project || live.manifest.branch != key.branch {
-            return Err(format!(
-                "manifest {} is for {}@{}, not {key}",
-                wanted.manifest_cid, live.manifest.project, live.manifest.branch
-            ));
+            return Err(LoadError::WrongEnvironment {
+                manifest_cid: wanted.manifest_cid,
+                project: live.manifest.project,
+                branch: live.manifest.branch,
+                key: key.clone(),
+            });
         }
         let repo = self
             .state
@@ -553,10 +542,7 @@ impl Deployer {
             let Some(live) = all.get_mut(&key) else {
                 continue;
             };
-            let recorded = parse_cid(&release.manifest)
-                .map_err(|DeployError(e)| e)
-                .and_then(|cid| Ok((cid, release_blobs(cid, &live.manifest)?)))
-                .and_then(|(cid, blobs)| ledger.record_push(&key, &release.commit, cid, blobs));
+            let recorded = record_push(ledger.as_ref(), &key, &release, &live.manifest);
             match recorded {
                 Ok(precedence) => {
                     live.precedence = Some(precedence);
@@ -611,154 +597,13 @@ impl Deployer {
         }
     }
 
-    async fn build_release(
-        &self,
-        repo_dir: &Path,
-        key: &EnvKey,
-        commit: gix::ObjectId,
-    ) -> Result<(String, LiveRelease), DeployError> {
-        let checkout = tempfile::Builder::new()
-            .prefix("checkout-")
-            .tempdir_in(&self.work_dir)?;
-        let root = checkout.path().to_owned();
-        {
-            let repo_dir = repo_dir.to_owned();
-            let root = root.clone();
-            crate::env::spawn_blocking(move || git::checkout(&repo_dir, commit, &root))
-                .await
-                .map_err(|e| DeployError(format!("checkout task failed: {e}")))??;
-        }
-        let text = match std::fs::read_to_string(root.join("canopy.yaml")) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(DeployError(format!(
-                    "canopy.yaml: not found at the root of commit {}; add a canopy.yaml (see docs/canopy-yaml.md)",
-                    short(&commit.to_string())
-                )));
-            }
-            Err(e) => return Err(DeployError(format!("canopy.yaml: cannot read: {e}"))),
-        };
-        let project_file = Arc::new(config::parse("canopy.yaml", &text)?);
-        let problems = {
-            let (project_file, root) = (project_file.clone(), root.clone());
-            blocking(move || project_file.check_files(&root)).await?
-        };
-        if !problems.is_empty() {
-            return Err(DeployError(config::Diagnostics(problems).to_string()));
-        }
-        let project = &project_file.project;
-        debug_assert_eq!(
-            project.name, key.project,
-            "the environment is named by canopy.yaml"
-        );
-
-        let mut functions = BTreeMap::new();
-        let mut artifacts = BTreeMap::new();
-        for (name, function) in &project.functions {
-            let bytes = match &function.source {
-                config::Source::Wasm { path } => std::fs::read(root.join(path)).map_err(|e| {
-                    project_file.diagnostic(
-                        &["functions", name, "wasm"],
-                        format!("cannot read {path}: {e}"),
-                        None,
-                    )
-                })?,
-                config::Source::Build {
-                    dir,
-                    command,
-                    output,
-                    timeout,
-                } => {
-                    let build_dir = root.join(dir);
-                    build::run(command, &build_dir, *timeout)
-                        .await
-                        .map_err(|e| {
-                            project_file.diagnostic(
-                                &["functions", name, "build", "command"],
-                                e.to_string(),
-                                Some("run the command in a clean checkout to reproduce it".into()),
-                            )
-                        })?;
-                    let bytes = std::fs::read(build_dir.join(output)).map_err(|e| {
-                        project_file.diagnostic(
-                            &["functions", name, "build", "output"],
-                            format!("the build succeeded but {dir}/{output} cannot be read: {e}"),
-                            Some("point `output` at the component the command writes, relative to `dir`".into()),
-                        )
-                    })?;
-                    project_file.check_built_component(name, &bytes)?;
-                    bytes
-                }
-            };
-            let cid = self.store.put(&bytes)?;
-            self.store.verify(&cid)?;
-            let loaded =
-                self.runtime.load(&cid, &bytes).await.map_err(|e| {
-                    project_file.diagnostic(&["functions", name], e.to_string(), None)
-                })?;
-            functions.insert(name.clone(), loaded);
-            artifacts.insert(
-                name.clone(),
-                FunctionArtifact {
-                    cid: cid.to_string(),
-                    http_path: function.http.as_ref().map(|h| h.path.clone()),
-                    http_methods: function.http.as_ref().and_then(|h| {
-                        h.methods
-                            .as_ref()
-                            .map(|ms| ms.iter().map(|m| m.to_string()).collect())
-                    }),
-                    timeout_ms: function.limits.timeout.as_millis() as u64,
-                    memory_bytes: function.limits.memory_bytes,
-                },
-            );
-        }
-
-        let websites = {
-            let (sites, store, root) = (project.websites.clone(), self.store.clone(), root.clone());
-            blocking(move || store_websites(&sites, &store, &root)).await??
-        };
-
-        let manifest = Manifest {
-            project: project.name.clone(),
-            branch: key.branch.clone(),
-            commit: commit.to_string(),
-            domains: project.domains.clone(),
-            functions: artifacts,
-            websites,
-        };
-        let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
-        let manifest_cid = self.store.put(&manifest_bytes)?;
-        self.store.verify(&manifest_cid)?;
-        Ok((
-            manifest_cid.to_string(),
-            LiveRelease {
-                manifest,
-                functions,
-                precedence: None,
-            },
-        ))
-    }
-
     /// Load a stored release: manifest and components, verified.
     async fn load_release(
         &self,
         manifest_cid: &str,
         precedence: Option<Precedence>,
-    ) -> Result<LiveRelease, DeployError> {
-        let cid = parse_cid(manifest_cid)?;
-        let manifest: Manifest = serde_json::from_slice(&self.store.get(&cid)?)?;
-        let mut functions = BTreeMap::new();
-        for (name, artifact) in &manifest.functions {
-            let cid = parse_cid(&artifact.cid)?;
-            let bytes = self.store.get(&cid)?;
-            let loaded = self.runtime.load(&cid, &bytes).await?;
-            functions.insert(name.clone(), loaded);
-        }
-        Ok(LiveRelease {
-            manifest,
-            functions,
-            precedence,
-        })
+    ) -> Result<LiveRelease, LoadError> {
+        live::load(&self.store, &self.runtime, manifest_cid, precedence).await
     }
 
     /// Rebuild the gateway's route table from every live release and swap it
@@ -845,45 +690,17 @@ impl Deployer {
     }
 }
 
-/// Run file-heavy work (hashing, copying, validating components) off the
-/// async workers; its result does not depend on timing.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, DeployError> {
-    crate::env::spawn_blocking(work)
-        .await
-        .map_err(|e| DeployError(format!("deploy task failed: {e}")))
-}
-
-/// Put every file of every website into the store.
-fn store_websites(
-    sites: &BTreeMap<String, config::Website>,
-    store: &BlobStore,
-    root: &Path,
-) -> Result<BTreeMap<String, WebsiteArtifact>, DeployError> {
-    let mut websites = BTreeMap::new();
-    for (name, website) in sites {
-        let mut files = BTreeMap::new();
-        for (relative, path) in walk_files(&root.join(&website.dir))? {
-            let cid = store.put_file(&path)?;
-            let size_bytes = std::fs::metadata(&path)?.len();
-            files.insert(
-                relative,
-                FileArtifact {
-                    cid: cid.to_string(),
-                    size_bytes,
-                },
-            );
-        }
-        websites.insert(
-            name.clone(),
-            WebsiteArtifact {
-                path: website.path.clone(),
-                files,
-            },
-        );
-    }
-    Ok(websites)
+/// Record the push of `release` (of `key`) in `ledger`, with every blob it
+/// needs, and return the precedence the ledger gave it.
+fn record_push(
+    ledger: &dyn Ledger,
+    key: &EnvKey,
+    release: &Release,
+    manifest: &manifest::Manifest,
+) -> Result<Precedence, RecordError> {
+    let cid = parse_cid(&release.manifest)?;
+    let blobs = release_blobs(cid, manifest)?;
+    Ok(ledger.record_push(key, &release.commit, cid, blobs)?)
 }
 
 /// `project:` from a YAML document, if it is there and a plausible name.
@@ -898,43 +715,6 @@ fn lenient_project_name(bytes: &[u8]) -> Option<String> {
     plausible.then(|| name.to_owned())
 }
 
-fn parse_cid(text: &str) -> Result<cid::Cid, DeployError> {
-    cid::Cid::try_from(text).map_err(|e| DeployError(format!("invalid CID {text:?}: {e}")))
-}
-
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(10)]
-}
-
-/// Every regular file below `dir`, as (path relative to `dir` with `/`
-/// separators, full path), in sorted order.
-fn walk_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(current) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&current)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let path = entry.path();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() {
-                let relative = path
-                    .strip_prefix(dir)
-                    .expect("walked paths are below dir")
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                out.push((relative, path));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -947,20 +727,5 @@ mod tests {
         );
         assert_eq!(lenient_project_name(b"project: Shop!\n"), None);
         assert_eq!(lenient_project_name(b"{{{"), None);
-    }
-
-    #[test]
-    fn walk_lists_nested_files_sorted() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("css/deep")).unwrap();
-        std::fs::write(dir.path().join("index.html"), "x").unwrap();
-        std::fs::write(dir.path().join("css/a.css"), "x").unwrap();
-        std::fs::write(dir.path().join("css/deep/b.css"), "x").unwrap();
-        let names: Vec<String> = walk_files(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(names, ["css/a.css", "css/deep/b.css", "index.html"]);
     }
 }

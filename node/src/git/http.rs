@@ -18,7 +18,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::receive::{self, Commands, Outcome};
+use super::receive::{self, Commands, Outcome, UnpackError};
 use super::repos::{self, Repos};
 use super::{GitError, PushEvent, Result, pktline};
 use crate::body::{self, Body};
@@ -337,10 +337,7 @@ fn spool_write_error(e: io::Error) -> Response<Body> {
 }
 
 fn too_large_message(max_push_bytes: u64) -> String {
-    format!(
-        "push refused: it is larger than this remote's limit of {max_push_bytes} bytes; \
-         push fewer commits at a time or raise the node's maximum push size"
-    )
+    UnpackError::TooLarge { max_push_bytes }.to_string()
 }
 
 /// Reads the spooled request and applies it. `Ok(None)`: no commands (a probe).
@@ -372,7 +369,7 @@ fn process(
         Err(_) if spooled.too_large => {
             return Ok(Some((
                 Commands::default(),
-                Outcome::unpack_failed(&[], too_large_message(max_push_bytes)),
+                Outcome::unpack_failed(&[], UnpackError::TooLarge { max_push_bytes }),
             )));
         }
         Err(e) => return Err(format!("malformed receive-pack request: {e}")),
@@ -381,12 +378,13 @@ fn process(
         return Ok(None);
     }
     if spooled.too_large {
-        let outcome = Outcome::unpack_failed(&commands.commands, too_large_message(max_push_bytes));
+        let outcome =
+            Outcome::unpack_failed(&commands.commands, UnpackError::TooLarge { max_push_bytes });
         return Ok(Some((commands, outcome)));
     }
     let outcome = match repos.open_or_init(name) {
         Ok(repo) => receive::receive(&repo, &commands.commands, &mut input),
-        Err(e) => Outcome::unpack_failed(&commands.commands, e.to_string()),
+        Err(e) => Outcome::unpack_failed(&commands.commands, e.into()),
     };
     Ok(Some((commands, outcome)))
 }

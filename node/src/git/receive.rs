@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, BufRead};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
@@ -103,25 +104,82 @@ fn invalid(message: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
+/// Why the pack of a push was not stored. Its text goes to the client on
+/// the report's `unpack` line.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UnpackError {
+    #[error(
+        "push refused: it is larger than this remote's limit of {max_push_bytes} bytes; \
+         push fewer commits at a time or raise the node's maximum push size"
+    )]
+    TooLarge { max_push_bytes: u64 },
+
+    /// The repository could not be opened or created.
+    #[error(transparent)]
+    Repository(#[from] super::GitError),
+
+    #[error("could not create {}: {source}", .path.display())]
+    CreatePackDir { path: PathBuf, source: io::Error },
+
+    #[error("the pack could not be stored: {0}")]
+    StorePack(String),
+
+    #[error("could not reopen the repository: {0}")]
+    Reopen(String),
+}
+
+/// Why one ref update of a push was refused. Its text goes to the client on
+/// the report's `ng <ref>` line.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RefRejection {
+    /// The pack was not stored, so no update could apply.
+    #[error("unpacker error")]
+    Unpacker,
+    #[error("invalid reference name")]
+    InvalidName,
+    #[error("only branches (refs/heads/*) and tags (refs/tags/*) can be pushed here")]
+    NotBranchOrTag,
+    #[error("nothing to do: both old and new ids are zero")]
+    NothingToDo,
+    #[error("missing necessary objects: {0} was not sent")]
+    MissingObject(gix::ObjectId),
+    #[error("could not read object {id}: {message}")]
+    ReadObject { id: gix::ObjectId, message: String },
+    #[error("{0} is not a commit; a branch must point to a commit")]
+    NotACommit(gix::ObjectId),
+    #[error("could not read commit {id}: {message}")]
+    ReadCommit { id: gix::ObjectId, message: String },
+    #[error("missing necessary objects: tree {0} was not sent")]
+    MissingTree(gix::ObjectId),
+    /// gix refused the name when building the edit.
+    #[error("{0}")]
+    RefName(String),
+    /// The ref no longer has the value the client saw.
+    #[error("stale info")]
+    Stale,
+    #[error("failed to update ref: {0}")]
+    UpdateFailed(String),
+}
+
 /// What happened to a push, for the report-status and the push event.
 #[derive(Debug)]
 pub(crate) struct Outcome {
     /// `Ok` or why the pack could not be stored.
-    pub unpack: Result<(), String>,
+    pub unpack: Result<(), UnpackError>,
     /// Per command, in order: `Ok` or the reason it was refused.
-    pub refs: Vec<(String, Result<(), String>)>,
+    pub refs: Vec<(String, Result<(), RefRejection>)>,
     /// The updates applied, in command order (branches and tags).
     pub applied: Vec<RefUpdate>,
 }
 
 impl Outcome {
     /// Every command refused because the pack was not stored.
-    pub fn unpack_failed(commands: &[Command], reason: String) -> Self {
+    pub fn unpack_failed(commands: &[Command], reason: UnpackError) -> Self {
         Outcome {
             unpack: Err(reason),
             refs: commands
                 .iter()
-                .map(|c| (c.refname.clone(), Err("unpacker error".to_owned())))
+                .map(|c| (c.refname.clone(), Err(RefRejection::Unpacker)))
                 .collect(),
             applied: Vec::new(),
         }
@@ -134,13 +192,13 @@ impl Outcome {
             Ok(()) => pktline::write(&mut out, b"unpack ok\n"),
             Err(reason) => pktline::write(
                 &mut out,
-                format!("unpack {}\n", one_line(reason)).as_bytes(),
+                format!("unpack {}\n", one_line(&reason.to_string())).as_bytes(),
             ),
         }
         for (refname, result) in &self.refs {
             let line = match result {
                 Ok(()) => format!("ok {refname}\n"),
-                Err(reason) => format!("ng {refname} {}\n", one_line(reason)),
+                Err(reason) => format!("ng {refname} {}\n", one_line(&reason.to_string())),
             };
             pktline::write(&mut out, line.as_bytes());
         }
@@ -165,7 +223,7 @@ pub(crate) fn receive(
     commands: &[Command],
     pack: &mut dyn BufRead,
 ) -> Outcome {
-    let checks: Vec<Result<(), String>> = commands.iter().map(check_command).collect();
+    let checks: Vec<Result<(), RefRejection>> = commands.iter().map(check_command).collect();
 
     let mut keep_path = None;
     if commands.iter().any(|c| !c.is_delete()) {
@@ -177,12 +235,7 @@ pub(crate) fn receive(
     // Reopen so the object database sees the pack just written.
     let repo = match gix::open(repo.path()) {
         Ok(repo) => repo,
-        Err(e) => {
-            return Outcome::unpack_failed(
-                commands,
-                format!("could not reopen the repository: {e}"),
-            );
-        }
+        Err(e) => return Outcome::unpack_failed(commands, UnpackError::Reopen(e.to_string())),
     };
 
     let mut outcome = Outcome {
@@ -219,52 +272,48 @@ pub(crate) fn receive(
 }
 
 /// The checks that need no objects: which refs may be pushed at all.
-fn check_command(command: &Command) -> Result<(), String> {
+fn check_command(command: &Command) -> Result<(), RefRejection> {
     if gix::refs::FullName::try_from(command.refname.as_str()).is_err() {
-        return Err("invalid reference name".to_owned());
+        return Err(RefRejection::InvalidName);
     }
     if !(command.refname.starts_with("refs/heads/") || command.refname.starts_with("refs/tags/")) {
-        return Err(
-            "only branches (refs/heads/*) and tags (refs/tags/*) can be pushed here".to_owned(),
-        );
+        return Err(RefRejection::NotBranchOrTag);
     }
     if command.old.is_null() && command.new.is_null() {
-        return Err("nothing to do: both old and new ids are zero".to_owned());
+        return Err(RefRejection::NothingToDo);
     }
     Ok(())
 }
 
 /// The new target must be stored, and a branch must name a commit whose tree
 /// is stored too (a cheap connectivity check).
-fn check_objects(repo: &gix::Repository, command: &Command) -> Result<(), String> {
+fn check_objects(repo: &gix::Repository, command: &Command) -> Result<(), RefRejection> {
     if command.is_delete() {
         return Ok(());
     }
     let header = match repo.try_find_header(command.new) {
         Ok(Some(header)) => header,
-        Ok(None) => {
-            return Err(format!(
-                "missing necessary objects: {} was not sent",
-                command.new
-            ));
+        Ok(None) => return Err(RefRejection::MissingObject(command.new)),
+        Err(e) => {
+            return Err(RefRejection::ReadObject {
+                id: command.new,
+                message: e.to_string(),
+            });
         }
-        Err(e) => return Err(format!("could not read object {}: {e}", command.new)),
     };
     if command.refname.starts_with("refs/heads/") {
         if header.kind() != gix::object::Kind::Commit {
-            return Err(format!(
-                "{} is not a commit; a branch must point to a commit",
-                command.new
-            ));
+            return Err(RefRejection::NotACommit(command.new));
         }
         let tree = repo
             .find_commit(command.new)
             .and_then(|commit| commit.tree_id().map(|id| id.detach()))
-            .map_err(|e| format!("could not read commit {}: {e}", command.new))?;
+            .map_err(|e| RefRejection::ReadCommit {
+                id: command.new,
+                message: e.to_string(),
+            })?;
         if !repo.has_object(tree) {
-            return Err(format!(
-                "missing necessary objects: tree {tree} was not sent"
-            ));
+            return Err(RefRejection::MissingTree(tree));
         }
     }
     Ok(())
@@ -272,9 +321,9 @@ fn check_objects(repo: &gix::Repository, command: &Command) -> Result<(), String
 
 /// Updates (or deletes) one ref atomically, refusing if it no longer has the
 /// value the client saw.
-fn update_ref(repo: &gix::Repository, command: &Command) -> Result<(), String> {
-    let name =
-        gix::refs::FullName::try_from(command.refname.as_str()).map_err(|e| e.to_string())?;
+fn update_ref(repo: &gix::Repository, command: &Command) -> Result<(), RefRejection> {
+    let name = gix::refs::FullName::try_from(command.refname.as_str())
+        .map_err(|e| RefRejection::RefName(e.to_string()))?;
     let expected = if command.old.is_null() {
         PreviousValue::MustNotExist
     } else {
@@ -313,9 +362,9 @@ fn update_ref(repo: &gix::Repository, command: &Command) -> Result<(), String> {
                 .and_then(|r| r.target().try_id().map(ToOwned::to_owned));
             let expected_now = (!command.old.is_null()).then_some(command.old);
             if current != expected_now {
-                Err("stale info".to_owned())
+                Err(RefRejection::Stale)
             } else {
-                Err(format!("failed to update ref: {}", error_chain(&e)))
+                Err(RefRejection::UpdateFailed(error_chain(&e)))
             }
         }
     }
@@ -327,10 +376,12 @@ fn update_ref(repo: &gix::Repository, command: &Command) -> Result<(), String> {
 fn index_pack(
     repo: &gix::Repository,
     pack: &mut dyn BufRead,
-) -> Result<Option<std::path::PathBuf>, String> {
+) -> Result<Option<PathBuf>, UnpackError> {
     let pack_dir = repo.common_dir().join("objects").join("pack");
-    std::fs::create_dir_all(&pack_dir)
-        .map_err(|e| format!("could not create {}: {e}", pack_dir.display()))?;
+    std::fs::create_dir_all(&pack_dir).map_err(|source| UnpackError::CreatePackDir {
+        path: pack_dir.clone(),
+        source,
+    })?;
     let interrupt = AtomicBool::new(false);
     let outcome = gix::odb::pack::Bundle::write_to_directory(
         pack,
@@ -341,7 +392,7 @@ fn index_pack(
         repo.object_hash(),
         gix::odb::pack::bundle::write::Options::default(),
     )
-    .map_err(|e| format!("the pack could not be stored: {}", error_chain(&e)))?;
+    .map_err(|e| UnpackError::StorePack(error_chain(&e)))?;
     tracing::debug!(
         objects = outcome.index.num_objects,
         pack = ?outcome.data_path,
@@ -419,15 +470,13 @@ mod tests {
         };
         assert!(check_command(&cmd("refs/heads/main")).is_ok());
         assert!(check_command(&cmd("refs/tags/v1")).is_ok());
-        assert!(
-            check_command(&cmd("refs/notes/x"))
-                .unwrap_err()
-                .contains("only branches")
+        assert_eq!(
+            check_command(&cmd("refs/notes/x")),
+            Err(RefRejection::NotBranchOrTag)
         );
-        assert!(
-            check_command(&cmd("refs/heads/a..b"))
-                .unwrap_err()
-                .contains("invalid")
+        assert_eq!(
+            check_command(&cmd("refs/heads/a..b")),
+            Err(RefRejection::InvalidName)
         );
         assert!(check_command(&cmd("HEAD")).is_err());
     }
@@ -438,13 +487,39 @@ mod tests {
             unpack: Ok(()),
             refs: vec![
                 ("refs/heads/main".to_owned(), Ok(())),
-                ("refs/heads/x".to_owned(), Err("stale info".to_owned())),
+                ("refs/heads/x".to_owned(), Err(RefRejection::Stale)),
             ],
             applied: Vec::new(),
         };
         assert_eq!(
             outcome.report_status(),
             b"000eunpack ok\n0017ok refs/heads/main\n001fng refs/heads/x stale info\n0000"
+        );
+    }
+
+    #[test]
+    fn refused_pack_refuses_every_ref() {
+        let command = Command {
+            old: gix::ObjectId::null(gix::hash::Kind::Sha1),
+            new: gix::ObjectId::from_hex(id('a').as_bytes()).unwrap(),
+            refname: "refs/heads/main".to_owned(),
+        };
+        let outcome = Outcome::unpack_failed(
+            &[command],
+            UnpackError::TooLarge {
+                max_push_bytes: 100,
+            },
+        );
+        let report = String::from_utf8(outcome.report_status()).unwrap();
+        assert!(
+            report.contains(
+                "unpack push refused: it is larger than this remote's limit of 100 bytes; push fewer"
+            ),
+            "{report}"
+        );
+        assert!(
+            report.contains("ng refs/heads/main unpacker error\n"),
+            "{report}"
         );
     }
 }

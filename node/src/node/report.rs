@@ -107,16 +107,13 @@ impl AdminSource for Info {
         .boxed()
     }
 
-    fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, String> {
+    fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, admin::InviteError> {
         let Some((cluster, key, env, peers)) = &self.cluster else {
-            return Err(
-                "this node is not part of a cluster: add a `cluster:` section to its config"
-                    .to_owned(),
-            );
+            return Err(admin::InviteError::NotInCluster);
         };
         let token = cluster
             .invite(key, env, Duration::from_secs(ttl_s))
-            .map_err(|e| e.to_string())?;
+            .map_err(admin::InviteError::Cluster)?;
         Ok(InviteAnswer {
             token: token.encode(),
             peers: peers.clone(),
