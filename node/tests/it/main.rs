@@ -3,6 +3,15 @@
 //!
 //! Run one area with `cargo test -p canopy-node --test it runtime::`.
 
+// Clippy's allow-*-in-tests covers `#[test]` functions; the helpers beside
+// them are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed unwrap is a failed test, and output shows with failures"
+)]
+
 mod cluster;
 mod determinism_rules;
 mod gateway;

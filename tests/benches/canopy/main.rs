@@ -15,6 +15,12 @@
 //! `cluster` means the last two); in full mode their results replace those
 //! keys of `docs/performance.json`, the rest is kept.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark reports its progress and figures on the terminal"
+)]
+
 mod cluster;
 mod load;
 mod servers;

@@ -5,6 +5,15 @@
 //!
 //! Run one area with `cargo test -p canopy-tests --test it dream::`.
 
+// Clippy's allow-*-in-tests covers `#[test]` functions; the helpers beside
+// them are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "test code: a failed unwrap is a failed test, and output shows with failures"
+)]
+
 mod appliance;
 mod cli;
 mod cluster;
