@@ -54,6 +54,10 @@ impl Clock {
 
     /// [`Clock::unix_now_s`] to the nanosecond: what functions read as
     /// `wasi:clocks/wall-clock`.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the production clock: the OS's wall clock"
+    )]
     pub fn unix_now(&self) -> std::time::Duration {
         match self.simulated_wall {
             Some((at, unix_s)) => {
@@ -85,6 +89,10 @@ pub struct Rng {
 
 impl Rng {
     /// A generator seeded from the operating system (production, dream).
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the production generator's seed: the OS's randomness"
+    )]
     pub fn from_os() -> Self {
         let mut seed = [0u8; 32];
         rand::rng().fill_bytes(&mut seed);
@@ -135,6 +143,10 @@ thread_local! {
 /// stays on its one thread and replays from its seed (a pool thread would
 /// finish in real time, interleaving differently each run). Production
 /// never sets it.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the seam itself: outside the simulator, blocking work runs on tokio's pool"
+)]
 pub async fn spawn_blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, BlockingError> {

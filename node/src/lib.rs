@@ -19,6 +19,8 @@
 //! - [`durable`] — crash-safe replacement of small files.
 //! - [`body`] — the streamed HTTP body type every seam shares.
 //! - [`bugs`] — known bugs the simulator switches on (feature `sim-bugs` only).
+//! - [`test_guests`] — builds the guest components tests and the simulator
+//!   deploy (not used by the node).
 
 pub mod admin;
 pub mod body;
@@ -36,6 +38,7 @@ pub mod node;
 pub mod runtime;
 pub mod status;
 pub mod store;
+pub mod test_guests;
 pub mod tls;
 
 /// The version of this node, as built.

@@ -15,6 +15,12 @@
 //! on the other threads in between, and counts a different trace as a
 //! `determinism` violation naming the first line that differs.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the command line's output is its job"
+)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -199,6 +205,10 @@ fn report(args: &Args, result: &RunResult, out: &mut impl Write) -> anyhow::Resu
 }
 
 /// Run on a big stack: automerge and the simulated runtimes nest deeply.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a thread that runs a whole simulation, outside any"
+)]
 fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         std::thread::Builder::new()
@@ -211,6 +221,10 @@ fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// Run seeds from `next` until `stop` says so, on `jobs` threads.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "threads that each run whole simulations, outside any"
+)]
 fn sweep(
     args: &Args,
     base: &RunConfig,
@@ -269,6 +283,10 @@ fn sweep(
 }
 
 /// `canopy-sim`'s main; returns the process exit code.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a sweep's wall-clock time: its soak deadline and its summary's rate"
+)]
 pub fn main_with(args: Args) -> anyhow::Result<i32> {
     let base = RunConfig {
         nodes: args.nodes.max(1),

@@ -138,18 +138,23 @@ impl RunResult {
 }
 
 thread_local! {
-    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// The panics of the run on this thread; `None` outside a run.
+    static PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
 }
 
-/// Record panics of this thread (tasks inside the simulation included)
-/// instead of printing them; the run reports them as violations.
+/// Record panics of a thread while it runs a simulation (tasks inside it
+/// included) instead of printing them; the run reports them as violations.
+/// Other panics (of other threads, or a test's own assertions) print as
+/// usual.
 fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let message = info.to_string();
-            let captured = PANICS.try_with(|p| p.borrow_mut().push(message)).is_ok();
+            let captured = PANICS
+                .try_with(|p| p.borrow_mut().as_mut().map(|panics| panics.push(message)))
+                .is_ok_and(|pushed| pushed.is_some());
             if !captured || std::env::var_os("CANOPY_SIM_SHOW_PANICS").is_some() {
                 default(info);
             }
@@ -157,15 +162,20 @@ fn install_panic_hook() {
     });
 }
 
+/// Record this thread's panics from now on.
+fn capture_panics() {
+    PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+}
+
+/// The panics recorded since [`capture_panics`]; stops recording.
 fn take_panics() -> Vec<String> {
-    PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()))
+    PANICS.with(|p| p.borrow_mut().take().unwrap_or_default())
 }
 
 /// Run one scenario. Never panics: a panic is a violation in the result.
 pub fn run(config: &RunConfig) -> RunResult {
     install_panic_hook();
     canopy_node::bugs::set_active(&config.bugs);
-    take_panics();
     let dir = scratch_dir();
     let guest = match workload::guest_wasm() {
         Ok(guest) => Arc::new(guest),
@@ -187,6 +197,7 @@ pub fn run(config: &RunConfig) -> RunResult {
             };
         }
     };
+    capture_panics();
     canopy_node::env::set_inline_blocking(true);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         simulate(config, dir.path(), guest)

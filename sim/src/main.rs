@@ -1,6 +1,8 @@
 //! `canopy-sim`: many Canopy nodes in one deterministic simulation,
 //! replayable from a seed. See `docs/simulation.md` and [`canopy_sim::cli`].
 
+#![allow(clippy::print_stderr, reason = "the command line's output is its job")]
+
 use clap::Parser;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;

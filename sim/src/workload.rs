@@ -13,6 +13,7 @@ use canopy_node::deploy::state::EnvKey;
 use canopy_node::env::Rng;
 use canopy_node::gateway::Gateway;
 use canopy_node::store::cid_of;
+use canopy_node::test_guests::Guest;
 
 use crate::faults::uniform;
 use crate::git_push;
@@ -91,9 +92,10 @@ const MARKER: &[u8; 16] = b"CANOPY-VERSION-0";
 /// Distinct function versions: few, so each is compiled once per process.
 pub const FUNCTION_VERSIONS: u8 = 8;
 
-/// The test guest, built for wasm32-wasip2: `$CANOPY_SIM_GUEST`, else the
-/// copy the end-to-end tests build under `$CARGO_TARGET_DIR/guests`, else
-/// built there now.
+/// The test guest, built for wasm32-wasip2: `$CANOPY_SIM_GUEST`, else
+/// [`Guest::TESTFN`] built (a no-op when fresh, so a changed guest is never
+/// simulated from a stale copy) under `$CARGO_TARGET_DIR/guests`, else the
+/// copy already there.
 pub fn guest_wasm() -> anyhow::Result<Vec<u8>> {
     static GUEST: std::sync::OnceLock<Result<Vec<u8>, String>> = std::sync::OnceLock::new();
     GUEST
@@ -102,49 +104,30 @@ pub fn guest_wasm() -> anyhow::Result<Vec<u8>> {
         .map_err(|e| anyhow::anyhow!(e))
 }
 
+#[allow(
+    clippy::print_stderr,
+    reason = "a stale guest is worth a warning even when logging is off"
+)]
 fn find_or_build_guest() -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
     if let Some(path) = std::env::var_os("CANOPY_SIM_GUEST") {
         return std::fs::read(&path).with_context(|| format!("read $CANOPY_SIM_GUEST {path:?}"));
     }
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("sim/ is in the workspace")
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"))
-        .join("guests");
-    let wasm = target.join("wasm32-wasip2/release/testfn.wasm");
-    // Built every time (a no-op when fresh), so a changed guest is never
-    // simulated from a stale copy.
-    let built = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(workspace.join("tests/guests/testfn/Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
-        .output();
-    let failure = match built {
-        Ok(output) if output.status.success() => None,
-        Ok(output) => Some(String::from_utf8_lossy(&output.stderr).into_owned()),
-        Err(e) => Some(format!("cannot run cargo: {e}")),
+    let wasm = match Guest::TESTFN.build() {
+        Ok(wasm) => wasm,
+        Err(failure) => {
+            let wasm = Guest::TESTFN.wasm_path();
+            anyhow::ensure!(
+                wasm.exists(),
+                "{failure} (or set CANOPY_SIM_GUEST to a built testfn.wasm)"
+            );
+            eprintln!(
+                "canopy-sim: could not rebuild tests/guests/testfn, using {}: {failure}",
+                wasm.display()
+            );
+            wasm
+        }
     };
-    if let Some(failure) = failure {
-        anyhow::ensure!(
-            wasm.exists(),
-            "building tests/guests/testfn failed (is the target installed? `rustup target add wasm32-wasip2`; or set CANOPY_SIM_GUEST):\n{failure}"
-        );
-        eprintln!(
-            "canopy-sim: could not rebuild tests/guests/testfn, using {}: {failure}",
-            wasm.display()
-        );
-    }
     std::fs::read(&wasm).with_context(|| format!("read {}", wasm.display()))
 }
 

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use canopy_node::test_guests::Guest;
 use serde_json::Value;
 
 /// The workspace root: that of the checkout `cargo test` runs in.
@@ -73,6 +74,30 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
         }
     }
     newest
+}
+
+/// The machine the tests run on. The end-to-end tests were four test
+/// binaries, which cargo ran one after another; in one binary they run at
+/// once, so a test that starts many processes (a multi-node cluster, VMs)
+/// takes the machine to itself, and single dreams share it.
+static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Hold while running a single dream: dreams run side by side, but not
+/// beside a test that has [`own_machine`].
+pub async fn share_machine() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().await
+}
+
+/// Hold while running several node processes: no other test that starts
+/// processes runs meanwhile.
+pub async fn own_machine() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().await
+}
+
+/// [`own_machine`] for a test outside an async runtime (the appliance's
+/// VMs).
+pub fn own_machine_blocking() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.blocking_write()
 }
 
 /// Poll `check` until it returns `Some`, or fail after `timeout`.
@@ -563,38 +588,6 @@ impl Project {
     }
 }
 
-/// Build a guest crate (outside the workspace) for wasm32-wasip2 and return
-/// its component. Cached under the target dir between runs.
-pub fn guest(crate_dir: &str, artifact: &str) -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let manifest = workspace_root().join(crate_dir).join("Cargo.toml");
-    let target = target_dir().join("guests");
-    let output = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "building {crate_dir} failed (is the target installed? `rustup target add wasm32-wasip2`):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let wasm = target
-        .join("wasm32-wasip2/release")
-        .join(format!("{artifact}.wasm"));
-    assert!(wasm.exists(), "{} missing after build", wasm.display());
-    wasm
-}
-
 /// The marker the test guest embeds, patched per version.
 pub const VERSION_MARKER: &[u8; 16] = b"CANOPY-VERSION-0";
 
@@ -604,7 +597,8 @@ pub const VERSION_MARKER: &[u8; 16] = b"CANOPY-VERSION-0";
 pub fn testfn(version: &str) -> Vec<u8> {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     let wasm = WASM.get_or_init(|| {
-        std::fs::read(guest("tests/guests/testfn", "testfn")).expect("read testfn")
+        let path = Guest::TESTFN.build().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     });
     assert!(
         version.len() <= 16,

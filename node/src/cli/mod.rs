@@ -3,6 +3,12 @@
 //! Everything a person sees from `canopy` is written here; the node itself
 //! logs through `tracing`, quiet unless `-v` or `RUST_LOG` asks.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the command line's output is its job"
+)]
+
 mod admin_client;
 mod cluster_cmd;
 mod dream;

@@ -167,6 +167,10 @@ impl StaticSite {
     }
 
     /// The whole file, verified; an error response if it cannot be served.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the simulator serves requests on a runtime of its own, outside the simulation (canopy_sim::workload), so file reads may use tokio's pool"
+    )]
     async fn read_whole(&self, cid: Cid) -> Result<Bytes, Response<Body>> {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.get(&cid)).await {
@@ -183,6 +187,10 @@ impl StaticSite {
     }
 
     /// A body streaming the file through the verifying reader, and its length.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the simulator serves requests on a runtime of its own, outside the simulation (canopy_sim::workload), so file reads may use tokio's pool"
+    )]
     async fn stream(&self, cid: Cid) -> Result<(Body, u64), Response<Body>> {
         let store = self.store.clone();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<u64, StoreError>>();

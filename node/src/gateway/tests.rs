@@ -1,5 +1,5 @@
 //! Unit tests of routing and of the gateway's messages. The HTTP behaviour
-//! is tested end to end in `node/tests/gateway.rs`.
+//! is tested end to end in `node/tests/it/gateway.rs`.
 
 use std::collections::BTreeMap;
 

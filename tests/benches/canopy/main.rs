@@ -15,6 +15,12 @@
 //! `cluster` means the last two); in full mode their results replace those
 //! keys of `docs/performance.json`, the rest is kept.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark reports its progress and figures on the terminal"
+)]
+
 mod cluster;
 mod load;
 mod servers;
@@ -26,7 +32,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use canopy_tests::{Dream, Project, guest, testfn, workspace_root};
+use canopy_node::test_guests::Guest;
+use canopy_tests::{Dream, Project, testfn, workspace_root};
 use serde_json::{Map, Value, json};
 
 use load::{LoadResult, Target};
@@ -337,7 +344,7 @@ async fn run(mode: &Mode) -> Result<Value> {
         .any(|p| mode.runs(p))
     {
         eprintln!("building the hello guest…");
-        Some(guest("docs/examples/hello", "hello"))
+        Some(Guest::HELLO.build()?)
     } else {
         None
     };

@@ -1,8 +1,11 @@
 //! `canopy dream` end to end: real process, real `git push`, real HTTP.
+//!
+//! Dreams run side by side, but not beside a test that has the machine to
+//! itself ([`share_machine`]).
 
 use std::time::Duration;
 
-use canopy_tests::{Dream, Project, testfn, wait_for};
+use canopy_tests::{Dream, Project, share_machine, testfn, wait_for};
 
 const HELLO_YAML: &str = "project: shop
 functions:
@@ -32,6 +35,7 @@ async fn body(dream: &Dream, host: &str, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn push_serves_function_and_website() {
+    let _machine = share_machine().await;
     let dream = Dream::start().unwrap();
     let project = shop("v1");
     let commit = project.commit("v1").unwrap();
@@ -85,6 +89,7 @@ async fn push_serves_function_and_website() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn branch_preview_serves_beside_main() {
+    let _machine = share_machine().await;
     let dream = Dream::start().unwrap();
     let project = shop("main-v1");
     let main_commit = project.commit("main").unwrap();
@@ -130,6 +135,7 @@ async fn branch_preview_serves_beside_main() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_pushes_never_replace_the_live_version() {
+    let _machine = share_machine().await;
     let dream = Dream::start().unwrap();
     let project = shop("good");
     let good = project.commit("good").unwrap();
@@ -243,6 +249,7 @@ async fn broken_pushes_never_replace_the_live_version() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn build_command_produces_the_component() {
+    let _machine = share_machine().await;
     let dream = Dream::start().unwrap();
     let project = Project::new().unwrap();
     project
@@ -266,6 +273,7 @@ functions:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn runaway_functions_are_contained() {
+    let _machine = share_machine().await;
     let dream = Dream::start().unwrap();
     let project = shop("limits");
     let commit = project.commit("limits").unwrap();
@@ -304,6 +312,7 @@ async fn runaway_functions_are_contained() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_serves_again_without_a_push() {
+    let _machine = share_machine().await;
     let data = tempfile::tempdir().unwrap();
     let mut dream = Dream::start_in(data.path()).unwrap();
     let project = shop("persist");
@@ -329,6 +338,7 @@ async fn restart_serves_again_without_a_push() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hundred_concurrent_requests_all_succeed() {
+    let _machine = share_machine().await;
     let dream = Dream::start().unwrap();
     let project = shop("load");
     let commit = project.commit("load").unwrap();
@@ -362,6 +372,7 @@ async fn hundred_concurrent_requests_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_stream_both_ways() {
+    let _machine = share_machine().await;
     let dream = Dream::start().unwrap();
     let project = shop("stream");
     let commit = project.commit("stream").unwrap();
@@ -390,6 +401,7 @@ async fn bodies_stream_both_ways() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupted_blobs_are_detected_never_served() {
+    let _machine = share_machine().await;
     let data = tempfile::tempdir().unwrap();
     let mut dream = Dream::start_in(data.path()).unwrap();
     let project = shop("corrupt");
@@ -458,6 +470,7 @@ fn find_blob(data: &std::path::Path, content: &[u8]) -> Option<std::path::PathBu
 
 #[tokio::test(flavor = "multi_thread")]
 async fn https_with_the_local_ca() {
+    let _machine = share_machine().await;
     let dream = Dream::start().unwrap();
     let project = shop("tls");
     let commit = project.commit("tls").unwrap();

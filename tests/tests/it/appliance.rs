@@ -7,8 +7,10 @@
 //! its admin API), a push to one is served by all three, and all three power
 //! off cleanly.
 //!
-//! The tests boot their VMs one test at a time (a lock), so that two sets of
-//! TCG VMs do not share the cores and stretch each other's times.
+//! The tests boot their VMs one test at a time, with the machine to
+//! themselves ([`canopy_tests::own_machine_blocking`]), so that two sets of
+//! TCG VMs (or a VM and a dream) do not share the cores and stretch each
+//! other's times.
 //!
 //! Skipped, with the reason printed, when qemu, the Debian cloud kernel,
 //! busybox-static, musl-tools or the Rust musl target are missing — unless
@@ -16,14 +18,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
-use canopy_tests::workspace_root;
+use canopy_tests::{own_machine_blocking, workspace_root};
 
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
-
-/// Held while a test builds or boots the appliance.
-static VMS: Mutex<()> = Mutex::new(());
 
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
@@ -148,7 +146,7 @@ fn image_is_reproducible_and_boots_serves_and_survives_a_reboot() {
     if !can_run("appliance test") {
         return;
     }
-    let _vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    let _machine = own_machine_blocking();
 
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
@@ -195,7 +193,7 @@ fn three_appliances_form_a_cluster_and_all_serve_a_push() {
     if !can_run("appliance cluster test") {
         return;
     }
-    let _vms = VMS.lock().unwrap_or_else(|e| e.into_inner());
+    let _machine = own_machine_blocking();
 
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image");

@@ -2,9 +2,6 @@
 //! `docs/examples`), served by a hyper server on 127.0.0.1, called by a
 //! real HTTP client.
 
-#[path = "support/guests.rs"]
-mod guests;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -14,6 +11,7 @@ use bytes::Bytes;
 use canopy_node::runtime::{
     Allocator, Function, FunctionLimits, LoadStats, Runtime, RuntimeConfig, RuntimeError, raw_cid,
 };
+use canopy_node::test_guests::Guest;
 use futures::StreamExt as _;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -30,12 +28,18 @@ type ClientBody = BoxBody<Bytes, Infallible>;
 
 fn testfn_wasm() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| std::fs::read(guests::testfn()).expect("read testfn.wasm"))
+    WASM.get_or_init(|| read_guest(Guest::TESTFN))
 }
 
 fn hello_wasm() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| std::fs::read(guests::hello()).expect("read hello.wasm"))
+    WASM.get_or_init(|| read_guest(Guest::HELLO))
+}
+
+/// The guest's component, built; panics with what to do if the build fails.
+fn read_guest(guest: Guest) -> Vec<u8> {
+    let wasm = guest.build().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::read(&wasm).unwrap_or_else(|e| panic!("read {}: {e}", wasm.display()))
 }
 
 fn config(cache_dir: &std::path::Path) -> RuntimeConfig {

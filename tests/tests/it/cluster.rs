@@ -1,17 +1,16 @@
 //! Many nodes, one cloud: `canopy dream --nodes N` runs N real `canopy node`
 //! processes on 127.0.0.1 that form one encrypted cluster. Real `git push`,
 //! real HTTP, real kills and restarts.
+//!
+//! Each test runs several node processes, so it has the machine to itself
+//! ([`own_machine`]): two cores are not shared by sixteen nodes.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use canopy_tests::{Dream, NodeInfo, Project, canopy_bin, client, testfn, wait_for};
+use canopy_tests::{Dream, NodeInfo, Project, canopy_bin, client, own_machine, testfn, wait_for};
 use serde_json::Value;
-
-/// The tests of this file each run several node processes: one at a time, so
-/// two cores are not shared by sixteen nodes.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const YAML: &str = "project: shop
 functions:
@@ -63,7 +62,7 @@ async fn node_views(nodes: &[NodeInfo]) -> Option<Vec<(String, String)>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_serve_a_push_and_a_restarted_node_catches_up() {
-    let _serial = SERIAL.lock().await;
+    let _machine = own_machine().await;
     let mut dream = Dream::start_nodes(3).unwrap();
     let nodes = dream.nodes();
     assert_eq!(
@@ -135,7 +134,7 @@ async fn three_nodes_serve_a_push_and_a_restarted_node_catches_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn five_nodes_converge_after_twenty_quick_pushes_to_random_nodes() {
-    let _serial = SERIAL.lock().await;
+    let _machine = own_machine().await;
     let dream = Dream::start_nodes(5).unwrap();
     let nodes = dream.nodes();
     let project = shop();
@@ -230,7 +229,7 @@ async fn invite(admin: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_without_the_secret_or_a_valid_invite_cannot_join() {
-    let _serial = SERIAL.lock().await;
+    let _machine = own_machine().await;
     let dream = Dream::start_nodes(2).unwrap();
     let founder = dream.node(0);
     let secret = dream.data_dir.join("cluster.secret");
@@ -353,7 +352,7 @@ async fn nodes_without_the_secret_or_a_valid_invite_cannot_join() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_branch_goes_down_on_every_node() {
-    let _serial = SERIAL.lock().await;
+    let _machine = own_machine().await;
     let dream = Dream::start_nodes(3).unwrap();
     let nodes = dream.nodes();
     let project = shop();
@@ -405,7 +404,7 @@ fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_blob_from_a_peer_is_rejected_and_fetched_elsewhere() {
-    let _serial = SERIAL.lock().await;
+    let _machine = own_machine().await;
     let mut dream = Dream::start_nodes(3).unwrap();
     let nodes = dream.nodes();
     dream.kill_node(2);

@@ -11,6 +11,10 @@ fn config(seed: u64) -> RunConfig {
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the second run is on another thread, as a sweep's are"
+)]
 fn same_seed_same_trace() {
     for seed in 0..4 {
         let first = run(&config(seed));
