@@ -167,7 +167,18 @@ fn capture_panics() {
     PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
 }
 
-/// The panics recorded since [`capture_panics`]; stops recording.
+/// The panics recorded since [`capture_panics`] or the last drain; keeps
+/// recording (the run's every tick drains them into the trace).
+fn drain_panics() -> Vec<String> {
+    PANICS.with(|p| {
+        p.borrow_mut()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    })
+}
+
+/// The panics recorded since the last drain; stops recording (the run is over).
 fn take_panics() -> Vec<String> {
     PANICS.with(|p| p.borrow_mut().take().unwrap_or_default())
 }
@@ -376,7 +387,7 @@ impl<'a> Run<'a> {
             lock(&self.world).record(Event::Panic { message });
             return false;
         }
-        for message in take_panics() {
+        for message in drain_panics() {
             lock(&self.world).record(Event::Panic { message });
         }
         self.now += TICK_MS;

@@ -12,8 +12,10 @@
 //!   not compile every intermediate version on every node;
 //! - an environment whose branch was deleted is taken down (its install
 //!   aborted, its release retired);
-//! - an install that ended without installing (it failed) is started again
-//!   at the next planning pass ([`FollowCore::handle_state`]).
+//! - an install that failed is started again no sooner than
+//!   [`INSTALL_RETRY_DELAY`] later (a newer winner starts at once), so a
+//!   fetch that fails at once — no holder reachable, a stopped replication
+//!   task — never turns the follower into a busy loop.
 //!
 //! In quinn-proto's shape: inputs are `handle_*` methods, outputs are
 //! [`FollowAction`]s from [`FollowCore::poll_action`]. The core does no IO
@@ -22,9 +24,13 @@
 //! seconds, and feeds it here.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use super::state::Deployment;
 use crate::deploy::{EnvKey, Precedence};
+
+/// How long after a failed install the same release is tried again.
+pub const INSTALL_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// Names one install the core started, to route its end back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,6 +59,9 @@ pub enum FollowAction {
 pub struct FollowCore {
     /// The install under way per environment, and the precedence it installs.
     in_flight: BTreeMap<EnvKey, (Precedence, InstallId)>,
+    /// Per environment, the precedence whose install failed last and when
+    /// it may be tried again.
+    backoff: BTreeMap<EnvKey, (Precedence, Instant)>,
     next_install: u64,
     actions: VecDeque<FollowAction>,
 }
@@ -71,8 +80,10 @@ impl FollowCore {
         wanted: BTreeMap<EnvKey, Deployment>,
         removed: &BTreeMap<EnvKey, Precedence>,
         installed: &BTreeMap<EnvKey, Option<Precedence>>,
+        now: Instant,
     ) {
         for (key, precedence) in removed {
+            self.backoff.remove(key);
             if let Some((_, id)) = self.in_flight.remove(key) {
                 self.actions.push_back(FollowAction::Abort { id });
             }
@@ -94,6 +105,14 @@ impl FollowCore {
             {
                 continue;
             }
+            if self
+                .backoff
+                .get(&key)
+                .is_some_and(|(failed, until)| *failed >= precedence && now < *until)
+            {
+                continue;
+            }
+            self.backoff.remove(&key);
             if let Some((_, older)) = self.in_flight.remove(&key) {
                 self.actions.push_back(FollowAction::Abort { id: older });
             }
@@ -116,6 +135,26 @@ impl FollowCore {
         self.in_flight.retain(|_, (_, current)| *current != id);
     }
 
+    /// Install `id` failed at `now`: its release is tried again after
+    /// [`INSTALL_RETRY_DELAY`] (see [`FollowCore::poll_timeout`]).
+    pub fn handle_install_failed(&mut self, id: InstallId, now: Instant) {
+        let failed = self
+            .in_flight
+            .iter()
+            .find(|(_, (_, current))| *current == id)
+            .map(|(key, (precedence, _))| (key.clone(), *precedence));
+        if let Some((key, precedence)) = failed {
+            self.in_flight.remove(&key);
+            self.backoff
+                .insert(key, (precedence, now + INSTALL_RETRY_DELAY));
+        }
+    }
+
+    /// When the next retry is due: call [`FollowCore::handle_state`] then.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.backoff.values().map(|(_, until)| *until).min()
+    }
+
     /// The next thing to do.
     pub fn poll_action(&mut self) -> Option<FollowAction> {
         self.actions.pop_front()
@@ -132,6 +171,11 @@ mod tests {
     use super::*;
     use crate::net::NodeId;
     use crate::store::cid_of;
+
+    /// A base instant for the core's clock (it only compares them).
+    fn t0() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
 
     fn env(branch: &str) -> EnvKey {
         EnvKey {
@@ -180,12 +224,12 @@ mod tests {
     fn installs_the_winner_once() {
         let mut core = FollowCore::new();
         let (none, nothing): (Removed, Installed) = (BTreeMap::new(), BTreeMap::new());
-        core.handle_state(wanted(&[("main", 1)]), &none, &nothing);
+        core.handle_state(wanted(&[("main", 1)]), &none, &nothing, t0());
         let actions = drain(&mut core);
         assert_eq!(installs(&actions), vec![(InstallId(0), 1)]);
         assert_eq!(actions.len(), 1);
         // Planning again while it installs starts nothing.
-        core.handle_state(wanted(&[("main", 1)]), &none, &nothing);
+        core.handle_state(wanted(&[("main", 1)]), &none, &nothing, t0());
         assert!(drain(&mut core).is_empty());
     }
 
@@ -196,13 +240,13 @@ mod tests {
         // What is installed beats the state's winner (or ties it): nothing.
         let installed = BTreeMap::from([(env("main"), Some(release(5).precedence()))]);
         for seq in [3, 5] {
-            core.handle_state(wanted(&[("main", seq)]), &none, &installed);
+            core.handle_state(wanted(&[("main", seq)]), &none, &installed, t0());
             assert!(drain(&mut core).is_empty(), "seq {seq}");
         }
         // What is being installed beats it: nothing either.
-        core.handle_state(wanted(&[("main", 7)]), &none, &installed);
+        core.handle_state(wanted(&[("main", 7)]), &none, &installed, t0());
         assert_eq!(installs(&drain(&mut core)), vec![(InstallId(0), 7)]);
-        core.handle_state(wanted(&[("main", 6)]), &none, &installed);
+        core.handle_state(wanted(&[("main", 6)]), &none, &installed, t0());
         assert!(drain(&mut core).is_empty());
         assert_eq!(
             core.installing(&env("main")),
@@ -214,11 +258,11 @@ mod tests {
     fn a_newer_winner_aborts_an_older_install() {
         let mut core = FollowCore::new();
         let (none, nothing): (Removed, Installed) = (BTreeMap::new(), BTreeMap::new());
-        core.handle_state(wanted(&[("main", 1), ("dev", 1)]), &none, &nothing);
+        core.handle_state(wanted(&[("main", 1), ("dev", 1)]), &none, &nothing, t0());
         let first = installs(&drain(&mut core));
         assert_eq!(first.len(), 2);
         let (_, main_id) = core.installing(&env("main")).unwrap();
-        core.handle_state(wanted(&[("main", 2), ("dev", 1)]), &none, &nothing);
+        core.handle_state(wanted(&[("main", 2), ("dev", 1)]), &none, &nothing, t0());
         let actions = drain(&mut core);
         assert_eq!(
             actions[0],
@@ -232,27 +276,45 @@ mod tests {
             core.installing(&env("main")),
             Some((release(2).precedence(), InstallId(2)))
         );
-        core.handle_state(wanted(&[("main", 2), ("dev", 1)]), &none, &nothing);
+        core.handle_state(wanted(&[("main", 2), ("dev", 1)]), &none, &nothing, t0());
         assert!(drain(&mut core).is_empty());
     }
 
     #[test]
-    fn a_failed_install_is_started_again_at_the_next_pass() {
+    fn a_failed_install_is_started_again_after_the_retry_delay() {
         let mut core = FollowCore::new();
         let (none, nothing): (Removed, Installed) = (BTreeMap::new(), BTreeMap::new());
-        core.handle_state(wanted(&[("main", 1)]), &none, &nothing);
+        let start = t0();
+        core.handle_state(wanted(&[("main", 1)]), &none, &nothing, start);
         let [(id, 1)] = installs(&drain(&mut core))[..] else {
             panic!("one install expected")
         };
-        // It ended, and the deployer does not run it: it failed.
-        core.handle_install_done(id);
+        core.handle_install_failed(id, start);
         assert_eq!(core.installing(&env("main")), None);
-        core.handle_state(wanted(&[("main", 1)]), &none, &nothing);
-        assert_eq!(installs(&drain(&mut core)), vec![(InstallId(1), 1)]);
+        // Not before the delay: a fetch that fails at once must not spin.
+        let due = start + INSTALL_RETRY_DELAY;
+        assert_eq!(core.poll_timeout(), Some(due));
+        core.handle_state(
+            wanted(&[("main", 1)]),
+            &none,
+            &nothing,
+            due - Duration::from_millis(1),
+        );
+        assert!(drain(&mut core).is_empty());
+        // A newer winner does not wait.
+        core.handle_state(wanted(&[("main", 2)]), &none, &nothing, start);
+        let [(newer, 2)] = installs(&drain(&mut core))[..] else {
+            panic!("the newer release installs at once")
+        };
+        core.handle_install_failed(newer, start);
+        let due = start + INSTALL_RETRY_DELAY;
+        core.handle_state(wanted(&[("main", 2)]), &none, &nothing, due);
+        assert_eq!(installs(&drain(&mut core)), vec![(InstallId(2), 2)]);
+        assert_eq!(core.poll_timeout(), None);
         // Once installed, the next pass leaves it be.
-        core.handle_install_done(InstallId(1));
-        let installed = BTreeMap::from([(env("main"), Some(release(1).precedence()))]);
-        core.handle_state(wanted(&[("main", 1)]), &none, &installed);
+        core.handle_install_done(InstallId(2));
+        let installed = BTreeMap::from([(env("main"), Some(release(2).precedence()))]);
+        core.handle_state(wanted(&[("main", 2)]), &none, &installed, t0());
         assert!(drain(&mut core).is_empty());
     }
 
@@ -260,13 +322,13 @@ mod tests {
     fn a_removed_environment_is_aborted_and_retired() {
         let mut core = FollowCore::new();
         let (none, nothing): (Removed, Installed) = (BTreeMap::new(), BTreeMap::new());
-        core.handle_state(wanted(&[("main", 3)]), &none, &nothing);
+        core.handle_state(wanted(&[("main", 3)]), &none, &nothing, t0());
         let [(id, 3)] = installs(&drain(&mut core))[..] else {
             panic!("one install expected")
         };
         let removed = BTreeMap::from([(env("main"), release(4).precedence())]);
         let installed = BTreeMap::from([(env("main"), Some(release(2).precedence()))]);
-        core.handle_state(BTreeMap::new(), &removed, &installed);
+        core.handle_state(BTreeMap::new(), &removed, &installed, t0());
         assert_eq!(
             drain(&mut core),
             vec![
@@ -278,7 +340,7 @@ mod tests {
             ]
         );
         // Not installed here: nothing to retire.
-        core.handle_state(BTreeMap::new(), &removed, &nothing);
+        core.handle_state(BTreeMap::new(), &removed, &nothing, t0());
         assert!(drain(&mut core).is_empty());
     }
 }

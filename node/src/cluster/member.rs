@@ -52,9 +52,9 @@ use crate::store::{BlobStore, StoreError};
 /// Peers answer this with a [`PeerReport`].
 pub const STATUS_PROTOCOL: &str = "status/1";
 
-/// How often the follower plans again without a state change. (A failed
-/// install does not wait for it: its end is an event, and the pass after it
-/// starts the install again.)
+/// How often the follower plans again without a state change: a failed
+/// install's retry ([`super::follow::INSTALL_RETRY_DELAY`]) starts at the
+/// first pass after it is due.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// How long `canopy status` waits for each peer's report.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -615,7 +615,8 @@ async fn follow(
     let mut installs = FuturesUnordered::new();
     loop {
         let (wanted, removed) = handle.read(|s| (s.deployments(), s.removed()));
-        core.handle_state(wanted, &removed, &deployer.installed());
+        let now = handle.clock().now().into_std();
+        core.handle_state(wanted, &removed, &deployer.installed(), now);
         while let Some(action) = core.poll_action() {
             match action {
                 FollowAction::Install {
@@ -652,11 +653,11 @@ async fn follow(
             }
             Some((id, key, result)) = installs.next(), if !installs.is_empty() => {
                 aborts.remove(&id);
-                core.handle_install_done(id);
                 match result {
-                    Ok(Ok(())) | Err(futures::future::Aborted) => {}
+                    Ok(Ok(())) | Err(futures::future::Aborted) => core.handle_install_done(id),
                     Ok(Err(error)) => {
                         tracing::warn!(env = %key, %error, "cannot install the cluster's release yet; retrying");
+                        core.handle_install_failed(id, handle.clock().now().into_std());
                     }
                 }
             }

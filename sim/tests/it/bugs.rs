@@ -146,3 +146,24 @@ fn without_bugs_seeds_run_clean() {
         );
     }
 }
+
+/// A bound broken where no cluster invariant can see it: only the
+/// replication core's `debug_assert!` catches it, as a panic. (This test
+/// runs with debug assertions, as CI's sweep does with `--profile sim`;
+/// `.ci/run` checks the sweep's build finds it too.)
+#[test]
+fn exceeding_the_fetch_limit_is_found_by_a_debug_assertion() {
+    let found = find(Bug::ExceedFetchLimit);
+    eprintln!(
+        "exceed-fetch-limit: seed {} — {}",
+        found.config.seed, found.violations[0]
+    );
+    assert!(
+        found.violations.iter().any(
+            |v| v.invariant == invariants::NO_PANIC && v.message.contains("concurrent fetches")
+        ),
+        "{:?}",
+        found.violations
+    );
+    replays(&found, Bug::ExceedFetchLimit);
+}
