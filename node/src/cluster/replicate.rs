@@ -702,7 +702,7 @@ mod tests {
 
     #[test]
     fn fetches_in_chunks_and_reports() {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         let config = ReplicateConfig {
             chunk_bytes: 4,
             chunks_in_flight: 1,
@@ -748,7 +748,7 @@ mod tests {
     /// written in order, and the write finishes once all have arrived.
     #[test]
     fn pipelined_chunks_are_written_in_order() {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         let data = b"0123456789abcdefghij";
         let config = ReplicateConfig {
             chunk_bytes: 4,
@@ -806,7 +806,7 @@ mod tests {
 
     #[test]
     fn gives_up_after_max_attempts() {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         let config = ReplicateConfig {
             max_attempts: 2,
             retry_delay: Duration::from_secs(1),

@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn two_cores_converge_and_quiesce() {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         let mut a = SyncCore::new(ClusterState::new(node(1), 0), SyncConfig::default());
         let mut b = SyncCore::new(ClusterState::new(node(2), 0), SyncConfig::default());
         let env = EnvKey {
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_and_resets() {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         let mut a = SyncCore::new(ClusterState::new(node(1), 0), SyncConfig::default());
         let err = a
             .handle_message(node(2), b"not automerge", now)

@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn only_a_few_join_requests_per_connection() {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         let mut probation = Probation::new(PERIOD, 2);
         assert!(probation.handle_connection(peer(1), conn(1), now));
         assert_eq!(
@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn probation_runs_out_from_the_first_connection() {
-        let start = Instant::now();
+        let start = tokio::time::Instant::now().into_std();
         let mut probation = Probation::new(PERIOD, 4);
         probation.handle_connection(peer(1), conn(1), start);
         let later = start + Duration::from_secs(10);
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn admission_promotes_with_what_identify_said() {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         let mut probation = Probation::new(PERIOD, 4);
         probation.handle_connection(peer(1), conn(1), now);
         probation.handle_connection(peer(2), conn(2), now);
@@ -300,7 +300,7 @@ mod tests {
 
     #[test]
     fn the_last_connection_closing_ends_probation() {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         let mut probation = Probation::new(PERIOD, 4);
         probation.handle_connection(peer(1), conn(1), now);
         probation.handle_connection(peer(1), conn(2), now);
