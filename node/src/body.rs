@@ -1,7 +1,8 @@
 //! The one HTTP body type that flows between gateway, runtime and admin API.
 //!
-//! Bodies are streamed, never buffered whole: a function's response body is
-//! the guest's output stream, a website file is read from the store.
+//! Bodies are streamed: a function's response body is the guest's output
+//! stream, a large website file a stream from the store (files up to the
+//! gateway's streaming threshold are read whole, in one blocking read).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};

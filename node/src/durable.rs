@@ -7,8 +7,10 @@
 //!
 //! [`write_atomically_on`] does it through a node's [`Disk`] (the OS disk in
 //! production, the simulator's crash-consistent disk in `canopy-sim`);
-//! [`write_atomically`] through the OS disk, for files outside a simulated
-//! node (keys, certificates, the CLI's files, the compiled-code cache).
+//! [`write_atomically`] through the OS disk, for files the simulator does
+//! not crash (the node key and the local CA — in the data directory, but
+//! written once before anything depends on them —, the CLI's files, the
+//! compiled-code cache).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

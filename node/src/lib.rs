@@ -2,7 +2,8 @@
 //! the simulator.
 //!
 //! One module per seam (see `docs/architecture.md`):
-//! - [`env`] — clock, randomness, data directory: what the node is built from.
+//! - [`env`] — clock, randomness, data directory, disk seam, guests' clock:
+//!   what the node is built from.
 //! - [`config`] — the `canopy.yaml` schema and its located errors.
 //! - [`git`] — the Git remote users push to, and reading commits with gix.
 //! - [`store`] — content-addressed blobs (CIDv1), verified on every read.

@@ -20,8 +20,10 @@
 //! each directory it creates), so callers need not track new directories.
 //!
 //! What does not go through the seam, on purpose: git repositories (gix
-//! writes them; a push is acknowledged by the node only after its release
-//! is stored and recorded), deploy scratch and checkout directories, and
+//! writes them; a push is acknowledged once its pack is indexed and its
+//! refs moved, and one acknowledged but never deployed is deployed again
+//! at the next start — `Deployer::unfinished_pushes`), deploy scratch and
+//! checkout directories, the node key and the local CA, and
 //! the runtime's compiled-code cache (rebuilt from the store when it is
 //! missing or torn).
 

@@ -1,7 +1,7 @@
 //! Reading a pushed commit: its files, one file, its summary.
 //!
-//! These are blocking functions (file I/O, decompression): call them from
-//! `tokio::task::spawn_blocking` inside the node.
+//! These are blocking functions (file I/O, decompression): call them through
+//! `env::spawn_blocking` inside the node (the simulator runs it inline).
 
 use std::path::{Component, Path, PathBuf};
 
