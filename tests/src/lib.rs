@@ -27,25 +27,51 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
+/// The build profile this test or bench binary was built in, and its
+/// output directory: cargo puts the binary in `<target>/<dir>/deps/`, where
+/// `<dir>` is `debug` for the `dev` profile and the profile's name otherwise.
+fn own_profile() -> (String, PathBuf) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary lives in <target>/<profile>/deps")
+        .to_owned();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let profile = if name == "debug" {
+        "dev".to_owned()
+    } else {
+        name
+    };
+    (profile, dir)
 }
 
-/// The `canopy` binary of this build.
+/// The build profile of this test run (`dev` for `cargo test`, `sim` for
+/// `./scripts/test`), for messages that say what was measured.
+pub fn build_profile() -> String {
+    own_profile().0
+}
+
+/// The `canopy` binary of this build: the one beside this test binary, in
+/// the same target directory and profile.
 ///
 /// `cargo test --workspace` builds it (canopy-node has integration tests);
-/// when it is missing or older than the node's sources it is built here.
+/// when it is missing or older than the node's sources (say, after `cargo
+/// test -p canopy-tests`) it is built here, in the same profile.
 pub fn canopy_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let bin = target_dir().join("debug/canopy");
+        let (profile, dir) = own_profile();
+        let bin = dir.join("canopy");
         let built_at = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
         let sources_at = newest_mtime(&workspace_root().join("node/src"));
         if built_at.is_none_or(|built| sources_at.is_some_and(|src| src > built)) {
             let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "-p", "canopy-node", "--bin", "canopy"])
+                .args(["build", "--quiet", "--profile", &profile])
+                .args(["-p", "canopy-node", "--bin", "canopy"])
                 .current_dir(workspace_root())
                 .status()
                 .expect("cargo runs");

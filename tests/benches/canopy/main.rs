@@ -6,7 +6,8 @@
 //! `cargo bench -p canopy-tests --bench canopy` runs the full suite (release
 //! build of `canopy`, 10 s load phases) and writes `docs/performance.json`;
 //! `-- --quick` or `CANOPY_BENCH=quick` runs a short version (under two
-//! minutes, the debug build of `canopy` unless `--release` is given,
+//! minutes, the `canopy` of the bench's own build profile unless `--release`
+//! is given,
 //! the reference skipped if the wasmtime CLI is absent) that only checks
 //! every figure was produced, and writes its JSON under the target dir.
 //!
@@ -250,11 +251,12 @@ fn machine() -> Value {
 }
 
 /// The `canopy` binary to measure: a release build (built here, a no-op
-/// when fresh) in full mode or with `--release`; else the debug build.
-fn canopy_binary(mode: &Mode) -> Result<(PathBuf, &'static str)> {
+/// when fresh) in full mode or with `--release`; else the one built in this
+/// bench's own profile (`debug`, or `sim` in CI).
+fn canopy_binary(mode: &Mode) -> Result<(PathBuf, String)> {
     let release = !mode.quick || std::env::args().any(|a| a == "--release");
     if !release {
-        return Ok((canopy_tests::canopy_bin(), "debug"));
+        return Ok((canopy_tests::canopy_bin(), canopy_tests::build_profile()));
     }
     eprintln!("building canopy (release)…");
     let status = Command::new(env!("CARGO"))
@@ -262,7 +264,7 @@ fn canopy_binary(mode: &Mode) -> Result<(PathBuf, &'static str)> {
         .current_dir(workspace_root())
         .status()?;
     ensure!(status.success(), "cargo build --release of canopy failed");
-    Ok((target_dir().join("release/canopy"), "release"))
+    Ok((target_dir().join("release/canopy"), "release".to_owned()))
 }
 
 fn summarize(result: &LoadResult) -> Value {
