@@ -10,7 +10,9 @@
 //! The tests boot their VMs one test at a time, with the machine to
 //! themselves ([`canopy_tests::own_machine_blocking`]), so that two sets of
 //! TCG VMs (or a VM and a dream) do not share the cores and stretch each
-//! other's times.
+//! other's times. Building the image (a release build of `canopy` for musl,
+//! minutes when cold) takes no lock: it runs beside the other end-to-end
+//! tests instead of holding them up.
 //!
 //! Skipped, with the reason printed, when qemu, the Debian cloud kernel,
 //! busybox-static, musl-tools or the Rust musl target are missing — unless
@@ -146,8 +148,6 @@ fn image_is_reproducible_and_boots_serves_and_survives_a_reboot() {
     if !can_run("appliance test") {
         return;
     }
-    let _machine = own_machine_blocking();
-
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
     let (a, b) = (first.path().join("image"), second.path().join("image"));
@@ -181,6 +181,7 @@ fn image_is_reproducible_and_boots_serves_and_survives_a_reboot() {
         "image/build prints the sums"
     );
 
+    let _machine = own_machine_blocking();
     let boot = run_script("boot-test", &a);
     println!("{boot}");
     assert!(boot.contains("boot-test: ok"), "{boot}");
@@ -193,11 +194,10 @@ fn three_appliances_form_a_cluster_and_all_serve_a_push() {
     if !can_run("appliance cluster test") {
         return;
     }
-    let _machine = own_machine_blocking();
-
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("image");
     run_script("build", &image);
+    let _machine = own_machine_blocking();
     let log = run_script("cluster-test", &image);
     println!("{log}");
     assert!(log.contains("cluster-test: ok"), "{log}");
