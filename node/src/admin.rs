@@ -40,7 +40,7 @@ pub enum InviteError {
     NotInCluster,
     /// The cluster refused (the node is not an admitted member yet, ...).
     #[error(transparent)]
-    Cluster(anyhow::Error),
+    Cluster(#[from] crate::cluster::member::InviteRefusal),
 }
 
 /// The answer of `POST /api/cluster/invite`.

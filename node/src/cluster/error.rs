@@ -47,6 +47,13 @@ pub enum ClusterError {
         reason: String,
     },
 
+    /// An environment's candidates already use the last sequence number, so
+    /// no push can rank above them.
+    #[error(
+        "cluster state: {env} has a deployment record at the last sequence number (written by node {written_by}); refusing the push rather than ranking it below every release (remove that node from the cluster)"
+    )]
+    SequenceExhausted { env: String, written_by: NodeId },
+
     /// The driver task has stopped (the node is shutting down).
     #[error("cluster: the replication driver has stopped")]
     Stopped,

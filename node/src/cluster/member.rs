@@ -41,7 +41,8 @@ use super::replicate::ReplicateConfig;
 use super::state::{ClusterState, DeploymentUpdate, Role, StateHash};
 use super::sync::{SyncConfig, SyncCore};
 use crate::deploy::{
-    Deployer, EnvKey, Ledger, LedgerError, Precedence, WantedRelease, release_blobs,
+    Deployer, EnvKey, InvalidCid, Ledger, LedgerError, LoadError, Precedence, WantedRelease,
+    release_blobs,
 };
 use crate::env::{Disk, Env};
 use crate::net::admission::{ClusterId, InviteError, InviteToken};
@@ -52,10 +53,10 @@ use crate::store::{BlobStore, StoreError};
 /// Peers answer this with a [`PeerReport`].
 pub const STATUS_PROTOCOL: &str = "status/1";
 
-/// How often the follower plans again without a state change: a failed
-/// install's retry ([`super::follow::INSTALL_RETRY_DELAY`]) starts at the
-/// first pass after it is due.
-const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the follower plans again when neither the state changed nor a
+/// failed install's retry ([`super::follow::INSTALL_RETRY_DELAY`]) fell due:
+/// a backstop for what the state does not announce (the deployer's installs).
+const REPLAN_INTERVAL: Duration = Duration::from_secs(2);
 /// How long `canopy status` waits for each peer's report.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 /// The cluster-state document, below the data directory.
@@ -138,6 +139,33 @@ pub enum JoinError {
     OtherCluster { current: String, token: String },
 }
 
+/// Why a node's cluster side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read the saved cluster state {}: {source} (check the data directory's permissions)", path.display())]
+    ReadState {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] ClusterError),
+    #[error(transparent)]
+    Join(#[from] JoinError),
+}
+
+/// Why a node issued no invite.
+#[derive(Debug, thiserror::Error)]
+pub enum InviteRefusal {
+    #[error(
+        "this node is not an admitted member of a cluster yet, so it cannot invite others (ask a member that is)"
+    )]
+    NotAdmitted,
+    #[error(
+        "this node's cluster state names no valid cluster id (it has not founded or joined one yet)"
+    )]
+    NoClusterId,
+}
+
 /// The cluster side of a running node. Stop with [`ClusterNode::stop`].
 pub struct ClusterNode {
     local: NodeId,
@@ -165,7 +193,7 @@ impl ClusterNode {
         deployer: Arc<Deployer>,
         admitted: watch::Sender<BTreeSet<NodeId>>,
         options: ClusterOptions,
-    ) -> anyhow::Result<Arc<ClusterNode>> {
+    ) -> Result<Arc<ClusterNode>, StartError> {
         let local = net.local_id();
         let path = env.data_dir.join(STATE_FILE);
         let incarnation = env.rng.next_u64();
@@ -174,7 +202,7 @@ impl ClusterNode {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 ClusterState::new(local, incarnation)
             }
-            Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+            Err(source) => return Err(StartError::ReadState { path, source }),
         };
         if let (Some(current), Some(token)) = (state.cluster_id(), &options.invite)
             && current != token.cluster_id.to_string()
@@ -328,17 +356,26 @@ impl ClusterNode {
     }
 
     /// Issue an invite token for this cluster, valid for `ttl`.
-    pub fn invite(&self, key: &NodeKey, env: &Env, ttl: Duration) -> anyhow::Result<InviteToken> {
-        anyhow::ensure!(
-            self.is_admitted(),
-            "this node is not an admitted member of a cluster yet, so it cannot invite others"
-        );
+    pub fn invite(
+        &self,
+        key: &NodeKey,
+        env: &Env,
+        ttl: Duration,
+    ) -> Result<InviteToken, InviteRefusal> {
+        if !self.is_admitted() {
+            return Err(InviteRefusal::NotAdmitted);
+        }
         let cluster = self
             .cluster_id()
             .and_then(|id| parse_cluster_id(&id))
-            .ok_or_else(|| anyhow::anyhow!("this node's cluster state names no cluster id"))?;
+            .ok_or(InviteRefusal::NoClusterId)?;
         let expires = env.clock.unix_now_s() + ttl.as_secs();
         Ok(InviteToken::issue(key, cluster, expires, &env.rng))
+    }
+
+    /// This node's peer-to-peer addresses, as it tells its peers.
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
     }
 
     /// This node's report, as peers get it on `status/1`.
@@ -608,15 +645,13 @@ async fn follow(
     store: Arc<BlobStore>,
 ) {
     let mut changes = handle.subscribe();
-    let mut retry = tokio::time::interval(RETRY_INTERVAL);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut core = FollowCore::new();
     let mut aborts: BTreeMap<InstallId, AbortHandle> = BTreeMap::new();
     let mut installs = FuturesUnordered::new();
     loop {
         let (wanted, removed) = handle.read(|s| (s.deployments(), s.removed()));
-        let now = handle.clock().now().into_std();
-        core.handle_state(wanted, &removed, &deployer.installed(), now);
+        let now = handle.clock().now();
+        core.handle_state(wanted, &removed, &deployer.installed(), now.into_std());
         while let Some(action) = core.poll_action() {
             match action {
                 FollowAction::Install {
@@ -642,6 +677,10 @@ async fn follow(
                 FollowAction::Retire { key, precedence } => deployer.retire(&key, precedence),
             }
         }
+        let next_pass = core
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .map_or(now + REPLAN_INTERVAL, |due| due.min(now + REPLAN_INTERVAL));
         // `biased`: an unbiased select draws from tokio's OS-seeded RNG
         // (unreplayable in canopy-sim).
         tokio::select! {
@@ -661,7 +700,7 @@ async fn follow(
                     }
                 }
             }
-            _ = retry.tick() => {}
+            () = tokio::time::sleep_until(next_pass) => {}
         }
     }
 }
@@ -681,9 +720,12 @@ enum InstallError {
         cid: cid::Cid,
         source: serde_json::Error,
     },
-    /// The deployer refused the release, or its blobs.
-    #[error("{0}")]
-    Deploy(String),
+    /// The manifest names a blob by something that is not a CID.
+    #[error("manifest {cid} names a blob by an invalid CID: {source}")]
+    BlobCid { cid: cid::Cid, source: InvalidCid },
+    /// The deployer could not load the release from its blobs.
+    #[error(transparent)]
+    Load(#[from] LoadError),
 }
 
 async fn fetch_and_install(
@@ -702,7 +744,10 @@ async fn fetch_and_install(
             }
         })?;
     let mut blobs: BTreeSet<cid::Cid> = release_blobs(deployment.manifest_cid, &manifest)
-        .map_err(|e| InstallError::Deploy(e.to_string()))?
+        .map_err(|source| InstallError::BlobCid {
+            cid: deployment.manifest_cid,
+            source,
+        })?
         .into_iter()
         .collect();
     blobs.extend(deployment.artifacts.iter().copied());
@@ -719,7 +764,6 @@ async fn fetch_and_install(
                 precedence: deployment.precedence(),
             },
         )
-        .await
-        .map(|_| ())
-        .map_err(|e| InstallError::Deploy(e.to_string()))
+        .await?;
+    Ok(())
 }

@@ -433,12 +433,19 @@ impl ClusterState {
         mut record: DeploymentRecord,
     ) -> Result<u64, ClusterError> {
         let seen = self.candidates(env);
-        record.pushed_at_seq = seen
-            .iter()
-            .map(|(_, c)| c.precedence().0)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        // No honest history reaches u64::MAX; a record there (forged or
+        // corrupt) must not make this push wrap to 0 and lose to everything.
+        record.pushed_at_seq = match seen.iter().map(|(_, c)| c.precedence()).max() {
+            None => 1,
+            Some((highest, written_by)) => {
+                highest
+                    .checked_add(1)
+                    .ok_or_else(|| ClusterError::SequenceExhausted {
+                        env: env.to_string(),
+                        written_by,
+                    })?
+            }
+        };
         let json = serde_json::to_string(&record).map_err(|source| ClusterError::Encode {
             what: "deployment",
             source,
@@ -898,6 +905,45 @@ mod tests {
             manifest_cid: cid_of(commit.as_bytes()),
             artifacts: vec![cid_of(b"a"), cid_of(b"b")],
         }
+    }
+
+    #[test]
+    fn a_record_at_the_last_sequence_number_refuses_the_push_instead_of_wrapping() {
+        let mut state = ClusterState::new(node(1), 1);
+        let shop = env("main");
+        // Only a forged or corrupt record sits at u64::MAX.
+        let forged = DeploymentRecord {
+            commit: "forged".into(),
+            manifest_cid: cid_of(b"forged").to_string(),
+            artifacts: Vec::new(),
+            pushed_at_seq: u64::MAX,
+            pushed_by: node_hex(&node(2)),
+            removed: false,
+        };
+        state
+            .put_json(
+                &deploy_key(&shop, u64::MAX, &node(2)),
+                "deployment",
+                &forged,
+            )
+            .unwrap();
+
+        let error = state.apply_deployment(&shop, update("c1")).unwrap_err();
+        assert!(
+            matches!(&error, ClusterError::SequenceExhausted { written_by, .. } if *written_by == node(2)),
+            "{error}"
+        );
+        assert!(error.to_string().contains("shop@main"), "{error}");
+        let error = state.remove_deployment(&shop).unwrap_err();
+        assert!(
+            matches!(error, ClusterError::SequenceExhausted { .. }),
+            "{error}"
+        );
+        // Nothing was written: the state still has the one record.
+        assert_eq!(
+            state.deployment(&shop).map(|d| d.pushed_at_seq),
+            Some(u64::MAX)
+        );
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl Node {
                     cluster.stop().await;
                     return Err(e);
                 }
-                net.listen_addrs().iter().map(|a| a.to_string()).collect()
+                cluster.addresses().to_vec()
             }
             _ => Vec::new(),
         };

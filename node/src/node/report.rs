@@ -111,9 +111,7 @@ impl AdminSource for Info {
         let Some((cluster, key, env, peers)) = &self.cluster else {
             return Err(admin::InviteError::NotInCluster);
         };
-        let token = cluster
-            .invite(key, env, Duration::from_secs(ttl_s))
-            .map_err(admin::InviteError::Cluster)?;
+        let token = cluster.invite(key, env, Duration::from_secs(ttl_s))?;
         Ok(InviteAnswer {
             token: token.encode(),
             peers: peers.clone(),
