@@ -82,6 +82,9 @@ impl FollowCore {
         installed: &BTreeMap<EnvKey, Option<Precedence>>,
         now: Instant,
     ) {
+        // A due retry is this pass's to start (or to find unneeded): keeping
+        // it would leave `poll_timeout` in the past and the driver spinning.
+        self.backoff.retain(|_, (_, until)| now < *until);
         for (key, precedence) in removed {
             self.backoff.remove(key);
             if let Some((_, id)) = self.in_flight.remove(key) {
@@ -108,7 +111,7 @@ impl FollowCore {
             if self
                 .backoff
                 .get(&key)
-                .is_some_and(|(failed, until)| *failed >= precedence && now < *until)
+                .is_some_and(|(failed, _)| *failed >= precedence)
             {
                 continue;
             }
@@ -151,6 +154,8 @@ impl FollowCore {
     }
 
     /// When the next retry is due: call [`FollowCore::handle_state`] then.
+    /// Always after the last `handle_state`'s `now` (due retries are
+    /// dropped there).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.backoff.values().map(|(_, until)| *until).min()
     }
@@ -316,6 +321,29 @@ mod tests {
         let installed = BTreeMap::from([(env("main"), Some(release(2).precedence()))]);
         core.handle_state(wanted(&[("main", 2)]), &none, &installed, t0());
         assert!(drain(&mut core).is_empty());
+    }
+
+    #[test]
+    fn a_due_retry_that_is_no_longer_needed_leaves_no_timeout() {
+        let mut core = FollowCore::new();
+        let (none, nothing): (Removed, Installed) = (BTreeMap::new(), BTreeMap::new());
+        let start = t0();
+        core.handle_state(wanted(&[("main", 1)]), &none, &nothing, start);
+        let [(id, 1)] = installs(&drain(&mut core))[..] else {
+            panic!("one install expected")
+        };
+        core.handle_install_failed(id, start);
+        // Meanwhile the release was installed another way.
+        let installed = BTreeMap::from([(env("main"), Some(release(1).precedence()))]);
+        core.handle_state(
+            wanted(&[("main", 1)]),
+            &none,
+            &installed,
+            start + INSTALL_RETRY_DELAY,
+        );
+        assert!(drain(&mut core).is_empty());
+        // A timeout left in the past would wake the driver at once, forever.
+        assert_eq!(core.poll_timeout(), None);
     }
 
     #[test]
