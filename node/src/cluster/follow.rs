@@ -285,16 +285,23 @@ mod tests {
         assert!(drain(&mut core).is_empty());
     }
 
-    #[test]
-    fn a_failed_install_is_started_again_after_the_retry_delay() {
+    /// A core whose install of `main`'s release 1 failed at `start`.
+    fn core_with_a_failed_install(start: Instant) -> FollowCore {
         let mut core = FollowCore::new();
         let (none, nothing): (Removed, Installed) = (BTreeMap::new(), BTreeMap::new());
-        let start = t0();
         core.handle_state(wanted(&[("main", 1)]), &none, &nothing, start);
         let [(id, 1)] = installs(&drain(&mut core))[..] else {
             panic!("one install expected")
         };
         core.handle_install_failed(id, start);
+        core
+    }
+
+    #[test]
+    fn a_failed_install_is_started_again_after_the_retry_delay() {
+        let start = t0();
+        let mut core = core_with_a_failed_install(start);
+        let (none, nothing): (Removed, Installed) = (BTreeMap::new(), BTreeMap::new());
         assert_eq!(core.installing(&env("main")), None);
         // Not before the delay: a fetch that fails at once must not spin.
         let due = start + INSTALL_RETRY_DELAY;
@@ -325,14 +332,9 @@ mod tests {
 
     #[test]
     fn a_due_retry_that_is_no_longer_needed_leaves_no_timeout() {
-        let mut core = FollowCore::new();
-        let (none, nothing): (Removed, Installed) = (BTreeMap::new(), BTreeMap::new());
         let start = t0();
-        core.handle_state(wanted(&[("main", 1)]), &none, &nothing, start);
-        let [(id, 1)] = installs(&drain(&mut core))[..] else {
-            panic!("one install expected")
-        };
-        core.handle_install_failed(id, start);
+        let mut core = core_with_a_failed_install(start);
+        let none: Removed = BTreeMap::new();
         // Meanwhile the release was installed another way.
         let installed = BTreeMap::from([(env("main"), Some(release(1).precedence()))]);
         core.handle_state(
