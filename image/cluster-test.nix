@@ -67,17 +67,19 @@ in
     start_all()
     node1.wait_for_unit("canopy.service")
     node1.wait_until_succeeds("curl -sf http://127.0.0.1:7070/api/health | grep -q '\"ok\": *true'", timeout=60)
+    # The founder's first admin token; cluster state carries it to every node.
+    token = node1.succeed("cat /var/lib/canopy/admin-token").strip()
 
     for joiner in [node2, node3]:
         joiner.wait_for_unit("multi-user.target")
-        answer = json.loads(node1.succeed("canopy cluster invite --admin http://127.0.0.1:7070 --ttl 600 --json"))
+        answer = json.loads(node1.succeed(f"canopy cluster invite --admin http://127.0.0.1:7070 --token {token} --ttl 600 --json"))
         assert answer["token"].startswith("canopy-invite-"), answer
         joiner.succeed(f"(umask 077 && echo {answer['token']} > /run/canopy-invite)")
         joiner.succeed("systemctl start canopy.service")
         joiner.wait_until_succeeds("curl -sf http://127.0.0.1:7070/api/health | grep -q '\"ok\": *true'", timeout=90)
 
     def converged(machine):
-        status = json.loads(machine.succeed("curl -sf http://127.0.0.1:7070/api/status"))
+        status = json.loads(machine.succeed(f"curl -sf -H 'Authorization: Bearer {token}' http://127.0.0.1:7070/api/status"))
         cluster = status.get("cluster") or {}
         return cluster.get("members") == 3 and cluster.get("converged") is True
 
@@ -91,7 +93,7 @@ in
         "printf 'project: hello\\nfunctions:\\n  hello:\\n    wasm: functions/hello.wasm\\n    http: { path: /hello }\\n' > /tmp/project/canopy.yaml",
         "cd /tmp/project && git init -q -b main && git add -A"
         + " && git -c user.name=t -c user.email=t@canopy.invalid commit -q -m hello"
-        + " && git push http://127.0.0.1:7070/git/hello.git HEAD:refs/heads/main",
+        + f" && git push http://canopy:{token}@127.0.0.1:7070/git/hello.git HEAD:refs/heads/main",
     )
     for machine in [node1, node2, node3]:
         machine.wait_until_succeeds(

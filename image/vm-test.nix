@@ -31,7 +31,7 @@
         "printf 'project: hello\\nfunctions:\\n  hello:\\n    wasm: functions/hello.wasm\\n    http: { path: /hello }\\n' > /tmp/project/canopy.yaml",
         "cd /tmp/project && git init -q -b main && git add -A"
         + " && git -c user.name=t -c user.email=t@canopy.invalid commit -q -m hello"
-        + " && git push http://127.0.0.1:7070/git/hello.git HEAD:refs/heads/main",
+        + " && git push http://canopy:$(cat /var/lib/canopy/admin-token)@127.0.0.1:7070/git/hello.git HEAD:refs/heads/main",
     )
     appliance.wait_until_succeeds(
         "curl -sf -H 'Host: hello.localhost' http://127.0.0.1:8080/hello | grep -q 'Hello from Canopy!'",

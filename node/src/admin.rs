@@ -1,28 +1,46 @@
-//! The admin API: node status as JSON, health, and the Git remote.
+//! The admin API: node status as JSON, health, tokens, invites, and the Git
+//! remote.
 //!
-//! Routes:
-//! - `GET /api/health` → `{"ok": true}` once the node serves.
-//! - `GET /api/status` → [`crate::status::StatusReport`].
-//! - `POST /api/cluster/invite[?ttl=SECONDS]` → [`InviteAnswer`] (cluster nodes).
-//! - `/git/<repo>.git/...` → the smart-HTTP Git remote (push only).
+//! Routes (every one but health needs a token, see [`crate::auth`]):
+//! - `GET /api/health` → `{"ok": true}` once the node serves (public).
+//! - `GET /api/status` → [`crate::status::StatusReport`]; a project token
+//!   sees its project only.
+//! - `POST /api/cluster/invite[?ttl=SECONDS]` → [`InviteAnswer`] (admin;
+//!   cluster nodes; at most [`AdminOptions::max_invite_ttl`]).
+//! - `GET /api/tokens` → every [`crate::auth::TokenEntry`] (admin).
+//! - `POST /api/tokens` with a [`TokenRequest`] → [`IssuedToken`] (admin).
+//! - `DELETE /api/tokens/<id>` → the revoked [`crate::auth::TokenEntry`] (admin).
+//! - `/git/<project>.git/...` → the smart-HTTP Git remote (push only), for
+//!   an admin token or a token of `<project>`, sent as HTTP Basic.
 //!
 //! It must not serve user traffic; that is the gateway's.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use serde::{Deserialize, Serialize};
 
+use crate::auth::{Authority, Caller, Principal, TokenId, Unauthenticated};
 use crate::body::{self, Body};
-use crate::git::GitHttp;
+use crate::git::{GitHttp, Repos};
 use crate::status::StatusReport;
 
 /// Where the Git remote is mounted on the admin port.
 pub const GIT_MOUNT: &str = "/git";
+
+/// The longest invite lifetime unless the node config says otherwise: 1 h.
+pub const DEFAULT_MAX_INVITE_TTL: Duration = Duration::from_secs(3600);
+
+/// The largest JSON body the admin API reads (token requests): 16 KiB.
+const MAX_API_BODY_BYTES: usize = 16 * 1024;
 
 /// What the admin API needs from the node.
 pub trait AdminSource: Send + Sync + 'static {
@@ -53,64 +71,259 @@ pub struct InviteAnswer {
     pub expires_at_unix_s: u64,
 }
 
+/// The body of `POST /api/tokens`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// `admin` or `project:NAME`.
+    pub principal: String,
+    #[serde(default)]
+    pub label: String,
+    /// Lifetime in seconds; absent: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+}
+
+/// The answer of `POST /api/tokens`: the only time the token is shown.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub token: String,
+    pub id: TokenId,
+    pub principal: Principal,
+    pub label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_unix_s: Option<u64>,
+}
+
+/// How the admin API guards itself.
+#[derive(Clone, Debug)]
+pub struct AdminOptions {
+    /// Answer only requests whose `Host` is a loopback name or address
+    /// (`canopy dream`: a web page on another site cannot reach the admin
+    /// API by pointing a DNS name at 127.0.0.1).
+    pub loopback_hosts_only: bool,
+    /// The longest lifetime of a cluster invite.
+    pub max_invite_ttl: Duration,
+}
+
+impl Default for AdminOptions {
+    fn default() -> Self {
+        Self {
+            loopback_hosts_only: false,
+            max_invite_ttl: DEFAULT_MAX_INVITE_TTL,
+        }
+    }
+}
+
 pub struct Admin {
     source: Arc<dyn AdminSource>,
     git: Arc<GitHttp>,
+    authority: Authority,
+    options: AdminOptions,
 }
 
 impl Admin {
-    pub fn new(source: Arc<dyn AdminSource>, git: Arc<GitHttp>) -> Arc<Self> {
-        Arc::new(Self { source, git })
+    pub fn new(
+        source: Arc<dyn AdminSource>,
+        git: Arc<GitHttp>,
+        authority: Authority,
+        options: AdminOptions,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            source,
+            git,
+            authority,
+            options,
+        })
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        let path = req.uri().path().to_owned();
-        if path
-            .strip_prefix(GIT_MOUNT)
-            .is_some_and(|rest| rest.starts_with('/'))
-        {
-            return self.git.handle(req).await;
+        if self.options.loopback_hosts_only && !addressed_to_loopback(&req) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "this admin API answers only requests addressed to localhost or a loopback \
+                 address (a guard against DNS rebinding); use http://127.0.0.1:PORT",
+            );
         }
+        let path = req.uri().path().to_owned();
+        if (req.method(), path.as_str()) == (&Method::GET, "/api/health") {
+            return json(StatusCode::OK, &serde_json::json!({"ok": true}));
+        }
+        if let Some(rest) = path
+            .strip_prefix(GIT_MOUNT)
+            .and_then(|rest| rest.strip_prefix('/'))
+        {
+            return self.git(rest, req).await;
+        }
+        let caller = match self.authority.authenticate(req.headers()) {
+            Ok(caller) => caller,
+            Err(e) => return unauthenticated(&e, "Bearer"),
+        };
         match (req.method(), path.as_str()) {
-            (&Method::GET, "/api/health") => json(StatusCode::OK, &serde_json::json!({"ok": true})),
-            (&Method::GET, "/api/status") => json(StatusCode::OK, &self.source.status().await),
-            (&Method::POST, "/api/cluster/invite") => {
-                let ttl_s = req
-                    .uri()
-                    .query()
-                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ttl=")))
-                    .map(str::parse::<u64>);
-                match ttl_s {
-                    Some(Err(_)) => json(
-                        StatusCode::BAD_REQUEST,
-                        &serde_json::json!({"error": "ttl must be a number of seconds"}),
-                    ),
-                    Some(Ok(ttl_s)) => self.invite(ttl_s),
-                    None => self.invite(3600),
-                }
+            (&Method::GET, "/api/status") => {
+                let mut report = self.source.status().await;
+                visible_to(&caller, &mut report);
+                json(StatusCode::OK, &report)
             }
-            (_, "/api/cluster/invite") => text(
+            (&Method::POST, "/api/cluster/invite") => self.invite(&caller, req.uri().query()),
+            (&Method::GET, "/api/tokens") => match caller.must_be_admin("list tokens") {
+                Ok(()) => json(StatusCode::OK, &self.authority.list()),
+                Err(e) => error(StatusCode::FORBIDDEN, &e.to_string()),
+            },
+            (&Method::POST, "/api/tokens") => self.create_token(&caller, req).await,
+            (&Method::DELETE, p) if p.starts_with("/api/tokens/") => {
+                self.revoke_token(&caller, &p["/api/tokens/".len()..])
+            }
+            (_, "/api/cluster/invite") => error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "use POST to issue an invite\n",
+                "use POST to issue an invite",
             ),
-            (_, "/api/health" | "/api/status") => text(
+            (_, "/api/health" | "/api/status") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "use GET for the admin API")
+            }
+            (_, p) if p == "/api/tokens" || p.starts_with("/api/tokens/") => error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "use GET for the admin API\n",
+                "use GET /api/tokens, POST /api/tokens or DELETE /api/tokens/ID",
             ),
-            _ => text(
+            _ => error(
                 StatusCode::NOT_FOUND,
-                "not an admin API path; try GET /api/status, or push to /git/<name>.git\n",
+                "not an admin API path; try GET /api/status, or push to /git/<project>.git",
             ),
         }
     }
 
-    fn invite(&self, ttl_s: u64) -> Response<Body> {
+    /// The Git remote: `rest` is the path below [`GIT_MOUNT`].
+    async fn git(&self, rest: &str, req: Request<Incoming>) -> Response<Body> {
+        let caller = match self.authority.authenticate(req.headers()) {
+            Ok(caller) => caller,
+            Err(e) => return unauthenticated(&e, "Basic"),
+        };
+        // A path that names no repository gets the remote's own 404.
+        let project = rest.split('/').next().map(Repos::normalize_name);
+        if let Some(Ok(project)) = &project
+            && let Err(problem) = crate::config::names::check_label(project)
+        {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "{project:?} is not a project name: it {problem}; push to /git/<project>.git \
+                     where <project> is canopy.yaml's `project:`\n"
+                ),
+            );
+        }
+        if let Some(Ok(project)) = project
+            && let Err(forbidden) = caller.may_deploy(&project)
+        {
+            tracing::info!(token = %caller.token, project, "push refused: token of another project");
+            return text(StatusCode::FORBIDDEN, format!("{forbidden}\n"));
+        }
+        self.git.handle(req).await
+    }
+
+    fn invite(&self, caller: &Caller, query: Option<&str>) -> Response<Body> {
+        if let Err(e) = caller.must_be_admin("issue cluster invites") {
+            return error(StatusCode::FORBIDDEN, &e.to_string());
+        }
+        let max = self.options.max_invite_ttl.as_secs();
+        let ttl_s = match query
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ttl=")))
+            .map(str::parse::<u64>)
+        {
+            None => max.min(DEFAULT_MAX_INVITE_TTL.as_secs()),
+            Some(Ok(ttl_s)) if (1..=max).contains(&ttl_s) => ttl_s,
+            Some(Ok(ttl_s)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "an invite may live 1 to {max} seconds (this node's \
+                         admin.max_invite_ttl), not {ttl_s}"
+                    ),
+                );
+            }
+            Some(Err(_)) => {
+                return error(StatusCode::BAD_REQUEST, "ttl must be a number of seconds");
+            }
+        };
         match self.source.invite(ttl_s) {
             Ok(answer) => json(StatusCode::OK, &answer),
-            Err(error) => json(
-                StatusCode::CONFLICT,
-                &serde_json::json!({ "error": error.to_string() }),
+            Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+        }
+    }
+
+    async fn create_token(&self, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
+        if let Err(e) = caller.must_be_admin("create tokens") {
+            return error(StatusCode::FORBIDDEN, &e.to_string());
+        }
+        let bytes = match Limited::new(req.into_body(), MAX_API_BODY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("a token request is at most {MAX_API_BODY_BYTES} bytes of JSON"),
+                );
+            }
+        };
+        let request: TokenRequest = match serde_json::from_slice(&bytes) {
+            Ok(request) => request,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "the body is not a token request ({e}); send \
+                         {{\"principal\": \"project:NAME\", \"label\": \"ci\", \"ttl_s\": 86400}}"
+                    ),
+                );
+            }
+        };
+        let principal: Principal = match request.principal.parse() {
+            Ok(principal) => principal,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let ttl = request.ttl_s.map(Duration::from_secs);
+        match self
+            .authority
+            .issue(principal, &request.label, ttl, caller.reference())
+        {
+            Ok((token, record)) => {
+                tracing::info!(token = %record.id, principal = %record.principal, by = %caller.token, "token created");
+                json(
+                    StatusCode::CREATED,
+                    &IssuedToken {
+                        token: token.reveal(),
+                        id: record.id,
+                        principal: record.principal,
+                        label: record.label,
+                        expires_at_unix_s: record.expires_at_unix_s,
+                    },
+                )
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        }
+    }
+
+    fn revoke_token(&self, caller: &Caller, id: &str) -> Response<Body> {
+        if let Err(e) = caller.must_be_admin("revoke tokens") {
+            return error(StatusCode::FORBIDDEN, &e.to_string());
+        }
+        let Ok(id) = id.parse::<TokenId>() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("{id:?} is not a token id (16 hex digits, see `canopy token list`)"),
+            );
+        };
+        match self.authority.revoke(&id, caller) {
+            Ok(entry) => {
+                tracing::info!(token = %id, by = %caller.token, "token revoked");
+                json(StatusCode::OK, &entry)
+            }
+            Err(crate::auth::BookError::NotFound(_)) => error(
+                StatusCode::NOT_FOUND,
+                &format!("no token has id {id}; `canopy token list` shows them"),
             ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
     }
 
@@ -156,7 +369,7 @@ impl Admin {
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
-    let bytes = serde_json::to_vec_pretty(value).expect("status serialises");
+    let bytes = serde_json::to_vec_pretty(value).expect("admin answers serialise");
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -165,10 +378,110 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
         .expect("valid response")
 }
 
-fn text(status: StatusCode, message: &'static str) -> Response<Body> {
+/// An API error: `{"error": message}`.
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn text(status: StatusCode, message: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(body::full(message))
         .expect("valid response")
+}
+
+/// 401 with the challenge `scheme` (`Basic` makes `git` send credentials).
+/// The body is text, which `git` shows its user.
+fn unauthenticated(e: &Unauthenticated, scheme: &str) -> Response<Body> {
+    tracing::debug!(error = %e, "request without a valid token");
+    Response::builder()
+        .status(StatusCode::UNAUTHORIZED)
+        .header(
+            header::WWW_AUTHENTICATE,
+            format!("{scheme} realm=\"canopy\""),
+        )
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body::full(format!("{e}\n")))
+        .expect("valid response")
+}
+
+/// Keep what `caller` may see of `report`: a project token sees its own
+/// project's deployments only.
+fn visible_to(caller: &Caller, report: &mut StatusReport) {
+    if caller.principal.is_admin() {
+        return;
+    }
+    let principal = &caller.principal;
+    report
+        .deployments
+        .retain(|d| principal.may_deploy(&d.project));
+    for node in &mut report.nodes {
+        node.serving.retain(|env, _| {
+            env.split_once('@')
+                .is_some_and(|(project, _)| principal.may_deploy(project))
+        });
+    }
+}
+
+/// Whether the request's `Host` (or HTTP/2 `:authority`) is `localhost`, a
+/// name below it, or a loopback address.
+fn addressed_to_loopback<B>(req: &Request<B>) -> bool {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let Some(host) = host else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // `[::1]:port`
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_host(host: &str) -> Request<()> {
+        Request::builder()
+            .uri("/api/status")
+            .header(header::HOST, host)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_loopback_hosts_pass_the_rebinding_guard() {
+        for host in [
+            "localhost",
+            "localhost:7070",
+            "shop.localhost:80",
+            "127.0.0.1:7070",
+            "127.8.0.1",
+            "[::1]:7070",
+            "LOCALHOST.",
+        ] {
+            assert!(addressed_to_loopback(&with_host(host)), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:7070",
+            "localhost.evil.example",
+            "10.0.0.1:7070",
+            "[::2]:7070",
+            "",
+        ] {
+            assert!(!addressed_to_loopback(&with_host(host)), "{host}");
+        }
+        let no_host = Request::builder().uri("/").body(()).unwrap();
+        assert!(!addressed_to_loopback(&no_host));
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`gateway`] — HTTP/1.1 + HTTP/2 ingress, routing by host and path.
 //! - [`deploy`] — from a pushed commit to a live release, atomically.
 //! - [`admin`] — the admin API (status JSON) and the Git remote's mount.
+//! - [`auth`] — principals, tokens, and the check on every admin request.
 //! - [`cluster`] — cluster state (automerge) and blob replication.
 //! - [`net`] — the peer-messaging seam (libp2p in production, turmoil in the simulator).
 //! - [`node`] — one node assembled from its environment.
@@ -24,6 +25,7 @@
 //!   deploy (not used by the node).
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod bugs;
 pub mod cli;

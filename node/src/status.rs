@@ -25,7 +25,8 @@ pub struct NodeStatus {
     pub role: String,
     pub http: String,
     pub admin: String,
-    pub git_remote: String,
+    /// Push URLs are `<git_base><project>.git`.
+    pub git_base: String,
     pub runtime: RuntimeStatus,
     /// Connected peers (short ids).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -126,7 +127,7 @@ impl StatusReport {
                 "  {}  {}  v{}  http {}  admin {}",
                 node.id, node.role, node.version, node.http, node.admin
             );
-            let _ = writeln!(out, "      git remote {}", node.git_remote);
+            let _ = writeln!(out, "      git        {}<project>.git", node.git_base);
             if let Some(hash) = &node.state_hash {
                 let _ = writeln!(
                     out,
@@ -209,7 +210,7 @@ mod tests {
                 role: "standalone".into(),
                 http: "http://127.0.0.1:8080".into(),
                 admin: "http://127.0.0.1:8081".into(),
-                git_remote: "http://127.0.0.1:8081/git/dream.git".into(),
+                git_base: "http://127.0.0.1:8081/git/".into(),
                 runtime: RuntimeStatus::default(),
                 peers: vec![],
                 state_hash: None,
@@ -258,7 +259,7 @@ mod cluster_tests {
             role: "full".into(),
             http: "http://127.0.0.1:8080".into(),
             admin: "http://127.0.0.1:8081".into(),
-            git_remote: "http://127.0.0.1:8081/git/dream.git".into(),
+            git_base: "http://127.0.0.1:8081/git/".into(),
             runtime: RuntimeStatus::default(),
             peers: vec!["bbbb".into(), "cccc".into()],
             state_hash: Some(hash.into()),

@@ -184,7 +184,10 @@ pub struct Dream {
     /// Nodes this harness restarted itself (`Dream::restart_node`).
     restarted: Vec<Child>,
     pub data_dir: PathBuf,
-    pub git_remote: String,
+    /// `http://canopy:TOKEN@…/git/`: push URLs are `<git_base><project>.git`.
+    pub git_base: String,
+    /// The dream's admin token.
+    pub token: String,
     pub http: String,
     pub admin: String,
     pub facts: Value,
@@ -237,6 +240,9 @@ impl Dream {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // The pointer other commands find a dream by stays in the test's
+            // directory, not the user's home.
+            .env("XDG_STATE_HOME", data_dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -253,7 +259,8 @@ impl Dream {
                 .context(format!("dream.json lacks {k}"))
         };
         Ok(Dream {
-            git_remote: field("git_remote")?,
+            git_base: field("git_base")?,
+            token: field("token")?,
             http: field("http")?,
             admin: field("admin")?,
             data_dir: data_dir.to_owned(),
@@ -274,7 +281,8 @@ impl Dream {
                     .map(|n| NodeInfo {
                         http: n["http"].as_str().unwrap_or_default().to_owned(),
                         admin: n["admin"].as_str().unwrap_or_default().to_owned(),
-                        git_remote: n["git_remote"].as_str().unwrap_or_default().to_owned(),
+                        git_base: n["git_base"].as_str().unwrap_or_default().to_owned(),
+                        token: self.token.clone(),
                         pid: n["pid"].as_u64().unwrap_or(0) as u32,
                         config: n["config"].as_str().unwrap_or_default().to_owned(),
                         data_dir: PathBuf::from(n["data_dir"].as_str().unwrap_or_default()),
@@ -336,12 +344,17 @@ impl Dream {
         let info = NodeInfo {
             http: facts["http"].as_str().unwrap_or_default().to_owned(),
             admin: facts["admin"].as_str().unwrap_or_default().to_owned(),
-            git_remote: facts["git_remote"].as_str().unwrap_or_default().to_owned(),
+            git_base: with_token(facts["git_base"].as_str().unwrap_or_default(), &self.token),
             pid: child.id(),
             ..node
         };
         self.restarted.push(child);
         Ok(info)
+    }
+
+    /// The push URL of `project` (token included).
+    pub fn remote(&self, project: &str) -> String {
+        format!("{}{project}.git", self.git_base)
     }
 
     /// The process id of the running dream.
@@ -382,10 +395,11 @@ impl Dream {
             .expect("gateway answers")
     }
 
-    /// The admin API's status report.
+    /// The admin API's status report (as the dream's admin).
     pub async fn status(&self) -> Value {
         client()
             .get(format!("{}/api/status", self.admin))
+            .bearer_auth(&self.token)
             .send()
             .await
             .expect("admin answers")
@@ -466,13 +480,21 @@ pub struct NodeInfo {
     pub id: String,
     pub http: String,
     pub admin: String,
-    pub git_remote: String,
+    /// `http://canopy:TOKEN@…/git/`.
+    pub git_base: String,
+    /// The dream's admin token (every node accepts it).
+    pub token: String,
     pub pid: u32,
     pub config: String,
     pub data_dir: PathBuf,
 }
 
 impl NodeInfo {
+    /// The push URL of `project` on this node (token included).
+    pub fn remote(&self, project: &str) -> String {
+        format!("{}{project}.git", self.git_base)
+    }
+
     /// GET `path` on this node's gateway with `Host: host`.
     pub async fn get(&self, host: &str, path: &str) -> Option<reqwest::Response> {
         client()
@@ -491,10 +513,11 @@ impl NodeInfo {
         Some((status, response.text().await.ok()?))
     }
 
-    /// This node's admin status report.
+    /// This node's admin status report (as the dream's admin).
     pub async fn status(&self) -> Option<Value> {
         client()
             .get(format!("{}/api/status", self.admin))
+            .bearer_auth(&self.token)
             .timeout(Duration::from_secs(10))
             .send()
             .await
@@ -516,6 +539,15 @@ impl NodeInfo {
             },
         )
         .await
+    }
+}
+
+/// `http://host/git/` with `token` as HTTP Basic password:
+/// `http://canopy:TOKEN@host/git/`.
+pub fn with_token(git_base: &str, token: &str) -> String {
+    match git_base.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://canopy:{token}@{rest}"),
+        None => git_base.to_owned(),
     }
 }
 

@@ -30,11 +30,13 @@ enum ClusterCommand {
     },
     /// Ask a running member for a single-use invite token, and print what the
     /// new node's config needs.
+    ///
+    /// Needs an admin token.
     Invite {
-        /// The admin API of a member (its config's `admin`).
-        #[arg(long, env = "CANOPY_ADMIN")]
-        admin: String,
-        /// How long the token stays valid, in seconds.
+        #[command(flatten)]
+        target: super::admin_client::AdminTarget,
+        /// How long the token stays valid, in seconds (at most the node's
+        /// `admin.max_invite_ttl`, 1 hour unless configured).
         #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
         ttl: u64,
         /// Print only the JSON answer (token, peers, expiry).
@@ -46,7 +48,7 @@ enum ClusterCommand {
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
         ClusterCommand::Init { secret_file } => init(&secret_file),
-        ClusterCommand::Invite { admin, ttl, json } => invite(&admin, ttl, json).await,
+        ClusterCommand::Invite { target, ttl, json } => invite(&target, ttl, json).await,
     }
 }
 
@@ -84,9 +86,16 @@ fn init(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn invite(admin: &str, ttl: u64, json: bool) -> anyhow::Result<()> {
+async fn invite(
+    target: &super::admin_client::AdminTarget,
+    ttl: u64,
+    json: bool,
+) -> anyhow::Result<()> {
     let path = format!("/api/cluster/invite?ttl={ttl}");
-    let bytes = super::admin_client::call(http::Method::POST, admin, &path).await?;
+    let bytes = target
+        .client()?
+        .call(http::Method::POST, &path, None)
+        .await?;
     let answer: InviteAnswer =
         serde_json::from_slice(&bytes).context("the node did not answer with an invite")?;
     if json {

@@ -1,20 +1,27 @@
 //! `canopy dream`: a whole Canopy cloud on this machine, offline.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::admin::AdminOptions;
+use crate::auth::{ADMIN_TOKEN_FILE, Principal, Token};
 use crate::deploy::DeployEvent;
 use crate::env::Env;
-use crate::node::{DEFAULT_REPO, Node, NodeOptions};
+use crate::node::{Node, NodeOptions};
+
+use super::admin_client::DreamPointer;
 
 /// Start a local cloud: nodes with a Git remote to push to, an HTTP gateway
 /// and an admin API, all on 127.0.0.1.
 ///
-/// When it is ready it writes DIR/dream.json with the Git remote and the
-/// addresses, and prints how to push a project and reach it. Ctrl-C stops it;
+/// When it is ready it writes DIR/dream.json with the addresses and an admin
+/// token (`git_base` is the push URL of every project, token included:
+/// `git push "${git_base}shop.git" main`), and prints how to push a project
+/// and reach it. Other `canopy` commands on this machine find the running
+/// dream and its token by themselves. Ctrl-C stops it;
 /// with --data-dir, starting again on the same directory serves every project
 /// again at once, without a push.
 ///
@@ -48,7 +55,10 @@ pub struct DreamArgs {
 /// The machine-readable facts of a running dream (`DIR/dream.json`).
 #[derive(Debug, Serialize)]
 struct DreamFile<N: Serialize> {
-    git_remote: String,
+    /// `http://canopy:TOKEN@127.0.0.1:PORT/git/`: append `<project>.git`.
+    git_base: String,
+    /// An admin token (also in DIR/node-1/admin-token).
+    token: String,
     http: String,
     https: Option<String>,
     /// The local CA certificate HTTPS clients trust.
@@ -63,7 +73,7 @@ struct DreamNode {
     id: String,
     http: String,
     admin: String,
-    git_remote: String,
+    git_base: String,
 }
 
 /// The files of a dream: its directory and `dream.json`.
@@ -108,18 +118,24 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
             https_local_ca: Some(localhost(args.https_port)),
             local_ca_dir: None,
             cluster: None,
+            admin: AdminOptions {
+                loopback_hosts_only: true,
+                ..AdminOptions::default()
+            },
         },
     )
     .await?;
     let mut events = node.subscribe();
 
+    let token = single_node_token(&node, &data_dir.join("node-1"))?;
     let http = format!("http://{}", node.http_addr());
     let admin = format!("http://{}", node.admin_addr());
-    let git_remote = node.git_remote(DEFAULT_REPO);
+    let git_base = with_token(&node.git_base(), &token);
     let https = node.https_addr().map(|a| format!("https://{a}"));
     let ca = node.ca_pem().map(|p| p.display().to_string());
     let facts = DreamFile {
-        git_remote: git_remote.clone(),
+        git_base: git_base.clone(),
+        token: token.clone(),
         http: http.clone(),
         https: https.clone(),
         ca: ca.clone(),
@@ -129,11 +145,10 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
             id: node.id().to_owned(),
             http: http.clone(),
             admin: admin.clone(),
-            git_remote: git_remote.clone(),
+            git_base: git_base.clone(),
         }],
     };
-    crate::durable::write_atomically(&dream_json, &serde_json::to_vec_pretty(&facts)?, None)
-        .with_context(|| format!("cannot write {}", dream_json.display()))?;
+    write_facts(&dream_json, &facts, &admin, &token)?;
 
     let port = node.http_addr().port();
     println!(
@@ -141,21 +156,25 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     println!();
-    println!("  git remote  {git_remote}");
+    println!("  push to     {}<project>.git", git_base);
     println!("  http        {http}");
     if let (Some(https), Some(ca)) = (&https, &ca) {
         println!("  https       {https}  (trust {ca})");
     }
     println!("  admin       {admin}");
+    println!(
+        "  token       {token}  (an admin token; also in {})",
+        dream_json.display()
+    );
     println!();
-    println!("Deploy a project (a Git repository with a canopy.yaml at its root):");
+    println!("Deploy a project (a Git repository with a canopy.yaml whose `project:` is NAME):");
     println!();
-    println!("  git remote add dream {git_remote}");
+    println!("  git remote add dream {git_base}NAME.git");
     println!("  git push dream main");
-    println!("  curl http://<project>.localhost:{port}/");
+    println!("  curl http://NAME.localhost:{port}/");
     println!();
-    println!("Branch B is served at http://B.<project>.localhost:{port}/");
-    println!("What is deployed: canopy status --admin {admin}");
+    println!("Branch B is served at http://B.NAME.localhost:{port}/");
+    println!("What is deployed: canopy status   (it finds this dream and its token)");
     println!("Press Ctrl-C to stop.");
 
     let stop = super::stop_signal();
@@ -172,7 +191,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
     }
     println!("stopping…");
     node.stop().await;
-    let _ = std::fs::remove_file(&dream_json);
+    remove_facts(&dream_json);
     Ok(())
 }
 
@@ -189,9 +208,16 @@ async fn run_cluster(args: &DreamArgs, layout: &Layout) -> anyhow::Result<()> {
         (args.http_port, args.https_port, args.admin_port),
     )
     .await?;
+    let token_path = layout.data_dir.join("node-1").join(ADMIN_TOKEN_FILE);
+    let token = read_token(&token_path)?;
+    for node in &mut cluster.nodes {
+        node.git_base = with_token(&node.git_base, &token);
+    }
     let first = cluster.nodes[0].clone();
+    let git_base = first.git_base.clone();
     let facts = DreamFile {
-        git_remote: first.git_remote.clone(),
+        git_base: git_base.clone(),
+        token: token.clone(),
         http: first.http.clone(),
         https: first.https.clone(),
         ca: Some(
@@ -205,12 +231,7 @@ async fn run_cluster(args: &DreamArgs, layout: &Layout) -> anyhow::Result<()> {
         data_dir: layout.data_dir.display().to_string(),
         nodes: cluster.nodes.clone(),
     };
-    crate::durable::write_atomically(
-        &layout.dream_json,
-        &serde_json::to_vec_pretty(&facts)?,
-        None,
-    )
-    .with_context(|| format!("cannot write {}", layout.dream_json.display()))?;
+    write_facts(&layout.dream_json, &facts, &first.admin, &token)?;
 
     println!();
     println!(
@@ -220,19 +241,21 @@ async fn run_cluster(args: &DreamArgs, layout: &Layout) -> anyhow::Result<()> {
     println!();
     for node in &cluster.nodes {
         println!("  {}  {}", node.name, node.id);
-        println!("      git remote  {}", node.git_remote);
+        println!("      push to     {}<project>.git", node.git_base);
         println!("      http        {}", node.http);
         println!("      admin       {}", node.admin);
     }
     let port = first.http.rsplit(':').next().unwrap_or("PORT");
     println!();
+    println!("  token  {token}  (an admin token for every node; also in dream.json)");
+    println!();
     println!("Push to any node; every node serves the project:");
     println!();
-    println!("  git remote add dream {}", first.git_remote);
+    println!("  git remote add dream {git_base}NAME.git");
     println!("  git push dream main");
-    println!("  curl http://<project>.localhost:{port}/");
+    println!("  curl http://NAME.localhost:{port}/");
     println!();
-    println!("The cluster: canopy status --admin {}", first.admin);
+    println!("The cluster: canopy status   (it finds this dream and its token)");
     println!("Press Ctrl-C to stop.");
 
     let stop = super::stop_signal();
@@ -247,8 +270,98 @@ async fn run_cluster(args: &DreamArgs, layout: &Layout) -> anyhow::Result<()> {
     }
     println!("stopping…");
     cluster.stop().await;
-    let _ = std::fs::remove_file(&layout.dream_json);
+    remove_facts(&layout.dream_json);
     Ok(())
+}
+
+/// The admin token of a one-node dream: the node's first admin token, or
+/// the one a previous run left in DATA/admin-token; if that one no longer
+/// works (it was revoked), a new one in its place.
+fn single_node_token(node: &Node, node_dir: &Path) -> anyhow::Result<String> {
+    if let Some(token) = node.first_admin_token() {
+        return Ok(token.reveal());
+    }
+    let path = node_dir.join(ADMIN_TOKEN_FILE);
+    if let Ok(text) = read_token(&path)
+        && Token::parse(&text).is_ok_and(|t| node.authority().verify(&t).is_ok())
+    {
+        return Ok(text);
+    }
+    let (token, _) = node
+        .authority()
+        .issue(
+            Principal::Admin,
+            "canopy dream",
+            None,
+            format!("node {}", node.id()),
+        )
+        .context("cannot create the dream's admin token")?;
+    crate::durable::write_atomically(
+        &path,
+        format!("{}\n", token.reveal()).as_bytes(),
+        Some(0o600),
+    )
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token.reveal())
+}
+
+/// A token file's token.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the admin token in {}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
+/// `http://127.0.0.1:P/git/` → `http://canopy:TOKEN@127.0.0.1:P/git/`.
+fn with_token(git_base: &str, token: &str) -> String {
+    match git_base.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://canopy:{token}@{rest}"),
+        None => git_base.to_owned(),
+    }
+}
+
+/// Write dream.json (mode 0600: it holds a token) and the pointer other
+/// commands find the dream by.
+fn write_facts<N: Serialize>(
+    dream_json: &Path,
+    facts: &DreamFile<N>,
+    admin: &str,
+    token: &str,
+) -> anyhow::Result<()> {
+    crate::durable::write_atomically(dream_json, &serde_json::to_vec_pretty(facts)?, Some(0o600))
+        .with_context(|| format!("cannot write {}", dream_json.display()))?;
+    let pointer = DreamPointer {
+        admin: admin.to_owned(),
+        token: token.to_owned(),
+        dream_json: dream_json.to_owned(),
+        pid: std::process::id(),
+    };
+    if let Some(path) = DreamPointer::path()
+        && let Err(e) = crate::durable::write_atomically(
+            &path,
+            &serde_json::to_vec_pretty(&pointer)?,
+            Some(0o600),
+        )
+    {
+        // Other commands then need --admin and --token; the dream still runs.
+        eprintln!(
+            "warning: cannot write {} ({e}); other commands need --admin and --token",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Remove dream.json, and the pointer if it is still this dream's.
+fn remove_facts(dream_json: &Path) {
+    let _ = std::fs::remove_file(dream_json);
+    if let Some(path) = DreamPointer::path()
+        && let Ok(bytes) = std::fs::read(&path)
+        && let Ok(pointer) = serde_json::from_slice::<DreamPointer>(&bytes)
+        && pointer.pid == std::process::id()
+    {
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 fn print_event(event: &DeployEvent, port: u16) {

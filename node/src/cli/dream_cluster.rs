@@ -31,7 +31,8 @@ pub(crate) struct DreamNode {
     pub http: String,
     pub https: Option<String>,
     pub admin: String,
-    pub git_remote: String,
+    /// `http://canopy:TOKEN@…/git/`: append `<project>.git`.
+    pub git_base: String,
     /// Peer-to-peer addresses.
     pub p2p: Vec<String>,
     pub pid: u32,
@@ -106,7 +107,7 @@ async fn start_one(
     let config_path = data.join("node.yaml");
     let admitted = data.join("cluster/state.automerge").exists();
     let invite = match running.first() {
-        Some(founder) if !admitted => Some(invite(&founder.admin).await?),
+        Some(founder) if !admitted => Some(invite(founder).await?),
         _ => None,
     };
     let local = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port)).to_string();
@@ -168,7 +169,7 @@ async fn start_one(
             http: facts.http,
             https: facts.https,
             admin: facts.admin,
-            git_remote: facts.git_remote,
+            git_base: facts.git_base,
             p2p: facts.p2p,
             pid: facts.pid,
             config: config_path.display().to_string(),
@@ -211,9 +212,23 @@ fn node_ports(
     Ok(ports)
 }
 
-async fn invite(admin: &str) -> anyhow::Result<InviteAnswer> {
-    let bytes =
-        super::admin_client::call(http::Method::POST, admin, "/api/cluster/invite?ttl=600").await?;
+/// An invite from the founder, asked with its first admin token.
+async fn invite(founder: &DreamNode) -> anyhow::Result<InviteAnswer> {
+    let token_path = Path::new(&founder.data_dir).join(crate::auth::ADMIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&token_path).with_context(|| {
+        format!(
+            "cannot read node-1's admin token in {}",
+            token_path.display()
+        )
+    })?;
+    let target = super::admin_client::AdminTarget {
+        admin: Some(founder.admin.clone()),
+        token: Some(token.trim().to_owned()),
+    };
+    let bytes = target
+        .client()?
+        .call(http::Method::POST, "/api/cluster/invite?ttl=600", None)
+        .await?;
     serde_json::from_slice(&bytes).context("node-1 did not answer with an invite")
 }
 

@@ -15,6 +15,7 @@ mod dream;
 mod dream_cluster;
 mod node_cmd;
 mod status;
+mod token_cmd;
 mod validate;
 
 use std::process::ExitCode;
@@ -27,7 +28,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "canopy", version, propagate_version = true)]
 #[command(
-    after_help = "Start here:\n  canopy dream                 a whole cloud on this machine\n  canopy validate ./my-project check a project before pushing it\n  canopy status --admin URL    what is deployed, and what failed\n  canopy cluster invite        add a node to a running cluster"
+    after_help = "Start here:\n  canopy dream                 a whole cloud on this machine\n  canopy validate ./my-project check a project before pushing it\n  canopy status                what is deployed, and what failed\n  canopy token create --project shop\n                               a token that may push to project shop\n  canopy cluster invite        add a node to a running cluster\n\nCommands that talk to a node find the running `canopy dream` by default;\nelse pass --admin URL and --token TOKEN (or CANOPY_ADMIN, CANOPY_TOKEN)."
 )]
 pub struct Cli {
     /// Log more (-v: info, -vv: debug). RUST_LOG overrides.
@@ -44,6 +45,7 @@ enum Command {
     Cluster(cluster_cmd::ClusterArgs),
     Validate(validate::ValidateArgs),
     Status(status::StatusArgs),
+    Token(token_cmd::TokenArgs),
 }
 
 /// Run the CLI; the process exits with the returned code.
@@ -56,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Node(args) => runtime().and_then(|rt| rt.block_on(node_cmd::run(args))),
         Command::Cluster(args) => runtime().and_then(|rt| rt.block_on(cluster_cmd::run(args))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(status::run(args))),
+        Command::Token(args) => runtime().and_then(|rt| rt.block_on(token_cmd::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

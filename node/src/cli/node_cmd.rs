@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::{AdminOptions, DEFAULT_MAX_INVITE_TTL};
 use crate::env::Env;
 use crate::net::admission::InviteToken;
 use crate::net::p2p::{Multiaddr, P2pConfig};
-use crate::node::{ClusterSetup, DEFAULT_REPO, Node, NodeOptions};
+use crate::node::{ClusterSetup, Node, NodeOptions};
 
 /// Run one production node from a config file.
 ///
@@ -17,15 +18,18 @@ use crate::node::{ClusterSetup, DEFAULT_REPO, Node, NodeOptions};
 ///
 ///   data_dir: /var/lib/canopy     # everything the node keeps
 ///   http: 0.0.0.0:80              # the gateway (user traffic)
-///   admin: 127.0.0.1:7070         # admin API and Git remote
+///   admin: 127.0.0.1:7070         # admin API and Git remote (keep it on loopback)
+///   max_invite_ttl: 1h            # optional: the longest invite lifetime
 ///   cluster:                      # optional: be one node of a cluster
 ///     listen: [0.0.0.0:4001]      # peer-to-peer (TCP, and QUIC on the same UDP port)
 ///     secret_file: /etc/canopy/cluster.secret   # `canopy cluster init`
 ///     peers: [/ip4/10.0.0.1/tcp/4001/p2p/12D3…] # nodes to connect to
 ///     invite: canopy-invite-…     # joining only: `canopy cluster invite`
 ///
-/// The first node of a cluster has no invite: it founds the cluster. When the
-/// node is ready it writes DATA_DIR/node.json with its addresses.
+/// The first node of a cluster has no invite: it founds the cluster. Its
+/// first start prints the first admin token once and writes it to
+/// DATA_DIR/admin-token (readable by the node's user only). When the node is
+/// ready it writes DATA_DIR/node.json with its addresses.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
     /// The node's config file.
@@ -47,6 +51,9 @@ pub(crate) struct NodeConfig {
     pub local_ca: Option<PathBuf>,
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// The longest lifetime of a cluster invite, like `1h` (the default).
+    #[serde(default)]
+    pub max_invite_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,7 +89,8 @@ pub(crate) struct NodeFile {
     pub http: String,
     pub https: Option<String>,
     pub admin: String,
-    pub git_remote: String,
+    /// Push URLs are `<git_base><project>.git`.
+    pub git_base: String,
     pub p2p: Vec<String>,
 }
 
@@ -97,9 +105,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             .location()
             .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
             .unwrap_or(name.clone());
-        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally https, local_ca and cluster (see `canopy node --help`)")
+        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally https, local_ca, max_invite_ttl and cluster (see `canopy node --help`)")
     })?;
     let base = args.config.parent().unwrap_or(Path::new("."));
+    let max_invite_ttl = match &config.max_invite_ttl {
+        Some(text) => crate::config::parse_duration(text)
+            .map_err(|e| anyhow::anyhow!("{name}: max_invite_ttl: {e}; write it like 1h or 30m"))?,
+        None => DEFAULT_MAX_INVITE_TTL,
+    };
     let options = NodeOptions {
         http_listen: config.http,
         admin_listen: config.admin,
@@ -108,6 +121,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         cluster: match &config.cluster {
             Some(c) => Some(cluster_setup(c, base).with_context(|| format!("{name}: cluster"))?),
             None => None,
+        },
+        admin: AdminOptions {
+            loopback_hosts_only: false,
+            max_invite_ttl,
         },
     };
     let data_dir = config.data_dir.clone();
@@ -120,7 +137,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         http: format!("http://{}", node.http_addr()),
         https: node.https_addr().map(|a| format!("https://{a}")),
         admin: format!("http://{}", node.admin_addr()),
-        git_remote: node.git_remote(DEFAULT_REPO),
+        git_base: node.git_base(),
         p2p: node.p2p_addrs().to_vec(),
     };
     crate::durable::write_atomically(&node_file, &serde_json::to_vec_pretty(&facts)?, None)
@@ -133,6 +150,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     );
     for addr in node.p2p_addrs() {
         println!("  peer address {addr}");
+    }
+    if let Some(token) = node.first_admin_token() {
+        println!();
+        println!(
+            "The first admin token (shown once; also in {}):",
+            data_dir.join(crate::auth::ADMIN_TOKEN_FILE).display()
+        );
+        println!();
+        println!("  {}", token.reveal());
+        println!();
+        println!(
+            "Use it with --token or CANOPY_TOKEN; make narrower ones with `canopy token create`."
+        );
     }
     super::stop_signal().await;
     node.stop().await;

@@ -26,6 +26,7 @@
 //! protocol cores start in that shape.
 //! - [`testing`] — [`testing::MemoryHub`], an in-memory [`crate::net::Net`]
 //!   with partitions, for tests and the simulator.
+//! - [`tokens`] — [`tokens::ClusterBook`]: token records in cluster state.
 //! - [`watch`] — a watch channel whose wake order is deterministic (tokio's
 //!   is not), for the state hash.
 //!
@@ -43,6 +44,7 @@ pub mod replicate;
 pub mod state;
 pub mod sync;
 pub mod testing;
+pub mod tokens;
 pub mod watch;
 
 pub use driver::{

@@ -16,6 +16,8 @@
 //! alloc/<cid>/<node hex>                         → true  (that node holds the blob)
 //! cluster/id                                     → the cluster id (hex), set once by the founder
 //! invite/<nonce hex>                             → {"joined"}  (an invite token that was used)
+//! token/<token id>                               → auth::TokenRecord (hash of the secret, never the secret)
+//! revoked/<token id>                             → auth::Revocation  (permanent)
 //! ```
 //!
 //! # Which push wins
@@ -56,6 +58,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ClusterError;
 use super::ids::{hex, node_hex, parse_cid, parse_node_hex};
+use crate::auth::{Revocation, TokenEntry, TokenId, TokenRecord};
 use crate::deploy::state::EnvKey;
 use crate::net::NodeId;
 
@@ -65,6 +68,8 @@ const DEPLOY_PREFIX: &str = "deploy/";
 const ALLOC_PREFIX: &str = "alloc/";
 const CLUSTER_ID_KEY: &str = "cluster/id";
 const INVITE_PREFIX: &str = "invite/";
+const TOKEN_PREFIX: &str = "token/";
+const REVOKED_PREFIX: &str = "revoked/";
 
 /// What a node does in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -152,6 +157,8 @@ pub struct StateContents {
     /// Environments whose winner is a deletion: (pushed_at_seq, pushed_by).
     pub removed: BTreeMap<EnvKey, (u64, NodeId)>,
     pub allocations: BTreeMap<Cid, BTreeSet<NodeId>>,
+    /// Every token record, with its revocation if any.
+    pub tokens: BTreeMap<TokenId, TokenEntry>,
 }
 
 /// The record stored for a member (admission is kept apart).
@@ -604,6 +611,66 @@ impl ClusterState {
         out
     }
 
+    // ----- tokens ----------------------------------------------------------
+
+    /// Record a new token (its id is random, so no other node writes it).
+    pub fn put_token(&mut self, record: &TokenRecord) -> Result<(), ClusterError> {
+        let key = format!("{TOKEN_PREFIX}{}", record.id);
+        self.put_json(&key, "token", record)
+    }
+
+    /// Revoke token `id`. A revocation is its own key, never deleted: a
+    /// node that has seen it refuses the token for good, whatever else
+    /// merges later.
+    pub fn revoke_token(
+        &mut self,
+        id: &TokenId,
+        revocation: &Revocation,
+    ) -> Result<(), ClusterError> {
+        let key = format!("{REVOKED_PREFIX}{id}");
+        if self.get_str(&key).is_some() {
+            return Ok(());
+        }
+        self.put_json(&key, "revocation", revocation)
+    }
+
+    /// Token `id` and its revocation, if the state has its record.
+    pub fn token(&self, id: &TokenId) -> Option<TokenEntry> {
+        let key = format!("{TOKEN_PREFIX}{id}");
+        let record: TokenRecord = decode(&key, &self.get_str(&key)?)?;
+        if record.id != *id {
+            tracing::warn!(
+                key,
+                "cluster state: skipping a token record under another id"
+            );
+            return None;
+        }
+        Some(TokenEntry {
+            revoked: self.revocation(id),
+            record,
+        })
+    }
+
+    fn revocation(&self, id: &TokenId) -> Option<Revocation> {
+        let key = format!("{REVOKED_PREFIX}{id}");
+        decode(&key, &self.get_str(&key)?)
+    }
+
+    /// Every token record, with its revocation.
+    pub fn tokens(&self) -> BTreeMap<TokenId, TokenEntry> {
+        let mut out = BTreeMap::new();
+        for key in self.keys(TOKEN_PREFIX) {
+            if let Some(entry) = key[TOKEN_PREFIX.len()..]
+                .parse::<TokenId>()
+                .ok()
+                .and_then(|id| self.token(&id))
+            {
+                out.insert(entry.record.id, entry);
+            }
+        }
+        out
+    }
+
     // ----- allocations -----------------------------------------------------
 
     /// Record that `node` holds blob `cid`.
@@ -665,6 +732,7 @@ impl ClusterState {
             deployments: self.deployments(),
             removed: self.removed(),
             allocations: self.allocations(),
+            tokens: self.tokens(),
         }
     }
 
@@ -720,6 +788,12 @@ impl ClusterState {
             for h in holders {
                 field(&h.0);
             }
+        }
+        field(b"tokens");
+        for (id, entry) in &contents.tokens {
+            field(id.to_string().as_bytes());
+            // The record's canonical JSON (field order is the struct's).
+            field(&serde_json::to_vec(entry).expect("token entries serialise"));
         }
         StateHash(sha.finalize().into())
     }

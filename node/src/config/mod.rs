@@ -17,7 +17,7 @@ mod component;
 mod diagnostic;
 mod files;
 mod model;
-mod names;
+pub(crate) mod names;
 mod paths;
 mod raw;
 mod source_map;
@@ -364,4 +364,29 @@ fn serde_help(message: &str) -> String {
         return format!("give this field a value of the expected type; see {REFERENCE}");
     }
     format!("see {REFERENCE}")
+}
+
+/// `project:` of a `canopy.yaml`, read leniently (the rest may be broken),
+/// if it is there and a valid name: what the Git remote compares with the
+/// repository a push goes to.
+pub fn declared_project(bytes: &[u8]) -> Option<String> {
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_slice(bytes).ok()?;
+    let name = value.get("project")?.as_str()?;
+    names::check_label(name).ok()?;
+    Some(name.to_owned())
+}
+
+#[cfg(test)]
+mod declared_project_tests {
+    use super::declared_project;
+
+    #[test]
+    fn the_declared_project_is_read_from_broken_files() {
+        assert_eq!(
+            declared_project(b"project: shop\nfunctions: 3\n").as_deref(),
+            Some("shop")
+        );
+        assert_eq!(declared_project(b"project: Shop!\n"), None);
+        assert_eq!(declared_project(b"{{{"), None);
+    }
 }

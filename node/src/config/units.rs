@@ -18,13 +18,13 @@ pub enum UnitError {
 
 /// The forms [`parse_duration`] accepts, for help messages.
 pub const DURATION_FORMS: &str =
-    "a number with a unit: `ms`, `s`, `m` or `h`, e.g. `500ms`, `2s`, `1m30s`, `1h`";
+    "a number with a unit: `ms`, `s`, `m`, `h` or `d`, e.g. `500ms`, `2s`, `1m30s`, `1h`, `30d`";
 
 /// The forms [`parse_size`] accepts, for help messages.
 pub const SIZE_FORMS: &str = "a number of bytes (`1048576`) or a number with a unit: `KiB`, `MiB`, `GiB` (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000), e.g. `64MiB`";
 
 /// Parse a duration: one or more `<digits><unit>` parts, units `ms`, `s`,
-/// `m`, `h`, largest first (`1h30m`, `1m30s`, `1s500ms`).
+/// `m`, `h`, `d`, largest first (`1h30m`, `1m30s`, `1s500ms`, `30d`).
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let bad = || UnitError::BadDuration(text.to_string());
     let trimmed = text.trim();
@@ -53,6 +53,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
+            "d" => 86_400_000,
             _ => return Err(bad()),
         };
         if unit_ms >= last_unit_ms {
@@ -105,7 +106,13 @@ pub fn format_duration(duration: Duration) -> String {
         return "0ms".to_string();
     }
     let mut out = String::new();
-    for (unit, unit_ms) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, unit_ms) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if ms >= unit_ms {
             out.push_str(&format!("{}{unit}", ms / unit_ms));
             ms %= unit_ms;

@@ -37,6 +37,15 @@ pub enum DeployError {
     #[error("canopy.yaml: cannot read: {0}")]
     ReadProjectFile(#[source] std::io::Error),
 
+    #[error(
+        "canopy.yaml says `project: {declared}` but it was pushed to the repository of project \
+         {repository}; push it to /git/{declared}.git, or change `project:` to {repository}"
+    )]
+    ProjectMismatch {
+        declared: String,
+        repository: String,
+    },
+
     /// `canopy.yaml` does not parse, or names files that are not there.
     #[error(transparent)]
     ProjectFile(#[from] Diagnostics),

@@ -30,7 +30,7 @@ pub use routes::hosts_of;
 pub use state::{EnvKey, Precedence};
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{broadcast, mpsc};
@@ -280,8 +280,10 @@ impl Deployer {
                 return;
             }
         };
+        // One repository per project: its name is the project's (the Git
+        // remote refused a push whose canopy.yaml names another).
         let key = EnvKey {
-            project: self.project_of(repo, &repo_dir, commit),
+            project: repo.to_owned(),
             branch: branch.to_owned(),
         };
         let commit_hex = commit.to_string();
@@ -659,23 +661,6 @@ impl Deployer {
     /// can be read at all, else the project this repo and branch deployed
     /// before, else the repository's name — so even a push whose YAML is
     /// broken shows up in status under a name the user recognises.
-    fn project_of(&self, repo: &str, repo_dir: &Path, commit: gix::ObjectId) -> String {
-        let declared = git::read_file(repo_dir, commit, "canopy.yaml")
-            .ok()
-            .flatten()
-            .and_then(|bytes| lenient_project_name(&bytes));
-        if let Some(name) = declared {
-            return name;
-        }
-        let state = self.state.lock().expect("state lock");
-        state
-            .environments
-            .iter()
-            .find(|(_, e)| e.live.as_ref().is_some_and(|r| r.repo == repo))
-            .map(|(k, _)| k.project.clone())
-            .unwrap_or_else(|| repo.to_owned())
-    }
-
     fn update_state(&self, key: &EnvKey, change: impl FnOnce(&mut state::Environment)) {
         let mut state = self.state.lock().expect("state lock");
         change(state.environments.entry(key.clone()).or_default());
@@ -701,31 +686,4 @@ fn record_push(
     let cid = parse_cid(&release.manifest)?;
     let blobs = release_blobs(cid, manifest)?;
     Ok(ledger.record_push(key, &release.commit, cid, blobs)?)
-}
-
-/// `project:` from a YAML document, if it is there and a plausible name.
-fn lenient_project_name(bytes: &[u8]) -> Option<String> {
-    let value: serde_yaml_ng::Value = serde_yaml_ng::from_slice(bytes).ok()?;
-    let name = value.get("project")?.as_str()?;
-    let plausible = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    plausible.then(|| name.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lenient_name_reads_broken_projects() {
-        assert_eq!(
-            lenient_project_name(b"project: shop\nfunctions: 3\n").as_deref(),
-            Some("shop")
-        );
-        assert_eq!(lenient_project_name(b"project: Shop!\n"), None);
-        assert_eq!(lenient_project_name(b"{{{"), None);
-    }
 }

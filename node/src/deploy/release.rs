@@ -42,10 +42,14 @@ impl ReleaseBuilder<'_> {
         let root = checkout.path().to_owned();
         let project_file = read_project_file(&root, commit).await?;
         let project = &project_file.project;
-        debug_assert_eq!(
-            project.name, key.project,
-            "the environment is named by canopy.yaml"
-        );
+        // The Git remote refuses such pushes; this catches those it took
+        // before projects had their own repositories.
+        if project.name != key.project {
+            return Err(DeployError::ProjectMismatch {
+                declared: project.name.clone(),
+                repository: key.project.clone(),
+            });
+        }
 
         let mut functions = BTreeMap::new();
         let mut artifacts = BTreeMap::new();

@@ -383,7 +383,7 @@ fn process(
         return Ok(Some((commands, outcome)));
     }
     let outcome = match repos.open_or_init(name) {
-        Ok(repo) => receive::receive(&repo, &commands.commands, &mut input),
+        Ok(repo) => receive::receive(&repo, name, &commands.commands, &mut input),
         Err(e) => Outcome::unpack_failed(&commands.commands, e.into()),
     };
     Ok(Some((commands, outcome)))

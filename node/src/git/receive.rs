@@ -151,6 +151,15 @@ pub(crate) enum RefRejection {
     ReadCommit { id: gix::ObjectId, message: String },
     #[error("missing necessary objects: tree {0} was not sent")]
     MissingTree(gix::ObjectId),
+    /// The pushed `canopy.yaml` names another project than the repository's.
+    #[error(
+        "canopy.yaml says `project: {declared}` but this is the repository of project \
+         {repository}; push to /git/{declared}.git, or change `project:` to {repository}"
+    )]
+    ProjectMismatch {
+        declared: String,
+        repository: String,
+    },
     /// gix refused the name when building the edit.
     #[error("{0}")]
     RefName(String),
@@ -216,10 +225,11 @@ fn one_line(reason: &str) -> String {
     line.chars().take(1000).collect()
 }
 
-/// Applies `commands` to `repo`, reading the pack from `pack` when any
-/// command creates or updates a ref.
+/// Applies `commands` to `repo`, the repository of `project`, reading the
+/// pack from `pack` when any command creates or updates a ref.
 pub(crate) fn receive(
     repo: &gix::Repository,
+    project: &str,
     commands: &[Command],
     pack: &mut dyn BufRead,
 ) -> Outcome {
@@ -246,6 +256,7 @@ pub(crate) fn receive(
     for (command, check) in commands.iter().zip(checks) {
         let result = check
             .and_then(|()| check_objects(&repo, command))
+            .and_then(|()| check_project(&repo, project, command))
             .and_then(|()| update_ref(&repo, command));
         if result.is_ok() {
             outcome.applied.push(RefUpdate {
@@ -317,6 +328,29 @@ fn check_objects(repo: &gix::Repository, command: &Command) -> Result<(), RefRej
         }
     }
     Ok(())
+}
+
+/// A branch's `canopy.yaml` must name the repository's project. A missing
+/// or unreadable one passes: the deploy then fails with its located error.
+fn check_project(
+    repo: &gix::Repository,
+    project: &str,
+    command: &Command,
+) -> Result<(), RefRejection> {
+    if command.is_delete() || !command.refname.starts_with("refs/heads/") {
+        return Ok(());
+    }
+    let declared = super::read_file(repo.path(), command.new, "canopy.yaml")
+        .ok()
+        .flatten()
+        .and_then(|bytes| crate::config::declared_project(&bytes));
+    match declared {
+        Some(declared) if declared != project => Err(RefRejection::ProjectMismatch {
+            declared,
+            repository: project.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Updates (or deletes) one ref atomically, refusing if it no longer has the

@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::GIT_MOUNT;
+use crate::auth::{Authority, LocalBook, TokenBook};
 use crate::cluster::{ClusterNode, ClusterOptions};
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
@@ -81,6 +82,9 @@ pub struct Services<N> {
     /// The Git remote's handler (mounted at [`GIT_MOUNT`]).
     pub git: Arc<GitHttp>,
     pub deployer: Arc<Deployer>,
+    /// Checks the tokens of admin and Git requests: against cluster state
+    /// in a cluster, `DATA_DIR/tokens.json` on a standalone node.
+    pub authority: Authority,
     /// Deploy events from before the restore on: what went live again.
     pub deploy_events: broadcast::Receiver<DeployEvent>,
     /// The cluster side and the net it talks through.
@@ -147,6 +151,15 @@ pub async fn assemble<T: Transport>(
     }
     let deploy_task = tokio::spawn(deployer.clone().run(pushes_rx));
 
+    let book: Arc<dyn TokenBook> = match &cluster {
+        Some((cluster, _)) => Arc::new(crate::cluster::tokens::ClusterBook::new(
+            cluster.handle().clone(),
+        )),
+        None => Arc::new(LocalBook::open(env.disk.clone(), data.join("tokens.json"))?),
+    };
+    // Its own stream, drawn last, so tokens shift none of the node's other draws.
+    let authority = Authority::new(book, env.clock.clone(), env.rng.fork());
+
     Ok(Services {
         key,
         store,
@@ -154,6 +167,7 @@ pub async fn assemble<T: Transport>(
         gateway,
         git,
         deployer,
+        authority,
         deploy_events,
         cluster,
         deploy_task,

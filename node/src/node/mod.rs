@@ -21,7 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, Admin};
+use crate::admin::{self, Admin, AdminOptions};
+use crate::auth::{ADMIN_TOKEN_FILE, Authority, Principal, Token};
 use crate::cluster::{ClusterNode, ClusterOptions};
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
@@ -30,9 +31,6 @@ use crate::net::p2p::Multiaddr;
 use crate::runtime::RuntimeConfig;
 use crate::status::CertificateStatus;
 use crate::tls::LocalCa;
-
-/// The repository name `canopy dream` advertises as its Git remote.
-pub const DEFAULT_REPO: &str = "dream.git";
 
 /// Where a node listens.
 #[derive(Clone, Debug)]
@@ -49,6 +47,8 @@ pub struct NodeOptions {
     pub local_ca_dir: Option<PathBuf>,
     /// Be part of a cluster; `None`: a standalone node.
     pub cluster: Option<ClusterSetup>,
+    /// How the admin API guards itself (Host check, invite lifetime).
+    pub admin: AdminOptions,
 }
 
 /// How a node takes part in a cluster (`cluster:` in the node config).
@@ -79,6 +79,9 @@ pub struct Node {
     ca_pem: Option<PathBuf>,
     admin_addr: SocketAddr,
     deployer: Arc<Deployer>,
+    authority: Authority,
+    /// The admin token this start created (see [`Node::first_admin_token`]).
+    first_admin_token: Option<Token>,
     shutdown: watch::Sender<bool>,
     /// The gateway and the admin API: they drain in-flight requests on stop.
     tasks: Vec<JoinHandle<()>>,
@@ -116,6 +119,37 @@ impl Listeners {
         };
         Ok(Self { http, admin, https })
     }
+}
+
+/// Issue an admin token if none is live and write it to
+/// `DATA_DIR/admin-token` (mode 0600): the way into a new node, or back into
+/// one whose admin tokens were all revoked (whoever can read the data
+/// directory owns the node anyway).
+fn first_admin_token(
+    authority: &Authority,
+    data_dir: &Path,
+    node_id: &str,
+) -> anyhow::Result<Option<Token>> {
+    if authority.has_live_admin() {
+        return Ok(None);
+    }
+    let (token, record) = authority
+        .issue(
+            Principal::Admin,
+            "first admin token",
+            None,
+            format!("node {node_id}"),
+        )
+        .context("cannot create the first admin token")?;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    crate::durable::write_atomically(
+        &path,
+        format!("{}\n", token.reveal()).as_bytes(),
+        Some(0o600),
+    )
+    .with_context(|| format!("cannot write the first admin token to {}", path.display()))?;
+    tracing::info!(token = %record.id, path = %path.display(), "created the first admin token");
+    Ok(Some(token))
 }
 
 impl Node {
@@ -156,6 +190,24 @@ impl Node {
                 cluster.addresses().to_vec()
             }
             _ => Vec::new(),
+        };
+
+        let founder = match &services.cluster {
+            None => true,
+            Some((cluster, _)) => {
+                let local = cluster.local_id();
+                cluster.handle().read(|state| {
+                    state
+                        .members()
+                        .get(&local)
+                        .is_some_and(|m| m.joined_by.is_none())
+                })
+            }
+        };
+        let first_admin_token = if founder {
+            first_admin_token(&services.authority, &env.data_dir, &id)?
+        } else {
+            None
         };
 
         let ca = match options.https_local_ca {
@@ -216,7 +268,19 @@ impl Node {
                 .map(|c| (c, services.key.clone(), env.clone(), p2p_addrs.clone())),
         });
         tasks.push(tokio::spawn({
-            let admin = Admin::new(info, services.git.clone());
+            // An admin API on loopback is meant for this machine only: a
+            // request naming another host came through DNS rebinding.
+            let guard = AdminOptions {
+                loopback_hosts_only: options.admin.loopback_hosts_only
+                    || admin_addr.ip().is_loopback(),
+                ..options.admin.clone()
+            };
+            let admin = Admin::new(
+                info,
+                services.git.clone(),
+                services.authority.clone(),
+                guard,
+            );
             let stop = stopped(shutdown.subscribe());
             let listener = listeners.admin;
             async move {
@@ -235,6 +299,8 @@ impl Node {
             ca_pem,
             admin_addr,
             deployer: services.deployer,
+            authority: services.authority,
+            first_admin_token,
             shutdown,
             tasks,
             deploy_task: services.deploy_task,
@@ -263,9 +329,22 @@ impl Node {
         self.admin_addr
     }
 
-    /// The URL `git push` accepts for repository `repo` (e.g. `dream.git`).
-    pub fn git_remote(&self, repo: &str) -> String {
-        format!("http://{}{}/{repo}", self.admin_addr, admin::GIT_MOUNT)
+    /// The prefix of every project's push URL: `<admin>/git/`, to which
+    /// `<project>.git` is appended.
+    pub fn git_base(&self) -> String {
+        format!("http://{}{}/", self.admin_addr, admin::GIT_MOUNT)
+    }
+
+    /// The admin token this start created, when the node founded its
+    /// cluster (or is standalone) and no admin token was live: shown once,
+    /// and kept in `DATA_DIR/admin-token`.
+    pub fn first_admin_token(&self) -> Option<&Token> {
+        self.first_admin_token.as_ref()
+    }
+
+    /// Checks and issues this node's tokens.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DeployEvent> {

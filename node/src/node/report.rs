@@ -15,8 +15,6 @@ use crate::net::identity::NodeKey;
 use crate::runtime::Runtime;
 use crate::status::{CertificateStatus, ClusterStatus, NodeStatus, RuntimeStatus, StatusReport};
 
-use super::DEFAULT_REPO;
-
 /// The node as its admin API sees it.
 pub(super) struct Info {
     pub(super) id: String,
@@ -39,7 +37,7 @@ impl Info {
             role: "standalone".to_owned(),
             http: self.http.clone(),
             admin: self.admin.clone(),
-            git_remote: format!("{}{}/{DEFAULT_REPO}", self.admin, admin::GIT_MOUNT),
+            git_base: format!("{}{}/", self.admin, admin::GIT_MOUNT),
             runtime: RuntimeStatus {
                 compiled: stats.compiled,
                 from_disk: stats.from_disk,
@@ -65,7 +63,7 @@ impl Info {
 /// A peer's report as `canopy status` shows it.
 fn peer_status(report: PeerReport) -> NodeStatus {
     NodeStatus {
-        git_remote: format!("{}{}/{DEFAULT_REPO}", report.admin, admin::GIT_MOUNT),
+        git_base: format!("{}{}/", report.admin, admin::GIT_MOUNT),
         id: report.id,
         version: report.version,
         role: report.role,

@@ -123,7 +123,7 @@ pub async fn five_nodes(mode: &Mode, canopy: &Path) -> Result<Value> {
         project.write("functions/t.wasm", testfn(&version));
         project.commit(&version)?;
         let push_start = Instant::now();
-        project.push(&nodes[target_node].git_remote, "main")?;
+        project.push(&nodes[target_node].remote("shop"), "main")?;
         let pushed = Instant::now();
         let marker = format!("VERSION:{version}");
         let waits = targets

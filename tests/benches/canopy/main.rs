@@ -409,7 +409,7 @@ async fn single_node(
     let project = Project::new()?;
     hello_project(&project, hello)?;
     let commit = project.commit("hello")?;
-    project.push(&dream.git_remote, "main")?;
+    project.push(&dream.remote("bench"), "main")?;
     dream.wait_live("bench", "main", &commit).await;
     let gateway: std::net::SocketAddr = dream
         .http
@@ -651,7 +651,7 @@ async fn deploy(mode: &Mode, dream: &Dream) -> Result<Value> {
             // push deploys.
             project.commit(&format!("{version} {bucket} {}", unseen.len() + seen.len()))?;
             let push_start = Instant::now();
-            project.push(&dream.git_remote, "main")?;
+            project.push(&dream.remote("cold"), "main")?;
             let pushed = Instant::now();
             push_ms.push(pushed.duration_since(push_start).as_secs_f64() * 1000.0);
             let marker = format!("VERSION:{version}");
@@ -695,7 +695,7 @@ async fn density(mode: &Mode, dream: &Dream) -> Result<Value> {
     project.write("canopy.yaml", &yaml);
     let rss_before = servers::rss_bytes(pid)?;
     let commit = project.commit("dense")?;
-    project.push(&dream.git_remote, "main")?;
+    project.push(&dream.remote("dense"), "main")?;
     dream.wait_live("dense", "main", &commit).await;
     for i in 0..mode.density_functions {
         let target = Target {

@@ -77,7 +77,7 @@ async fn three_nodes_serve_a_push_and_a_restarted_node_catches_up() {
     // Push to node 1: all three serve it.
     let project = shop();
     let v1 = commit_version(&project, "v1");
-    project.push(&nodes[0].git_remote, "main").unwrap();
+    project.push(&nodes[0].remote("shop"), "main").unwrap();
     wait_all_serve(&nodes, "v1").await;
 
     // `canopy status` on any node shows the whole cluster, converged.
@@ -97,7 +97,13 @@ async fn three_nodes_serve_a_push_and_a_restarted_node_catches_up() {
         assert_eq!(node["peers"].as_array().unwrap().len(), 2, "{status}");
     }
     let table = Command::new(canopy_bin())
-        .args(["status", "--admin", &nodes[2].admin])
+        .args([
+            "status",
+            "--admin",
+            &nodes[2].admin,
+            "--token",
+            &dream.token,
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -114,7 +120,7 @@ async fn three_nodes_serve_a_push_and_a_restarted_node_catches_up() {
     // Kill node 2; push v2 to node 3; nodes 1 and 3 serve it.
     dream.kill_node(1);
     let v2 = commit_version(&project, "v2");
-    project.push(&nodes[2].git_remote, "main").unwrap();
+    project.push(&nodes[2].remote("shop"), "main").unwrap();
     wait_all_serve(&[nodes[0].clone(), nodes[2].clone()], "v2").await;
 
     // Node 2 comes back on its data directory and catches up to v2.
@@ -147,7 +153,7 @@ async fn five_nodes_converge_after_twenty_quick_pushes_to_random_nodes() {
         x ^= x << 17;
         let target = (x % nodes.len() as u64) as usize;
         let commit = commit_version(&project, &format!("v{i}"));
-        project.push(&nodes[target].git_remote, "main").unwrap();
+        project.push(&nodes[target].remote("shop"), "main").unwrap();
         pushed.push(commit);
     }
     // Every node ends on the same state and serves the same pushed commit.
@@ -216,9 +222,10 @@ fn start_node_expecting_failure(dir: &std::path::Path, cluster: Value) -> (bool,
     (output.status.success(), text)
 }
 
-async fn invite(admin: &str) -> Value {
+async fn invite(node: &NodeInfo) -> Value {
     client()
-        .post(format!("{admin}/api/cluster/invite?ttl=600"))
+        .post(format!("{}/api/cluster/invite?ttl=600", node.admin))
+        .bearer_auth(&node.token)
         .send()
         .await
         .unwrap()
@@ -249,7 +256,7 @@ async fn nodes_without_the_secret_or_a_valid_invite_cannot_join() {
     };
 
     // The wrong secret: the handshake fails, the node names the cause.
-    let answer = invite(&founder.admin).await;
+    let answer = invite(&founder).await;
     let (ok, out) = start_node_expecting_failure(
         &scratch.path().join("wrong-secret"),
         cluster(&wrong_secret, &answer),
@@ -279,7 +286,8 @@ async fn nodes_without_the_secret_or_a_valid_invite_cannot_join() {
 
     // An expired token.
     let expired: Value = client()
-        .post(format!("{}/api/cluster/invite?ttl=0", founder.admin))
+        .post(format!("{}/api/cluster/invite?ttl=1", founder.admin))
+        .bearer_auth(&founder.token)
         .send()
         .await
         .unwrap()
@@ -287,7 +295,7 @@ async fn nodes_without_the_secret_or_a_valid_invite_cannot_join() {
         .await
         .unwrap();
     wait_for(
-        "the zero-ttl token to expire",
+        "the one-second token to expire",
         Duration::from_secs(5),
         || async {
             let now = std::time::SystemTime::now()
@@ -306,7 +314,7 @@ async fn nodes_without_the_secret_or_a_valid_invite_cannot_join() {
     // A token someone already used: the inviter refuses a second node. The
     // node holds the secret, so it connects, but it is never admitted and
     // gets nothing but the refusal.
-    let used: Value = invite(&founder.admin).await;
+    let used: Value = invite(&founder).await;
     let first = scratch.path().join("first");
     std::fs::create_dir_all(&first).unwrap();
     let config = serde_json::json!({
@@ -357,14 +365,14 @@ async fn a_deleted_branch_goes_down_on_every_node() {
     let nodes = dream.nodes();
     let project = shop();
     commit_version(&project, "v1");
-    project.push(&nodes[0].git_remote, "main").unwrap();
-    project.push(&nodes[0].git_remote, "preview").unwrap();
+    project.push(&nodes[0].remote("shop"), "main").unwrap();
+    project.push(&nodes[0].remote("shop"), "preview").unwrap();
     for node in &nodes {
         node.wait_serving("preview.shop.localhost", "/api/hello", "v1")
             .await;
     }
     project
-        .git(&["push", &nodes[0].git_remote, ":refs/heads/preview"])
+        .git(&["push", &nodes[0].remote("shop"), ":refs/heads/preview"])
         .unwrap();
     for node in &nodes {
         wait_for(
@@ -412,7 +420,7 @@ async fn a_corrupt_blob_from_a_peer_is_rejected_and_fetched_elsewhere() {
     // Nodes 1 and 2 hold v1.
     let project = shop();
     commit_version(&project, "v1");
-    project.push(&nodes[0].git_remote, "main").unwrap();
+    project.push(&nodes[0].remote("shop"), "main").unwrap();
     wait_all_serve(&nodes[..2], "v1").await;
 
     // Node 1's copy of the component rots on disk (same size, other bytes).

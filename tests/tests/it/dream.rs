@@ -39,7 +39,7 @@ async fn push_serves_function_and_website() {
     let dream = Dream::start().unwrap();
     let project = shop("v1");
     let commit = project.commit("v1").unwrap();
-    let output = project.push(&dream.git_remote, "main").unwrap();
+    let output = project.push(&dream.remote("shop"), "main").unwrap();
     assert!(
         output.contains("canopy:"),
         "the push reports progress: {output}"
@@ -93,13 +93,15 @@ async fn branch_preview_serves_beside_main() {
     let dream = Dream::start().unwrap();
     let project = shop("main-v1");
     let main_commit = project.commit("main").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("shop"), "main").unwrap();
     dream.wait_live("shop", "main", &main_commit).await;
 
     project.checkout("feature/new-look").unwrap();
     project.write("functions/testfn.wasm", testfn("preview-v2"));
     let preview_commit = project.commit("preview").unwrap();
-    project.push(&dream.git_remote, "feature/new-look").unwrap();
+    project
+        .push(&dream.remote("shop"), "feature/new-look")
+        .unwrap();
     dream
         .wait_live("shop", "feature/new-look", &preview_commit)
         .await;
@@ -117,7 +119,12 @@ async fn branch_preview_serves_beside_main() {
 
     // Deleting the branch takes the preview down and leaves main alone.
     project
-        .git(&["push", &dream.git_remote, "--delete", "feature/new-look"])
+        .git(&[
+            "push",
+            &dream.remote("shop"),
+            "--delete",
+            "feature/new-look",
+        ])
         .unwrap();
     wait_for("preview removed", Duration::from_secs(30), || async {
         dream
@@ -139,7 +146,7 @@ async fn broken_pushes_never_replace_the_live_version() {
     let dream = Dream::start().unwrap();
     let project = shop("good");
     let good = project.commit("good").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("shop"), "main").unwrap();
     dream.wait_live("shop", "main", &good).await;
 
     type Breaker = fn(&Project);
@@ -201,7 +208,7 @@ async fn broken_pushes_never_replace_the_live_version() {
             .unwrap();
         break_it(&project);
         let bad = project.commit(name).unwrap();
-        project.push(&dream.git_remote, "main").unwrap();
+        project.push(&dream.remote("shop"), "main").unwrap();
         let error = dream.wait_failed("shop", "main", &bad).await;
         assert!(
             error.contains(expected),
@@ -224,7 +231,7 @@ async fn broken_pushes_never_replace_the_live_version() {
 
     // The status CLI shows the error for a person.
     let output = std::process::Command::new(canopy_tests::canopy_bin())
-        .args(["status", "--admin", &dream.admin])
+        .args(["status", "--admin", &dream.admin, "--token", &dream.token])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
@@ -240,7 +247,7 @@ async fn broken_pushes_never_replace_the_live_version() {
         .unwrap();
     project.write("functions/testfn.wasm", testfn("fixed"));
     let fixed = project.commit("fixed").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("shop"), "main").unwrap();
     dream.wait_live("shop", "main", &fixed).await;
     let env = dream.environment("shop", "main").await.unwrap();
     assert_eq!(env["state"], "live");
@@ -264,7 +271,7 @@ functions:
         )
         .write("src/prebuilt.wasm", testfn("built"));
     let commit = project.commit("build").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("builder"), "main").unwrap();
     dream.wait_live("builder", "main", &commit).await;
     let (status, text) = body(&dream, "builder.localhost", "/hello").await;
     assert_eq!(status, 200);
@@ -277,7 +284,7 @@ async fn runaway_functions_are_contained() {
     let dream = Dream::start().unwrap();
     let project = shop("limits");
     let commit = project.commit("limits").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("shop"), "main").unwrap();
     dream.wait_live("shop", "main", &commit).await;
 
     let looping = tokio::spawn({
@@ -317,7 +324,7 @@ async fn restart_serves_again_without_a_push() {
     let mut dream = Dream::start_in(data.path()).unwrap();
     let project = shop("persist");
     let commit = project.commit("persist").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("shop"), "main").unwrap();
     dream.wait_live("shop", "main", &commit).await;
     let status = dream.stop().unwrap();
     assert!(status.success(), "clean stop on SIGTERM: {status}");
@@ -342,7 +349,7 @@ async fn hundred_concurrent_requests_all_succeed() {
     let dream = Dream::start().unwrap();
     let project = shop("load");
     let commit = project.commit("load").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("shop"), "main").unwrap();
     dream.wait_live("shop", "main", &commit).await;
 
     let client = canopy_tests::client();
@@ -376,7 +383,7 @@ async fn bodies_stream_both_ways() {
     let dream = Dream::start().unwrap();
     let project = shop("stream");
     let commit = project.commit("stream").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("shop"), "main").unwrap();
     dream.wait_live("shop", "main", &commit).await;
 
     let payload: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -406,7 +413,7 @@ async fn corrupted_blobs_are_detected_never_served() {
     let mut dream = Dream::start_in(data.path()).unwrap();
     let project = shop("corrupt");
     let commit = project.commit("corrupt").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("shop"), "main").unwrap();
     dream.wait_live("shop", "main", &commit).await;
 
     // Flip a byte in the stored copy of index.html.
@@ -446,7 +453,7 @@ async fn corrupted_blobs_are_detected_never_served() {
     // Pushing again heals the store.
     project.write("public/fixed.txt", "fixed");
     let healed = project.commit("heal").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("shop"), "main").unwrap();
     dream.wait_live("shop", "main", &healed).await;
     let (status, text) = body(&dream, "shop.localhost", "/api/hello").await;
     assert_eq!(status, 200, "{text}");
@@ -474,7 +481,7 @@ async fn https_with_the_local_ca() {
     let dream = Dream::start().unwrap();
     let project = shop("tls");
     let commit = project.commit("tls").unwrap();
-    project.push(&dream.git_remote, "main").unwrap();
+    project.push(&dream.remote("shop"), "main").unwrap();
     dream.wait_live("shop", "main", &commit).await;
 
     let https = dream.facts["https"]

@@ -15,6 +15,7 @@
 )]
 
 mod appliance;
+mod auth;
 mod cli;
 mod cluster;
 mod dream;
