@@ -528,17 +528,36 @@ impl NodeInfo {
     }
 
     /// Wait until this node answers `path` on `host` with 200 and a body
-    /// containing `needle`.
+    /// containing `needle`. On timeout the panic shows the last answer,
+    /// the node's status and the end of its log.
     pub async fn wait_serving(&self, host: &str, path: &str, needle: &str) {
-        wait_for(
-            &format!("{} to serve {needle:?} at {host}{path}", self.http),
-            Duration::from_secs(60),
-            || async {
-                let (status, body) = self.body(host, path).await?;
-                (status == 200 && body.contains(needle)).then_some(())
-            },
-        )
-        .await
+        let timeout = Duration::from_secs(60);
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let answer = self.body(host, path).await;
+            if answer
+                .as_ref()
+                .is_some_and(|(status, body)| *status == 200 && body.contains(needle))
+            {
+                return;
+            }
+            last = answer.or(last);
+            if Instant::now() >= deadline {
+                let log =
+                    std::fs::read_to_string(self.data_dir.join("node.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {} to serve {needle:?} at {host}{path}\n\
+                     last answer: {last:?}\nstatus: {}\nlog tail ({}):\n{}",
+                    self.http,
+                    self.status().await.unwrap_or_default(),
+                    self.data_dir.join("node.log").display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
