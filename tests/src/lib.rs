@@ -561,14 +561,9 @@ impl NodeInfo {
     }
 }
 
-/// `http://host/git/` with `token` as HTTP Basic password:
-/// `http://canopy:TOKEN@host/git/`.
-pub fn with_token(git_base: &str, token: &str) -> String {
-    match git_base.split_once("://") {
-        Some((scheme, rest)) => format!("{scheme}://canopy:{token}@{rest}"),
-        None => git_base.to_owned(),
-    }
-}
+/// `http://host/git/` with `token` as HTTP Basic password (the node's own
+/// helper, so the tests build URLs the way the dream does).
+pub use canopy_node::auth::git_base_with_token as with_token;
 
 /// A shared HTTP client (HTTP/1.1; no proxy).
 pub fn client() -> reqwest::Client {

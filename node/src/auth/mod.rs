@@ -21,6 +21,7 @@ mod authority;
 mod book;
 mod principal;
 mod token;
+mod token_file;
 
 pub use authority::{Authority, Caller, Forbidden, IssueError, Unauthenticated};
 pub use book::{
@@ -28,6 +29,7 @@ pub use book::{
 };
 pub use principal::{Principal, PrincipalError};
 pub use token::{SecretHash, Token, TokenFormatError, TokenId};
+pub use token_file::{git_base_with_token, issue_admin_token_file, read_token_file};
 
 /// The file a node writes its first admin token to (mode 0600), below its
 /// data directory.

@@ -7,7 +7,9 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::admin::AdminOptions;
-use crate::auth::{ADMIN_TOKEN_FILE, Principal, Token};
+use crate::auth::{
+    ADMIN_TOKEN_FILE, Token, git_base_with_token, issue_admin_token_file, read_token_file,
+};
 use crate::deploy::DeployEvent;
 use crate::env::Env;
 use crate::node::{Node, NodeOptions};
@@ -130,7 +132,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
     let token = single_node_token(&node, &data_dir.join("node-1"))?;
     let http = format!("http://{}", node.http_addr());
     let admin = format!("http://{}", node.admin_addr());
-    let git_base = with_token(&node.git_base(), &token);
+    let git_base = git_base_with_token(&node.git_base(), &token);
     let https = node.https_addr().map(|a| format!("https://{a}"));
     let ca = node.ca_pem().map(|p| p.display().to_string());
     let facts = DreamFile {
@@ -209,9 +211,9 @@ async fn run_cluster(args: &DreamArgs, layout: &Layout) -> anyhow::Result<()> {
     )
     .await?;
     let token_path = layout.data_dir.join("node-1").join(ADMIN_TOKEN_FILE);
-    let token = read_token(&token_path)?;
+    let token = read_token_file(&token_path)?;
     for node in &mut cluster.nodes {
-        node.git_base = with_token(&node.git_base, &token);
+        node.git_base = git_base_with_token(&node.git_base, &token);
     }
     let first = cluster.nodes[0].clone();
     let git_base = first.git_base.clone();
@@ -282,42 +284,18 @@ fn single_node_token(node: &Node, node_dir: &Path) -> anyhow::Result<String> {
         return Ok(token.reveal());
     }
     let path = node_dir.join(ADMIN_TOKEN_FILE);
-    if let Ok(text) = read_token(&path)
+    if let Ok(text) = read_token_file(&path)
         && Token::parse(&text).is_ok_and(|t| node.authority().verify(&t).is_ok())
     {
         return Ok(text);
     }
-    let (token, _) = node
-        .authority()
-        .issue(
-            Principal::Admin,
-            "canopy dream",
-            None,
-            format!("node {}", node.id()),
-        )
-        .context("cannot create the dream's admin token")?;
-    crate::durable::write_atomically(
+    let token = issue_admin_token_file(
+        node.authority(),
         &path,
-        format!("{}\n", token.reveal()).as_bytes(),
-        Some(0o600),
-    )
-    .with_context(|| format!("cannot write {}", path.display()))?;
+        "canopy dream",
+        format!("node {}", node.id()),
+    )?;
     Ok(token.reveal())
-}
-
-/// A token file's token.
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the admin token in {}", path.display()))?;
-    Ok(text.trim().to_owned())
-}
-
-/// `http://127.0.0.1:P/git/` → `http://canopy:TOKEN@127.0.0.1:P/git/`.
-fn with_token(git_base: &str, token: &str) -> String {
-    match git_base.split_once("://") {
-        Some((scheme, rest)) => format!("{scheme}://canopy:{token}@{rest}"),
-        None => git_base.to_owned(),
-    }
 }
 
 /// Write dream.json (mode 0600: it holds a token) and the pointer other

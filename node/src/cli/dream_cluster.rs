@@ -214,16 +214,12 @@ fn node_ports(
 
 /// An invite from the founder, asked with its first admin token.
 async fn invite(founder: &DreamNode) -> anyhow::Result<InviteAnswer> {
-    let token_path = Path::new(&founder.data_dir).join(crate::auth::ADMIN_TOKEN_FILE);
-    let token = std::fs::read_to_string(&token_path).with_context(|| {
-        format!(
-            "cannot read node-1's admin token in {}",
-            token_path.display()
-        )
-    })?;
+    let token = crate::auth::read_token_file(
+        &Path::new(&founder.data_dir).join(crate::auth::ADMIN_TOKEN_FILE),
+    )?;
     let target = super::admin_client::AdminTarget {
         admin: Some(founder.admin.clone()),
-        token: Some(token.trim().to_owned()),
+        token: Some(token),
     };
     let bytes = target
         .client()?

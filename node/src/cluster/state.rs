@@ -656,6 +656,12 @@ impl ClusterState {
         decode(&key, &self.get_str(&key)?)
     }
 
+    /// How many token records the state holds (revoked ones included),
+    /// without decoding them.
+    pub fn token_count(&self) -> usize {
+        self.keys(TOKEN_PREFIX).len()
+    }
+
     /// Every token record, with its revocation.
     pub fn tokens(&self) -> BTreeMap<TokenId, TokenEntry> {
         let mut out = BTreeMap::new();

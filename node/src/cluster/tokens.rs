@@ -31,11 +31,10 @@ impl TokenBook for ClusterBook {
 
     fn insert(&self, record: TokenRecord) -> Result<(), BookError> {
         self.handle.update(|state| {
-            let tokens = state.tokens();
-            if tokens.contains_key(&record.id) {
+            if state.token(&record.id).is_some() {
                 return Err(BookError::Exists(record.id));
             }
-            if tokens.len() >= MAX_TOKENS {
+            if state.token_count() >= MAX_TOKENS {
                 return Err(BookError::Full);
             }
             state

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin, AdminOptions};
-use crate::auth::{ADMIN_TOKEN_FILE, Authority, Principal, Token};
+use crate::auth::{ADMIN_TOKEN_FILE, Authority, Token};
 use crate::cluster::{ClusterNode, ClusterOptions};
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
@@ -133,22 +133,12 @@ fn first_admin_token(
     if authority.has_live_admin() {
         return Ok(None);
     }
-    let (token, record) = authority
-        .issue(
-            Principal::Admin,
-            "first admin token",
-            None,
-            format!("node {node_id}"),
-        )
-        .context("cannot create the first admin token")?;
-    let path = data_dir.join(ADMIN_TOKEN_FILE);
-    crate::durable::write_atomically(
-        &path,
-        format!("{}\n", token.reveal()).as_bytes(),
-        Some(0o600),
-    )
-    .with_context(|| format!("cannot write the first admin token to {}", path.display()))?;
-    tracing::info!(token = %record.id, path = %path.display(), "created the first admin token");
+    let token = crate::auth::issue_admin_token_file(
+        authority,
+        &data_dir.join(ADMIN_TOKEN_FILE),
+        "first admin token",
+        format!("node {node_id}"),
+    )?;
     Ok(Some(token))
 }
 
