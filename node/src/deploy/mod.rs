@@ -109,6 +109,29 @@ pub enum InstallOutcome {
     AlreadyCurrent,
 }
 
+/// Where the Git remote hands acknowledged pushes: each branch a push moved
+/// shows as deploying in status before `git push` returns (so `canopy
+/// status` never shows a quiet environment with a push still queued), then
+/// the push waits for [`Deployer::run`].
+#[derive(Clone)]
+pub struct PushQueue {
+    deployer: Arc<Deployer>,
+    tx: mpsc::UnboundedSender<PushEvent>,
+}
+
+impl std::fmt::Debug for PushQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushQueue").finish_non_exhaustive()
+    }
+}
+
+impl git::PushListener for PushQueue {
+    fn pushed(&self, event: PushEvent) -> bool {
+        self.deployer.mark_queued(&event);
+        self.tx.send(event).is_ok()
+    }
+}
+
 pub struct Deployer {
     env: Env,
     store: Arc<BlobStore>,
@@ -136,7 +159,12 @@ impl Deployer {
         // Checkouts of a previous run are garbage: nothing refers to them.
         let _ = std::fs::remove_dir_all(&work_dir);
         std::fs::create_dir_all(&work_dir)?;
-        let state = DeploymentState::load(&state_path)?;
+        let mut state = DeploymentState::load(&state_path)?;
+        // What was pending at the stop is queued again from the branch heads
+        // (`unfinished_pushes`); a stale mark would say "deploying" forever.
+        for environment in state.environments.values_mut() {
+            environment.pending = None;
+        }
         let (events, _) = broadcast::channel(256);
         Ok(Arc::new(Self {
             env,
@@ -244,6 +272,33 @@ impl Deployer {
         events
     }
 
+    /// The deployer's inbox for the Git remote, and the receiving end that
+    /// [`Deployer::run`] drains.
+    pub fn queue(self: &Arc<Self>) -> (PushQueue, mpsc::UnboundedReceiver<PushEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            PushQueue {
+                deployer: self.clone(),
+                tx,
+            },
+            rx,
+        )
+    }
+
+    /// Show every branch `event` moved as deploying at once, though the
+    /// deploy loop may still be busy with an earlier push.
+    fn mark_queued(&self, event: &PushEvent) {
+        for update in &event.updates {
+            if let (Some(branch), Some(new)) = (&update.branch, update.new) {
+                let key = EnvKey {
+                    project: event.repo.clone(),
+                    branch: branch.clone(),
+                };
+                self.update_state(&key, |e| e.pending = Some(new.to_string()));
+            }
+        }
+    }
+
     /// Deploy pushes as they arrive, one at a time; when several pushes of
     /// the same branch are queued only the newest is deployed.
     pub async fn run(self: Arc<Self>, mut pushes: mpsc::UnboundedReceiver<PushEvent>) {
@@ -287,7 +342,10 @@ impl Deployer {
             branch: branch.to_owned(),
         };
         let commit_hex = commit.to_string();
-        self.update_state(&key, |e| e.pending = Some(commit_hex.clone()));
+        // A push queued behind this one already shows as pending; keep it.
+        self.update_state(&key, |e| {
+            e.pending.get_or_insert_with(|| commit_hex.clone());
+        });
         let _ = self.events.send(DeployEvent::Started {
             key: key.clone(),
             commit: commit_hex.clone(),
@@ -334,7 +392,10 @@ impl Deployer {
         let error = error.to_string();
         tracing::warn!(env = %key, commit = %commit_hex, %error, "push not deployed");
         self.update_state(key, |e| {
-            e.pending = None;
+            // A newer push may be queued behind this one: it is still pending.
+            if e.pending.as_deref() == Some(commit_hex) {
+                e.pending = None;
+            }
             e.failed = Some(Failure {
                 commit: commit_hex.to_owned(),
                 error: error.clone(),
@@ -686,4 +747,77 @@ fn record_push(
     let cid = parse_cid(&release.manifest)?;
     let blobs = release_blobs(cid, manifest)?;
     Ok(ledger.record_push(key, &release.commit, cid, blobs)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::git::{PushListener, RefUpdate};
+
+    fn deployer(dir: &std::path::Path) -> Arc<Deployer> {
+        let env = Env::production(dir);
+        let store = Arc::new(BlobStore::open(dir.join("store")).unwrap());
+        let runtime =
+            Runtime::new(crate::runtime::RuntimeConfig::new(dir.join("compiled"))).unwrap();
+        let repos = git::Repos::new(dir.join("git")).unwrap();
+        Deployer::new(env, store, runtime, Gateway::new(), repos).unwrap()
+    }
+
+    fn push(repo: &str, branch: &str, new: Option<gix::ObjectId>) -> PushEvent {
+        PushEvent {
+            repo: repo.into(),
+            updates: vec![RefUpdate {
+                refname: format!("refs/heads/{branch}"),
+                branch: Some(branch.into()),
+                old: None,
+                new,
+            }],
+        }
+    }
+
+    fn commit(byte: u8) -> gix::ObjectId {
+        gix::ObjectId::from_bytes_or_panic(&[byte; 20])
+    }
+
+    fn shop(status: &[EnvironmentStatus]) -> &EnvironmentStatus {
+        status
+            .iter()
+            .find(|e| e.project == "shop" && e.branch == "main")
+            .expect("shop@main in status")
+    }
+
+    #[tokio::test]
+    async fn a_queued_push_shows_as_deploying_before_the_deploy_loop_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let deployer = deployer(dir.path());
+        let (queue, mut pushes) = deployer.queue();
+        assert!(queue.pushed(push("shop", "main", Some(commit(1)))));
+        // Nothing drained the queue, yet status already says so.
+        let status = deployer.status();
+        assert_eq!(shop(&status).state, "deploying");
+        assert_eq!(shop(&status).pending_commit, Some(commit(1).to_string()));
+        assert!(
+            pushes.try_recv().is_ok(),
+            "the push waits for the deploy loop"
+        );
+        // A deletion is not a deploy.
+        assert!(queue.pushed(push("shop", "gone", None)));
+        assert!(deployer.status().iter().all(|e| e.branch != "gone"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_push_leaves_a_newer_queued_push_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let deployer = deployer(dir.path());
+        let (queue, _pushes) = deployer.queue();
+        // The loop works on commit 1 while commit 2 is queued behind it.
+        assert!(queue.pushed(push("shop", "main", Some(commit(1)))));
+        assert!(queue.pushed(push("shop", "main", Some(commit(2)))));
+        deployer.deploy("shop", "main", commit(1)).await;
+        let status = deployer.status();
+        let shop = shop(&status);
+        assert_eq!(shop.failed_commit, Some(commit(1).to_string()));
+        assert_eq!(shop.pending_commit, Some(commit(2).to_string()));
+        assert_eq!(shop.state, "deploying");
+    }
 }

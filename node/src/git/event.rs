@@ -23,3 +23,17 @@ pub struct RefUpdate {
     /// The new target, `None` when the ref was deleted.
     pub new: Option<gix::ObjectId>,
 }
+
+/// Who hears of acknowledged pushes. The remote calls [`PushListener::pushed`]
+/// before it answers the client, so whatever the listener records is in place
+/// by the time `git push` returns.
+pub trait PushListener: Send + Sync + std::fmt::Debug + 'static {
+    /// `event` was acknowledged; false if nobody will act on it.
+    fn pushed(&self, event: PushEvent) -> bool;
+}
+
+impl PushListener for tokio::sync::mpsc::UnboundedSender<PushEvent> {
+    fn pushed(&self, event: PushEvent) -> bool {
+        self.send(event).is_ok()
+    }
+}

@@ -16,11 +16,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::receive::{self, Commands, Outcome, UnpackError};
 use super::repos::{self, Repos};
-use super::{GitError, PushEvent, Result, pktline};
+use super::{GitError, PushEvent, PushListener, Result, pktline};
 use crate::body::{self, Body};
 
 /// The largest push accepted unless configured otherwise: 2 GiB.
@@ -40,7 +39,7 @@ const MIN_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct GitHttp {
     repos: Repos,
-    events: UnboundedSender<PushEvent>,
+    events: Arc<dyn PushListener>,
     mount_prefix: String,
     max_push_bytes: u64,
     /// One lock per repository: pushes to one repository are applied and
@@ -49,12 +48,12 @@ pub struct GitHttp {
 }
 
 impl GitHttp {
-    /// A remote serving `repos`, sending acknowledged pushes to `events`.
+    /// A remote serving `repos`, telling `events` of every acknowledged push.
     /// Request paths are taken as already relative to the mount point.
-    pub fn new(repos: Repos, events: UnboundedSender<PushEvent>) -> Self {
+    pub fn new(repos: Repos, events: impl PushListener) -> Self {
         Self {
             repos,
-            events,
+            events: Arc::new(events),
             mount_prefix: String::new(),
             max_push_bytes: DEFAULT_MAX_PUSH_BYTES,
             repo_locks: Arc::default(),
@@ -238,7 +237,7 @@ impl GitHttp {
                 repo: repo.to_owned(),
                 updates: branch_updates,
             };
-            if self.events.send(event).is_err() {
+            if !self.events.pushed(event) {
                 tracing::warn!(repo, "push acknowledged but nobody listens for push events");
             }
         }

@@ -25,7 +25,7 @@ use crate::cluster::{ClusterNode, ClusterOptions};
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
 use crate::gateway::Gateway;
-use crate::git::{GitHttp, PushEvent, Repos};
+use crate::git::{GitHttp, PushListener as _, Repos};
 use crate::net::NodeId;
 use crate::net::identity::NodeKey;
 use crate::net::{Net, NetEvent};
@@ -109,16 +109,16 @@ pub async fn assemble<T: Transport>(
     let store = Arc::new(BlobStore::open_on(env.disk.clone(), data.join("store"))?);
     let runtime = Runtime::with_guest_env(spec.runtime, GuestEnv::of(env))?;
     let gateway = Gateway::new();
-    let (pushes_tx, pushes_rx) = mpsc::unbounded_channel::<PushEvent>();
     let repos = Repos::new(data.join("git"))?;
-    let git = Arc::new(GitHttp::new(repos.clone(), pushes_tx.clone()).with_mount_prefix(GIT_MOUNT));
     let deployer = Deployer::new(
         env.clone(),
         store.clone(),
         runtime.clone(),
         gateway.clone(),
-        repos,
+        repos.clone(),
     )?;
+    let (pushes, pushes_rx) = deployer.queue();
+    let git = Arc::new(GitHttp::new(repos, pushes.clone()).with_mount_prefix(GIT_MOUNT));
     let deploy_events = deployer.subscribe();
     deployer.restore().await;
 
@@ -147,7 +147,7 @@ pub async fn assemble<T: Transport>(
     // Pushes acknowledged before a stop or crash but never deployed are
     // deployed now, then every push as it comes.
     for event in deployer.unfinished_pushes() {
-        let _ = pushes_tx.send(event);
+        pushes.pushed(event);
     }
     let deploy_task = tokio::spawn(deployer.clone().run(pushes_rx));
 

@@ -46,11 +46,19 @@ async fn wait_all_serve(nodes: &[NodeInfo], version: &str) {
     }
 }
 
-/// Every node's (state hash, serving commit of shop@main).
+/// Every node's (state hash, serving commit of shop@main), once no node has
+/// a push of shop@main still queued or deploying (a node that serves the
+/// winner of the moment may yet make its own queued push the winner).
 async fn node_views(nodes: &[NodeInfo]) -> Option<Vec<(String, String)>> {
     let mut out = Vec::new();
     for node in nodes {
         let status = node.status().await?;
+        let deploying = status["deployments"].as_array()?.iter().any(|d| {
+            d["project"] == "shop" && d["branch"] == "main" && !d["pending_commit"].is_null()
+        });
+        if deploying {
+            return None;
+        }
         let local = &status["nodes"][0];
         out.push((
             local["state_hash"].as_str()?.to_owned(),
