@@ -263,6 +263,9 @@ in
       after = [ "network-online.target" ];
       restartTriggers = [ nodeConfig ];
       environment.RUST_LOG = cfg.logLevel;
+      # `build.command`s run in bubblewrap (node/src/deploy/build/sandbox.rs);
+      # without it the node refuses builds and deploys only prebuilt `wasm:`.
+      path = [ pkgs.bubblewrap ];
 
       serviceConfig = {
         ExecStart = start;
@@ -309,7 +312,17 @@ in
           "AF_INET6"
           "AF_UNIX"
         ];
-        RestrictNamespaces = true;
+        # The build sandbox makes a user namespace with its own mounts,
+        # processes, network, IPC and host name; nothing else may.
+        RestrictNamespaces = [
+          "user"
+          "mnt"
+          "pid"
+          "net"
+          "ipc"
+          "uts"
+          "cgroup"
+        ];
         RestrictRealtime = true;
         RestrictSUIDSGID = true;
         LockPersonality = true;
@@ -318,6 +331,14 @@ in
         SystemCallFilter = [
           "@system-service"
           "~@privileged"
+          # bubblewrap, inside its user namespace: mounts the sandbox's
+          # root, pivots into it and drops its capabilities.
+          "@mount"
+          "pivot_root"
+          "capset"
+          "setgroups"
+          "setresuid"
+          "setresgid"
         ];
         SystemCallErrorNumber = "EPERM";
       };

@@ -210,6 +210,8 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
             // process: each function version is compiled once.
             ..RuntimeConfig::new(compiled_dir())
         },
+        // Simulated pushes carry prebuilt components only.
+        builds: canopy_node::deploy::build::SandboxMode::Required,
         cluster: Some(ClusterSpec {
             transport: SimTransport {
                 ix,

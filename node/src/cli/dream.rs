@@ -11,6 +11,7 @@ use crate::auth::{
     ADMIN_TOKEN_FILE, Token, git_base_with_token, issue_admin_token_file, read_token_file,
 };
 use crate::deploy::DeployEvent;
+use crate::deploy::build::SandboxMode;
 use crate::env::Env;
 use crate::node::{Node, NodeOptions};
 
@@ -124,6 +125,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
                 loopback_hosts_only: true,
                 ..AdminOptions::default()
             },
+            builds: SandboxMode::Preferred,
         },
     )
     .await?;

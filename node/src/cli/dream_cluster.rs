@@ -117,6 +117,8 @@ async fn start_one(
         "https": local(ports.https),
         "admin": local(ports.admin),
         "local_ca": dir.join("node-1").join("tls"),
+        // A dream builds even where bubblewrap is missing, with a warning.
+        "build_sandbox": "preferred",
         "cluster": {
             "listen": [local(ports.p2p)],
             "secret_file": secret,

@@ -7,6 +7,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{AdminOptions, DEFAULT_MAX_INVITE_TTL};
+use crate::deploy::build::SandboxMode;
 use crate::env::Env;
 use crate::net::admission::InviteToken;
 use crate::net::p2p::{Multiaddr, P2pConfig};
@@ -20,6 +21,8 @@ use crate::node::{ClusterSetup, Node, NodeOptions};
 ///   http: 0.0.0.0:80              # the gateway (user traffic)
 ///   admin: 127.0.0.1:7070         # admin API and Git remote (keep it on loopback)
 ///   max_invite_ttl: 1h            # optional: the longest invite lifetime
+///   build_sandbox: required       # optional: `preferred` builds without
+///                                 #   bubblewrap (with a warning) where it is missing
 ///   cluster:                      # optional: be one node of a cluster
 ///     listen: [0.0.0.0:4001]      # peer-to-peer (TCP, and QUIC on the same UDP port)
 ///     secret_file: /etc/canopy/cluster.secret   # `canopy cluster init`
@@ -54,6 +57,10 @@ pub(crate) struct NodeConfig {
     /// The longest lifetime of a cluster invite, like `1h` (the default).
     #[serde(default)]
     pub max_invite_ttl: Option<String>,
+    /// `required` (the default): no build without the sandbox; `preferred`:
+    /// build without one, with a warning, where it cannot be set up.
+    #[serde(default)]
+    pub build_sandbox: Option<SandboxMode>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,7 +112,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             .location()
             .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
             .unwrap_or(name.clone());
-        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally https, local_ca, max_invite_ttl and cluster (see `canopy node --help`)")
+        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally https, local_ca, max_invite_ttl, build_sandbox and cluster (see `canopy node --help`)")
     })?;
     let base = args.config.parent().unwrap_or(Path::new("."));
     let max_invite_ttl = match &config.max_invite_ttl {
@@ -126,6 +133,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             loopback_hosts_only: false,
             max_invite_ttl,
         },
+        builds: config.build_sandbox.unwrap_or(SandboxMode::Required),
     };
     let data_dir = config.data_dir.clone();
     let node_file = data_dir.join(NODE_FILE);

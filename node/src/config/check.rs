@@ -307,6 +307,7 @@ fn check_build(reporter: &mut Reporter<'_>, name: &str, raw: RawBuild) -> Option
         DEFAULT_BUILD_TIMEOUT,
         MIN_BUILD_TIMEOUT..=MAX_BUILD_TIMEOUT,
     );
+    let env = check_build_env(reporter, name, raw.env.unwrap_or_default());
     if command.is_empty() {
         return None;
     }
@@ -315,7 +316,56 @@ fn check_build(reporter: &mut Reporter<'_>, name: &str, raw: RawBuild) -> Option
         command,
         output: output?,
         timeout: timeout?,
+        env: env?,
     })
+}
+
+/// `build.env`: variable names a shell accepts, values of bounded length, a
+/// bounded count.
+fn check_build_env(
+    reporter: &mut Reporter<'_>,
+    name: &str,
+    env: std::collections::BTreeMap<String, String>,
+) -> Option<Vec<(String, String)>> {
+    let path = ["functions", name, "build", "env"];
+    let mut ok = true;
+    if env.len() > MAX_BUILD_ENV {
+        reporter.error(
+            &path,
+            format!(
+                "has {} variables; at most {MAX_BUILD_ENV} are allowed",
+                env.len()
+            ),
+            "keep the build's settings in a file of the repository instead",
+        );
+        ok = false;
+    }
+    for (variable, value) in &env {
+        let valid_name = variable
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && variable
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            reporter.error(
+                &[&path[..], &[variable.as_str()]].concat(),
+                format!("`{variable}` is not a variable name"),
+                "use letters, digits and `_`, not starting with a digit, e.g. `CARGO_PROFILE`",
+            );
+            ok = false;
+        }
+        if value.len() > MAX_BUILD_ENV_VALUE || value.contains('\0') {
+            reporter.error(
+                &[&path[..], &[variable.as_str()]].concat(),
+                format!("is {} bytes or holds a NUL; values are at most {MAX_BUILD_ENV_VALUE} bytes of text", value.len()),
+                "shorten the value",
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| env.into_iter().collect())
 }
 
 fn check_http(reporter: &mut Reporter<'_>, name: &str, raw: RawHttp) -> Option<HttpTrigger> {

@@ -29,6 +29,10 @@ pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 pub const MIN_BUILD_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest `build.timeout`.
 pub const MAX_BUILD_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// Most variables in a `build.env`.
+pub const MAX_BUILD_ENV: usize = 64;
+/// Longest value of a `build.env` variable.
+pub const MAX_BUILD_ENV_VALUE: usize = 4096;
 
 /// A project: the contents of one `canopy.yaml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,6 +74,9 @@ pub enum Source {
         output: String,
         /// How long the build may take.
         timeout: Duration,
+        /// The build's environment beyond `PATH` and `HOME` (sorted by name).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        env: Vec<(String, String)>,
     },
 }
 

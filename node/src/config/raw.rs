@@ -42,7 +42,7 @@ pub struct RawFunction {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a build: a mapping with `command`, `output` and optionally `dir`, `timeout`"
+    expecting = "a build: a mapping with `command`, `output` and optionally `dir`, `timeout`, `env`"
 )]
 pub struct RawBuild {
     #[serde(default)]
@@ -51,6 +51,8 @@ pub struct RawBuild {
     pub output: String,
     #[serde(default)]
     pub timeout: Option<Humane>,
+    #[serde(default)]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -107,6 +107,7 @@ websites:
                         command: "cargo build --release --target wasm32-wasip2".to_string(),
                         output: "../../target/wasm32-wasip2/release/api.wasm".to_string(),
                         timeout: Duration::from_secs(90),
+                        env: vec![],
                     },
                     http: Some(HttpTrigger {
                         path: "/api".to_string(),
@@ -243,6 +244,31 @@ functions:
     build: { dir: api, command: make, output: api.wasm, timeout: 500ms }
 "
     ));
+}
+
+#[test]
+fn bad_build_env() {
+    let long = "x".repeat(MAX_BUILD_ENV_VALUE + 1);
+    insta::assert_snapshot!(errors(&format!(
+        "project: shop
+functions:
+  api:
+    build: {{ command: make, output: api.wasm, env: {{ 1ST: a, GOOD_ONE: b, WITH-DASH: c, BIG: {long} }} }}
+"
+    )));
+}
+
+#[test]
+fn build_env_is_kept_sorted() {
+    let file = parse(
+        "canopy.yaml",
+        "project: shop\nfunctions:\n  api:\n    build: { command: make, output: a.wasm, env: { Z: '1', A: '2' } }\n",
+    )
+    .unwrap();
+    let Source::Build { env, .. } = &file.project.functions["api"].source else {
+        panic!("a build");
+    };
+    assert_eq!(env, &[("A".into(), "2".into()), ("Z".into(), "1".into())]);
 }
 
 #[test]

@@ -139,6 +139,7 @@ pub struct Deployer {
     gateway: Arc<Gateway>,
     repos: git::Repos,
     work_dir: PathBuf,
+    sandbox: build::Sandbox,
     state_path: PathBuf,
     state: Mutex<DeploymentState>,
     live: Mutex<BTreeMap<EnvKey, LiveRelease>>,
@@ -153,6 +154,7 @@ impl Deployer {
         runtime: Arc<Runtime>,
         gateway: Arc<Gateway>,
         repos: git::Repos,
+        sandbox: build::SandboxMode,
     ) -> anyhow::Result<Arc<Self>> {
         let state_path = env.data_dir.join("deployments.json");
         let work_dir = env.data_dir.join("work");
@@ -166,6 +168,7 @@ impl Deployer {
             environment.pending = None;
         }
         let (events, _) = broadcast::channel(256);
+        let sandbox = build::Sandbox::new(sandbox, env.data_dir.clone());
         Ok(Arc::new(Self {
             env,
             store,
@@ -173,6 +176,7 @@ impl Deployer {
             gateway,
             repos,
             work_dir,
+            sandbox,
             state_path,
             state: Mutex::new(state),
             live: Mutex::new(BTreeMap::new()),
@@ -384,6 +388,7 @@ impl Deployer {
             store: &self.store,
             runtime: &self.runtime,
             work_dir: &self.work_dir,
+            sandbox: &self.sandbox,
         }
     }
 
@@ -760,7 +765,15 @@ mod tests {
         let runtime =
             Runtime::new(crate::runtime::RuntimeConfig::new(dir.join("compiled"))).unwrap();
         let repos = git::Repos::new(dir.join("git")).unwrap();
-        Deployer::new(env, store, runtime, Gateway::new(), repos).unwrap()
+        Deployer::new(
+            env,
+            store,
+            runtime,
+            Gateway::new(),
+            repos,
+            build::SandboxMode::Preferred,
+        )
+        .unwrap()
     }
 
     fn push(repo: &str, branch: &str, new: Option<gix::ObjectId>) -> PushEvent {

@@ -27,6 +27,8 @@ pub(super) struct ReleaseBuilder<'a> {
     pub runtime: &'a Runtime,
     /// Where checkouts go (each in a temporary directory of its own).
     pub work_dir: &'a Path,
+    /// What `build.command`s run in.
+    pub sandbox: &'a build::Sandbox,
 }
 
 impl ReleaseBuilder<'_> {
@@ -54,7 +56,8 @@ impl ReleaseBuilder<'_> {
         let mut functions = BTreeMap::new();
         let mut artifacts = BTreeMap::new();
         for (name, function) in &project.functions {
-            let bytes = component_bytes(&project_file, &root, name, &function.source).await?;
+            let bytes =
+                component_bytes(self.sandbox, &project_file, &root, name, &function.source).await?;
             let (loaded, artifact) = self
                 .store_and_compile(&project_file, name, function, &bytes)
                 .await?;
@@ -174,6 +177,7 @@ async fn read_project_file(
 /// A function's component: the committed `wasm` file, or the output of its
 /// build command run in the checkout (checked to be a wasi:http component).
 async fn component_bytes(
+    sandbox: &build::Sandbox,
     project_file: &ProjectFile,
     root: &Path,
     name: &str,
@@ -192,18 +196,30 @@ async fn component_bytes(
             command,
             output,
             timeout,
+            env,
         } => {
             let build_dir = root.join(dir);
-            build::run(command, &build_dir, *timeout)
-                .await
-                .map_err(|e| {
-                    DeployError::Build(Box::new(project_file.diagnostic(
-                        &["functions", name, "build", "command"],
-                        e.to_string(),
-                        Some("run the command in a clean checkout to reproduce it".into()),
-                    )))
-                })?;
-            let bytes = std::fs::read(build_dir.join(output)).map_err(|e| {
+            let spec = build::BuildSpec {
+                command,
+                checkout: root,
+                dir,
+                timeout: *timeout,
+                env,
+            };
+            build::run(sandbox, spec).await.map_err(|e| {
+                let help = match e {
+                    build::BuildError::NoSandbox { .. } => {
+                        "ask the node's operator to install bubblewrap"
+                    }
+                    _ => "run the command in a clean checkout to reproduce it",
+                };
+                DeployError::Build(Box::new(project_file.diagnostic(
+                    &["functions", name, "build", "command"],
+                    e.to_string(),
+                    Some(help.into()),
+                )))
+            })?;
+            let bytes = read_inside(root, &build_dir.join(output)).map_err(|e| {
                 let help = "point `output` at the component the command writes, relative to `dir`";
                 DeployError::BuildOutput(Box::new(project_file.diagnostic(
                     &["functions", name, "build", "output"],
@@ -217,6 +233,22 @@ async fn component_bytes(
             Ok(bytes)
         }
     }
+}
+
+/// Read `path`, which must resolve (symlinks followed) to a file inside
+/// `root`: a build's output may not point the node at its own files.
+fn read_inside(root: &Path, path: &Path) -> std::io::Result<Vec<u8>> {
+    let resolved = path.canonicalize()?;
+    if !resolved.starts_with(root.canonicalize()?) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "it resolves to {}, outside the checkout",
+                resolved.display()
+            ),
+        ));
+    }
+    std::fs::read(resolved)
 }
 
 /// Run file-heavy work (hashing, copying, validating components) off the

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::admin::GIT_MOUNT;
 use crate::auth::{Authority, LocalBook, TokenBook};
 use crate::cluster::{ClusterNode, ClusterOptions};
+use crate::deploy::build::SandboxMode;
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
 use crate::gateway::Gateway;
@@ -61,6 +62,8 @@ pub struct NodeSpec<T> {
     /// The function runtime: compiled-code directory, instance and memory
     /// limits.
     pub runtime: RuntimeConfig,
+    /// Whether `build.command`s must run in the sandbox.
+    pub builds: SandboxMode,
     /// Take part in a cluster through `T`; `None`: a standalone node.
     pub cluster: Option<ClusterSpec<T>>,
 }
@@ -116,6 +119,7 @@ pub async fn assemble<T: Transport>(
         runtime.clone(),
         gateway.clone(),
         repos.clone(),
+        spec.builds,
     )?;
     let (pushes, pushes_rx) = deployer.queue();
     let git = Arc::new(GitHttp::new(repos, pushes.clone()).with_mount_prefix(GIT_MOUNT));

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Admin, AdminOptions};
 use crate::auth::{ADMIN_TOKEN_FILE, Authority, Token};
 use crate::cluster::{ClusterNode, ClusterOptions};
+use crate::deploy::build::SandboxMode;
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
 use crate::net::admission::InviteToken;
@@ -49,6 +50,9 @@ pub struct NodeOptions {
     pub cluster: Option<ClusterSetup>,
     /// How the admin API guards itself (Host check, invite lifetime).
     pub admin: AdminOptions,
+    /// Whether `build.command`s must run in the sandbox (`canopy node`) or
+    /// may run without one, with a warning (`canopy dream`).
+    pub builds: SandboxMode,
 }
 
 /// How a node takes part in a cluster (`cluster:` in the node config).
@@ -156,6 +160,7 @@ impl Node {
 
         let spec = NodeSpec {
             runtime: RuntimeConfig::new(env.data_dir.join("compiled")),
+            builds: options.builds,
             cluster: options.cluster.as_ref().map(|setup| ClusterSpec {
                 transport: P2pTransport::of(setup, &env.clock),
                 options: ClusterOptions {

@@ -19,3 +19,4 @@ mod auth;
 mod cli;
 mod cluster;
 mod dream;
+mod sandbox;
