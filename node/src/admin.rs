@@ -10,6 +10,9 @@
 //! - `GET /api/tokens` → every [`crate::auth::TokenEntry`] (admin).
 //! - `POST /api/tokens` with a [`TokenRequest`] → [`IssuedToken`] (admin).
 //! - `DELETE /api/tokens/<id>` → the revoked [`crate::auth::TokenEntry`] (admin).
+//! - `GET /api/domains` → every [`DomainOwner`] (a project token: its own).
+//! - `POST /api/domains/transfer` with a [`DomainTransfer`] → the new
+//!   [`DomainOwner`] (admin).
 //! - `/git/<project>.git/...` → the smart-HTTP Git remote (push only), for
 //!   an admin token or a token of `<project>`, sent as HTTP Basic.
 //!
@@ -49,6 +52,32 @@ pub trait AdminSource: Send + Sync + 'static {
 
     /// Issue an invite token valid for `ttl_s` seconds (cluster nodes only).
     fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, InviteError>;
+
+    /// Every claimed domain and its owning project.
+    fn domains(&self) -> crate::deploy::domains::Owners;
+
+    /// Give `domain` to `project`.
+    fn transfer_domain(
+        &self,
+        domain: &str,
+        project: &str,
+    ) -> Result<(), crate::deploy::domains::DomainError>;
+}
+
+/// One claimed domain, as `GET /api/domains` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainOwner {
+    pub domain: String,
+    pub project: String,
+}
+
+/// The body of `POST /api/domains/transfer`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainTransfer {
+    pub domain: String,
+    /// The project that owns it from now on.
+    pub to: String,
 }
 
 /// Why a node issued no invite; the text is the answer's `error`.
@@ -174,6 +203,21 @@ impl Admin {
             (&Method::DELETE, p) if p.starts_with("/api/tokens/") => {
                 self.revoke_token(&caller, &p["/api/tokens/".len()..])
             }
+            (&Method::GET, "/api/domains") => {
+                let owners = self
+                    .source
+                    .domains()
+                    .into_iter()
+                    .filter(|(_, project)| caller.principal.may_deploy(project))
+                    .map(|(domain, project)| DomainOwner { domain, project })
+                    .collect::<Vec<_>>();
+                json(StatusCode::OK, &owners)
+            }
+            (&Method::POST, "/api/domains/transfer") => self.transfer_domain(&caller, req).await,
+            (_, "/api/domains" | "/api/domains/transfer") => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET /api/domains or POST /api/domains/transfer",
+            ),
             (_, "/api/cluster/invite") => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "use POST to issue an invite",
@@ -246,6 +290,61 @@ impl Admin {
         };
         match self.source.invite(ttl_s) {
             Ok(answer) => json(StatusCode::OK, &answer),
+            Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+        }
+    }
+
+    /// `POST /api/domains/transfer` (admin): `{"domain", "to"}`.
+    async fn transfer_domain(&self, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
+        if let Err(e) = caller.must_be_admin("transfer domains") {
+            return error(StatusCode::FORBIDDEN, &e.to_string());
+        }
+        let Ok(body) = Limited::new(req.into_body(), MAX_API_BODY_BYTES)
+            .collect()
+            .await
+        else {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("a transfer is at most {MAX_API_BODY_BYTES} bytes of JSON"),
+            );
+        };
+        let request: DomainTransfer = match serde_json::from_slice(&body.to_bytes()) {
+            Ok(request) => request,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "the body is not a transfer ({e}); send {{\"domain\": \"shop.example.com\", \"to\": \"shop\"}}"
+                    ),
+                );
+            }
+        };
+        let domain = match crate::config::names::normalize_domain(&request.domain) {
+            Ok(domain) => domain,
+            Err(problem) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("domain `{}` {problem}", request.domain),
+                );
+            }
+        };
+        if let Err(problem) = crate::config::names::check_label(&request.to) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("project `{}` {problem}", request.to),
+            );
+        }
+        match self.source.transfer_domain(&domain, &request.to) {
+            Ok(()) => {
+                tracing::info!(%domain, to = %request.to, by = %caller.token, "domain transferred");
+                json(
+                    StatusCode::OK,
+                    &DomainOwner {
+                        domain,
+                        project: request.to,
+                    },
+                )
+            }
             Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
         }
     }

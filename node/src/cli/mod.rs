@@ -11,6 +11,7 @@
 
 mod admin_client;
 mod cluster_cmd;
+mod domain_cmd;
 mod dream;
 mod dream_cluster;
 mod node_cmd;
@@ -46,6 +47,7 @@ enum Command {
     Validate(validate::ValidateArgs),
     Status(status::StatusArgs),
     Token(token_cmd::TokenArgs),
+    Domain(domain_cmd::DomainArgs),
 }
 
 /// Run the CLI; the process exits with the returned code.
@@ -59,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Cluster(args) => runtime().and_then(|rt| rt.block_on(cluster_cmd::run(args))),
         Command::Status(args) => runtime().and_then(|rt| rt.block_on(status::run(args))),
         Command::Token(args) => runtime().and_then(|rt| rt.block_on(token_cmd::run(args))),
+        Command::Domain(args) => runtime().and_then(|rt| rt.block_on(domain_cmd::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -263,6 +263,17 @@ impl ClusterNode {
             local,
         }));
         deployer.record_unrecorded();
+        // Domains claimed before the node joined keep their owners, unless
+        // the cluster already gave them to another project.
+        let local_owners = deployer.domain_owners();
+        let cluster_domains = Arc::new(super::domains::ClusterDomains::new(handle.clone()));
+        for (domain, project) in local_owners {
+            use crate::deploy::domains::DomainBook as _;
+            if let Err(error) = cluster_domains.claim(&project, std::slice::from_ref(&domain)) {
+                tracing::warn!(%domain, %project, %error, "a domain claimed here belongs to another project in the cluster");
+            }
+        }
+        deployer.set_domain_book(cluster_domains);
 
         let tasks = vec![
             tokio::spawn(super::driver::run_sync(
@@ -648,8 +659,15 @@ async fn follow(
     let mut core = FollowCore::new();
     let mut aborts: BTreeMap<InstallId, AbortHandle> = BTreeMap::new();
     let mut installs = FuturesUnordered::new();
+    let mut domain_owners = handle.read(|s| s.domain_owners());
     loop {
-        let (wanted, removed) = handle.read(|s| (s.deployments(), s.removed()));
+        let (wanted, removed, owners) =
+            handle.read(|s| (s.deployments(), s.removed(), s.domain_owners()));
+        // A transfer (or a claim that won elsewhere) moves a domain's routes.
+        if owners != domain_owners {
+            domain_owners = owners;
+            deployer.publish_routes();
+        }
         let now = handle.clock().now();
         core.handle_state(wanted, &removed, &deployer.installed(), now.into_std());
         while let Some(action) = core.poll_action() {

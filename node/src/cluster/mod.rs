@@ -34,6 +34,7 @@
 //! read the OS clock or RNG, or spawn OS threads. See `docs/cluster.md`.
 
 pub mod blob_server;
+pub mod domains;
 pub mod driver;
 mod error;
 pub mod follow;

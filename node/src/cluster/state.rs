@@ -18,6 +18,7 @@
 //! invite/<nonce hex>                             → {"joined"}  (an invite token that was used)
 //! token/<token id>                               → auth::TokenRecord (hash of the secret, never the secret)
 //! revoked/<token id>                             → auth::Revocation  (permanent)
+//! domain/<domain>                                → {"project"}  (its owner; first deploy, or an admin's transfer)
 //! ```
 //!
 //! # Which push wins
@@ -70,6 +71,13 @@ const CLUSTER_ID_KEY: &str = "cluster/id";
 const INVITE_PREFIX: &str = "invite/";
 const TOKEN_PREFIX: &str = "token/";
 const REVOKED_PREFIX: &str = "revoked/";
+const DOMAIN_PREFIX: &str = "domain/";
+
+/// The owner of one domain, as cluster state keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct DomainRecord {
+    project: String,
+}
 
 /// What a node does in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -159,6 +167,8 @@ pub struct StateContents {
     pub allocations: BTreeMap<Cid, BTreeSet<NodeId>>,
     /// Every token record, with its revocation if any.
     pub tokens: BTreeMap<TokenId, TokenEntry>,
+    /// Domain → owning project.
+    pub domains: BTreeMap<String, String>,
 }
 
 /// The record stored for a member (admission is kept apart).
@@ -677,6 +687,35 @@ impl ClusterState {
         out
     }
 
+    // ----- domains ---------------------------------------------------------
+
+    /// Every claimed domain and the project that owns it.
+    pub fn domain_owners(&self) -> BTreeMap<String, String> {
+        self.keys(DOMAIN_PREFIX)
+            .into_iter()
+            .filter_map(|key| {
+                let record: DomainRecord = decode(&key, &self.get_str(&key)?)?;
+                Some((key[DOMAIN_PREFIX.len()..].to_owned(), record.project))
+            })
+            .collect()
+    }
+
+    /// Make `project` the owner of `domain`.
+    pub fn set_domain_owner(&mut self, domain: &str, project: &str) -> Result<(), ClusterError> {
+        let key = format!("{DOMAIN_PREFIX}{domain}");
+        let record = DomainRecord {
+            project: project.to_owned(),
+        };
+        if self
+            .get_str(&key)
+            .and_then(|json| decode::<DomainRecord>(&key, &json))
+            == Some(record.clone())
+        {
+            return Ok(());
+        }
+        self.put_json(&key, "domain", &record)
+    }
+
     // ----- allocations -----------------------------------------------------
 
     /// Record that `node` holds blob `cid`.
@@ -739,6 +778,7 @@ impl ClusterState {
             removed: self.removed(),
             allocations: self.allocations(),
             tokens: self.tokens(),
+            domains: self.domain_owners(),
         }
     }
 
@@ -800,6 +840,11 @@ impl ClusterState {
             field(id.to_string().as_bytes());
             // The record's canonical JSON (field order is the struct's).
             field(&serde_json::to_vec(entry).expect("token entries serialise"));
+        }
+        field(b"domains");
+        for (domain, project) in &contents.domains {
+            field(domain.as_bytes());
+            field(project.as_bytes());
         }
         StateHash(sha.finalize().into())
     }
@@ -1024,6 +1069,21 @@ mod tests {
             state.deployment(&shop).map(|d| d.pushed_at_seq),
             Some(u64::MAX)
         );
+    }
+
+    #[test]
+    fn domain_owners_are_records_in_the_state_hash() {
+        let mut a = ClusterState::new(node(1), 1);
+        let before = a.state_hash();
+        a.set_domain_owner("shop.example.com", "shop").unwrap();
+        assert_eq!(a.domain_owners()["shop.example.com"], "shop");
+        assert_ne!(a.state_hash(), before);
+        let claimed = a.state_hash();
+        // Writing the same owner again changes nothing.
+        a.set_domain_owner("shop.example.com", "shop").unwrap();
+        assert_eq!(a.state_hash(), claimed);
+        a.set_domain_owner("shop.example.com", "rival").unwrap();
+        assert_eq!(a.domain_owners()["shop.example.com"], "rival");
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub enum DeployError {
     #[error(transparent)]
     Build(Box<Diagnostic>),
 
+    /// `domains:` names a domain another project owns, or the domain book
+    /// refused the claim.
+    #[error("domains: {0}")]
+    Domain(#[from] super::domains::DomainError),
+
     /// A build succeeded but its output cannot be read or is not a
     /// wasi:http component.
     #[error(transparent)]

@@ -17,6 +17,7 @@
 //! stored one is [`live`].
 
 pub mod build;
+pub mod domains;
 mod error;
 mod live;
 pub mod manifest;
@@ -145,6 +146,8 @@ pub struct Deployer {
     live: Mutex<BTreeMap<EnvKey, LiveRelease>>,
     events: broadcast::Sender<DeployEvent>,
     ledger: OnceLock<Arc<dyn Ledger>>,
+    /// Who owns which domain: a file here until the node joins a cluster.
+    domains: std::sync::RwLock<Arc<dyn domains::DomainBook>>,
 }
 
 impl Deployer {
@@ -169,6 +172,10 @@ impl Deployer {
         }
         let (events, _) = broadcast::channel(256);
         let sandbox = build::Sandbox::new(sandbox, env.data_dir.clone());
+        let domain_book: Arc<dyn domains::DomainBook> = Arc::new(domains::LocalDomains::open(
+            env.disk.clone(),
+            env.data_dir.join("domains.json"),
+        )?);
         Ok(Arc::new(Self {
             env,
             store,
@@ -182,6 +189,7 @@ impl Deployer {
             live: Mutex::new(BTreeMap::new()),
             events,
             ledger: OnceLock::new(),
+            domains: std::sync::RwLock::new(domain_book),
         }))
     }
 
@@ -191,6 +199,37 @@ impl Deployer {
         if self.ledger.set(ledger).is_err() {
             debug_assert!(false, "the ledger is set once");
         }
+    }
+
+    /// Keep domain ownership in `book` from now on (the node joined a
+    /// cluster), and serve domains by it.
+    pub fn set_domain_book(&self, book: Arc<dyn domains::DomainBook>) {
+        *self
+            .domains
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = book;
+        self.publish_routes();
+    }
+
+    fn domain_book(&self) -> Arc<dyn domains::DomainBook> {
+        self.domains
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every claimed domain and its owner.
+    pub fn domain_owners(&self) -> domains::Owners {
+        self.domain_book().owners()
+    }
+
+    /// Give `domain` to `project` (an admin's decision) and serve it by the
+    /// new owner at once: the old owner's release stops answering for it.
+    pub fn transfer_domain(&self, domain: &str, project: &str) -> Result<(), domains::DomainError> {
+        self.domain_book().transfer(domain, project)?;
+        tracing::info!(domain, project, "domain transferred");
+        self.publish_routes();
+        Ok(())
     }
 
     /// Follow what happens to pushes.
@@ -357,7 +396,14 @@ impl Deployer {
         tracing::info!(env = %key, commit = %commit_hex, "deploying");
 
         let built = self.builder().build(&repo_dir, &key, commit).await;
-        let live = built.and_then(|(manifest_cid, live)| {
+        // A domain belongs to the first project that deploys it.
+        let claimed = built.and_then(|(cid, live)| {
+            self.domain_book()
+                .claim(&key.project, &live.manifest.domains)
+                .map_err(DeployError::Domain)
+                .map(|()| (cid, live))
+        });
+        let live = claimed.and_then(|(manifest_cid, live)| {
             let release = Release {
                 commit: commit_hex.clone(),
                 manifest: manifest_cid.to_string(),
@@ -675,8 +721,9 @@ impl Deployer {
     }
 
     /// Rebuild the gateway's route table from every live release and swap it
-    /// in: requests see the old table or the new one, never a mix.
-    fn publish_routes(&self) {
+    /// in: requests see the old table or the new one, never a mix. A domain
+    /// serves only for the project that owns it.
+    pub fn publish_routes(&self) {
         let live = self.live.lock().expect("live lock");
         self.publish_routes_locked(&live);
     }
@@ -684,6 +731,7 @@ impl Deployer {
     fn publish_routes_locked(&self, live: &BTreeMap<EnvKey, LiveRelease>) {
         let table = routes::route_table(
             live.iter().map(|(k, r)| (k, &r.manifest, &r.functions)),
+            &self.domain_owners(),
             &self.store,
         );
         self.gateway.replace_routes(table);

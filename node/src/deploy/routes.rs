@@ -62,6 +62,7 @@ pub(super) fn route_table<'a>(
             &'a BTreeMap<String, Arc<Function>>,
         ),
     >,
+    domain_owners: &super::domains::Owners,
     store: &Arc<BlobStore>,
 ) -> RouteTable {
     let mut table = RouteTable::new();
@@ -111,7 +112,19 @@ pub(super) fn route_table<'a>(
             &manifest.commit,
             routes,
         ));
-        for host in hosts_of(key, &manifest.domains) {
+        // Another project's domain is not served for this one (it owns it
+        // now, or won it where two claimed it at once).
+        let domains: Vec<String> = manifest
+            .domains
+            .iter()
+            .filter(|d| {
+                domain_owners
+                    .get(*d)
+                    .is_none_or(|owner| *owner == key.project)
+            })
+            .cloned()
+            .collect();
+        for host in hosts_of(key, &domains) {
             if let Some(owner) = owners.get(&host) {
                 tracing::warn!(%host, owner = %owner, ignored = %key, "two environments claim one host; the first keeps it");
                 continue;

@@ -105,6 +105,18 @@ impl AdminSource for Info {
         .boxed()
     }
 
+    fn domains(&self) -> crate::deploy::domains::Owners {
+        self.deployer.domain_owners()
+    }
+
+    fn transfer_domain(
+        &self,
+        domain: &str,
+        project: &str,
+    ) -> Result<(), crate::deploy::domains::DomainError> {
+        self.deployer.transfer_domain(domain, project)
+    }
+
     fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, admin::InviteError> {
         let Some((cluster, key, env, peers)) = &self.cluster else {
             return Err(admin::InviteError::NotInCluster);

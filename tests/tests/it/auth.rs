@@ -347,3 +347,114 @@ async fn a_revoked_token_is_refused_on_every_node_and_invites_are_bounded() {
         .unwrap();
     assert_eq!(anonymous.status(), 401);
 }
+
+/// `project` with `domains: [shop.example.com]`.
+fn project_with_domain(name: &str, version: &str) -> Project {
+    let project = project(name, version);
+    project.write(
+        "canopy.yaml",
+        format!(
+            "project: {name}\ndomains: [shop.example.com]\nfunctions:\n  hello:\n    wasm: functions/testfn.wasm\n    http: {{ path: /api }}\n"
+        ),
+    );
+    project
+}
+
+/// GET /api/hello with `Host: shop.example.com`: status and body.
+async fn on_the_domain(dream: &Dream) -> (u16, String) {
+    let response = client()
+        .get(format!("{}/api/hello", dream.http))
+        .header("host", "shop.example.com")
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_belongs_to_its_first_project_until_an_admin_transfers_it() {
+    let _machine = share_machine().await;
+    let dream = Dream::start().unwrap();
+    let shop = project_with_domain("shop", "shop-v1");
+    let first = shop.commit("shop").unwrap();
+    shop.push(&dream.remote("shop"), "main").unwrap();
+    dream.wait_live("shop", "main", &first).await;
+    let (status, body) = on_the_domain(&dream).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("shop-v1"), "{body}");
+
+    // Another project, with a token of its own, lists the same domain.
+    let rival_token = project_token(&dream, "rival", "rival-ci");
+    let rival = project_with_domain("rival", "rival-v1");
+    let refused = rival.commit("rival").unwrap();
+    rival
+        .push(
+            &format!(
+                "{}rival.git",
+                canopy_tests::with_token(&bare_base(&dream), &rival_token)
+            ),
+            "main",
+        )
+        .unwrap();
+    let error = dream.wait_failed("rival", "main", &refused).await;
+    assert!(
+        error.contains("shop.example.com belongs to project `shop`"),
+        "{error}"
+    );
+    assert!(error.contains("canopy domain transfer"), "{error}");
+    let (status, body) = on_the_domain(&dream).await;
+    assert!(
+        status == 200 && body.contains("shop-v1"),
+        "the owner keeps serving: {status} {body}"
+    );
+
+    // The rival's token may neither see shop's domain nor take it.
+    let as_rival = |args: &[&str]| {
+        Command::new(canopy_bin())
+            .args(args)
+            .args(["--admin", &dream.admin, "--token", &rival_token])
+            .output()
+            .unwrap()
+    };
+    let listed = as_rival(&["domain", "list", "--json"]);
+    assert!(listed.status.success(), "{}", all_output(&listed));
+    assert_eq!(stdout(&listed).trim(), "[]");
+    let taken = as_rival(&["domain", "transfer", "shop.example.com", "--to", "rival"]);
+    assert!(!taken.status.success());
+    assert!(all_output(&taken).contains("403"), "{}", all_output(&taken));
+
+    // An admin moves it: shop stops answering for it at once.
+    let moved = canopy(
+        &dream,
+        &["domain", "transfer", "shop.example.com", "--to", "rival"],
+    );
+    assert!(moved.status.success(), "{}", all_output(&moved));
+    assert!(stdout(&moved).contains("now belongs to project rival"));
+    let (status, _) = on_the_domain(&dream).await;
+    assert_eq!(status, 404, "the old owner no longer serves the domain");
+    let listed = canopy(&dream, &["domain", "list"]);
+    assert!(
+        stdout(&listed).contains("shop.example.com  rival"),
+        "{}",
+        stdout(&listed)
+    );
+
+    // The rival's next push goes live on it.
+    rival.write("functions/testfn.wasm", testfn("rival-v2"));
+    let second = rival.commit("rival again").unwrap();
+    rival
+        .push(
+            &format!(
+                "{}rival.git",
+                canopy_tests::with_token(&bare_base(&dream), &rival_token)
+            ),
+            "main",
+        )
+        .unwrap();
+    dream.wait_live("rival", "main", &second).await;
+    let (status, body) = on_the_domain(&dream).await;
+    assert!(
+        status == 200 && body.contains("rival-v2"),
+        "{status} {body}"
+    );
+}
