@@ -12,7 +12,7 @@
 //! every figure was produced, and writes its JSON under the target dir.
 //!
 //! `-- --only PHASE[,PHASE…]` runs only some phases (`warm`, `deploy`,
-//! `density`, `restart`, `compile`, `store`, `cluster5`, `replication`;
+//! `density`, `restart`, `compile`, `store`, `auth`, `cluster5`, `replication`;
 //! `cluster` means the last two); in full mode their results replace those
 //! keys of `docs/performance.json`, the rest is kept.
 
@@ -22,6 +22,7 @@
     reason = "a benchmark reports its progress and figures on the terminal"
 )]
 
+mod auth;
 mod cluster;
 mod load;
 mod servers;
@@ -70,13 +71,14 @@ struct Mode {
 }
 
 /// Every phase, in the order they run.
-const PHASES: [&str; 8] = [
+const PHASES: [&str; 9] = [
     "warm",
     "deploy",
     "density",
     "restart",
     "compile",
     "store",
+    "auth",
     "cluster5",
     "replication",
 ];
@@ -373,6 +375,12 @@ async fn run(mode: &Mode) -> Result<Value> {
                 "blob_64mib": store::measure(64 << 20, mode.large_blobs)?,
             }),
         );
+    }
+
+    if mode.runs("auth") {
+        eprintln!("auth: the token check of an admin request or a push…");
+        let checks = if mode.quick { 2_000 } else { 200_000 };
+        report.insert("auth".into(), auth::measure(checks)?);
     }
 
     if let Some(canopy) = &canopy
@@ -928,6 +936,7 @@ fn print_table(report: &Value) {
         "compile",
         "density",
         "store",
+        "auth",
         "cluster",
         "replication",
     ] {
