@@ -66,6 +66,32 @@ fn project_token(dream: &Dream, name: &str, label: &str) -> String {
     token.to_owned()
 }
 
+/// Wait (10 s at most per node) until every node answers `GET /api/status`
+/// with `token` by `status`.
+async fn every_node_answers(
+    nodes: &[canopy_tests::NodeInfo],
+    token: &str,
+    status: u16,
+    what: &str,
+) {
+    for node in nodes {
+        wait_for(
+            &format!("{} to {what}", node.admin),
+            Duration::from_secs(10),
+            || async {
+                let response = client()
+                    .get(format!("{}/api/status", node.admin))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .ok()?;
+                (response.status() == status).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 fn token_id(token: &str) -> String {
     token["canopy_".len()..]
         .split('_')
@@ -281,22 +307,7 @@ async fn a_revoked_token_is_refused_on_every_node_and_invites_are_bounded() {
     let nodes = dream.nodes();
     let token = project_token(&dream, "shop", "revoke me");
     // Created on node 1 (the dream's admin); every node learns it.
-    for node in &nodes {
-        wait_for(
-            &format!("{} to accept the new token", node.admin),
-            Duration::from_secs(10),
-            || async {
-                let response = client()
-                    .get(format!("{}/api/status", node.admin))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .ok()?;
-                (response.status() == 200).then_some(())
-            },
-        )
-        .await;
-    }
+    every_node_answers(&nodes, &token, 200, "accept the new token").await;
 
     // Revoked through node 3: within 10 s no node accepts it.
     let revoked = client()
@@ -310,22 +321,7 @@ async fn a_revoked_token_is_refused_on_every_node_and_invites_are_bounded() {
         .await
         .unwrap();
     assert_eq!(revoked.status(), 200);
-    for node in &nodes {
-        wait_for(
-            &format!("{} to refuse the revoked token", node.admin),
-            Duration::from_secs(10),
-            || async {
-                let response = client()
-                    .get(format!("{}/api/status", node.admin))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .ok()?;
-                (response.status() == 401).then_some(())
-            },
-        )
-        .await;
-    }
+    every_node_answers(&nodes, &token, 401, "refuse the revoked token").await;
 
     // Invites: admin only, and no longer than the maximum (1 h).
     let too_long = client()
