@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Authority, Caller, Principal, TokenId, Unauthenticated};
+use crate::auth::{Authority, Caller, Issuer, Principal, TokenId, Unauthenticated};
 use crate::body::{self, Body};
 use crate::git::{GitHttp, Repos};
 use crate::status::StatusReport;
@@ -51,16 +51,25 @@ pub trait AdminSource: Send + Sync + 'static {
     fn status(&self) -> futures::future::BoxFuture<'_, StatusReport>;
 
     /// Issue an invite token valid for `ttl_s` seconds (cluster nodes only).
-    fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, InviteError>;
+    /// `warrantor` is the admin's token: the invite's record in cluster
+    /// state carries its warrant, without which no node honours the
+    /// admission.
+    fn invite(
+        &self,
+        ttl_s: u64,
+        warrantor: &crate::auth::Token,
+    ) -> Result<InviteAnswer, InviteError>;
 
     /// Every claimed domain and its owning project.
     fn domains(&self) -> crate::deploy::domains::Owners;
 
-    /// Give `domain` to `project`.
+    /// Give `domain` to `project`, at the request of the admin holding
+    /// `warrantor` (its warrant goes on the cluster record).
     fn transfer_domain(
         &self,
         domain: &str,
         project: &str,
+        warrantor: &crate::auth::Token,
     ) -> Result<(), crate::deploy::domains::DomainError>;
 }
 
@@ -237,7 +246,7 @@ impl Admin {
     }
 
     /// The Git remote: `rest` is the path below [`GIT_MOUNT`].
-    async fn git(&self, rest: &str, req: Request<Incoming>) -> Response<Body> {
+    async fn git(&self, rest: &str, mut req: Request<Incoming>) -> Response<Body> {
         let caller = match self.authority.authenticate(req.headers()) {
             Ok(caller) => caller,
             Err(e) => return unauthenticated(&e, "Basic"),
@@ -261,6 +270,9 @@ impl Admin {
             tracing::info!(token = %caller.token, project, "push refused: token of another project");
             return text(StatusCode::FORBIDDEN, format!("{forbidden}\n"));
         }
+        // The push's record in cluster state carries this token's warrant.
+        req.extensions_mut()
+            .insert(crate::git::Pusher(caller.credential.clone()));
         self.git.handle(req).await
     }
 
@@ -288,7 +300,7 @@ impl Admin {
                 return error(StatusCode::BAD_REQUEST, "ttl must be a number of seconds");
             }
         };
-        match self.source.invite(ttl_s) {
+        match self.source.invite(ttl_s, &caller.credential) {
             Ok(answer) => json(StatusCode::OK, &answer),
             Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
         }
@@ -334,7 +346,10 @@ impl Admin {
                 &format!("project `{}` {problem}", request.to),
             );
         }
-        match self.source.transfer_domain(&domain, &request.to) {
+        match self
+            .source
+            .transfer_domain(&domain, &request.to, &caller.credential)
+        {
             Ok(()) => {
                 tracing::info!(%domain, to = %request.to, by = %caller.token, "domain transferred");
                 json(
@@ -384,7 +399,7 @@ impl Admin {
         let ttl = request.ttl_s.map(Duration::from_secs);
         match self
             .authority
-            .issue(principal, &request.label, ttl, caller.reference())
+            .issue(principal, &request.label, ttl, Issuer::Caller(caller))
         {
             Ok((token, record)) => {
                 tracing::info!(token = %record.id, principal = %record.principal, by = %caller.token, "token created");

@@ -29,15 +29,24 @@ pub enum Bug {
     /// bound does — the proof that the CI sweep runs with the node's debug
     /// assertions live (`--profile sim`).
     ExceedFetchLimit,
+    /// `cluster::state`: a node acts on every record whose signature
+    /// verifies, whoever wrote it (no author rules): a rogue node's forged
+    /// member records and deployments are followed.
+    TrustAnySigner,
+    /// `cluster::trust`: revocation records are not read, so a revoked
+    /// token keeps working on every node.
+    IgnoreRevocations,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 7] = [
         Bug::SkipAntiEntropy,
         Bug::AcceptUnverifiedBlob,
         Bug::ApplyStaleDeployment,
         Bug::SkipFsync,
         Bug::ExceedFetchLimit,
+        Bug::TrustAnySigner,
+        Bug::IgnoreRevocations,
     ];
 
     /// The switch's name on the `canopy-sim` command line.
@@ -48,6 +57,8 @@ impl Bug {
             Bug::ApplyStaleDeployment => "apply-stale-deployment",
             Bug::SkipFsync => "skip-fsync",
             Bug::ExceedFetchLimit => "exceed-fetch-limit",
+            Bug::TrustAnySigner => "trust-any-signer",
+            Bug::IgnoreRevocations => "ignore-revocations",
         }
     }
 

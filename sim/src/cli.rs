@@ -63,7 +63,8 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub steps: u64,
     /// Switch on a known bug: skip-anti-entropy, accept-unverified-blob,
-    /// apply-stale-deployment, skip-fsync. Repeatable.
+    /// apply-stale-deployment, skip-fsync, exceed-fetch-limit,
+    /// trust-any-signer, ignore-revocations. Repeatable.
     #[arg(long = "bug", value_name = "NAME")]
     pub bugs: Vec<String>,
     /// Parallel runs (default: every core).

@@ -57,6 +57,7 @@ use crate::git_push;
 use crate::guest_clock::{EPOCH_S, SimulatedNow};
 use crate::host::node_main;
 use crate::invariants::{self, Violation};
+use crate::rogue;
 use crate::trace::{Event, NodeIx, Trace, Version};
 use crate::workload;
 use crate::workload::Pushed;
@@ -290,6 +291,15 @@ struct Run<'a> {
     /// Blobs whose bytes were checked (or corrupted on purpose) per node.
     checked_blobs: BTreeSet<(NodeIx, String)>,
     healed_at: Option<u64>,
+    /// When a node turns rogue, and what it forged once it has.
+    rogue_at: u64,
+    forged: Option<rogue::Forged>,
+    forged_reported: BTreeSet<(NodeIx, &'static str)>,
+    /// When the operator revokes the project token, and whether it has.
+    revoke_at: u64,
+    revoked: bool,
+    /// Node → the boot in which it first refused the revoked token.
+    token_refused: BTreeMap<NodeIx, u64>,
     /// Simulated time, ms.
     now: u64,
 }
@@ -340,6 +350,12 @@ impl<'a> Run<'a> {
             pushes: 0,
             checked_blobs: BTreeSet::new(),
             healed_at: None,
+            rogue_at: 0,
+            forged: None,
+            forged_reported: BTreeSet::new(),
+            revoke_at: 0,
+            revoked: false,
+            token_refused: BTreeMap::new(),
             now: 0,
             rng,
         };
@@ -348,7 +364,20 @@ impl<'a> Run<'a> {
         }
         run.join_at = uniform(&run.rng, active_ms / 4, active_ms * 3 / 4);
         run.leave_at = uniform(&run.rng, active_ms / 4, active_ms * 3 / 4);
+        run.rogue_at = uniform(&run.rng, active_ms / 4, active_ms * 3 / 4);
+        run.revoke_at = uniform(&run.rng, active_ms / 4, active_ms * 3 / 4);
         run
+    }
+
+    /// Once their time has come: a node turns rogue and forges records; the
+    /// operator revokes the project token (whatever the network's state).
+    fn bad_actors(&mut self, running: &[NodeIx]) {
+        if self.forged.is_none() && self.now >= self.rogue_at {
+            self.forged = rogue::go_rogue(&self.world, &self.rng, running);
+        }
+        if !self.revoked && self.now >= self.revoke_at {
+            self.revoked = rogue::revoke(&self.world, &self.rng, running);
+        }
     }
 
     /// Start node `ix`'s software on a host of its own.
@@ -373,6 +402,7 @@ impl<'a> Run<'a> {
             self.workload(&running);
             self.membership(&running);
             self.faults(&running);
+            self.bad_actors(&running);
         }
         self.heal_due();
         if self.now.is_multiple_of(1000) && self.sample_and_settle() {
@@ -621,6 +651,10 @@ impl<'a> Run<'a> {
     /// host up and [`settled`], or the convergence bound is over.
     fn sample_and_settle(&mut self) -> bool {
         sample(&self.world, &mut self.checked_blobs);
+        if let Some(forged) = &self.forged {
+            rogue::check_forged(&self.world, forged, &mut self.forged_reported);
+        }
+        rogue::check_token(&self.world, &mut self.token_refused);
         let Some(healed) = self.healed_at else {
             return false;
         };
@@ -633,6 +667,7 @@ impl<'a> Run<'a> {
 
     /// The trace, ended with the nodes still running, and the simulated time.
     fn finish(self) -> (Trace, Duration) {
+        rogue::check_token_refused_everywhere(&self.world);
         let mut w = lock(&self.world);
         let healthy: Vec<NodeIx> = w.running.keys().copied().collect();
         w.record(Event::End { healthy });
@@ -663,6 +698,9 @@ fn new_world(config: &RunConfig, params: &Params, run_dir: &Path, guest: &[u8]) 
         boots: BTreeMap::new(),
         disks: BTreeMap::new(),
         drift_permille: params.drift_permille.clone(),
+        admin: None,
+        project_token: None,
+        token_revoked: false,
         duplicate_rate: params.duplicate_rate,
         corrupt_read_rate: params.corrupt_read_rate,
         pushes: BTreeMap::new(),

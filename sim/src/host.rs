@@ -54,7 +54,10 @@ const REPO: &str = "shop.git";
 /// post the pack to the node's Git HTTP handler, read its report.
 async fn run_push(world: Shared, node: NodeIx, git: Arc<GitHttp>, job: PushJob) {
     let commit = job.pack.commit.to_string();
-    let result = push_exchange(&git, &job).await;
+    // The operator pushes with the cluster's admin token, as the admin API
+    // would have authenticated it.
+    let pusher = lock(&world).admin.clone();
+    let result = push_exchange(&git, &job, pusher).await;
     let mut w = lock(&world);
     if let Some(started) = w.started.get_mut(&commit) {
         started.in_flight = false;
@@ -70,7 +73,11 @@ async fn run_push(world: Shared, node: NodeIx, git: Arc<GitHttp>, job: PushJob) 
     }
 }
 
-async fn push_exchange(git: &GitHttp, job: &PushJob) -> Result<(), String> {
+async fn push_exchange(
+    git: &GitHttp,
+    job: &PushJob,
+    pusher: Option<canopy_node::auth::Token>,
+) -> Result<(), String> {
     let base = format!("{}/{REPO}", canopy_node::admin::GIT_MOUNT);
     let advertise = http::Request::get(format!("{base}/info/refs?service=git-receive-pack"))
         .body(http_body_util::Empty::<Bytes>::new())
@@ -83,13 +90,17 @@ async fn push_exchange(git: &GitHttp, job: &PushJob) -> Result<(), String> {
     let body = git_push::request_body(old, &job.pack, job.branch);
     let upload_ms = 5 + body.len() as u64 * 1000 / PUSH_UPLOAD_BYTES_PER_S;
     tokio::time::sleep(Duration::from_millis(upload_ms)).await;
-    let post = http::Request::post(format!("{base}/git-receive-pack"))
+    let mut post = http::Request::post(format!("{base}/git-receive-pack"))
         .header(
             http::header::CONTENT_TYPE,
             "application/x-git-receive-pack-request",
         )
         .body(http_body_util::Full::new(body))
         .map_err(|e| e.to_string())?;
+    if let Some(pusher) = pusher {
+        post.extensions_mut()
+            .insert(canopy_node::git::Pusher(pusher));
+    }
     let (status, report) = answer(git.handle(post).await).await?;
     if status != http::StatusCode::OK {
         return Err(format!(
@@ -242,6 +253,33 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
     let Some((cluster, net)) = services.cluster else {
         return Err(format!("n{ix} started without its cluster side").into());
     };
+    if cluster.handle().read(|s| s.founder()) == Some(id) && !services.authority.has_live_admin() {
+        let (token, _) = services
+            .authority
+            .issue(
+                canopy_node::auth::Principal::Admin,
+                "sim operator",
+                None,
+                canopy_node::auth::Issuer::Node(&id.to_string()),
+            )
+            .map_err(|e| format!("n{ix}: issuing the first admin token: {e}"))?;
+        let caller = services
+            .authority
+            .verify(&token)
+            .map_err(|e| format!("n{ix}: the new admin token: {e}"))?;
+        let (project, _) = services
+            .authority
+            .issue(
+                canopy_node::auth::Principal::project("shop").map_err(|e| format!("n{ix}: {e}"))?,
+                "sim ci",
+                None,
+                canopy_node::auth::Issuer::Caller(&caller),
+            )
+            .map_err(|e| format!("n{ix}: issuing a project token: {e}"))?;
+        let mut w = lock(&world);
+        w.admin = Some(token);
+        w.project_token = Some(project);
+    }
 
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     {
@@ -262,6 +300,7 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
                 gateway: services.gateway,
                 jobs: jobs_tx,
                 deploy_events: services.deploy_events,
+                authority: services.authority.clone(),
                 boot,
             },
         );
@@ -299,10 +338,18 @@ async fn serve_jobs(
             Job::Push(push) => {
                 tokio::spawn(run_push(world.clone(), ix, git.clone(), push));
             }
+            Job::Forge(forgery) => crate::rogue::forge(&world, ix, &cluster, &forgery),
+            Job::Revoke => {
+                tokio::spawn(crate::rogue::revoke_on(world.clone(), ix));
+            }
             Job::Invite(reply) => {
-                let token = cluster
-                    .invite(&key, &env, INVITE_TTL)
-                    .map_err(|e| format!("{e:#}"));
+                let admin = lock(&world).admin.clone();
+                let token = match admin {
+                    Some(admin) => cluster
+                        .invite(&key, &env, INVITE_TTL, &admin)
+                        .map_err(|e| format!("{e:#}")),
+                    None => Err("the cluster has no admin token yet".to_owned()),
+                };
                 let _ = reply.send(token);
             }
         }

@@ -31,6 +31,8 @@ pub const NO_ROLLBACK: &str = "no-rollback";
 pub const BLOB_MATCHES_CID: &str = "blob-matches-cid";
 pub const PUSH_LIVE_EVERYWHERE: &str = "push-live-everywhere";
 pub const NO_PANIC: &str = "no-panic";
+pub const NO_FORGED_RECORD: &str = "no-forged-record";
+pub const REVOCATION_STICKS: &str = "revocation-sticks";
 pub const RUN_FINISHES: &str = "run-finishes";
 
 /// Every checker, in a fixed order.
@@ -43,7 +45,48 @@ pub fn check_all(trace: &Trace, convergence_bound_ms: u64) -> Vec<Violation> {
     out.extend(blob_matches_cid(trace));
     out.extend(push_live_everywhere(trace));
     out.extend(no_panic(trace));
+    out.extend(no_forged_record(trace));
+    out.extend(revocation_sticks(trace));
     out
+}
+
+/// No honest node acts on a record the rogue node forged (another node's
+/// member record, a token no admin warranted, a deployment nobody pushed).
+pub fn no_forged_record(trace: &Trace) -> Vec<Violation> {
+    trace
+        .entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ForgedAccepted { node, what } => Some(Violation {
+                invariant: NO_FORGED_RECORD,
+                at_ms: e.at_ms,
+                message: format!("n{node} acts on a forged record: {what}"),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Once a node refuses a revoked token it never takes it again (in that
+/// boot), and by the end every healthy node refuses it.
+pub fn revocation_sticks(trace: &Trace) -> Vec<Violation> {
+    trace
+        .entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::TokenAcceptedAgain { node } => Some(Violation {
+                invariant: REVOCATION_STICKS,
+                at_ms: e.at_ms,
+                message: format!("n{node} took the token again after refusing it as revoked"),
+            }),
+            Event::TokenStillAccepted { node } => Some(Violation {
+                invariant: REVOCATION_STICKS,
+                at_ms: e.at_ms,
+                message: format!("n{node} still takes the revoked token at the end"),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 fn end(trace: &Trace) -> Option<(u64, &[NodeIx])> {

@@ -16,6 +16,8 @@
 //!   smart-HTTP exchange with a node's Git remote.
 //! - [`trace`] — the trace and its stable hash.
 //! - [`invariants`] — checkers over a trace.
+//! - [`rogue`] — the bad actors: a rogue node forging cluster records, and
+//!   a token revoked while the network is in pieces.
 //! - [`cli`] — the `canopy-sim` command line: one seed, a range in
 //!   parallel, soak.
 
@@ -28,6 +30,7 @@ pub mod harness;
 pub mod host;
 pub mod invariants;
 pub mod net;
+pub mod rogue;
 pub mod trace;
 pub mod workload;
 pub mod world;

@@ -139,6 +139,25 @@ pub enum Event {
         node: NodeIx,
         state: String,
     },
+    /// `node` (honest) acted on a record the rogue node forged: its view
+    /// of cluster state holds it (`what` says which).
+    ForgedAccepted {
+        node: NodeIx,
+        what: String,
+    },
+    /// `node` refuses the revoked project token (first time this boot).
+    TokenRefused {
+        node: NodeIx,
+    },
+    /// `node` took the project token again after refusing it as revoked
+    /// in this boot.
+    TokenAcceptedAgain {
+        node: NodeIx,
+    },
+    /// At the end, `node` still takes the token revoked during the run.
+    TokenStillAccepted {
+        node: NodeIx,
+    },
     /// A panic inside the simulation.
     Panic {
         message: String,
@@ -196,6 +215,10 @@ impl fmt::Display for Event {
                 write!(f, "held n{node} {cid} matches={matches}")
             }
             Event::Sample { node, state } => write!(f, "sample n{node} state={state}"),
+            Event::ForgedAccepted { node, what } => write!(f, "forged-accepted n{node} {what}"),
+            Event::TokenRefused { node } => write!(f, "token-refused n{node}"),
+            Event::TokenAcceptedAgain { node } => write!(f, "token-accepted-again n{node}"),
+            Event::TokenStillAccepted { node } => write!(f, "token-still-accepted n{node}"),
             Event::Panic { message } => write!(f, "panic {message:?}"),
             Event::End { healthy } => {
                 let names: Vec<String> = healthy.iter().map(|n| format!("n{n}")).collect();

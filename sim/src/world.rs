@@ -34,6 +34,8 @@ pub(crate) struct Running {
     pub(crate) jobs: mpsc::UnboundedSender<Job>,
     /// What the deployer reports: pushes going live through the ledger.
     pub(crate) deploy_events: broadcast::Receiver<DeployEvent>,
+    /// The node's token check, as its admin API and Git remote make it.
+    pub(crate) authority: canopy_node::auth::Authority,
     pub(crate) boot: u64,
 }
 
@@ -43,6 +45,11 @@ pub(crate) enum Job {
     Push(PushJob),
     /// Issue an invite (as an operator would through the admin API).
     Invite(oneshot::Sender<Result<InviteToken, String>>),
+    /// Write a rogue node's forgeries into its own cluster state.
+    Forge(crate::rogue::Forgery),
+    /// Revoke the project token (as the operator would), retrying until
+    /// this node has the token's record.
+    Revoke,
 }
 
 /// One push: a commit of the project for `branch`.
@@ -77,6 +84,14 @@ pub(crate) struct World {
     /// Each node's disk, kept across its restarts.
     pub(crate) disks: BTreeMap<NodeIx, Arc<SimDisk>>,
     pub(crate) drift_permille: Vec<u64>,
+    /// The cluster's first admin token (node 0 issues it when it founds the
+    /// cluster): what warrants invites, as an operator's would.
+    pub(crate) admin: Option<canopy_node::auth::Token>,
+    /// A project token the operator made with it (for `shop`): the run
+    /// revokes it and checks every node stops taking it.
+    pub(crate) project_token: Option<canopy_node::auth::Token>,
+    /// Whether a node has revoked the project token.
+    pub(crate) token_revoked: bool,
     pub(crate) duplicate_rate: f64,
     pub(crate) corrupt_read_rate: f64,
     /// Every push that a ledger recorded, by precedence.

@@ -9,6 +9,7 @@ use http::{HeaderMap, header};
 
 use super::book::{BookError, MAX_LABEL_LEN, Revocation, TokenBook, TokenEntry, TokenRecord};
 use super::{Principal, Token, TokenFormatError, TokenId};
+use crate::cluster::hex;
 use crate::env::{Clock, Rng};
 
 /// The longest `Authorization` header read, in bytes: a bound on work
@@ -21,6 +22,10 @@ pub struct Caller {
     pub token: TokenId,
     pub label: String,
     pub principal: Principal,
+    /// The token the caller presented: what signs the warrants of the
+    /// records written for this request (see [`Token::warrant`]). Its
+    /// `Debug` shows the id only.
+    pub credential: Token,
 }
 
 impl Caller {
@@ -105,6 +110,27 @@ pub enum IssueError {
     Book(#[from] BookError),
 }
 
+/// Who asks for a new token.
+#[derive(Clone, Copy, Debug)]
+pub enum Issuer<'a> {
+    /// An admin's request: their token warrants the new record.
+    Caller(&'a Caller),
+    /// A node issuing its first admin token (`node <id>`): the new token
+    /// warrants its own record, which other nodes accept only from the
+    /// cluster's founder.
+    Node(&'a str),
+}
+
+impl Issuer<'_> {
+    /// How the record names its creator (`created_by`).
+    pub fn reference(&self) -> String {
+        match self {
+            Issuer::Caller(caller) => caller.reference(),
+            Issuer::Node(node) => format!("node {node}"),
+        }
+    }
+}
+
 /// Checks credentials against a [`TokenBook`], issues and revokes tokens.
 #[derive(Clone)]
 pub struct Authority {
@@ -151,17 +177,20 @@ impl Authority {
             token: id,
             label: entry.record.label,
             principal: entry.record.principal,
+            credential: token.clone(),
         })
     }
 
     /// Create a token for `principal`; the returned [`Token`] is the only
-    /// copy of its secret.
+    /// copy of its secret. `by` is the admin who asked (their token warrants
+    /// the record); `None` for a node's first admin token, which warrants
+    /// itself.
     pub fn issue(
         &self,
         principal: Principal,
         label: &str,
         ttl: Option<Duration>,
-        created_by: String,
+        by: Issuer<'_>,
     ) -> Result<(Token, TokenRecord), IssueError> {
         let len = label.chars().count();
         if len > MAX_LABEL_LEN {
@@ -182,9 +211,14 @@ impl Authority {
             secret_sha256: token.secret_hash(),
             created_at_unix_s: now,
             expires_at_unix_s: ttl.map(|ttl| now.saturating_add(ttl.as_secs())),
-            created_by,
+            created_by: by.reference(),
+            warrant_key: Some(hex(&token.warrant_key().node_id().0)),
         };
-        self.book.insert(record.clone())?;
+        let warrantor = match by {
+            Issuer::Caller(caller) => &caller.credential,
+            Issuer::Node(_) => &token,
+        };
+        self.book.insert(record.clone(), warrantor)?;
         Ok((token, record))
     }
 
@@ -196,6 +230,7 @@ impl Authority {
                 revoked_at_unix_s: self.clock.unix_now_s(),
                 revoked_by: by.reference(),
             },
+            &by.credential,
         )?;
         self.book.get(id).ok_or(BookError::NotFound(*id))
     }
@@ -268,7 +303,7 @@ mod tests {
                 Principal::project("shop").unwrap(),
                 "ci",
                 None,
-                "test".into(),
+                Issuer::Node("test"),
             )
             .unwrap();
         let text = token.reveal();
@@ -302,7 +337,7 @@ mod tests {
             Err(Unauthenticated::Scheme)
         );
         let (token, _) = authority
-            .issue(Principal::Admin, "ops", None, "test".into())
+            .issue(Principal::Admin, "ops", None, Issuer::Node("test"))
             .unwrap();
         // The right id with another secret.
         let mut forged = token.reveal();
@@ -323,15 +358,19 @@ mod tests {
         let now = Clock::tokio().unix_now_s();
         authority
             .book
-            .insert(TokenRecord {
-                id: old.id(),
-                principal: Principal::Admin,
-                label: "old".into(),
-                secret_sha256: old.secret_hash(),
-                created_at_unix_s: now - 10,
-                expires_at_unix_s: Some(now - 1),
-                created_by: "test".into(),
-            })
+            .insert(
+                TokenRecord {
+                    id: old.id(),
+                    principal: Principal::Admin,
+                    label: "old".into(),
+                    secret_sha256: old.secret_hash(),
+                    created_at_unix_s: now - 10,
+                    expires_at_unix_s: Some(now - 1),
+                    created_by: "test".into(),
+                    warrant_key: None,
+                },
+                &old,
+            )
             .unwrap();
         assert_eq!(
             authority.verify(&old),
@@ -346,7 +385,7 @@ mod tests {
     fn records_survive_a_restart_and_keep_no_secret() {
         let dir = tempfile::tempdir().unwrap();
         let (token, _) = authority(dir.path())
-            .issue(Principal::Admin, "first", None, "test".into())
+            .issue(Principal::Admin, "first", None, Issuer::Node("test"))
             .unwrap();
         let file = std::fs::read_to_string(dir.path().join("tokens.json")).unwrap();
         assert!(!file.contains(&token.reveal()[20..]), "{file}");
@@ -361,11 +400,11 @@ mod tests {
         let authority = authority(dir.path());
         let long = "x".repeat(MAX_LABEL_LEN + 1);
         assert!(matches!(
-            authority.issue(Principal::Admin, &long, None, "test".into()),
+            authority.issue(Principal::Admin, &long, None, Issuer::Node("test")),
             Err(IssueError::LabelTooLong { .. })
         ));
         assert!(matches!(
-            authority.issue(Principal::Admin, "a\nb", None, "test".into()),
+            authority.issue(Principal::Admin, "a\nb", None, Issuer::Node("test")),
             Err(IssueError::LabelCharacters)
         ));
     }

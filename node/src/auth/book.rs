@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Principal, SecretHash, TokenId};
+use super::{Principal, SecretHash, Token, TokenId};
 use crate::env::Disk;
 
 /// The most token records a book holds (revoked ones included): a bound on
@@ -31,6 +31,11 @@ pub struct TokenRecord {
     pub expires_at_unix_s: Option<u64>,
     /// Who created it: `token <id>` or `node <id>` (a node's first admin token).
     pub created_by: String,
+    /// The public half of the token's warrant key (hex): what checks the
+    /// warrants of records written at this token's request (see
+    /// [`super::Token::warrant`]). `None` in records older than warrants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warrant_key: Option<String>,
 }
 
 /// That a token was revoked: permanent, kept beside the record.
@@ -76,11 +81,18 @@ pub trait TokenBook: Send + Sync + 'static {
     /// Every token, sorted by id.
     fn list(&self) -> Vec<TokenEntry>;
 
-    /// Add a new record (its id must be new).
-    fn insert(&self, record: TokenRecord) -> Result<(), BookError>;
+    /// Add a new record (its id must be new), at the request of
+    /// `warrantor`'s holder (the new token itself for a node's first one).
+    fn insert(&self, record: TokenRecord, warrantor: &Token) -> Result<(), BookError>;
 
-    /// Revoke token `id`; revoking a revoked token keeps the first revocation.
-    fn revoke(&self, id: &TokenId, revocation: Revocation) -> Result<(), BookError>;
+    /// Revoke token `id` at the request of `warrantor`'s holder; revoking a
+    /// revoked token keeps the first revocation.
+    fn revoke(
+        &self,
+        id: &TokenId,
+        revocation: Revocation,
+        warrantor: &Token,
+    ) -> Result<(), BookError>;
 }
 
 /// The book of a standalone node: `DATA_DIR/tokens.json` (mode 0600),
@@ -162,7 +174,7 @@ impl TokenBook for LocalBook {
         entries.values().cloned().collect()
     }
 
-    fn insert(&self, record: TokenRecord) -> Result<(), BookError> {
+    fn insert(&self, record: TokenRecord, _: &Token) -> Result<(), BookError> {
         self.change(|entries| {
             if entries.contains_key(&record.id) {
                 return Err(BookError::Exists(record.id));
@@ -181,7 +193,7 @@ impl TokenBook for LocalBook {
         })
     }
 
-    fn revoke(&self, id: &TokenId, revocation: Revocation) -> Result<(), BookError> {
+    fn revoke(&self, id: &TokenId, revocation: Revocation, _: &Token) -> Result<(), BookError> {
         self.change(|entries| {
             let entry = entries.get_mut(id).ok_or(BookError::NotFound(*id))?;
             entry.revoked.get_or_insert(revocation);

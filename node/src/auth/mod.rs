@@ -23,12 +23,12 @@ mod principal;
 mod token;
 mod token_file;
 
-pub use authority::{Authority, Caller, Forbidden, IssueError, Unauthenticated};
+pub use authority::{Authority, Caller, Forbidden, IssueError, Issuer, Unauthenticated};
 pub use book::{
     BookError, LocalBook, MAX_LABEL_LEN, MAX_TOKENS, Revocation, TokenBook, TokenEntry, TokenRecord,
 };
 pub use principal::{Principal, PrincipalError};
-pub use token::{SecretHash, Token, TokenFormatError, TokenId};
+pub use token::{SecretHash, Token, TokenFormatError, TokenId, Warrant, push_statement};
 pub use token_file::{git_base_with_token, issue_admin_token_file, read_token_file};
 
 /// The file a node writes its first admin token to (mode 0600), below its

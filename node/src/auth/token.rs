@@ -5,10 +5,13 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::env::Rng;
+use crate::net::NodeId;
+use crate::net::identity::{NodeKey, SIGNATURE_BYTES};
 
 /// Every token starts with this, so secret scanners and people recognise one.
 const PREFIX: &str = "canopy_";
@@ -98,6 +101,75 @@ impl<'de> serde::Deserialize<'de> for SecretHash {
     }
 }
 
+/// Domain separation for [`Token::warrant_key`].
+const WARRANT_KEY_CONTEXT: &[u8] = b"canopy token warrant key v1\0";
+
+/// A token holder's signature on a cluster-state record: other nodes can
+/// check that a person with that token asked for the write, not only that a
+/// node wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "WarrantText", try_from = "WarrantText")]
+pub struct Warrant {
+    pub token: TokenId,
+    /// The token's warrant key (public half).
+    pub key: NodeId,
+    pub signature: [u8; SIGNATURE_BYTES],
+}
+
+impl Warrant {
+    /// Whether this warrant signs `message`.
+    pub fn verifies(&self, message: &[u8]) -> bool {
+        self.key.verify(message, &self.signature)
+    }
+}
+
+/// A warrant as stored: hex strings.
+#[derive(Serialize, Deserialize)]
+struct WarrantText {
+    token: String,
+    key: String,
+    sig: String,
+}
+
+impl From<Warrant> for WarrantText {
+    fn from(w: Warrant) -> Self {
+        Self {
+            token: w.token.to_string(),
+            key: crate::cluster::hex(&w.key.0),
+            sig: crate::cluster::hex(&w.signature),
+        }
+    }
+}
+
+impl TryFrom<WarrantText> for Warrant {
+    type Error = String;
+    fn try_from(w: WarrantText) -> Result<Self, String> {
+        Ok(Self {
+            token: w
+                .token
+                .parse()
+                .map_err(|_| "a warrant's token id is 16 hex digits")?,
+            key: crate::cluster::parse_node_hex(&w.key)
+                .ok_or("a warrant's key is 64 hex digits")?,
+            signature: crate::cluster::parse_hex(&w.sig)
+                .ok_or("a warrant's signature is 128 hex digits")?,
+        })
+    }
+}
+
+/// What a pusher's warrant signs: that the holder of the token pushed
+/// `commit` (`None`: deleted the branch) to `project`'s `branch` through
+/// node `node`. Naming the node keeps another node from replaying it.
+pub fn push_statement(project: &str, branch: &str, commit: Option<&str>, node: &NodeId) -> Vec<u8> {
+    let mut m = b"canopy push v1\0".to_vec();
+    for part in [project, branch, commit.unwrap_or("")] {
+        m.extend_from_slice(part.as_bytes());
+        m.push(0);
+    }
+    m.extend_from_slice(&node.0);
+    m
+}
+
 /// A whole token: what its holder presents. Never logged: `Debug` shows
 /// the id only, and the text comes out of [`Token::reveal`] alone.
 #[derive(Clone, PartialEq, Eq)]
@@ -153,6 +225,26 @@ impl Token {
     /// The hash a node stores and compares against.
     pub fn secret_hash(&self) -> SecretHash {
         SecretHash(Sha256::digest(self.secret).into())
+    }
+
+    /// The key this token's holder signs warrants with: derived from the
+    /// secret, so only whoever holds the token (or a node it was presented
+    /// to) can make one. Its public half is kept in the token's record.
+    pub fn warrant_key(&self) -> NodeKey {
+        let mut sha = Sha256::new();
+        sha.update(WARRANT_KEY_CONTEXT);
+        sha.update(self.secret);
+        NodeKey::from_secret_bytes(sha.finalize().into())
+    }
+
+    /// A warrant for `message`: proof that this token's holder asked for it.
+    pub fn warrant(&self, message: &[u8]) -> Warrant {
+        let key = self.warrant_key();
+        Warrant {
+            token: self.id,
+            key: key.node_id(),
+            signature: key.sign(message),
+        }
     }
 
     /// The token's text, to show its holder once.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::{Authority, Principal, Token};
+use super::{Authority, Issuer, Principal, Token};
 
 /// Issue an admin token labelled `label` and write it to `path` (mode 0600,
 /// atomically): the way into a node, kept where only its user can read it.
@@ -13,10 +13,10 @@ pub fn issue_admin_token_file(
     authority: &Authority,
     path: &Path,
     label: &str,
-    created_by: String,
+    node: &str,
 ) -> anyhow::Result<Token> {
     let (token, record) = authority
-        .issue(Principal::Admin, label, None, created_by)
+        .issue(Principal::Admin, label, None, Issuer::Node(node))
         .with_context(|| format!("cannot create an admin token ({label})"))?;
     crate::durable::write_atomically(
         path,

@@ -291,12 +291,7 @@ fn single_node_token(node: &Node, node_dir: &Path) -> anyhow::Result<String> {
     {
         return Ok(text);
     }
-    let token = issue_admin_token_file(
-        node.authority(),
-        &path,
-        "canopy dream",
-        format!("node {}", node.id()),
-    )?;
+    let token = issue_admin_token_file(node.authority(), &path, "canopy dream", node.id())?;
     Ok(token.reveal())
 }
 

@@ -241,6 +241,7 @@ mod tests {
             created_at_unix_s: now - 3600,
             expires_at_unix_s: expires,
             created_by: "test".to_owned(),
+            warrant_key: None,
         };
         let entries = vec![
             TokenEntry {

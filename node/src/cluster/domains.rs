@@ -29,7 +29,7 @@ impl DomainBook for ClusterDomains {
             for (domain, owner) in &owners {
                 if before.get(domain) != Some(owner) {
                     state
-                        .set_domain_owner(domain, owner)
+                        .set_domain_owner(domain, owner, None)
                         .map_err(|e| DomainError::Cluster(e.to_string()))?;
                 }
             }
@@ -37,14 +37,19 @@ impl DomainBook for ClusterDomains {
         })
     }
 
-    fn transfer(&self, domain: &str, project: &str) -> Result<(), DomainError> {
+    fn transfer(
+        &self,
+        domain: &str,
+        project: &str,
+        warrantor: &crate::auth::Token,
+    ) -> Result<(), DomainError> {
         self.handle.update(|state| {
             let owners = state.domain_owners();
             if !owners.contains_key(domain) && owners.len() >= MAX_DOMAINS {
                 return Err(DomainError::Full);
             }
             state
-                .set_domain_owner(domain, project)
+                .set_domain_owner(domain, project, Some(warrantor))
                 .map_err(|e| DomainError::Cluster(e.to_string()))
         })
     }

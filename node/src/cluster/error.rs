@@ -54,6 +54,20 @@ pub enum ClusterError {
     )]
     SequenceExhausted { env: String, written_by: NodeId },
 
+    /// This node is not (or no longer) in the cluster's admitted set, so no
+    /// other node would act on what it records.
+    #[error(
+        "cluster: this node ({0}) is not admitted to the cluster, so it cannot record pushes; join it with `canopy node --join <invite>` or push to an admitted node"
+    )]
+    NotAdmitted(NodeId),
+
+    /// A push or deletion came without a warrant from a token that may
+    /// deploy its project, so no other node would follow it.
+    #[error(
+        "cluster: the push to {env} carries no warrant from a token allowed to deploy it (it was made without a token, or before this node joined the cluster); push it again with a project or admin token"
+    )]
+    Unwarranted { env: String },
+
     /// The driver task has stopped (the node is shutting down).
     #[error("cluster: the replication driver has stopped")]
     Stopped,

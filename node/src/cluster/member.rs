@@ -45,7 +45,7 @@ use crate::deploy::{
     release_blobs,
 };
 use crate::env::{Disk, Env};
-use crate::net::admission::{ClusterId, InviteError, InviteToken};
+use crate::net::admission::{CLUSTER_NONCE_BYTES, ClusterId, InviteError, InviteToken};
 use crate::net::identity::NodeKey;
 use crate::net::{JOIN_PROTOCOL, Net, NetEvent, NodeId, Responder};
 use crate::store::{BlobStore, StoreError};
@@ -164,6 +164,9 @@ pub enum InviteRefusal {
         "this node's cluster state names no valid cluster id (it has not founded or joined one yet)"
     )]
     NoClusterId,
+    /// Recording the invite in cluster state failed.
+    #[error(transparent)]
+    State(ClusterError),
 }
 
 /// The cluster side of a running node. Stop with [`ClusterNode::stop`].
@@ -185,8 +188,13 @@ impl ClusterNode {
     /// Load (or found) this node's cluster state and start every cluster task
     /// on `net`. `admitted` is the set the net accepts peers from; from now on
     /// it follows the state's admitted set.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a seam the node hands over; a struct would only name them twice"
+    )]
     pub fn start(
         env: &Env,
+        key: &NodeKey,
         net: Arc<dyn Net>,
         events: mpsc::Receiver<NetEvent>,
         store: Arc<BlobStore>,
@@ -195,12 +203,13 @@ impl ClusterNode {
         options: ClusterOptions,
     ) -> Result<Arc<ClusterNode>, StartError> {
         let local = net.local_id();
+        assert_eq!(key.node_id(), local, "the cluster signs with the net's key");
         let path = env.data_dir.join(STATE_FILE);
         let incarnation = env.rng.next_u64();
         let mut state = match std::fs::read(&path) {
-            Ok(bytes) => ClusterState::load(local, incarnation, &bytes)?,
+            Ok(bytes) => ClusterState::load(key.clone(), incarnation, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                ClusterState::new(local, incarnation)
+                ClusterState::new(key.clone(), incarnation)
             }
             Err(source) => return Err(StartError::ReadState { path, source }),
         };
@@ -213,10 +222,15 @@ impl ClusterNode {
             }
             .into());
         }
+        if let Some(token) = &options.invite
+            && state.cluster_id().is_none()
+        {
+            state.pin(token.cluster_id);
+        }
         if state.cluster_id().is_none() && options.invite.is_none() && options.found_if_new {
-            let id = ClusterId::generate(&env.rng);
-            state.set_cluster_id(&id.to_string())?;
-            state.admit(local, local)?;
+            let mut nonce = [0u8; CLUSTER_NONCE_BYTES];
+            env.rng.fill_bytes(&mut nonce);
+            let id = state.found(nonce)?;
             tracing::info!(cluster = %id, "founded a new cluster");
         }
         if state.is_admitted(&local) {
@@ -325,6 +339,10 @@ impl ClusterNode {
         // another inviter than the one given at start.
         lock(&self.extra_admitted).insert(token.inviter);
         self.publish_admitted();
+        // Trust the cluster the token names: records of any other are ignored.
+        if self.cluster_id().is_none() {
+            self.handle.update(|s| s.pin(token.cluster_id));
+        }
         let request = JoinRequest {
             token: token.encode(),
             addresses: self.addresses.clone(),
@@ -366,12 +384,16 @@ impl ClusterNode {
         })
     }
 
-    /// Issue an invite token for this cluster, valid for `ttl`.
+    /// Issue an invite token for this cluster, valid for `ttl`, at the
+    /// request of the admin holding `warrantor`: the invite is recorded in
+    /// cluster state with the admin's warrant, which every node checks
+    /// before it honours the admission the invite leads to.
     pub fn invite(
         &self,
         key: &NodeKey,
         env: &Env,
         ttl: Duration,
+        warrantor: &crate::auth::Token,
     ) -> Result<InviteToken, InviteRefusal> {
         if !self.is_admitted() {
             return Err(InviteRefusal::NotAdmitted);
@@ -381,7 +403,11 @@ impl ClusterNode {
             .and_then(|id| parse_cluster_id(&id))
             .ok_or(InviteRefusal::NoClusterId)?;
         let expires = env.clock.unix_now_s() + ttl.as_secs();
-        Ok(InviteToken::issue(key, cluster, expires, &env.rng))
+        let token = InviteToken::issue(key, cluster, expires, &env.rng);
+        self.handle
+            .update(|s| s.record_invite_issued(&token.nonce, expires, warrantor))
+            .map_err(InviteRefusal::State)?;
+        Ok(token)
     }
 
     /// This node's peer-to-peer addresses, as it tells its peers.
@@ -480,12 +506,17 @@ struct StateLedger {
 }
 
 impl Ledger for StateLedger {
+    fn author(&self) -> NodeId {
+        self.local
+    }
+
     fn record_push(
         &self,
         key: &EnvKey,
         commit: &str,
         manifest_cid: cid::Cid,
         artifacts: Vec<cid::Cid>,
+        warrant: Option<&crate::auth::Warrant>,
     ) -> Result<Precedence, LedgerError> {
         self.handle
             .update(|s| {
@@ -498,6 +529,7 @@ impl Ledger for StateLedger {
                         commit: commit.to_owned(),
                         manifest_cid,
                         artifacts,
+                        warrant: warrant.cloned(),
                     },
                 )
             })
@@ -505,9 +537,13 @@ impl Ledger for StateLedger {
             .map_err(LedgerError::new)
     }
 
-    fn record_removal(&self, key: &EnvKey) -> Result<(), LedgerError> {
+    fn record_removal(
+        &self,
+        key: &EnvKey,
+        warrant: Option<&crate::auth::Warrant>,
+    ) -> Result<(), LedgerError> {
         self.handle
-            .update(|s| s.remove_deployment(key))
+            .update(|s| s.remove_deployment(key, warrant))
             .map(|_| ())
             .map_err(LedgerError::new)
     }
@@ -632,7 +668,7 @@ fn check_and_admit(
         return Err(JoinRefusal::TokenUsed(joined));
     }
     node.handle.update(|s| {
-        s.admit(from, node.local)?;
+        s.admit_invited(from, &token.nonce)?;
         s.upsert_member(
             from,
             request.addresses.clone(),

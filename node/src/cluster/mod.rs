@@ -3,6 +3,9 @@
 //!
 //! - [`state`] — the cluster state (members, admitted keys, deployments,
 //!   routes, blob allocations) as one automerge document behind a typed API.
+//!   Every record is signed by its author (`record`), and a node acts only
+//!   on records whose author may write them (`trust`): a rogue member can
+//!   write in its own name only.
 //! - [`sync`] — automerge's sync protocol as a sans-IO core ([`SyncCore`]):
 //!   on change and by periodic anti-entropy.
 //! - [`replicate`] — fetching blobs by CID from peers, chunked and verified
@@ -41,11 +44,13 @@ pub mod follow;
 mod ids;
 pub mod member;
 pub mod placement;
+mod record;
 pub mod replicate;
 pub mod state;
 pub mod sync;
 pub mod testing;
 pub mod tokens;
+mod trust;
 pub mod watch;
 
 pub use driver::{
@@ -55,6 +60,7 @@ pub use driver::{
 pub use error::ClusterError;
 pub use ids::{hex, node_hex, parse_hex, parse_node_hex};
 pub use member::{ClusterNode, ClusterOptions, PeerReport};
+pub use record::message as record_message;
 pub use replicate::{BLOB_PROTOCOL, ReplicateConfig, ReplicateCore};
 pub use state::{
     Admission, ClusterState, Deployment, DeploymentUpdate, Member, Role, StateContents, StateHash,

@@ -10,15 +10,21 @@
 //! whole record or none, never a mix of two writers' fields.
 //!
 //! ```text
+//! Every value is a signed envelope naming its author ([`super::record`]);
+//! a node acts only on records whose signature verifies and whose author
+//! may write them ([`super::trust`]).
+//!
 //! member/<node hex>                              → {"addresses", "role", "joined_by"}
-//! admitted/<node hex>                            → {"admitted_by"}
+//! admitted/<node hex>                            → {"admitted_by", "invite"}  (the issued invite it presented)
 //! deploy/<project>/<branch>/<seq:020>/<node hex> → {"commit", "manifest_cid", "artifacts", "pushed_at_seq", "pushed_by"}
 //! alloc/<cid>/<node hex>                         → true  (that node holds the blob)
-//! cluster/id                                     → the cluster id (hex), set once by the founder
+//! cluster/id                                     → {"id", "founder", "nonce"}: id = hash(founder, nonce), set once by the founder
+//! issued/<nonce hex>                             → {"expires_at_unix_s"}, warranted by the admin who asked for the invite
 //! invite/<nonce hex>                             → {"joined"}  (an invite token that was used)
 //! token/<token id>                               → auth::TokenRecord (hash of the secret, never the secret)
 //! revoked/<token id>                             → auth::Revocation  (permanent)
 //! domain/<domain>                                → {"project"}  (its owner; first deploy, or an admin's transfer)
+//! removed/<node hex>                             → {"seen"}  (an admin removed the node; what of it still counts)
 //! ```
 //!
 //! # Which push wins
@@ -52,25 +58,28 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, ROOT, ReadDoc, ScalarValueRef, ValueRef};
+use automerge::{ActorId, AutoCommit, ROOT};
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::ClusterError;
 use super::ids::{hex, node_hex, parse_cid, parse_node_hex};
-use crate::auth::{Revocation, TokenEntry, TokenId, TokenRecord};
+use super::record::{self, Signed};
+use super::trust::{
+    ADMITTED_PREFIX, AdmissionRecord, AnchorRecord, CLUSTER_ID_KEY, ISSUED_PREFIX, IssuedRecord,
+    REMOVED_PREFIX, REVOKED_PREFIX, RemovalRecord, TOKEN_PREFIX, Trust,
+};
+use crate::auth::{Revocation, TokenEntry, TokenId, TokenRecord, Warrant};
 use crate::deploy::state::EnvKey;
 use crate::net::NodeId;
+use crate::net::admission::{CLUSTER_NONCE_BYTES, ClusterId};
+use crate::net::identity::NodeKey;
 
 const MEMBER_PREFIX: &str = "member/";
-const ADMITTED_PREFIX: &str = "admitted/";
 const DEPLOY_PREFIX: &str = "deploy/";
 const ALLOC_PREFIX: &str = "alloc/";
-const CLUSTER_ID_KEY: &str = "cluster/id";
 const INVITE_PREFIX: &str = "invite/";
-const TOKEN_PREFIX: &str = "token/";
-const REVOKED_PREFIX: &str = "revoked/";
 const DOMAIN_PREFIX: &str = "domain/";
 
 /// The owner of one domain, as cluster state keeps it.
@@ -115,6 +124,9 @@ pub struct DeploymentUpdate {
     pub manifest_cid: Cid,
     /// CIDs of every artifact the manifest references.
     pub artifacts: Vec<Cid>,
+    /// The pusher's warrant (see [`crate::auth::push_statement`]): without
+    /// one no node follows the push.
+    pub warrant: Option<Warrant>,
 }
 
 /// The live deployment of one environment.
@@ -185,11 +197,6 @@ struct InviteRecord {
 }
 
 #[derive(Serialize, Deserialize)]
-struct AdmissionRecord {
-    admitted_by: String,
-}
-
-#[derive(Serialize, Deserialize)]
 struct DeploymentRecord {
     commit: String,
     manifest_cid: String,
@@ -199,7 +206,35 @@ struct DeploymentRecord {
     /// A tombstone: the branch was deleted (commit and CIDs are empty).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     removed: bool,
+    /// The pusher's warrant for this push (or deletion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    warrant: Option<Warrant>,
 }
+
+/// Where a put sits in the document's history: its op id, a Lamport
+/// timestamp (counter, then actor), the order automerge itself uses to pick
+/// a key's value, so every node that has the same changes sees the same
+/// latest put.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct OpOrder {
+    pub counter: u64,
+    pub actor: Vec<u8>,
+}
+
+/// One put of a record: where it sits in the history, the sequence number
+/// of its change among its actor's, and the verified record.
+#[derive(Clone, Debug)]
+pub(super) struct Put {
+    pub order: OpOrder,
+    pub seq: u64,
+    pub signed: Signed,
+    /// For a deployment record: its pusher's warrant signs what it records
+    /// (checked once, when the put is read).
+    pub push_signed: bool,
+}
+
+/// Every signature-valid put of each key, oldest first.
+pub(super) type Puts = BTreeMap<String, Vec<Put>>;
 
 /// One candidate of an environment: a push or a deletion.
 enum Candidate {
@@ -219,7 +254,26 @@ impl Candidate {
 /// One node's replica of the cluster state.
 pub struct ClusterState {
     doc: AutoCommit,
+    /// Signs every record this node writes.
+    key: NodeKey,
     local: NodeId,
+    /// The cluster this node founded or joined: the root of its trust.
+    pin: Option<ClusterId>,
+    /// Every put ever made to each key whose signature verified, in the
+    /// document's (Lamport) order — read from the change history, not the
+    /// document's current values, so that no later write or delete by a
+    /// node that may not write the key can hide a valid record.
+    puts: Puts,
+    /// The document heads [`ClusterState::refresh`] has read up to.
+    read_heads: Vec<automerge::ChangeHash>,
+    /// What this node acts on: each key's latest put that the rules accept
+    /// (tombstones removed). Readers use this, never the document.
+    records: BTreeMap<String, Signed>,
+    trust: Trust,
+    /// Values this node sealed since the last refresh, with what reading
+    /// them would find: their signatures need no checking (a verification
+    /// costs ~40 µs, a push writes several records).
+    sealed_here: BTreeMap<String, (Signed, bool)>,
 }
 
 impl fmt::Debug for ClusterState {
@@ -240,22 +294,172 @@ fn actor_for(local: &NodeId, incarnation: u64) -> ActorId {
 }
 
 impl ClusterState {
-    /// An empty state for node `local`. `incarnation` must differ between
-    /// runs of the same node (take it from the node's `env::Rng`).
-    pub fn new(local: NodeId, incarnation: u64) -> Self {
+    /// An empty state for the node with `key`. `incarnation` must differ
+    /// between runs of the same node (take it from the node's `env::Rng`).
+    pub fn new(key: NodeKey, incarnation: u64) -> Self {
+        let local = key.node_id();
         Self {
             doc: AutoCommit::new().with_actor(actor_for(&local, incarnation)),
+            key,
             local,
+            pin: None,
+            puts: Puts::new(),
+            read_heads: Vec::new(),
+            records: BTreeMap::new(),
+            trust: Trust::default(),
+            sealed_here: BTreeMap::new(),
         }
     }
 
-    /// A state loaded from [`ClusterState::save`]'s bytes.
-    pub fn load(local: NodeId, incarnation: u64, bytes: &[u8]) -> Result<Self, ClusterError> {
+    /// A state loaded from [`ClusterState::save`]'s bytes. It trusts the
+    /// cluster id its document names (if that record is consistent): the
+    /// node saved it.
+    pub fn load(key: NodeKey, incarnation: u64, bytes: &[u8]) -> Result<Self, ClusterError> {
         let doc = AutoCommit::load(bytes).map_err(|e| ClusterError::Load(Box::new(e)))?;
-        Ok(Self {
-            doc: doc.with_actor(actor_for(&local, incarnation)),
-            local,
-        })
+        let mut state = Self::new(key, incarnation);
+        state.doc = doc.with_actor(actor_for(&state.local, incarnation));
+        state.refresh();
+        if let Some(anchor) = state.puts.get(CLUSTER_ID_KEY).and_then(|p| p.first())
+            && let Ok(record) = serde_json::from_str::<AnchorRecord>(&anchor.signed.body)
+            && let Some(id) = ClusterId::parse(&record.id)
+        {
+            state.pin(id);
+        }
+        Ok(state)
+    }
+
+    /// Found a new cluster: write its id (a hash of this node's id and
+    /// `nonce`) and admit this node, its first member.
+    pub fn found(&mut self, nonce: [u8; CLUSTER_NONCE_BYTES]) -> Result<ClusterId, ClusterError> {
+        // Checked in release builds too: a second id would split the cluster.
+        assert!(self.cluster_id().is_none(), "a cluster's id is set once");
+        let anchor = AnchorRecord::new(&self.local, &nonce);
+        let id = ClusterId::derive(&self.local, &nonce);
+        self.put_json(CLUSTER_ID_KEY, "cluster id", &anchor, None)?;
+        self.pin(id);
+        self.admit_founder()?;
+        Ok(id)
+    }
+
+    /// Trust cluster `id`: the one this node is joining (its invite names
+    /// it) or founded. Records of any other cluster are ignored.
+    pub fn pin(&mut self, id: ClusterId) {
+        self.pin = Some(id);
+        self.retrust();
+    }
+
+    /// Read the changes merged into the document since the last call
+    /// (sync, merge, local writes): verify each new put's signature, then
+    /// recompute trust and the view.
+    pub(crate) fn refresh(&mut self) {
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for change in self.doc.get_changes(&self.read_heads) {
+            let change = change.decode();
+            for (i, op) in change.operations.iter().enumerate() {
+                let (automerge::legacy::ObjectId::Root, automerge::legacy::Key::Map(key)) =
+                    (&op.obj, &op.key)
+                else {
+                    continue;
+                };
+                let automerge::legacy::OpType::Put(automerge::ScalarValue::Str(text)) = &op.action
+                else {
+                    continue;
+                };
+                let order = OpOrder {
+                    counter: change.start_op.get() + i as u64,
+                    actor: change.actor_id.to_bytes().to_vec(),
+                };
+                let opened = match self.sealed_here.remove(text.as_str()) {
+                    Some(known) => Ok(known),
+                    None => record::open(key, text).map(|signed| {
+                        let push_signed = push_signature_ok(key, &signed);
+                        (signed, push_signed)
+                    }),
+                };
+                match opened {
+                    Ok((signed, push_signed)) => {
+                        changed.insert(key.to_string());
+                        let puts = self.puts.entry(key.to_string()).or_default();
+                        let at = puts.partition_point(|put| put.order < order);
+                        puts.insert(
+                            at,
+                            Put {
+                                order,
+                                seq: change.seq,
+                                signed,
+                                push_signed,
+                            },
+                        );
+                    }
+                    Err(why) => {
+                        tracing::warn!(key = %key, %why, "cluster state: ignoring a record")
+                    }
+                }
+            }
+        }
+        self.read_heads = self.doc.get_heads();
+        self.sealed_here.clear();
+        if changed.iter().any(|key| super::trust::shapes_trust(key)) {
+            self.retrust();
+        } else {
+            // Trust is as it was: only the changed keys' view can differ.
+            for key in changed {
+                self.review(&key);
+            }
+        }
+    }
+
+    /// Seal `body` under `key` as this node (see [`record::seal`]), and
+    /// remember what reading it back will find. Returns the value and
+    /// whether it is a deployment record its pusher's warrant signs.
+    fn seal_here(&mut self, key: &str, body: String, warrant: Option<&Warrant>) -> (String, bool) {
+        let sealed = record::seal(&self.key, key, body.clone(), warrant);
+        let signed = Signed {
+            by: self.local,
+            body,
+            warrant: warrant.map(|w| w.token),
+            warrant_key: warrant.map(|w| w.key),
+        };
+        debug_assert_eq!(record::open(key, &sealed).as_ref(), Ok(&signed));
+        let push_signed = push_signature_ok(key, &signed);
+        self.sealed_here
+            .insert(sealed.clone(), (signed, push_signed));
+        (sealed, push_signed)
+    }
+
+    /// Recompute `key`'s entry in the view: its latest put the rules
+    /// accept, unless that is a tombstone.
+    fn review(&mut self, key: &str) {
+        let chosen = self.puts.get(key).and_then(|puts| {
+            puts.iter()
+                .rev()
+                .find(|put| self.acts_on(key, put))
+                .filter(|put| !put.signed.is_tombstone())
+                .map(|put| put.signed.clone())
+        });
+        match chosen {
+            Some(signed) => {
+                self.records.insert(key.to_owned(), signed);
+            }
+            None => {
+                self.records.remove(key);
+            }
+        }
+    }
+
+    /// Recompute trust from every put, then the view from trust.
+    fn retrust(&mut self) {
+        self.trust = Trust::compute(&self.puts, self.pin, &self.trust);
+        let mut records = BTreeMap::new();
+        for (key, puts) in &self.puts {
+            // The latest put the rules accept; a tombstone removes the key.
+            if let Some(put) = puts.iter().rev().find(|put| self.acts_on(key, put))
+                && !put.signed.is_tombstone()
+            {
+                records.insert(key.clone(), put.signed.clone());
+            }
+        }
+        self.records = records;
     }
 
     /// The whole document, compacted, for persisting.
@@ -282,11 +486,12 @@ impl ClusterState {
     pub fn merge(&mut self, other: &mut ClusterState) -> Result<(), ClusterError> {
         self.doc
             .merge(&mut other.doc)
-            .map(|_| ())
             .map_err(|source| ClusterError::Write {
                 source: Box::new(source),
                 action: "merge another replica",
-            })
+            })?;
+        self.refresh();
+        Ok(())
     }
 
     // ----- members and admission -------------------------------------------
@@ -307,43 +512,98 @@ impl ClusterState {
             joined_by: joined_by.as_ref().map(node_hex),
         };
         let key = format!("{MEMBER_PREFIX}{}", node_hex(&node));
-        self.put_json(&key, "member", &record)
+        self.put_json(&key, "member", &record, None)
     }
 
-    /// Put `node`'s key in the admitted set.
-    pub fn admit(&mut self, node: NodeId, admitted_by: NodeId) -> Result<(), ClusterError> {
+    /// Put this node's own key in the admitted set: the founder's first
+    /// record, the root of every other admission.
+    fn admit_founder(&mut self) -> Result<(), ClusterError> {
+        let key = format!("{ADMITTED_PREFIX}{}", node_hex(&self.local));
+        let record = AdmissionRecord {
+            admitted_by: node_hex(&self.local),
+            invite: None,
+        };
+        self.put_json(&key, "admission", &record, None)
+    }
+
+    /// Put `node`'s key in the admitted set: it presented the invite with
+    /// `nonce`, which this node issued (see
+    /// [`ClusterState::record_invite_issued`]).
+    pub fn admit_invited(&mut self, node: NodeId, nonce: &[u8]) -> Result<(), ClusterError> {
         let key = format!("{ADMITTED_PREFIX}{}", node_hex(&node));
         let record = AdmissionRecord {
-            admitted_by: node_hex(&admitted_by),
+            admitted_by: node_hex(&self.local),
+            invite: Some(hex(nonce)),
         };
-        self.put_json(&key, "admission", &record)
+        self.put_json(&key, "admission", &record, None)
     }
 
-    /// Take `node`'s key out of the admitted set.
-    pub fn revoke(&mut self, node: NodeId) -> Result<(), ClusterError> {
-        let key = format!("{ADMITTED_PREFIX}{}", node_hex(&node));
-        self.delete_key(&key)
+    /// Record that this node issued the invite with `nonce`, at the request
+    /// of the admin holding `warrantor`.
+    pub fn record_invite_issued(
+        &mut self,
+        nonce: &[u8],
+        expires_at_unix_s: u64,
+        warrantor: &crate::auth::Token,
+    ) -> Result<(), ClusterError> {
+        let key = format!("{ISSUED_PREFIX}{}", hex(nonce));
+        let record = IssuedRecord { expires_at_unix_s };
+        self.put_warranted(&key, "invite", &record, warrantor)
     }
 
-    /// Whether `node`'s key is admitted.
+    /// Remove `node` from the cluster at the request of the admin holding
+    /// `warrantor`: it is no longer admitted, and of its records only those
+    /// this node has seen by now keep counting (see [`super::trust`]).
+    pub fn remove_node(
+        &mut self,
+        node: NodeId,
+        warrantor: &crate::auth::Token,
+    ) -> Result<(), ClusterError> {
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        for put in self
+            .puts
+            .values()
+            .flatten()
+            .filter(|put| put.signed.by == node)
+        {
+            let last = seen.entry(hex(&put.order.actor)).or_default();
+            *last = (*last).max(put.seq);
+        }
+        let key = format!("{REMOVED_PREFIX}{}", node_hex(&node));
+        self.put_warranted(&key, "removal", &RemovalRecord { seen }, warrantor)
+    }
+
+    /// Write `body` under `key`, signed by this node, with no check at all:
+    /// what a compromised node can do. Only for the simulator's rogue node
+    /// and tests, which show that honest nodes ignore what it writes.
+    #[doc(hidden)]
+    pub fn forge(
+        &mut self,
+        key: &str,
+        body: String,
+        warrant: Option<&Warrant>,
+    ) -> Result<(), ClusterError> {
+        self.write(key, body, warrant, "write a record")
+    }
+
+    /// Nodes removed from the cluster.
+    pub fn removed_nodes(&self) -> BTreeSet<NodeId> {
+        self.trust.removed.keys().copied().collect()
+    }
+
+    /// Whether `node`'s key is admitted (by a chain of admissions from the
+    /// founder).
     pub fn is_admitted(&self, node: &NodeId) -> bool {
-        let key = format!("{ADMITTED_PREFIX}{}", node_hex(node));
-        matches!(self.doc.get(ROOT, key.as_str()), Ok(Some(_)))
+        self.trust.is_admitted(node)
     }
 
     /// Every admitted node key.
     pub fn admitted(&self) -> BTreeMap<NodeId, Admission> {
-        let mut out = BTreeMap::new();
-        for (key, json) in self.entries(ADMITTED_PREFIX) {
-            let record: Option<AdmissionRecord> = decode(&key, &json);
-            let node = parse_node_hex(&key[ADMITTED_PREFIX.len()..]);
-            if let (Some(node), Some(record)) = (node, record)
-                && let Some(by) = parse_node_hex(&record.admitted_by)
-            {
-                out.insert(node, Admission { admitted_by: by });
-            }
-        }
-        out
+        self.trust
+            .admitted
+            .iter()
+            .map(|(node, by)| (*node, Admission { admitted_by: *by }))
+            .collect()
     }
 
     /// Every member, with its admission flag.
@@ -383,6 +643,12 @@ impl ClusterState {
         env: &EnvKey,
         update: DeploymentUpdate,
     ) -> Result<Deployment, ClusterError> {
+        if !self.is_admitted(&self.local) {
+            return Err(ClusterError::NotAdmitted(self.local));
+        }
+        let warrant = update.warrant.ok_or_else(|| ClusterError::Unwarranted {
+            env: env.to_string(),
+        })?;
         let mut artifacts = update.artifacts;
         artifacts.sort();
         artifacts.dedup();
@@ -393,6 +659,7 @@ impl ClusterState {
             pushed_at_seq: 0,
             pushed_by: node_hex(&self.local),
             removed: false,
+            warrant: Some(warrant),
         };
         let pushed_at_seq = self.supersede(env, record)?;
         let deployment = Deployment {
@@ -419,6 +686,7 @@ impl ClusterState {
     pub fn remove_deployment(
         &mut self,
         env: &EnvKey,
+        warrant: Option<&Warrant>,
     ) -> Result<Option<(u64, NodeId)>, ClusterError> {
         let live = matches!(
             self.candidates(env)
@@ -429,6 +697,9 @@ impl ClusterState {
         if !live {
             return Ok(None);
         }
+        let warrant = warrant.cloned().ok_or_else(|| ClusterError::Unwarranted {
+            env: env.to_string(),
+        })?;
         let tombstone = DeploymentRecord {
             commit: String::new(),
             manifest_cid: String::new(),
@@ -436,6 +707,7 @@ impl ClusterState {
             pushed_at_seq: 0,
             pushed_by: node_hex(&self.local),
             removed: true,
+            warrant: Some(warrant),
         };
         let pushed_at_seq = self.supersede(env, tombstone)?;
         Ok(Some((pushed_at_seq, self.local)))
@@ -467,22 +739,39 @@ impl ClusterState {
             what: "deployment",
             source,
         })?;
-        for (key, _) in &seen {
+        let key = deploy_key(env, record.pushed_at_seq, &self.local);
+        let (sealed, push_signed) = self.seal_here(&key, json.clone(), None);
+        if !(push_signed && self.push_authorized(env, &json)) {
+            self.sealed_here.clear();
+            return Err(ClusterError::Unwarranted {
+                env: env.to_string(),
+            });
+        }
+        // This node's own older candidates go (tombstones: a node removes
+        // only records it may write); other nodes' stay, outranked.
+        let local = self.local;
+        let own: Vec<String> = seen
+            .into_iter()
+            .map(|(old, _)| old)
+            .filter(|old| parse_deploy_key(old).is_some_and(|(_, _, by)| by == local))
+            .collect();
+        for old in &own {
+            let (tombstone, _) = self.seal_here(old, String::new(), None);
             self.doc
-                .delete(ROOT, key.as_str())
+                .put(ROOT, old.as_str(), tombstone)
                 .map_err(|source| ClusterError::Write {
                     source: Box::new(source),
                     action: "remove a superseded deployment",
                 })?;
         }
-        let key = deploy_key(env, record.pushed_at_seq, &self.local);
         self.doc
-            .put(ROOT, key.as_str(), json)
+            .put(ROOT, key.as_str(), sealed)
             .map_err(|source| ClusterError::Write {
                 source: Box::new(source),
                 action: "write a deployment",
             })?;
         self.doc.commit();
+        self.refresh();
         Ok(record.pushed_at_seq)
     }
 
@@ -549,26 +838,15 @@ impl ClusterState {
 
     // ----- cluster identity and invites ------------------------------------
 
-    /// Record the cluster's id (the founder does, once).
-    pub fn set_cluster_id(&mut self, id: &str) -> Result<(), ClusterError> {
-        // Checked in release builds too: a second id would split the cluster.
-        assert!(
-            self.cluster_id().is_none_or(|current| current == id),
-            "a cluster's id is set once"
-        );
-        self.doc
-            .put(ROOT, CLUSTER_ID_KEY, id)
-            .map_err(|source| ClusterError::Write {
-                source: Box::new(source),
-                action: "record the cluster id",
-            })?;
-        self.doc.commit();
-        Ok(())
+    /// The cluster's id, once founded (or synced from the founder): the
+    /// pinned id, once its founder's record proves it.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.trust.cluster.map(|id| id.to_string())
     }
 
-    /// The cluster's id, once founded (or synced from the founder).
-    pub fn cluster_id(&self) -> Option<String> {
-        self.get_str(CLUSTER_ID_KEY)
+    /// The node that founded the cluster, once known.
+    pub fn founder(&self) -> Option<NodeId> {
+        self.trust.founder
     }
 
     /// Record that the invite token with `nonce` admitted `node`.
@@ -580,13 +858,14 @@ impl ClusterState {
             &InviteRecord {
                 joined: node_hex(&node),
             },
+            None,
         )
     }
 
     /// The node an invite token (by nonce) admitted, if it was used.
     pub fn invite_used_by(&self, nonce: &[u8]) -> Option<NodeId> {
         let key = format!("{INVITE_PREFIX}{}", hex(nonce));
-        let json = self.get_str(&key)?;
+        let json = self.body(&key)?;
         let record: InviteRecord = decode(&key, &json)?;
         parse_node_hex(&record.joined)
     }
@@ -623,10 +902,16 @@ impl ClusterState {
 
     // ----- tokens ----------------------------------------------------------
 
-    /// Record a new token (its id is random, so no other node writes it).
-    pub fn put_token(&mut self, record: &TokenRecord) -> Result<(), ClusterError> {
+    /// Record a new token (its id is random, so no other node writes it),
+    /// warranted by the admin who asked (`warrantor`; the token itself for
+    /// the founder's first admin token).
+    pub fn put_token(
+        &mut self,
+        record: &TokenRecord,
+        warrantor: &crate::auth::Token,
+    ) -> Result<(), ClusterError> {
         let key = format!("{TOKEN_PREFIX}{}", record.id);
-        self.put_json(&key, "token", record)
+        self.put_warranted(&key, "token", record, warrantor)
     }
 
     /// Revoke token `id`. A revocation is its own key, never deleted: a
@@ -636,55 +921,29 @@ impl ClusterState {
         &mut self,
         id: &TokenId,
         revocation: &Revocation,
+        warrantor: &crate::auth::Token,
     ) -> Result<(), ClusterError> {
         let key = format!("{REVOKED_PREFIX}{id}");
-        if self.get_str(&key).is_some() {
+        if self.trust.revoked_seen.contains_key(id) {
             return Ok(());
         }
-        self.put_json(&key, "revocation", revocation)
+        self.put_warranted(&key, "revocation", revocation, warrantor)
     }
 
-    /// Token `id` and its revocation, if the state has its record.
+    /// Token `id` and its revocation, if the state has a valid record.
     pub fn token(&self, id: &TokenId) -> Option<TokenEntry> {
-        let key = format!("{TOKEN_PREFIX}{id}");
-        let record: TokenRecord = decode(&key, &self.get_str(&key)?)?;
-        if record.id != *id {
-            tracing::warn!(
-                key,
-                "cluster state: skipping a token record under another id"
-            );
-            return None;
-        }
-        Some(TokenEntry {
-            revoked: self.revocation(id),
-            record,
-        })
+        self.trust.tokens.get(id).cloned()
     }
 
-    fn revocation(&self, id: &TokenId) -> Option<Revocation> {
-        let key = format!("{REVOKED_PREFIX}{id}");
-        decode(&key, &self.get_str(&key)?)
-    }
-
-    /// How many token records the state holds (revoked ones included),
-    /// without decoding them.
+    /// How many token records the state holds (revoked and invalid ones
+    /// included): the bound [`crate::auth::MAX_TOKENS`] applies to this.
     pub fn token_count(&self) -> usize {
-        self.keys(TOKEN_PREFIX).len()
+        super::trust::range(&self.puts, TOKEN_PREFIX).count()
     }
 
-    /// Every token record, with its revocation.
+    /// Every valid token record, with its revocation.
     pub fn tokens(&self) -> BTreeMap<TokenId, TokenEntry> {
-        let mut out = BTreeMap::new();
-        for key in self.keys(TOKEN_PREFIX) {
-            if let Some(entry) = key[TOKEN_PREFIX.len()..]
-                .parse::<TokenId>()
-                .ok()
-                .and_then(|id| self.token(&id))
-            {
-                out.insert(entry.record.id, entry);
-            }
-        }
-        out
+        self.trust.tokens.clone()
     }
 
     // ----- domains ---------------------------------------------------------
@@ -694,26 +953,32 @@ impl ClusterState {
         self.keys(DOMAIN_PREFIX)
             .into_iter()
             .filter_map(|key| {
-                let record: DomainRecord = decode(&key, &self.get_str(&key)?)?;
+                let record: DomainRecord = decode(&key, &self.body(&key)?)?;
                 Some((key[DOMAIN_PREFIX.len()..].to_owned(), record.project))
             })
             .collect()
     }
 
-    /// Make `project` the owner of `domain`.
-    pub fn set_domain_owner(&mut self, domain: &str, project: &str) -> Result<(), ClusterError> {
+    /// Make `project` the owner of `domain`: a first claim (by the node a
+    /// push of `project` reached), or an admin's transfer (`warrantor`: the
+    /// admin's token).
+    pub fn set_domain_owner(
+        &mut self,
+        domain: &str,
+        project: &str,
+        warrantor: Option<&crate::auth::Token>,
+    ) -> Result<(), ClusterError> {
         let key = format!("{DOMAIN_PREFIX}{domain}");
         let record = DomainRecord {
             project: project.to_owned(),
         };
-        if self
-            .get_str(&key)
-            .and_then(|json| decode::<DomainRecord>(&key, &json))
-            == Some(record.clone())
-        {
+        if self.domain_owners().get(domain) == Some(&record.project) {
             return Ok(());
         }
-        self.put_json(&key, "domain", &record)
+        match warrantor {
+            Some(warrantor) => self.put_warranted(&key, "domain", &record, warrantor),
+            None => self.put_json(&key, "domain", &record, None),
+        }
     }
 
     // ----- allocations -----------------------------------------------------
@@ -721,17 +986,10 @@ impl ClusterState {
     /// Record that `node` holds blob `cid`.
     pub fn add_holder(&mut self, cid: &Cid, node: NodeId) -> Result<(), ClusterError> {
         let key = alloc_key(cid, &node);
-        if matches!(self.doc.get(ROOT, key.as_str()), Ok(Some(_))) {
+        if self.records.get(&key).is_some_and(|r| r.by == self.local) {
             return Ok(());
         }
-        self.doc
-            .put(ROOT, key.as_str(), true)
-            .map_err(|source| ClusterError::Write {
-                source: Box::new(source),
-                action: "record a blob holder",
-            })?;
-        self.doc.commit();
-        Ok(())
+        self.put_json(&key, "allocation", &true, None)
     }
 
     /// Record that `node` no longer holds blob `cid`.
@@ -851,62 +1109,142 @@ impl ClusterState {
 
     // ----- helpers ---------------------------------------------------------
 
+    /// Write `record` under `key`, signed by this node (and warranted).
     fn put_json<T: Serialize>(
         &mut self,
         key: &str,
         what: &'static str,
         record: &T,
+        warrant: Option<&Warrant>,
     ) -> Result<(), ClusterError> {
         let json = serde_json::to_string(record)
             .map_err(|source| ClusterError::Encode { what, source })?;
+        self.write(key, json, warrant, "write a record")
+    }
+
+    /// Seal `body` under `key` as this node, write it in one commit and read
+    /// it back into the view.
+    fn write(
+        &mut self,
+        key: &str,
+        body: String,
+        warrant: Option<&Warrant>,
+        action: &'static str,
+    ) -> Result<(), ClusterError> {
+        let (sealed, _) = self.seal_here(key, body, warrant);
         self.doc
-            .put(ROOT, key, json)
+            .put(ROOT, key, sealed)
             .map_err(|source| ClusterError::Write {
                 source: Box::new(source),
-                action: "write a record",
+                action,
             })?;
         self.doc.commit();
+        self.refresh();
         Ok(())
     }
 
-    fn get_str(&self, key: &str) -> Option<String> {
-        match self.doc.get(ROOT, key) {
-            Ok(Some((automerge::Value::Scalar(value), _))) => value.as_str().map(str::to_owned),
-            _ => None,
-        }
+    /// [`ClusterState::put_json`] with a warrant from `warrantor`'s holder.
+    fn put_warranted<T: Serialize>(
+        &mut self,
+        key: &str,
+        what: &'static str,
+        record: &T,
+        warrantor: &crate::auth::Token,
+    ) -> Result<(), ClusterError> {
+        let json = serde_json::to_string(record)
+            .map_err(|source| ClusterError::Encode { what, source })?;
+        let warrant = warrantor.warrant(&record::message(key, &json));
+        self.put_json(key, what, record, Some(&warrant))
     }
 
+    /// Remove the record under `key`: a signed tombstone, which (unlike an
+    /// automerge delete) names its author, so the rules decide whether it
+    /// counts.
     fn delete_key(&mut self, key: &str) -> Result<(), ClusterError> {
-        if matches!(self.doc.get(ROOT, key), Ok(Some(_))) {
-            self.doc
-                .delete(ROOT, key)
-                .map_err(|source| ClusterError::Write {
-                    source: Box::new(source),
-                    action: "delete a record",
-                })?;
-            self.doc.commit();
+        if !self.records.contains_key(key) {
+            return Ok(());
         }
-        Ok(())
+        self.write(key, String::new(), None, "remove a record")
     }
 
-    /// Every (key, string value) under `prefix`, in key order.
+    /// The body of the record under `key`, if this node acts on it.
+    fn body(&self, key: &str) -> Option<String> {
+        self.records.get(key).map(|signed| signed.body.clone())
+    }
+
+    /// Whether this node acts on `signed`, the record under `key`: its
+    /// author may write it (see [`super::trust`]). Admissions, tokens,
+    /// revocations and the cluster id are judged as a whole by
+    /// [`Trust::compute`] and read from there.
+    fn acts_on(&self, key: &str, put: &Put) -> bool {
+        let signed = &put.signed;
+        if crate::bugs::active(crate::bugs::Bug::TrustAnySigner)
+            && !key.starts_with(ADMITTED_PREFIX)
+        {
+            return true;
+        }
+        // A removed node's member and allocation records go with it; its
+        // deployments and the rest count if they came before its removal.
+        let member = self.trust.is_admitted(&signed.by);
+        let admitted = self.trust.may_author(put);
+        if let Some(rest) = key.strip_prefix(MEMBER_PREFIX) {
+            member && parse_node_hex(rest) == Some(signed.by)
+        } else if let Some(rest) = key.strip_prefix(ALLOC_PREFIX) {
+            member
+                && rest
+                    .rsplit_once('/')
+                    .and_then(|(_, node)| parse_node_hex(node))
+                    == Some(signed.by)
+        } else if key.starts_with(DEPLOY_PREFIX) {
+            let Some((env, _, node)) = parse_deploy_key(key) else {
+                return false;
+            };
+            // A node's own older candidate goes with a tombstone; anything
+            // else needs its pusher's warrant.
+            admitted
+                && node == signed.by
+                && (signed.is_tombstone()
+                    || (put.push_signed && self.push_authorized(&env, &signed.body)))
+        } else if key.starts_with(INVITE_PREFIX) {
+            admitted
+        } else if key.starts_with(DOMAIN_PREFIX) {
+            admitted && (signed.warrant.is_none() || self.trust.admin_warranted(signed))
+        } else {
+            // Admissions, invites issued, tokens, revocations and the cluster
+            // id: judged as a whole by [`Trust::compute`], read from there.
+            false
+        }
+    }
+
+    /// Whether the warrant in deployment record `body` is a valid token's
+    /// that may deploy `env`'s project (its signature is checked on read).
+    /// A token revoked later still vouches for what it pushed before.
+    fn push_authorized(&self, env: &EnvKey, body: &str) -> bool {
+        let Ok(DeploymentRecord {
+            warrant: Some(warrant),
+            ..
+        }) = serde_json::from_str::<DeploymentRecord>(body)
+        else {
+            return false;
+        };
+        self.trust.tokens.get(&warrant.token).is_some_and(|entry| {
+            entry.record.warrant_key.as_deref() == Some(hex(&warrant.key.0).as_str())
+                && entry.record.principal.may_deploy(&env.project)
+        })
+    }
+
+    /// Every (key, record body) under `prefix` this node acts on, in key order.
     fn entries(&self, prefix: &str) -> Vec<(String, String)> {
-        self.doc
-            .map_range(ROOT, prefix_range(prefix))
-            .filter_map(|item| match item.value {
-                ValueRef::Scalar(ScalarValueRef::Str(s)) => {
-                    Some((item.key.into_owned(), s.into_owned()))
-                }
-                _ => None,
-            })
+        super::trust::range(&self.records, prefix)
+            .map(|(rest, signed)| (format!("{prefix}{rest}"), signed.body.clone()))
             .collect()
     }
 
-    /// Every key under `prefix`, in key order.
+    /// Every key under `prefix` whose record this node acts on, in key order.
     fn keys(&self, prefix: &str) -> Vec<String> {
-        self.doc
-            .map_range(ROOT, prefix_range(prefix))
-            .map(|item| item.key.into_owned())
+        self.entries(prefix)
+            .into_iter()
+            .map(|(key, _)| key)
             .collect()
     }
 
@@ -924,14 +1262,6 @@ impl ClusterState {
             })
             .collect()
     }
-}
-
-/// Keys from `prefix` (inclusive) to the first key past every key with it.
-fn prefix_range(prefix: &str) -> std::ops::Range<String> {
-    debug_assert!(prefix.ends_with('/'), "prefixes end with '/'");
-    // '0' is the character after '/': every key with the prefix sorts before.
-    let end = format!("{}0", &prefix[..prefix.len() - 1]);
-    prefix.to_string()..end
 }
 
 fn deploy_key(env: &EnvKey, seq: u64, node: &NodeId) -> String {
@@ -965,6 +1295,29 @@ fn parse_deploy_key(key: &str) -> Option<(EnvKey, u64, NodeId)> {
 
 fn alloc_key(cid: &Cid, node: &NodeId) -> String {
     format!("{ALLOC_PREFIX}{cid}/{}", node_hex(node))
+}
+
+/// Whether the deployment record under `key` carries a pusher's warrant
+/// that signs it: the push of its commit (or the deletion) to its
+/// environment through its author. Tombstones and other records: false.
+fn push_signature_ok(key: &str, signed: &Signed) -> bool {
+    let Some((env, _, node)) = parse_deploy_key(key) else {
+        return false;
+    };
+    let Ok(record) = serde_json::from_str::<DeploymentRecord>(&signed.body) else {
+        return false;
+    };
+    let Some(warrant) = &record.warrant else {
+        return false;
+    };
+    let commit = (!record.removed).then_some(record.commit.as_str());
+    node == signed.by
+        && warrant.verifies(&crate::auth::push_statement(
+            &env.project,
+            &env.branch,
+            commit,
+            &node,
+        ))
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, json: &str) -> Option<T> {
@@ -1011,10 +1364,13 @@ fn is_dns_label(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{Principal, Token};
+    use crate::cluster::testing::{founded_state, joined_state, push_warrant, test_key};
+    use crate::env::Rng;
     use crate::store::cid_of;
 
     fn node(n: u8) -> NodeId {
-        NodeId([n; 32])
+        test_key(n).node_id()
     }
 
     fn env(branch: &str) -> EnvKey {
@@ -1024,17 +1380,25 @@ mod tests {
         }
     }
 
-    fn update(commit: &str) -> DeploymentUpdate {
-        DeploymentUpdate {
-            commit: commit.into(),
-            manifest_cid: cid_of(commit.as_bytes()),
-            artifacts: vec![cid_of(b"a"), cid_of(b"b")],
-        }
+    /// A push of `commit` to shop's `branch` on `s`, warranted by the test
+    /// admin token.
+    fn push(s: &mut ClusterState, branch: &str, commit: &str) -> Result<Deployment, ClusterError> {
+        let node = s.local_id();
+        s.apply_deployment(
+            &env(branch),
+            DeploymentUpdate {
+                commit: commit.into(),
+                manifest_cid: cid_of(commit.as_bytes()),
+                artifacts: vec![cid_of(b"a"), cid_of(b"b")],
+                warrant: Some(push_warrant(node, &env(branch), Some(commit))),
+            },
+        )
     }
 
     #[test]
     fn a_record_at_the_last_sequence_number_refuses_the_push_instead_of_wrapping() {
-        let mut state = ClusterState::new(node(1), 1);
+        let mut state = founded_state(1);
+        let mut rogue = joined_state(2, &mut state);
         let shop = env("main");
         // Only a forged or corrupt record sits at u64::MAX.
         let forged = DeploymentRecord {
@@ -1044,22 +1408,27 @@ mod tests {
             pushed_at_seq: u64::MAX,
             pushed_by: node_hex(&node(2)),
             removed: false,
+            warrant: Some(push_warrant(node(2), &shop, Some("forged"))),
         };
-        state
+        rogue
             .put_json(
                 &deploy_key(&shop, u64::MAX, &node(2)),
                 "deployment",
                 &forged,
+                None,
             )
             .unwrap();
+        state.merge(&mut rogue).unwrap();
 
-        let error = state.apply_deployment(&shop, update("c1")).unwrap_err();
+        let error = push(&mut state, "main", "c1").unwrap_err();
         assert!(
             matches!(&error, ClusterError::SequenceExhausted { written_by, .. } if *written_by == node(2)),
             "{error}"
         );
         assert!(error.to_string().contains("shop@main"), "{error}");
-        let error = state.remove_deployment(&shop).unwrap_err();
+        let error = state
+            .remove_deployment(&shop, Some(&push_warrant(node(1), &shop, None)))
+            .unwrap_err();
         assert!(
             matches!(error, ClusterError::SequenceExhausted { .. }),
             "{error}"
@@ -1073,24 +1442,27 @@ mod tests {
 
     #[test]
     fn domain_owners_are_records_in_the_state_hash() {
-        let mut a = ClusterState::new(node(1), 1);
+        let mut a = founded_state(1);
         let before = a.state_hash();
-        a.set_domain_owner("shop.example.com", "shop").unwrap();
+        a.set_domain_owner("shop.example.com", "shop", None)
+            .unwrap();
         assert_eq!(a.domain_owners()["shop.example.com"], "shop");
         assert_ne!(a.state_hash(), before);
         let claimed = a.state_hash();
         // Writing the same owner again changes nothing.
-        a.set_domain_owner("shop.example.com", "shop").unwrap();
+        a.set_domain_owner("shop.example.com", "shop", None)
+            .unwrap();
         assert_eq!(a.state_hash(), claimed);
-        a.set_domain_owner("shop.example.com", "rival").unwrap();
+        a.set_domain_owner("shop.example.com", "rival", None)
+            .unwrap();
         assert_eq!(a.domain_owners()["shop.example.com"], "rival");
     }
 
     #[test]
     fn a_later_push_supersedes_and_prunes() {
-        let mut s = ClusterState::new(node(1), 0);
-        s.apply_deployment(&env("main"), update("c1")).unwrap();
-        let d = s.apply_deployment(&env("main"), update("c2")).unwrap();
+        let mut s = founded_state(1);
+        push(&mut s, "main", "c1").unwrap();
+        let d = push(&mut s, "main", "c2").unwrap();
         assert_eq!(d.pushed_at_seq, 2);
         assert_eq!(s.deployment(&env("main")).unwrap().commit, "c2");
         assert_eq!(
@@ -1102,9 +1474,9 @@ mod tests {
 
     #[test]
     fn branches_with_slashes_are_separate_environments() {
-        let mut s = ClusterState::new(node(1), 0);
-        s.apply_deployment(&env("a"), update("c1")).unwrap();
-        s.apply_deployment(&env("a/b"), update("c2")).unwrap();
+        let mut s = founded_state(1);
+        push(&mut s, "a", "c1").unwrap();
+        push(&mut s, "a/b", "c2").unwrap();
         let all = s.deployments();
         assert_eq!(all[&env("a")].commit, "c1");
         assert_eq!(all[&env("a/b")].commit, "c2");
@@ -1116,40 +1488,292 @@ mod tests {
 
     #[test]
     fn members_admission_and_holders() {
-        let mut s = ClusterState::new(node(1), 0);
-        s.upsert_member(
+        let mut s = founded_state(1);
+        let mut two = joined_state(2, &mut s);
+        two.upsert_member(
             node(2),
             vec!["b".into(), "a".into()],
             Role::Full,
             Some(node(1)),
         )
         .unwrap();
-        s.admit(node(2), node(1)).unwrap();
+        s.merge(&mut two).unwrap();
         let m = &s.members()[&node(2)];
         assert!(m.admitted);
         assert_eq!(m.addresses, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(m.joined_by, Some(node(1)));
-        s.revoke(node(2)).unwrap();
-        assert!(!s.members()[&node(2)].admitted);
+        s.remove_node(node(2), &crate::cluster::testing::test_admin_token())
+            .unwrap();
+        // A node out of the admitted set is no member: its records are not read.
+        assert!(!s.is_admitted(&node(2)));
+        assert!(!s.members().contains_key(&node(2)));
 
         let c = cid_of(b"blob");
-        s.add_holder(&c, node(2)).unwrap();
-        s.add_holder(&c, node(3)).unwrap();
-        assert_eq!(s.holders(&c), BTreeSet::from([node(2), node(3)]));
-        s.remove_holder(&c, node(2)).unwrap();
+        let mut three = joined_state(3, &mut s);
+        s.add_holder(&c, node(1)).unwrap();
+        three.add_holder(&c, node(3)).unwrap();
+        s.merge(&mut three).unwrap();
+        assert_eq!(s.holders(&c), BTreeSet::from([node(1), node(3)]));
+        s.remove_holder(&c, node(1)).unwrap();
         assert_eq!(s.holders(&c), BTreeSet::from([node(3)]));
         assert_eq!(s.allocations()[&c], BTreeSet::from([node(3)]));
     }
 
     #[test]
     fn save_and_load_keep_contents() {
-        let mut s = ClusterState::new(node(1), 0);
-        s.apply_deployment(&env("main"), update("c1")).unwrap();
+        let mut s = founded_state(1);
+        push(&mut s, "main", "c1").unwrap();
         let bytes = s.save();
-        let mut loaded = ClusterState::load(node(1), 1, &bytes).unwrap();
+        let mut loaded = ClusterState::load(test_key(1), 1, &bytes).unwrap();
         assert_eq!(loaded.state_hash(), s.state_hash());
         // The new incarnation can write on top of the old history.
-        loaded.apply_deployment(&env("main"), update("c2")).unwrap();
+        push(&mut loaded, "main", "c2").unwrap();
         assert_eq!(loaded.deployment(&env("main")).unwrap().pushed_at_seq, 2);
+    }
+
+    /// A token issued by `admin` (or self-warranted when `None`), as the
+    /// admin API would write it.
+    fn token_record(rng: &Rng, principal: Principal) -> (Token, TokenRecord) {
+        let token = Token::generate(rng);
+        let record = TokenRecord {
+            id: token.id(),
+            principal,
+            label: "t".into(),
+            secret_sha256: token.secret_hash(),
+            created_at_unix_s: 1,
+            expires_at_unix_s: None,
+            created_by: "test".into(),
+            warrant_key: Some(hex(&token.warrant_key().node_id().0)),
+        };
+        (token, record)
+    }
+
+    #[test]
+    fn a_node_writes_only_its_own_member_allocation_and_deployment_records() {
+        let mut honest = founded_state(1);
+        let mut rogue = joined_state(3, &mut honest);
+        let victim = node(2);
+        let c = cid_of(b"blob");
+        // Each is signed by the rogue but names another node.
+        rogue
+            .upsert_member(victim, vec!["evil:1".into()], Role::Full, None)
+            .unwrap();
+        rogue.add_holder(&c, victim).unwrap();
+        let forged = DeploymentRecord {
+            commit: "forged".into(),
+            manifest_cid: cid_of(b"forged").to_string(),
+            artifacts: Vec::new(),
+            pushed_at_seq: 99,
+            pushed_by: node_hex(&victim),
+            removed: false,
+            warrant: Some(push_warrant(victim, &env("main"), Some("forged"))),
+        };
+        rogue
+            .put_json(
+                &deploy_key(&env("main"), 99, &victim),
+                "deployment",
+                &forged,
+                None,
+            )
+            .unwrap();
+        let before = honest.state_hash();
+        honest.merge(&mut rogue).unwrap();
+        assert!(!honest.members().contains_key(&victim));
+        assert!(honest.holders(&c).is_empty());
+        assert_eq!(honest.deployment(&env("main")), None);
+        assert_eq!(
+            honest.state_hash(),
+            before,
+            "ignored records are not part of the state"
+        );
+    }
+
+    #[test]
+    fn records_of_unadmitted_nodes_altered_records_and_another_founder_are_ignored() {
+        let mut honest = founded_state(1);
+        // A node nobody admitted writes its own deployment.
+        let mut outsider = ClusterState::new(test_key(9), 0);
+        assert!(matches!(
+            push(&mut outsider, "main", "outsider"),
+            Err(ClusterError::NotAdmitted(_))
+        ));
+        let record = DeploymentRecord {
+            commit: "outsider".into(),
+            manifest_cid: cid_of(b"outsider").to_string(),
+            artifacts: Vec::new(),
+            pushed_at_seq: 1,
+            pushed_by: node_hex(&node(9)),
+            removed: false,
+            warrant: Some(push_warrant(node(9), &env("main"), Some("outsider"))),
+        };
+        outsider
+            .put_json(
+                &deploy_key(&env("main"), 1, &node(9)),
+                "deployment",
+                &record,
+                None,
+            )
+            .unwrap();
+        honest.merge(&mut outsider).unwrap();
+        assert_eq!(honest.deployment(&env("main")), None);
+
+        // A rogue member founds "its own" cluster inside this one: it
+        // rewrites the cluster id and admits itself.
+        let mut rogue = joined_state(3, &mut honest);
+        let id = honest.cluster_id();
+        let anchor = AnchorRecord::new(&node(3), &[3; 16]);
+        rogue
+            .put_json(CLUSTER_ID_KEY, "cluster id", &anchor, None)
+            .unwrap();
+        // ... with an invite no admin asked for (a project token's warrant).
+        let (project, _) = token_record(&Rng::seeded(8), Principal::project("shop").unwrap());
+        rogue
+            .record_invite_issued(&[4; 16], u64::MAX, &project)
+            .unwrap();
+        rogue.admit_invited(node(4), &[4; 16]).unwrap();
+        honest.merge(&mut rogue).unwrap();
+        assert_eq!(honest.cluster_id(), id, "the pinned cluster stays");
+        assert!(!honest.is_admitted(&node(4)));
+
+        // A node that joins after the rogue's rewrite still finds the
+        // founder's record in the history.
+        let mut other = joined_state(5, &mut honest);
+        assert_eq!(other.cluster_id(), id);
+        // A record altered after signing, or deleted behind the rules' back
+        // (an automerge delete names no author): the signed one stays.
+        push(&mut other, "main", "good").unwrap();
+        let key = deploy_key(&env("main"), 1, &node(5));
+        honest.merge(&mut other).unwrap();
+        rogue.merge(&mut honest).unwrap();
+        let sealed = match automerge::ReadDoc::get(&rogue.doc, ROOT, key.as_str()) {
+            Ok(Some((automerge::Value::Scalar(v), _))) => v.as_str().map(str::to_owned),
+            _ => None,
+        };
+        let altered = sealed
+            .expect("the rogue has the record")
+            .replace("good", "evil");
+        rogue.doc.put(ROOT, key.as_str(), altered).unwrap();
+        rogue.doc.commit();
+        honest.merge(&mut rogue).unwrap();
+        assert_eq!(honest.deployment(&env("main")).unwrap().commit, "good");
+        rogue.doc.delete(ROOT, key.as_str()).unwrap();
+        rogue.doc.commit();
+        honest.merge(&mut rogue).unwrap();
+        assert_eq!(honest.deployment(&env("main")).unwrap().commit, "good");
+    }
+
+    #[test]
+    fn only_an_admins_warrant_makes_a_token_and_a_revocation_sticks() {
+        let rng = Rng::seeded(3);
+        let mut honest = founded_state(1);
+        let (admin, admin_record) = token_record(&rng, Principal::Admin);
+        honest.put_token(&admin_record, &admin).unwrap();
+        assert!(
+            honest.token(&admin.id()).is_some(),
+            "the founder's first admin token"
+        );
+
+        let mut rogue = joined_state(3, &mut honest);
+        // A rogue node mints an admin token for itself: self-warranted, but
+        // it is not the founder.
+        let (forged, forged_record) = token_record(&rng, Principal::Admin);
+        rogue.put_token(&forged_record, &forged).unwrap();
+        // ... and one warranted by a project token it saw.
+        let (project, project_record) = token_record(&rng, Principal::project("shop").unwrap());
+        honest.put_token(&project_record, &admin).unwrap();
+        rogue.merge(&mut honest).unwrap();
+        let (minted, minted_record) = token_record(&rng, Principal::Admin);
+        rogue.put_token(&minted_record, &project).unwrap();
+        // A token an admin asked for, through the rogue node: valid.
+        let (asked, asked_record) = token_record(&rng, Principal::project("shop").unwrap());
+        rogue.put_token(&asked_record, &admin).unwrap();
+        honest.merge(&mut rogue).unwrap();
+        assert!(honest.token(&forged.id()).is_none());
+        assert!(honest.token(&minted.id()).is_none());
+        assert!(honest.token(&project.id()).is_some());
+        assert!(honest.token(&asked.id()).is_some());
+
+        // A revocation without an admin's warrant is ignored.
+        let revocation = Revocation {
+            revoked_at_unix_s: 2,
+            revoked_by: "rogue".into(),
+        };
+        rogue
+            .revoke_token(&admin.id(), &revocation, &project)
+            .unwrap();
+        honest.merge(&mut rogue).unwrap();
+        assert_eq!(honest.token(&admin.id()).unwrap().revoked, None);
+
+        // An admin's revocation sticks, even if a rogue deletes the record.
+        honest
+            .revoke_token(&project.id(), &revocation, &admin)
+            .unwrap();
+        rogue.merge(&mut honest).unwrap();
+        rogue
+            .delete_key(&format!("{REVOKED_PREFIX}{}", project.id()))
+            .unwrap();
+        honest.merge(&mut rogue).unwrap();
+        assert!(honest.token(&project.id()).unwrap().revoked.is_some());
+    }
+
+    #[test]
+    fn a_domain_transfer_needs_an_admins_warrant() {
+        let rng = Rng::seeded(4);
+        let mut honest = founded_state(1);
+        let (admin, admin_record) = token_record(&rng, Principal::Admin);
+        honest.put_token(&admin_record, &admin).unwrap();
+        let (project, project_record) = token_record(&rng, Principal::project("rival").unwrap());
+        honest.put_token(&project_record, &admin).unwrap();
+        honest
+            .set_domain_owner("shop.example.com", "shop", None)
+            .unwrap();
+        let mut rogue = joined_state(3, &mut honest);
+        rogue
+            .set_domain_owner("shop.example.com", "rival", Some(&project))
+            .unwrap();
+        honest.merge(&mut rogue).unwrap();
+        // No node acts on the forged transfer, and it hides nothing.
+        assert_eq!(honest.domain_owners()["shop.example.com"], "shop");
+        honest
+            .set_domain_owner("shop.example.com", "rival", Some(&admin))
+            .unwrap();
+        assert_eq!(honest.domain_owners()["shop.example.com"], "rival");
+    }
+
+    #[test]
+    fn a_removed_nodes_later_records_are_ignored_and_its_earlier_ones_kept() {
+        let mut honest = founded_state(1);
+        let mut gone = joined_state(2, &mut honest);
+        push(&mut gone, "main", "before").unwrap();
+        honest.merge(&mut gone).unwrap();
+        honest
+            .remove_node(node(2), &crate::cluster::testing::test_admin_token())
+            .unwrap();
+        assert!(honest.removed_nodes().contains(&node(2)));
+        // Written after the removal, by a node that has not heard of it.
+        push(&mut gone, "preview", "after").unwrap();
+        gone.upsert_member(node(2), vec!["x".into()], Role::Full, None)
+            .unwrap();
+        honest.merge(&mut gone).unwrap();
+        assert!(!honest.is_admitted(&node(2)));
+        assert!(!honest.members().contains_key(&node(2)));
+        assert_eq!(honest.deployment(&env("main")).unwrap().commit, "before");
+        assert_eq!(honest.deployment(&env("preview")), None);
+        // The node learns it was removed: it can no longer record pushes.
+        gone.merge(&mut honest).unwrap();
+        assert!(matches!(
+            push(&mut gone, "main", "late"),
+            Err(ClusterError::NotAdmitted(_))
+        ));
+        // A removal needs an admin's warrant: a project token's does not do.
+        let mut rogue = joined_state(3, &mut honest);
+        let (project, _) = token_record(&Rng::seeded(6), Principal::project("shop").unwrap());
+        rogue.remove_node(node(1), &project).unwrap();
+        let mut four = joined_state(4, &mut honest);
+        rogue.remove_node(node(4), &project).unwrap();
+        honest.merge(&mut rogue).unwrap();
+        assert!(honest.is_admitted(&node(4)));
+        four.merge(&mut honest).unwrap();
+        assert!(four.is_admitted(&node(4)));
     }
 }

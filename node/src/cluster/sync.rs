@@ -167,6 +167,8 @@ impl SyncCore {
             return Err(ClusterError::BadSyncMessage { peer, reason });
         }
         if self.state.heads() != heads_before {
+            // Verify what arrived before anyone reads it.
+            self.state.refresh();
             // New changes: pass them on to everyone else too.
             self.handle_local_change();
         }
@@ -261,7 +263,7 @@ mod tests {
     use crate::store::cid_of;
 
     fn node(n: u8) -> NodeId {
-        NodeId([n; 32])
+        crate::cluster::testing::test_key(n).node_id()
     }
 
     /// Deliver every message between the cores until none has anything to say.
@@ -292,8 +294,10 @@ mod tests {
     #[test]
     fn two_cores_converge_and_quiesce() {
         let now = tokio::time::Instant::now().into_std();
-        let mut a = SyncCore::new(ClusterState::new(node(1), 0), SyncConfig::default());
-        let mut b = SyncCore::new(ClusterState::new(node(2), 0), SyncConfig::default());
+        let mut founder = crate::cluster::testing::founded_state(1);
+        let joiner = crate::cluster::testing::joined_state(2, &mut founder);
+        let mut a = SyncCore::new(founder, SyncConfig::default());
+        let mut b = SyncCore::new(joiner, SyncConfig::default());
         let env = EnvKey {
             project: "p".into(),
             branch: "main".into(),
@@ -305,6 +309,11 @@ mod tests {
                     commit: "c1".into(),
                     manifest_cid: cid_of(b"m"),
                     artifacts: vec![],
+                    warrant: Some(crate::cluster::testing::push_warrant(
+                        node(1),
+                        &env,
+                        Some("c1"),
+                    )),
                 },
             )
         })
@@ -325,7 +334,10 @@ mod tests {
     #[test]
     fn garbage_is_rejected_and_resets() {
         let now = tokio::time::Instant::now().into_std();
-        let mut a = SyncCore::new(ClusterState::new(node(1), 0), SyncConfig::default());
+        let mut a = SyncCore::new(
+            crate::cluster::testing::founded_state(1),
+            SyncConfig::default(),
+        );
         let err = a
             .handle_message(node(2), b"not automerge", now)
             .unwrap_err();

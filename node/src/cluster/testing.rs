@@ -279,3 +279,73 @@ impl Net for MemoryNet {
         }
     }
 }
+
+/// The node key numbered `n`: a fixed seed, for tests and benchmarks.
+pub fn test_key(n: u8) -> crate::net::identity::NodeKey {
+    crate::net::identity::NodeKey::from_secret_bytes([n; 32])
+}
+
+/// The admin token the test clusters of [`founded_state`] start with.
+pub fn test_admin_token() -> crate::auth::Token {
+    crate::auth::Token::generate(&crate::env::Rng::seeded(0xad))
+}
+
+/// The state of node `n` that founded a cluster (nonce from `n`), with
+/// [`test_admin_token`] as its first admin token.
+pub fn founded_state(n: u8) -> super::ClusterState {
+    let mut state = super::ClusterState::new(test_key(n), 0);
+    state.found([n; 16]).expect("founding writes two records");
+    let admin = test_admin_token();
+    let record = crate::auth::TokenRecord {
+        id: admin.id(),
+        principal: crate::auth::Principal::Admin,
+        label: "test admin".into(),
+        secret_sha256: admin.secret_hash(),
+        created_at_unix_s: 0,
+        expires_at_unix_s: None,
+        created_by: "test".into(),
+        warrant_key: Some(super::hex(&admin.warrant_key().node_id().0)),
+    };
+    state.put_token(&record, &admin).expect("recording a token");
+    state
+}
+
+/// The state of node `n`, admitted by `founder` (an admitted node, which
+/// records an invite an admin asked for and the admission) and synced
+/// with it.
+pub fn joined_state(n: u8, founder: &mut super::ClusterState) -> super::ClusterState {
+    let mut state = super::ClusterState::new(test_key(n), 0);
+    let cluster = founder
+        .cluster_id()
+        .and_then(|id| crate::net::admission::ClusterId::parse(&id))
+        .expect("the founder has a cluster id");
+    state.pin(cluster);
+    admit_test_node(founder, n);
+    state.merge(founder).expect("merging a fresh replica");
+    state
+}
+
+/// Admit node `n` through `by` (an admitted node): the invite an admin
+/// (with [`test_admin_token`]) asked for, and the admission.
+pub fn admit_test_node(by: &mut super::ClusterState, n: u8) {
+    let nonce = [n; 16];
+    by.record_invite_issued(&nonce, u64::MAX, &test_admin_token())
+        .expect("recording an invite");
+    by.admit_invited(test_key(n).node_id(), &nonce)
+        .expect("admitting writes a record");
+}
+
+/// The warrant [`test_admin_token`]'s holder gives a push of `commit`
+/// (`None`: a deletion) to `env` through `node`.
+pub fn push_warrant(
+    node: NodeId,
+    env: &crate::deploy::EnvKey,
+    commit: Option<&str>,
+) -> crate::auth::Warrant {
+    test_admin_token().warrant(&crate::auth::push_statement(
+        &env.project,
+        &env.branch,
+        commit,
+        &node,
+    ))
+}

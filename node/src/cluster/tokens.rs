@@ -2,7 +2,9 @@
 //! cluster state, so a token created on one node works on every node, and a
 //! revocation reaches every node with the next sync.
 
-use crate::auth::{BookError, MAX_TOKENS, Revocation, TokenBook, TokenEntry, TokenId, TokenRecord};
+use crate::auth::{
+    BookError, MAX_TOKENS, Revocation, Token, TokenBook, TokenEntry, TokenId, TokenRecord,
+};
 
 use super::driver::ClusterHandle;
 
@@ -29,7 +31,7 @@ impl TokenBook for ClusterBook {
             .collect()
     }
 
-    fn insert(&self, record: TokenRecord) -> Result<(), BookError> {
+    fn insert(&self, record: TokenRecord, warrantor: &Token) -> Result<(), BookError> {
         self.handle.update(|state| {
             if state.token(&record.id).is_some() {
                 return Err(BookError::Exists(record.id));
@@ -38,18 +40,23 @@ impl TokenBook for ClusterBook {
                 return Err(BookError::Full);
             }
             state
-                .put_token(&record)
+                .put_token(&record, warrantor)
                 .map_err(|e| BookError::Cluster(e.to_string()))
         })
     }
 
-    fn revoke(&self, id: &TokenId, revocation: Revocation) -> Result<(), BookError> {
+    fn revoke(
+        &self,
+        id: &TokenId,
+        revocation: Revocation,
+        warrantor: &Token,
+    ) -> Result<(), BookError> {
         self.handle.update(|state| {
             if state.token(id).is_none() {
                 return Err(BookError::NotFound(*id));
             }
             state
-                .revoke_token(id, &revocation)
+                .revoke_token(id, &revocation, warrantor)
                 .map_err(|e| BookError::Cluster(e.to_string()))
         })
     }

@@ -52,7 +52,14 @@ pub trait DomainBook: Send + Sync + 'static {
     fn claim(&self, project: &str, domains: &[String]) -> Result<(), DomainError>;
 
     /// Give `domain` to `project` (a cluster admin's decision).
-    fn transfer(&self, domain: &str, project: &str) -> Result<(), DomainError>;
+    /// Give `domain` to `project` at the request of the admin holding
+    /// `warrantor`.
+    fn transfer(
+        &self,
+        domain: &str,
+        project: &str,
+        warrantor: &crate::auth::Token,
+    ) -> Result<(), DomainError>;
 }
 
 /// Which of `domains` another project than `project` owns first, if any.
@@ -130,7 +137,12 @@ impl DomainBook for LocalDomains {
         self.change(|owners| claim_in(owners, project, domains))
     }
 
-    fn transfer(&self, domain: &str, project: &str) -> Result<(), DomainError> {
+    fn transfer(
+        &self,
+        domain: &str,
+        project: &str,
+        _: &crate::auth::Token,
+    ) -> Result<(), DomainError> {
         self.change(|owners| {
             if !owners.contains_key(domain) && owners.len() >= MAX_DOMAINS {
                 return Err(DomainError::Full);
@@ -195,7 +207,13 @@ mod tests {
         // All or none: the free domain was not claimed either.
         assert!(!domains.owners().contains_key("new.example.com"));
 
-        domains.transfer("shop.example.com", "rival").unwrap();
+        domains
+            .transfer(
+                "shop.example.com",
+                "rival",
+                &crate::auth::Token::generate(&crate::env::Rng::seeded(1)),
+            )
+            .unwrap();
         domains
             .claim("rival", &["shop.example.com".into()])
             .unwrap();

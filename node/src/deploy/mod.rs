@@ -78,19 +78,29 @@ pub enum DeployEvent {
 /// Where a node records the releases pushed to it, so that every other node
 /// follows: the cluster state. A node outside any cluster has none.
 pub trait Ledger: Send + Sync + 'static {
+    /// The node that writes the records: what pushers' warrants name
+    /// (see [`crate::auth::push_statement`]).
+    fn author(&self) -> crate::net::NodeId;
+
     /// A push of `key` was built and verified here: record it and return its
     /// precedence. The deployer serves it only if nothing of greater
-    /// precedence is installed by then.
+    /// precedence is installed by then. `warrant` is the pusher's (other
+    /// nodes follow no push without one).
     fn record_push(
         &self,
         key: &EnvKey,
         commit: &str,
         manifest_cid: cid::Cid,
         artifacts: Vec<cid::Cid>,
+        warrant: Option<&crate::auth::Warrant>,
     ) -> Result<Precedence, LedgerError>;
 
-    /// The branch of `key` was deleted here.
-    fn record_removal(&self, key: &EnvKey) -> Result<(), LedgerError>;
+    /// The branch of `key` was deleted here, by the holder of `warrant`.
+    fn record_removal(
+        &self,
+        key: &EnvKey,
+        warrant: Option<&crate::auth::Warrant>,
+    ) -> Result<(), LedgerError>;
 }
 
 /// A release that cluster state says should serve: what the follower hands
@@ -225,8 +235,13 @@ impl Deployer {
 
     /// Give `domain` to `project` (an admin's decision) and serve it by the
     /// new owner at once: the old owner's release stops answering for it.
-    pub fn transfer_domain(&self, domain: &str, project: &str) -> Result<(), domains::DomainError> {
-        self.domain_book().transfer(domain, project)?;
+    pub fn transfer_domain(
+        &self,
+        domain: &str,
+        project: &str,
+        warrantor: &crate::auth::Token,
+    ) -> Result<(), domains::DomainError> {
+        self.domain_book().transfer(domain, project, warrantor)?;
         tracing::info!(domain, project, "domain transferred");
         self.publish_routes();
         Ok(())
@@ -309,7 +324,11 @@ impl Deployer {
                 })
                 .collect();
             if !updates.is_empty() {
-                events.push(PushEvent { repo, updates });
+                events.push(PushEvent {
+                    repo,
+                    pusher: None,
+                    updates,
+                });
             }
         }
         events
@@ -332,14 +351,48 @@ impl Deployer {
     /// deploy loop may still be busy with an earlier push.
     fn mark_queued(&self, event: &PushEvent) {
         for update in &event.updates {
-            if let (Some(branch), Some(new)) = (&update.branch, update.new) {
-                let key = EnvKey {
-                    project: event.repo.clone(),
-                    branch: branch.clone(),
-                };
-                self.update_state(&key, |e| e.pending = Some(new.to_string()));
+            let Some(branch) = &update.branch else {
+                continue;
+            };
+            let key = EnvKey {
+                project: event.repo.clone(),
+                branch: branch.clone(),
+            };
+            let commit = update.new.map(|id| id.to_string());
+            // The pusher's warrant, kept (it is a signature, not the token)
+            // until the push is recorded, across restarts too.
+            let warrant = match (&event.pusher, self.ledger.get()) {
+                (Some(pusher), Some(ledger)) => Some(state::PushWarrant {
+                    commit: commit.clone(),
+                    warrant: pusher.warrant(&crate::auth::push_statement(
+                        &key.project,
+                        &key.branch,
+                        commit.as_deref(),
+                        &ledger.author(),
+                    )),
+                }),
+                _ => None,
+            };
+            if commit.is_none() && warrant.is_none() {
+                continue;
             }
+            self.update_state(&key, |e| {
+                if commit.is_some() {
+                    e.pending = commit.clone();
+                }
+                if warrant.is_some() {
+                    e.push_warrant = warrant;
+                }
+            });
         }
+    }
+
+    /// The warrant of the push of `commit` to `key` (`None`: a deletion),
+    /// if its pusher gave one.
+    fn push_warrant(&self, key: &EnvKey, commit: Option<&str>) -> Option<crate::auth::Warrant> {
+        let state = self.state.lock().expect("state lock");
+        let stored = state.environments.get(key)?.push_warrant.as_ref()?;
+        (stored.commit.as_deref() == commit).then(|| stored.warrant.clone())
     }
 
     /// Deploy pushes as they arrive, one at a time; when several pushes of
@@ -473,7 +526,14 @@ impl Deployer {
         {
             let mut all = self.live.lock().expect("live lock");
             if let Some(ledger) = self.ledger.get() {
-                let precedence = record_push(ledger.as_ref(), key, &release, &live.manifest)?;
+                let warrant = self.push_warrant(key, Some(&release.commit));
+                let precedence = record_push(
+                    ledger.as_ref(),
+                    key,
+                    &release,
+                    &live.manifest,
+                    warrant.as_ref(),
+                )?;
                 // Checked in release builds too: installing a push that ranks
                 // below the installed release would roll this node back.
                 assert!(
@@ -656,7 +716,14 @@ impl Deployer {
             let Some(live) = all.get_mut(&key) else {
                 continue;
             };
-            let recorded = record_push(ledger.as_ref(), &key, &release, &live.manifest);
+            let warrant = self.push_warrant(&key, Some(&release.commit));
+            let recorded = record_push(
+                ledger.as_ref(),
+                &key,
+                &release,
+                &live.manifest,
+                warrant.as_ref(),
+            );
             match recorded {
                 Ok(precedence) => {
                     live.precedence = Some(precedence);
@@ -686,7 +753,8 @@ impl Deployer {
         };
         if let Some(ledger) = self.ledger.get() {
             for key in &keys {
-                if let Err(error) = ledger.record_removal(key) {
+                let warrant = self.push_warrant(key, None);
+                if let Err(error) = ledger.record_removal(key, warrant.as_ref()) {
                     tracing::error!(env = %key, %error, "cannot record the branch deletion in cluster state");
                 }
             }
@@ -743,6 +811,8 @@ impl Deployer {
         state
             .environments
             .iter()
+            // An entry that only keeps a deletion's warrant is no environment.
+            .filter(|(_, e)| e.live.is_some() || e.pending.is_some() || e.failed.is_some())
             .map(|(key, e)| {
                 let hosts = self
                     .live
@@ -796,10 +866,11 @@ fn record_push(
     key: &EnvKey,
     release: &Release,
     manifest: &manifest::Manifest,
+    warrant: Option<&crate::auth::Warrant>,
 ) -> Result<Precedence, RecordError> {
     let cid = parse_cid(&release.manifest)?;
     let blobs = release_blobs(cid, manifest)?;
-    Ok(ledger.record_push(key, &release.commit, cid, blobs)?)
+    Ok(ledger.record_push(key, &release.commit, cid, blobs, warrant)?)
 }
 
 #[cfg(test)]
@@ -827,6 +898,7 @@ mod tests {
     fn push(repo: &str, branch: &str, new: Option<gix::ObjectId>) -> PushEvent {
         PushEvent {
             repo: repo.into(),
+            pusher: None,
             updates: vec![RefUpdate {
                 refname: format!("refs/heads/{branch}"),
                 branch: Some(branch.into()),

@@ -58,6 +58,18 @@ pub struct Environment {
     pub pending: Option<String>,
     /// The newest push that failed; cleared when a newer push goes live.
     pub failed: Option<Failure>,
+    /// The newest push's warrant from its pusher, for its record in
+    /// cluster state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_warrant: Option<PushWarrant>,
+}
+
+/// A pusher's warrant for one push (see [`crate::auth::push_statement`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushWarrant {
+    /// The commit pushed; `None` for a deletion.
+    pub commit: Option<String>,
+    pub warrant: crate::auth::Warrant,
 }
 
 /// The persisted state of all environments on this node.
@@ -167,6 +179,7 @@ mod tests {
                     precedence: Some((3, crate::net::NodeId([7; 32]))),
                 }),
                 pending: None,
+                push_warrant: None,
                 failed: Some(Failure {
                     commit: "def".into(),
                     error: "boom".into(),

@@ -6,6 +6,9 @@
 pub struct PushEvent {
     /// The repository name without the `.git` suffix (`shop` for `shop.git`).
     pub repo: String,
+    /// The token the push was made with (see [`Pusher`]), while the push is
+    /// in memory: what warrants its record in cluster state. Never stored.
+    pub pusher: Option<crate::auth::Token>,
     /// The branch updates of this push that succeeded, in the order the client
     /// sent them. Tags are stored but not reported; refused updates are absent.
     pub updates: Vec<RefUpdate>,
@@ -37,3 +40,9 @@ impl PushListener for tokio::sync::mpsc::UnboundedSender<PushEvent> {
         self.send(event).is_ok()
     }
 }
+
+/// The token a request to the Git remote was authenticated with: the admin
+/// layer puts it in the request's extensions, and the push event carries it
+/// to the deployer, which turns it into a warrant for the push.
+#[derive(Clone, Debug)]
+pub struct Pusher(pub crate::auth::Token);

@@ -190,6 +190,7 @@ impl GitHttp {
             }
         };
 
+        let pusher = req.extensions().get::<super::Pusher>().cloned();
         let spooled = match self.spool(req.into_body()).await {
             Ok(spooled) => spooled,
             Err(response) => return response,
@@ -235,6 +236,7 @@ impl GitHttp {
         if !branch_updates.is_empty() {
             let event = PushEvent {
                 repo: repo.to_owned(),
+                pusher: pusher.map(|p| p.0),
                 updates: branch_updates,
             };
             if !self.events.pushed(event) {

@@ -20,7 +20,7 @@ mod receive;
 mod repos;
 
 pub use error::GitError;
-pub use event::{PushEvent, PushListener, RefUpdate};
+pub use event::{PushEvent, PushListener, Pusher, RefUpdate};
 pub use http::{DEFAULT_MAX_PUSH_BYTES, GitHttp};
 pub use label::branch_label;
 pub use read::{CommitInfo, checkout, commit_info, read_file};

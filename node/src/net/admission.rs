@@ -47,7 +47,30 @@ impl ClusterId {
         rng.fill_bytes(&mut bytes);
         Self(bytes)
     }
+
+    /// The id of the cluster `founder` founds with `nonce`: a hash of both,
+    /// so whoever knows the id can check a claim to be its founder (the
+    /// root every node's trust in cluster records starts from).
+    pub fn derive(founder: &NodeId, nonce: &[u8; CLUSTER_NONCE_BYTES]) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut sha = Sha256::new();
+        sha.update(b"canopy cluster id v1\0");
+        sha.update(founder.0);
+        sha.update(nonce);
+        let digest = sha.finalize();
+        let mut bytes = [0u8; CLUSTER_ID_BYTES];
+        bytes.copy_from_slice(&digest[..CLUSTER_ID_BYTES]);
+        Self(bytes)
+    }
+
+    /// Parse the 32 hex digits [`ClusterId`]'s `Display` writes.
+    pub fn parse(text: &str) -> Option<Self> {
+        crate::cluster::parse_hex(text).map(Self)
+    }
 }
+
+/// Bytes of the nonce a founder mixes into its cluster's id.
+pub const CLUSTER_NONCE_BYTES: usize = 16;
 
 impl fmt::Display for ClusterId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

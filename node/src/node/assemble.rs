@@ -136,6 +136,7 @@ pub async fn assemble<T: Transport>(
             options.addresses = started.addresses;
             let cluster = ClusterNode::start(
                 env,
+                &key,
                 Arc::new(started.net.clone()),
                 started.events,
                 store.clone(),

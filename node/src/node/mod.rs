@@ -141,7 +141,7 @@ fn first_admin_token(
         authority,
         &data_dir.join(ADMIN_TOKEN_FILE),
         "first admin token",
-        format!("node {node_id}"),
+        node_id,
     )?;
     Ok(Some(token))
 }

@@ -113,15 +113,20 @@ impl AdminSource for Info {
         &self,
         domain: &str,
         project: &str,
+        warrantor: &crate::auth::Token,
     ) -> Result<(), crate::deploy::domains::DomainError> {
-        self.deployer.transfer_domain(domain, project)
+        self.deployer.transfer_domain(domain, project, warrantor)
     }
 
-    fn invite(&self, ttl_s: u64) -> Result<InviteAnswer, admin::InviteError> {
+    fn invite(
+        &self,
+        ttl_s: u64,
+        warrantor: &crate::auth::Token,
+    ) -> Result<InviteAnswer, admin::InviteError> {
         let Some((cluster, key, env, peers)) = &self.cluster else {
             return Err(admin::InviteError::NotInCluster);
         };
-        let token = cluster.invite(key, env, Duration::from_secs(ttl_s))?;
+        let token = cluster.invite(key, env, Duration::from_secs(ttl_s), warrantor)?;
         Ok(InviteAnswer {
             token: token.encode(),
             peers: peers.clone(),

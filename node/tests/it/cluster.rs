@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use canopy_node::cluster::placement;
-use canopy_node::cluster::testing::MemoryHub;
+use canopy_node::cluster::testing::{
+    MemoryHub, admit_test_node, founded_state, joined_state, push_warrant, test_key,
+};
 use canopy_node::cluster::{
     ClusterHandle, ClusterState, DeploymentUpdate, ReplicateConfig, ReplicateHandle, Role,
     StateHash, SyncConfig, SyncCore, replicate_channel, run_replicate, run_sync, split_events,
@@ -18,7 +20,7 @@ use cid::Cid;
 use proptest::prelude::*;
 
 fn node(n: u8) -> NodeId {
-    NodeId([n; 32])
+    test_key(n).node_id()
 }
 
 fn env(branch: &str) -> EnvKey {
@@ -28,8 +30,27 @@ fn env(branch: &str) -> EnvKey {
     }
 }
 
+/// Another incarnation of `state`'s node with the same document.
 fn copy(state: &mut ClusterState, incarnation: u64) -> ClusterState {
-    ClusterState::load(state.local_id(), incarnation, &state.save()).unwrap()
+    let key = (1..=16)
+        .map(test_key)
+        .find(|key| key.node_id() == state.local_id())
+        .expect("test states belong to test keys");
+    ClusterState::load(key, incarnation, &state.save()).unwrap()
+}
+
+/// Node `n`'s state, founded by node 1 (itself, if `n` is 1), with `n`
+/// admitted: every node a test starts this way trusts the others once
+/// their states meet.
+fn member_state(n: u8, incarnation: u64) -> ClusterState {
+    let mut founder = founded_state(1);
+    if n != 1 {
+        // Another incarnation of node 1 per admission, so that the states
+        // of different nodes never reuse an (actor, seq) pair.
+        founder = ClusterState::load(test_key(1), 100 + u64::from(n), &founder.save()).unwrap();
+        admit_test_node(&mut founder, n);
+    }
+    ClusterState::load(test_key(n), incarnation, &founder.save()).unwrap()
 }
 
 // ----- merge properties ------------------------------------------------------
@@ -37,11 +58,10 @@ fn copy(state: &mut ClusterState, incarnation: u64) -> ClusterState {
 #[derive(Clone, Debug)]
 enum Op {
     Deploy { doc: usize, branch: u8, commit: u8 },
-    AddHolder { doc: usize, blob: u8, holder: u8 },
-    RemoveHolder { doc: usize, blob: u8, holder: u8 },
-    Member { doc: usize, member: u8, addr: u8 },
-    Admit { doc: usize, member: u8 },
-    Revoke { doc: usize, member: u8 },
+    // A node writes only its own allocation and member records.
+    AddHolder { doc: usize, blob: u8 },
+    RemoveHolder { doc: usize, blob: u8 },
+    Member { doc: usize, addr: u8 },
     RemoveBranch { doc: usize, branch: u8 },
     Sync { from: usize, to: usize },
 }
@@ -54,23 +74,9 @@ fn op() -> impl Strategy<Value = Op> {
             branch,
             commit
         }),
-        (doc.clone(), 0u8..3, 1u8..5).prop_map(|(doc, blob, holder)| Op::AddHolder {
-            doc,
-            blob,
-            holder
-        }),
-        (doc.clone(), 0u8..3, 1u8..5).prop_map(|(doc, blob, holder)| Op::RemoveHolder {
-            doc,
-            blob,
-            holder
-        }),
-        (doc.clone(), 1u8..5, any::<u8>()).prop_map(|(doc, member, addr)| Op::Member {
-            doc,
-            member,
-            addr
-        }),
-        (doc.clone(), 1u8..5).prop_map(|(doc, member)| Op::Admit { doc, member }),
-        (doc.clone(), 1u8..5).prop_map(|(doc, member)| Op::Revoke { doc, member }),
+        (doc.clone(), 0u8..3).prop_map(|(doc, blob)| Op::AddHolder { doc, blob }),
+        (doc.clone(), 0u8..3).prop_map(|(doc, blob)| Op::RemoveHolder { doc, blob }),
+        (doc.clone(), any::<u8>()).prop_map(|(doc, addr)| Op::Member { doc, addr }),
         (doc.clone(), 0u8..2).prop_map(|(doc, branch)| Op::RemoveBranch { doc, branch }),
         (doc.clone(), doc).prop_map(|(from, to)| Op::Sync { from, to }),
     ]
@@ -84,36 +90,40 @@ fn apply(docs: &mut [ClusterState], op: &Op) {
             commit,
         } => {
             let branch = if branch == 0 { "main" } else { "dev" };
+            let own = docs[doc].local_id();
+            let commit_name = format!("c{commit}");
             docs[doc]
                 .apply_deployment(
                     &env(branch),
                     DeploymentUpdate {
-                        commit: format!("c{commit}"),
+                        warrant: Some(push_warrant(own, &env(branch), Some(&commit_name))),
+                        commit: commit_name,
                         manifest_cid: cid_of(&[commit, 0]),
                         artifacts: vec![cid_of(&[commit, 1]), cid_of(&[commit, 2])],
                     },
                 )
                 .unwrap();
         }
-        Op::AddHolder { doc, blob, holder } => docs[doc]
-            .add_holder(&cid_of(&[blob]), node(holder))
-            .unwrap(),
-        Op::RemoveHolder { doc, blob, holder } => docs[doc]
-            .remove_holder(&cid_of(&[blob]), node(holder))
-            .unwrap(),
-        Op::Member { doc, member, addr } => docs[doc]
-            .upsert_member(
-                node(member),
-                vec![format!("10.0.0.{addr}:7000")],
-                Role::Full,
-                None,
-            )
-            .unwrap(),
-        Op::Admit { doc, member } => docs[doc].admit(node(member), node(1)).unwrap(),
-        Op::Revoke { doc, member } => docs[doc].revoke(node(member)).unwrap(),
+        Op::AddHolder { doc, blob } => {
+            let own = docs[doc].local_id();
+            docs[doc].add_holder(&cid_of(&[blob]), own).unwrap()
+        }
+        Op::RemoveHolder { doc, blob } => {
+            let own = docs[doc].local_id();
+            docs[doc].remove_holder(&cid_of(&[blob]), own).unwrap()
+        }
+        Op::Member { doc, addr } => {
+            let own = docs[doc].local_id();
+            docs[doc]
+                .upsert_member(own, vec![format!("10.0.0.{addr}:7000")], Role::Full, None)
+                .unwrap()
+        }
         Op::RemoveBranch { doc, branch } => {
             let branch = if branch == 0 { "main" } else { "dev" };
-            docs[doc].remove_deployment(&env(branch)).unwrap();
+            let own = docs[doc].local_id();
+            docs[doc]
+                .remove_deployment(&env(branch), Some(&push_warrant(own, &env(branch), None)))
+                .unwrap();
         }
         Op::Sync { from, to } => {
             if from != to {
@@ -125,7 +135,10 @@ fn apply(docs: &mut [ClusterState], op: &Op) {
 }
 
 fn three_docs() -> Vec<ClusterState> {
-    (1..=3).map(|n| ClusterState::new(node(n), 0)).collect()
+    let mut founder = founded_state(1);
+    let two = joined_state(2, &mut founder);
+    let three = joined_state(3, &mut founder);
+    vec![founder, two, three]
 }
 
 /// The precedence of `env`'s winner, live or tombstone.
@@ -184,12 +197,12 @@ proptest! {
         ab.merge(&mut a_copy).unwrap();
         prop_assert_eq!(ab.state_hash(), once);
 
-        let mut in_order = ClusterState::new(node(9), 0);
+        let mut in_order = member_state(9, 0);
         for i in [0, 1, 2] {
             let mut c = copy(&mut docs[i], 20);
             in_order.merge(&mut c).unwrap();
         }
-        let mut shuffled = ClusterState::new(node(8), 0);
+        let mut shuffled = member_state(9, 1);
         for i in order {
             let mut c = copy(&mut docs[i], 21);
             shuffled.merge(&mut c).unwrap();
@@ -211,18 +224,23 @@ proptest! {
 
 #[test]
 fn a_deletion_outranks_what_it_saw_and_a_later_push_outranks_the_deletion() {
-    let push = |commit: &str| DeploymentUpdate {
+    let push = |n: u8, commit: &str| DeploymentUpdate {
         commit: commit.into(),
         manifest_cid: cid_of(commit.as_bytes()),
         artifacts: vec![],
+        warrant: Some(push_warrant(node(n), &env("dev"), Some(commit))),
     };
-    let mut a = ClusterState::new(node(1), 0);
-    let mut b = ClusterState::new(node(2), 0);
-    a.apply_deployment(&env("dev"), push("v1")).unwrap();
+    let delete = |n: u8| push_warrant(node(n), &env("dev"), None);
+    let mut a = founded_state(1);
+    let mut b = joined_state(2, &mut a);
+    a.apply_deployment(&env("dev"), push(1, "v1")).unwrap();
     let mut a1 = copy(&mut a, 1);
     b.merge(&mut a1).unwrap();
     // b deletes the branch: a tombstone above v1.
-    let tombstone = b.remove_deployment(&env("dev")).unwrap().unwrap();
+    let tombstone = b
+        .remove_deployment(&env("dev"), Some(&delete(2)))
+        .unwrap()
+        .unwrap();
     assert!(tombstone > (1, node(1)));
     assert_eq!(b.deployment(&env("dev")), None);
     assert_eq!(b.removed().get(&env("dev")), Some(&tombstone));
@@ -235,8 +253,11 @@ fn a_deletion_outranks_what_it_saw_and_a_later_push_outranks_the_deletion() {
     a.merge(&mut b1).unwrap();
     assert_eq!(a.deployment(&env("dev")), None);
     // Deleting again changes nothing; a new push outranks the tombstone.
-    assert_eq!(a.remove_deployment(&env("dev")).unwrap(), None);
-    let v2 = a.apply_deployment(&env("dev"), push("v2")).unwrap();
+    assert_eq!(
+        a.remove_deployment(&env("dev"), Some(&delete(1))).unwrap(),
+        None
+    );
+    let v2 = a.apply_deployment(&env("dev"), push(1, "v2")).unwrap();
     assert!(v2.precedence() > tombstone);
     let mut a2 = copy(&mut a, 2);
     b.merge(&mut a2).unwrap();
@@ -246,15 +267,16 @@ fn a_deletion_outranks_what_it_saw_and_a_later_push_outranks_the_deletion() {
 
 #[test]
 fn concurrent_pushes_of_one_branch_resolve_to_one_winner() {
-    let mut a = ClusterState::new(node(1), 0);
-    let mut b = ClusterState::new(node(2), 0);
-    let push = |commit: &str| DeploymentUpdate {
+    let mut a = founded_state(1);
+    let mut b = joined_state(2, &mut a);
+    let push = |n: u8, commit: &str| DeploymentUpdate {
         commit: commit.into(),
         manifest_cid: cid_of(commit.as_bytes()),
         artifacts: vec![cid_of(format!("{commit}-wasm").as_bytes())],
+        warrant: Some(push_warrant(node(n), &env("main"), Some(commit))),
     };
-    a.apply_deployment(&env("main"), push("from-a")).unwrap();
-    b.apply_deployment(&env("main"), push("from-b")).unwrap();
+    a.apply_deployment(&env("main"), push(1, "from-a")).unwrap();
+    b.apply_deployment(&env("main"), push(2, "from-b")).unwrap();
     let mut a2 = copy(&mut a, 1);
     let mut b2 = copy(&mut b, 1);
     a.merge(&mut b2).unwrap();
@@ -262,13 +284,21 @@ fn concurrent_pushes_of_one_branch_resolve_to_one_winner() {
     let on_a = a.deployment(&env("main")).unwrap();
     let on_b = b.deployment(&env("main")).unwrap();
     assert_eq!(on_a, on_b);
-    // Equal seq: the greater node id (node 2) wins, with its own artifacts.
-    assert_eq!(on_a.commit, "from-b");
-    assert_eq!(on_a.pushed_by, node(2));
-    assert_eq!(on_a.artifacts, vec![cid_of(b"from-b-wasm")]);
+    // Equal seq: the greater node id wins, with its own artifacts.
+    let (winner, commit) = if node(2) > node(1) {
+        (node(2), "from-b")
+    } else {
+        (node(1), "from-a")
+    };
+    assert_eq!(on_a.commit, commit);
+    assert_eq!(on_a.pushed_by, winner);
+    assert_eq!(
+        on_a.artifacts,
+        vec![cid_of(format!("{commit}-wasm").as_bytes())]
+    );
     assert_eq!(a.state_hash(), b.state_hash());
     // A later push on a node that saw both supersedes both.
-    let later = a.apply_deployment(&env("main"), push("later")).unwrap();
+    let later = a.apply_deployment(&env("main"), push(1, "later")).unwrap();
     assert_eq!(later.pushed_at_seq, 2);
     let mut a3 = copy(&mut a, 2);
     b.merge(&mut a3).unwrap();
@@ -289,7 +319,7 @@ fn start(hub: &MemoryHub, n: u8, replicate: ReplicateConfig) -> TestNode {
     let id = node(n);
     let (net, events) = hub.add_node(id);
     let cluster = ClusterHandle::new(SyncCore::new(
-        ClusterState::new(id, n as u64),
+        member_state(n, n as u64),
         SyncConfig {
             anti_entropy_interval: Duration::from_secs(2),
         },
@@ -347,6 +377,7 @@ fn deploy(node: &TestNode, branch: &str, commit: &str, manifest: Cid) {
                     commit: commit.into(),
                     manifest_cid: manifest,
                     artifacts: vec![],
+                    warrant: Some(push_warrant(node.id, &env(branch), Some(commit))),
                 },
             )
         })
@@ -361,15 +392,13 @@ async fn three_nodes_converge() {
         .collect();
     deploy(&nodes[0], "main", "c1", cid_of(b"m1"));
     deploy(&nodes[2], "dev", "c2", cid_of(b"m2"));
-    nodes[1]
-        .cluster
-        .update(|s| s.admit(node(3), node(2)))
-        .unwrap();
+    // Node 2 admits a fourth node (an invite an admin asked for).
+    nodes[1].cluster.update(|s| admit_test_node(s, 4));
     wait_for("3 nodes to converge", Duration::from_secs(30), || {
         converged(&nodes)
             && nodes[0]
                 .cluster
-                .read(|s| s.deployments().len() == 2 && s.is_admitted(&node(3)))
+                .read(|s| s.deployments().len() == 2 && s.is_admitted(&node(4)))
     })
     .await;
     for n in &nodes {
@@ -435,10 +464,16 @@ async fn concurrent_pushes_on_two_live_nodes_converge_to_one_winner() {
     deploy(&nodes[1], "main", "from-2", cid_of(b"m2"));
     hub.heal();
     wait_for("convergence", Duration::from_secs(30), || converged(&nodes)).await;
+    // Equal seq: the greater node id wins.
+    let (commit, winner, manifest) = if node(2) > node(1) {
+        ("from-2", node(2), cid_of(b"m2"))
+    } else {
+        ("from-1", node(1), cid_of(b"m1"))
+    };
     for n in &nodes {
         let d = n.cluster.read(|s| s.deployment(&env("main")).unwrap());
-        assert_eq!((d.commit.as_str(), d.pushed_by), ("from-2", node(2)));
-        assert_eq!(d.manifest_cid, cid_of(b"m2"));
+        assert_eq!((d.commit.as_str(), d.pushed_by), (commit, winner));
+        assert_eq!(d.manifest_cid, manifest);
     }
 }
 
@@ -506,7 +541,8 @@ async fn corrupt_offer_is_rejected_and_fetched_from_another_holder() {
     let cid = cid_of(&content);
     // Make the corrupt holder the one tried first.
     let ranked = placement::rank(&cid, [node(1), node(2)]);
-    let (bad_n, good_n) = (ranked[0].0[0], ranked[1].0[0]);
+    let n_of = |id: NodeId| (1..=2).find(|n| node(*n) == id).unwrap();
+    let (bad_n, good_n) = (n_of(ranked[0]), n_of(ranked[1]));
     let hub = MemoryHub::new(Duration::from_secs(30));
     let bad = start(&hub, bad_n, ReplicateConfig::default());
     let good = start(&hub, good_n, ReplicateConfig::default());
@@ -520,13 +556,17 @@ async fn corrupt_offer_is_rejected_and_fetched_from_another_holder() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, &corrupt).unwrap();
 
-    fetcher
-        .cluster
-        .update(|s| -> Result<(), canopy_node::cluster::ClusterError> {
-            s.add_holder(&cid, bad.id)?;
-            s.add_holder(&cid, good.id)
-        })
-        .unwrap();
+    // Each holder announces itself (a node writes only its own records).
+    for holder in [&bad, &good] {
+        holder
+            .cluster
+            .update(|s| s.add_holder(&cid, holder.id))
+            .unwrap();
+    }
+    wait_for("both holders to be known", Duration::from_secs(20), || {
+        fetcher.cluster.read(|s| s.holders(&cid).len() == 2)
+    })
+    .await;
     let report = fetcher.replicate.fetch(cid).await.unwrap();
     assert_eq!(report.from, Some(good.id));
     assert_eq!(report.rejected, vec![bad.id]);
@@ -593,16 +633,11 @@ async fn referenced_blob_reaches_r_holders() {
         .map(|n| start(&hub, n, ReplicateConfig::default()))
         .collect();
     // Every node is an admitted member: R = min(3, 4) = 3.
-    nodes[0]
-        .cluster
-        .update(|s| -> Result<(), canopy_node::cluster::ClusterError> {
-            for n in 1..=4 {
-                s.upsert_member(node(n), vec![], Role::Full, Some(node(1)))?;
-                s.admit(node(n), node(1))?;
-            }
-            Ok(())
-        })
-        .unwrap();
+    for n in &nodes {
+        n.cluster
+            .update(|s| s.upsert_member(n.id, vec![], Role::Full, Some(node(1))))
+            .unwrap();
+    }
     wait_for("membership to spread", Duration::from_secs(10), || {
         nodes
             .iter()

@@ -279,6 +279,7 @@ async fn pushes_produce_events_and_checkouts_match() {
         event,
         PushEvent {
             repo: "shop".into(),
+            pusher: None,
             updates: vec![update("main", None, Some(first))]
         }
     );

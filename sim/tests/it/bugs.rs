@@ -86,6 +86,42 @@ fn accepting_an_unverified_blob_is_found() {
 }
 
 #[test]
+fn trusting_any_signer_is_found() {
+    let found = find(Bug::TrustAnySigner);
+    eprintln!(
+        "trust-any-signer: seed {} — {}",
+        found.config.seed, found.violations[0]
+    );
+    assert!(
+        found
+            .violations
+            .iter()
+            .any(|v| v.invariant == invariants::NO_FORGED_RECORD),
+        "{:?}",
+        found.violations
+    );
+    replays(&found, Bug::TrustAnySigner);
+}
+
+#[test]
+fn ignoring_revocations_is_found() {
+    let found = find(Bug::IgnoreRevocations);
+    eprintln!(
+        "ignore-revocations: seed {} — {}",
+        found.config.seed, found.violations[0]
+    );
+    assert!(
+        found
+            .violations
+            .iter()
+            .any(|v| v.invariant == invariants::REVOCATION_STICKS),
+        "{:?}",
+        found.violations
+    );
+    replays(&found, Bug::IgnoreRevocations);
+}
+
+#[test]
 fn applying_a_stale_deployment_is_found() {
     let found = find(Bug::ApplyStaleDeployment);
     eprintln!(

@@ -269,3 +269,32 @@ fn no_panic_and_run_finishes_fire() {
     let found = invariants::run_finishes(&t);
     assert!(fired(&found, invariants::RUN_FINISHES), "{found:?}");
 }
+
+#[test]
+fn no_forged_record_fires_when_an_honest_node_takes_one() {
+    let mut t = good();
+    t.push(
+        2000,
+        Event::ForgedAccepted {
+            node: 1,
+            what: "another node's member record".into(),
+        },
+    );
+    let found = invariants::no_forged_record(&t);
+    assert!(fired(&found, invariants::NO_FORGED_RECORD), "{found:?}");
+    assert!(invariants::no_forged_record(&good()).is_empty());
+}
+
+#[test]
+fn revocation_sticks_fires_on_a_token_taken_again_or_still_taken_at_the_end() {
+    let mut t = good();
+    t.push(2000, Event::TokenRefused { node: 1 });
+    assert!(invariants::revocation_sticks(&t).is_empty());
+    t.push(3000, Event::TokenAcceptedAgain { node: 1 });
+    let found = invariants::revocation_sticks(&t);
+    assert!(fired(&found, invariants::REVOCATION_STICKS), "{found:?}");
+    let mut t = good();
+    t.push(4000, Event::TokenStillAccepted { node: 2 });
+    let found = invariants::revocation_sticks(&t);
+    assert!(fired(&found, invariants::REVOCATION_STICKS), "{found:?}");
+}

@@ -23,6 +23,7 @@ use canopy_node::cluster::{
     replicate_channel, run_replicate, run_sync, split_events,
 };
 use canopy_node::env::Rng;
+use canopy_node::net::admission::ClusterId;
 use canopy_node::net::identity::NodeKey;
 use canopy_node::net::p2p::{P2pConfig, P2pNet};
 use canopy_node::net::{Net, NodeId};
@@ -178,11 +179,14 @@ struct Side {
     _dir: tempfile::TempDir,
 }
 
+/// One side of the replication bench: it founds a cluster (`cluster`
+/// `None`) or trusts the founder's (`Some`), as a joined node does.
 async fn side(
     seed: u64,
     secret: [u8; 32],
     admitted: BTreeSet<NodeId>,
     bootstrap: Vec<canopy_node::net::p2p::Multiaddr>,
+    cluster: Option<ClusterId>,
 ) -> Result<Side> {
     let key = NodeKey::generate(&Rng::seeded(seed));
     let id = key.node_id();
@@ -199,10 +203,14 @@ async fn side(
     };
     let (admitted_tx, admitted_rx) = watch::channel(admitted);
     let (net, events) = P2pNet::start(&key, config, admitted_rx).await?;
-    let cluster = ClusterHandle::new(SyncCore::new(
-        ClusterState::new(id, seed),
-        SyncConfig::default(),
-    ));
+    let mut state = ClusterState::new(key.clone(), seed);
+    match cluster {
+        None => {
+            state.found([seed as u8; 16])?;
+        }
+        Some(id) => state.pin(id),
+    }
+    let cluster = ClusterHandle::new(SyncCore::new(state, SyncConfig::default()));
     let dir = tempfile::tempdir()?;
     let store = Arc::new(BlobStore::open(dir.path().join("store"))?);
     let (sync_rx, blob_rx) = split_events(events);
@@ -344,9 +352,14 @@ pub async fn replication(size_bytes: usize, runs: usize) -> Result<Value> {
         .iter()
         .map(|s| NodeKey::generate(&Rng::seeded(*s)).node_id())
         .collect();
-    let a = side(1, secret, ids.clone(), vec![]).await?;
+    let a = side(1, secret, ids.clone(), vec![], None).await?;
     let a_addr = a.net.listen_addrs().first().cloned().context("A listens")?;
-    let b = side(2, secret, ids, vec![a_addr]).await?;
+    let cluster = a
+        .cluster
+        .read(|s| s.cluster_id())
+        .and_then(|id| ClusterId::parse(&id))
+        .context("A founded a cluster")?;
+    let b = side(2, secret, ids, vec![a_addr], Some(cluster)).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(b.net.peers().contains(&a.id) && a.net.peers().contains(&b.id)) {
         ensure!(Instant::now() < deadline, "the two nodes did not connect");

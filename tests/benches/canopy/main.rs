@@ -380,7 +380,11 @@ async fn run(mode: &Mode) -> Result<Value> {
     if mode.runs("auth") {
         eprintln!("auth: the token check of an admin request or a push…");
         let checks = if mode.quick { 2_000 } else { 200_000 };
-        report.insert("auth".into(), auth::measure(checks)?);
+        let mut figures = auth::measure(checks)?;
+        eprintln!("auth: signed cluster records, per push…");
+        let pushes = if mode.quick { 100 } else { 1_000 };
+        figures["records"] = auth::records(pushes)?;
+        report.insert("auth".into(), figures);
     }
 
     if let Some(canopy) = &canopy
