@@ -60,6 +60,14 @@ pub trait AdminSource: Send + Sync + 'static {
         warrantor: &crate::auth::Token,
     ) -> Result<InviteAnswer, InviteError>;
 
+    /// Remove the member whose id starts with `node` from the cluster, at
+    /// the request of the admin holding `warrantor`; its full id.
+    fn remove_node(
+        &self,
+        node: &str,
+        warrantor: &crate::auth::Token,
+    ) -> Result<String, InviteError>;
+
     /// Every claimed domain and its owning project.
     fn domains(&self) -> crate::deploy::domains::Owners;
 
@@ -97,6 +105,17 @@ pub enum InviteError {
     /// The cluster refused (the node is not an admitted member yet, ...).
     #[error(transparent)]
     Cluster(#[from] crate::cluster::member::InviteRefusal),
+    /// The cluster refused a removal.
+    #[error(transparent)]
+    Remove(#[from] crate::cluster::member::RemoveRefusal),
+}
+
+/// The body of `POST /api/cluster/remove`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRemoval {
+    /// The node's id, or at least its first 16 hex digits.
+    pub node: String,
 }
 
 /// The answer of `POST /api/cluster/invite`.
@@ -204,6 +223,7 @@ impl Admin {
                 json(StatusCode::OK, &report)
             }
             (&Method::POST, "/api/cluster/invite") => self.invite(&caller, req.uri().query()),
+            (&Method::POST, "/api/cluster/remove") => self.remove_node(&caller, req).await,
             (&Method::GET, "/api/tokens") => match caller.must_be_admin("list tokens") {
                 Ok(()) => json(StatusCode::OK, &self.authority.list()),
                 Err(e) => error(StatusCode::FORBIDDEN, &e.to_string()),
@@ -302,6 +322,38 @@ impl Admin {
         };
         match self.source.invite(ttl_s, &caller.credential) {
             Ok(answer) => json(StatusCode::OK, &answer),
+            Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+        }
+    }
+
+    /// `POST /api/cluster/remove` (admin): `{"node"}`.
+    async fn remove_node(&self, caller: &Caller, req: Request<Incoming>) -> Response<Body> {
+        if let Err(e) = caller.must_be_admin("remove nodes") {
+            return error(StatusCode::FORBIDDEN, &e.to_string());
+        }
+        let Ok(body) = Limited::new(req.into_body(), MAX_API_BODY_BYTES)
+            .collect()
+            .await
+        else {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("a removal is at most {MAX_API_BODY_BYTES} bytes of JSON"),
+            );
+        };
+        let request: NodeRemoval = match serde_json::from_slice(&body.to_bytes()) {
+            Ok(request) => request,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the body is not a removal ({e}); send {{\"node\": \"<node id>\"}}"),
+                );
+            }
+        };
+        match self.source.remove_node(&request.node, &caller.credential) {
+            Ok(id) => {
+                tracing::info!(node = %id, by = %caller.token, "node removed from the cluster");
+                json(StatusCode::OK, &NodeRemoval { node: id })
+            }
             Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
         }
     }

@@ -1,4 +1,5 @@
-//! `canopy cluster init|invite`: make a cluster secret, invite a node.
+//! `canopy cluster init|invite|remove`: make a cluster secret, invite a
+//! node, remove one.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -7,7 +8,8 @@ use anyhow::Context;
 
 use crate::admin::InviteAnswer;
 
-/// Create a cluster's secret, or invite a new node into a running cluster.
+/// Create a cluster's secret, invite a new node into a running cluster, or
+/// remove one.
 ///
 /// A cluster starts with its first node: give it a `cluster:` section with a
 /// secret (`canopy cluster init`) and no invite, and it founds the cluster.
@@ -43,12 +45,25 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a node from the cluster for good: every node stops admitting
+    /// it and closes its connections, and what it writes from now on counts
+    /// nowhere (what it recorded before, like the pushes it received, stays).
+    ///
+    /// Needs an admin token. The founding node cannot be removed.
+    Remove {
+        #[command(flatten)]
+        target: super::admin_client::AdminTarget,
+        /// The node's id, or at least its first 16 hex digits (as
+        /// `canopy status` shows it).
+        node: String,
+    },
 }
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
         ClusterCommand::Init { secret_file } => init(&secret_file),
         ClusterCommand::Invite { target, ttl, json } => invite(&target, ttl, json).await,
+        ClusterCommand::Remove { target, node } => remove(&target, &node).await,
     }
 }
 
@@ -83,6 +98,20 @@ fn init(path: &std::path::Path) -> anyhow::Result<()> {
     file.sync_all()?;
     println!("Wrote a new cluster secret to {}", path.display());
     println!("Copy it to every node and point `cluster.secret_file` at it.");
+    Ok(())
+}
+
+async fn remove(target: &super::admin_client::AdminTarget, node: &str) -> anyhow::Result<()> {
+    let body = serde_json::to_value(crate::admin::NodeRemoval {
+        node: node.to_owned(),
+    })?;
+    let bytes = target
+        .client()?
+        .call(http::Method::POST, "/api/cluster/remove", Some(body))
+        .await?;
+    let answer: crate::admin::NodeRemoval =
+        serde_json::from_slice(&bytes).context("the node did not answer with the removed node")?;
+    println!("Removed node {} from the cluster.", answer.node);
     Ok(())
 }
 

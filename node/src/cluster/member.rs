@@ -169,6 +169,25 @@ pub enum InviteRefusal {
     State(ClusterError),
 }
 
+/// Why a node was not removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveRefusal {
+    #[error(
+        "{0:?} is not a node id: give at least its first 16 hex digits, as `canopy status` shows them"
+    )]
+    BadId(String),
+    #[error("no admitted member's id starts with {0}; `canopy status` lists them")]
+    NotAMember(String),
+    #[error("more than one member's id starts with {0}; give more digits")]
+    Ambiguous(String),
+    #[error(
+        "node {0} founded the cluster: its records are the root every node trusts, so it cannot be removed"
+    )]
+    Founder(NodeId),
+    #[error(transparent)]
+    State(#[from] ClusterError),
+}
+
 /// The cluster side of a running node. Stop with [`ClusterNode::stop`].
 pub struct ClusterNode {
     local: NodeId,
@@ -408,6 +427,39 @@ impl ClusterNode {
             .update(|s| s.record_invite_issued(&token.nonce, expires, warrantor))
             .map_err(InviteRefusal::State)?;
         Ok(token)
+    }
+
+    /// Remove the member whose id starts with `node` (at least 16 hex
+    /// digits, as `canopy status` shows it) at the request of the admin
+    /// holding `warrantor`. Every node stops admitting it, closes its
+    /// connections and ignores what it writes from now on. Returns its
+    /// full id.
+    pub fn remove(
+        &self,
+        node: &str,
+        warrantor: &crate::auth::Token,
+    ) -> Result<NodeId, RemoveRefusal> {
+        let node = node.trim().to_ascii_lowercase();
+        if node.len() < 16 || !node.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RemoveRefusal::BadId(node));
+        }
+        self.handle.update(|s| {
+            let matches: Vec<NodeId> = s
+                .admitted()
+                .into_keys()
+                .filter(|id| super::ids::node_hex(id).starts_with(&node))
+                .collect();
+            let found = match matches.as_slice() {
+                [] => return Err(RemoveRefusal::NotAMember(node.clone())),
+                [one] => *one,
+                _ => return Err(RemoveRefusal::Ambiguous(node.clone())),
+            };
+            if Some(found) == s.founder() {
+                return Err(RemoveRefusal::Founder(found));
+            }
+            s.remove_node(found, warrantor)?;
+            Ok(found)
+        })
     }
 
     /// This node's peer-to-peer addresses, as it tells its peers.

@@ -118,6 +118,18 @@ impl AdminSource for Info {
         self.deployer.transfer_domain(domain, project, warrantor)
     }
 
+    fn remove_node(
+        &self,
+        node: &str,
+        warrantor: &crate::auth::Token,
+    ) -> Result<String, admin::InviteError> {
+        let Some((cluster, ..)) = &self.cluster else {
+            return Err(admin::InviteError::NotInCluster);
+        };
+        let id = cluster.remove(node, warrantor)?;
+        Ok(crate::cluster::node_hex(&id))
+    }
+
     fn invite(
         &self,
         ttl_s: u64,

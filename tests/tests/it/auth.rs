@@ -342,6 +342,55 @@ async fn a_revoked_token_is_refused_on_every_node_and_invites_are_bounded() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401);
+
+    // Removing a node: admin only; the founder cannot be removed; a removed
+    // node drops out of every other node's status (its connections close).
+    let founder = canopy(&dream, &["cluster", "remove", &nodes[0].id]);
+    assert!(!founder.status.success());
+    assert!(
+        all_output(&founder).contains("founded the cluster"),
+        "{}",
+        all_output(&founder)
+    );
+    let as_project = client()
+        .post(format!("{}/api/cluster/remove", nodes[0].admin))
+        .bearer_auth(project_token(&dream, "shop", "not an admin"))
+        .json(&serde_json::json!({"node": nodes[2].id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_project.status(), 403);
+    let removed = canopy(&dream, &["cluster", "remove", &nodes[2].id]);
+    assert!(removed.status.success(), "{}", all_output(&removed));
+    assert!(
+        stdout(&removed).contains(&format!("Removed node {}", nodes[2].id)),
+        "{}",
+        stdout(&removed)
+    );
+    for node in &nodes[..2] {
+        wait_for(
+            &format!("{} to drop the removed node", node.admin),
+            Duration::from_secs(10),
+            || async {
+                let status: serde_json::Value = client()
+                    .get(format!("{}/api/status", node.admin))
+                    .bearer_auth(&dream.token)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let ids: Vec<&str> = status["nodes"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|n| n["id"].as_str())
+                    .collect();
+                (ids.len() == 2 && !ids.contains(&nodes[2].id.as_str())).then_some(())
+            },
+        )
+        .await;
+    }
 }
 
 /// `project` with `domains: [shop.example.com]`.
