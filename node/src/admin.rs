@@ -331,24 +331,11 @@ impl Admin {
         if let Err(e) = caller.must_be_admin("remove nodes") {
             return error(StatusCode::FORBIDDEN, &e.to_string());
         }
-        let Ok(body) = Limited::new(req.into_body(), MAX_API_BODY_BYTES)
-            .collect()
-            .await
-        else {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("a removal is at most {MAX_API_BODY_BYTES} bytes of JSON"),
-            );
-        };
-        let request: NodeRemoval = match serde_json::from_slice(&body.to_bytes()) {
-            Ok(request) => request,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("the body is not a removal ({e}); send {{\"node\": \"<node id>\"}}"),
-                );
-            }
-        };
+        let request: NodeRemoval =
+            match read_json(req, "a removal", r#"{"node": "<node id>"}"#).await {
+                Ok(request) => request,
+                Err(response) => return response,
+            };
         match self.source.remove_node(&request.node, &caller.credential) {
             Ok(id) => {
                 tracing::info!(node = %id, by = %caller.token, "node removed from the cluster");
@@ -363,25 +350,15 @@ impl Admin {
         if let Err(e) = caller.must_be_admin("transfer domains") {
             return error(StatusCode::FORBIDDEN, &e.to_string());
         }
-        let Ok(body) = Limited::new(req.into_body(), MAX_API_BODY_BYTES)
-            .collect()
-            .await
-        else {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("a transfer is at most {MAX_API_BODY_BYTES} bytes of JSON"),
-            );
-        };
-        let request: DomainTransfer = match serde_json::from_slice(&body.to_bytes()) {
+        let request: DomainTransfer = match read_json(
+            req,
+            "a transfer",
+            r#"{"domain": "shop.example.com", "to": "shop"}"#,
+        )
+        .await
+        {
             Ok(request) => request,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!(
-                        "the body is not a transfer ({e}); send {{\"domain\": \"shop.example.com\", \"to\": \"shop\"}}"
-                    ),
-                );
-            }
+            Err(response) => return response,
         };
         let domain = match crate::config::names::normalize_domain(&request.domain) {
             Ok(domain) => domain,
@@ -610,6 +587,31 @@ fn addressed_to_loopback<B>(req: &Request<B>) -> bool {
     name == "localhost"
         || name.ends_with(".localhost")
         || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The request's body as `T` (JSON, at most [`MAX_API_BODY_BYTES`]), or the
+/// answer to give: 413 when too large, 400 naming `what` it should be and
+/// an `example`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    what: &str,
+    example: &str,
+) -> Result<T, Response<Body>> {
+    let Ok(body) = Limited::new(req.into_body(), MAX_API_BODY_BYTES)
+        .collect()
+        .await
+    else {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("{what} is at most {MAX_API_BODY_BYTES} bytes of JSON"),
+        ));
+    };
+    serde_json::from_slice(&body.to_bytes()).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not {what} ({e}); send {example}"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -515,16 +515,7 @@ impl NodeInfo {
 
     /// This node's admin status report (as the dream's admin).
     pub async fn status(&self) -> Option<Value> {
-        client()
-            .get(format!("{}/api/status", self.admin))
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()
+        status_json(&self.admin, &self.token).await
     }
 
     /// Wait until this node answers `path` on `host` with 200 and a body
@@ -572,6 +563,21 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(60))
         .build()
         .expect("client builds")
+}
+
+/// `GET <admin>/api/status` with `token`, as JSON; `None` while the node
+/// does not answer with it.
+pub async fn status_json(admin: &str, token: &str) -> Option<serde_json::Value> {
+    client()
+        .get(format!("{admin}/api/status"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
 }
 
 /// A Git work tree to build projects in and push from.

@@ -372,15 +372,7 @@ async fn a_revoked_token_is_refused_on_every_node_and_invites_are_bounded() {
             &format!("{} to drop the removed node", node.admin),
             Duration::from_secs(10),
             || async {
-                let status: serde_json::Value = client()
-                    .get(format!("{}/api/status", node.admin))
-                    .bearer_auth(&dream.token)
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let status = node.status().await?;
                 let ids: Vec<&str> = status["nodes"]
                     .as_array()?
                     .iter()

@@ -201,15 +201,7 @@ async fn a_node_without_a_sandbox_refuses_builds_but_deploys_prebuilt_wasm() {
     let admin = facts["admin"].as_str().unwrap().to_owned();
     let remote = canopy_tests::with_token(facts["git_base"].as_str().unwrap(), token) + "shop.git";
     let environment = |admin: String, token: String| async move {
-        let status: serde_json::Value = canopy_tests::client()
-            .get(format!("{admin}/api/status"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let status = canopy_tests::status_json(&admin, &token).await?;
         status["deployments"].as_array()?.first().cloned()
     };
 
