@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! {"by": "<node hex>", "sig": "<hex>", "body": "<record JSON>",
-//!  "warrant": {"token": "<token id>", "sig": "<hex>"}}      ← when a person asked
+//!  "warrant": {"token": "<token id>", "key": "<hex>", "sig": "<hex>"}}   ← when a person asked
 //! ```
 //!
 //! `sig` is the author node's ed25519 signature, and a warrant's `sig` the
@@ -17,12 +17,12 @@
 //! [`super::state::ClusterState`] verifies each envelope once, when it first
 //! sees it, and keeps the verified view; readers never touch the raw
 //! document. Whether an author may write a record of that kind is a separate
-//! question, answered by [`super::rules`].
+//! question, answered by [`super::trust`].
 
 use serde::{Deserialize, Serialize};
 
 use super::ids::{hex, parse_hex, parse_node_hex};
-use crate::auth::{TokenId, Warrant};
+use crate::auth::Warrant;
 use crate::net::NodeId;
 use crate::net::identity::{NodeKey, SIGNATURE_BYTES};
 
@@ -35,10 +35,9 @@ pub struct Signed {
     pub by: NodeId,
     /// The record's JSON.
     pub body: String,
-    /// The token whose holder asked for this write, if one did.
-    pub warrant: Option<TokenId>,
-    /// The warrant key the warrant's signature verified with.
-    pub warrant_key: Option<NodeId>,
+    /// The warrant of the token whose holder asked for this write, if one
+    /// did (its signature verified).
+    pub warrant: Option<Warrant>,
 }
 
 impl Signed {
@@ -54,17 +53,10 @@ struct Envelope {
     by: String,
     sig: String,
     body: String,
+    /// The warrant carries the token's warrant key (public), so its
+    /// signature can be checked before the token's own record is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    warrant: Option<WarrantJson>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WarrantJson {
-    token: String,
-    /// The token's warrant key (public), so the signature can be checked
-    /// before the token's own record is.
-    key: String,
-    sig: String,
+    warrant: Option<Warrant>,
 }
 
 /// The message both signatures cover.
@@ -84,11 +76,7 @@ pub fn seal(author: &NodeKey, key: &str, body: String, warrant: Option<&Warrant>
         by: hex(&author.node_id().0),
         sig: hex(&author.sign(&msg)),
         body,
-        warrant: warrant.map(|w| WarrantJson {
-            token: w.token.to_string(),
-            key: hex(&w.key.0),
-            sig: hex(&w.signature),
-        }),
+        warrant: warrant.cloned(),
     };
     serde_json::to_string(&envelope).expect("an envelope of strings serialises")
 }
@@ -114,23 +102,13 @@ pub fn open(key: &str, raw: &str) -> Result<Signed, Unsigned> {
     if !by.verify(&msg, &sig) {
         return Err(Unsigned::BadSignature);
     }
-    let (warrant, warrant_key) = match envelope.warrant {
-        None => (None, None),
-        Some(w) => {
-            let token: TokenId = w.token.parse().map_err(|_| Unsigned::Malformed)?;
-            let wkey = parse_node_hex(&w.key).ok_or(Unsigned::Malformed)?;
-            let wsig: [u8; SIGNATURE_BYTES] = parse_hex(&w.sig).ok_or(Unsigned::Malformed)?;
-            if !wkey.verify(&msg, &wsig) {
-                return Err(Unsigned::BadWarrant);
-            }
-            (Some(token), Some(wkey))
-        }
-    };
+    if envelope.warrant.as_ref().is_some_and(|w| !w.verifies(&msg)) {
+        return Err(Unsigned::BadWarrant);
+    }
     Ok(Signed {
         by,
         body: envelope.body,
-        warrant,
-        warrant_key,
+        warrant: envelope.warrant,
     })
 }
 
@@ -172,8 +150,9 @@ mod tests {
         let warrant = token.warrant(&msg);
         let raw = seal(&key(1), "token/ab", "{}".into(), Some(&warrant));
         let signed = open("token/ab", &raw).unwrap();
-        assert_eq!(signed.warrant, Some(token.id()));
-        assert_eq!(signed.warrant_key, Some(token.warrant_key().node_id()));
+        let opened = signed.warrant.expect("the warrant is kept");
+        assert_eq!(opened.token, token.id());
+        assert_eq!(opened.key, token.warrant_key().node_id());
         // The same warrant on another record does not verify.
         let moved = seal(&key(1), "token/cd", "{}".into(), Some(&warrant));
         assert_eq!(open("token/cd", &moved), Err(Unsigned::BadWarrant));

@@ -9,11 +9,11 @@
 //! record is one JSON string written in one operation, so a reader sees a
 //! whole record or none, never a mix of two writers' fields.
 //!
-//! ```text
 //! Every value is a signed envelope naming its author ([`super::record`]);
 //! a node acts only on records whose signature verifies and whose author
 //! may write them ([`super::trust`]).
 //!
+//! ```text
 //! member/<node hex>                              → {"addresses", "role", "joined_by"}
 //! admitted/<node hex>                            → {"admitted_by", "invite"}  (the issued invite it presented)
 //! deploy/<project>/<branch>/<seq:020>/<node hex> → {"commit", "manifest_cid", "artifacts", "pushed_at_seq", "pushed_by"}
@@ -417,8 +417,7 @@ impl ClusterState {
         let signed = Signed {
             by: self.local,
             body,
-            warrant: warrant.map(|w| w.token),
-            warrant_key: warrant.map(|w| w.key),
+            warrant: warrant.cloned(),
         };
         debug_assert_eq!(record::open(key, &sealed).as_ref(), Ok(&signed));
         let push_signed = push_signature_ok(key, &signed);
@@ -427,17 +426,19 @@ impl ClusterState {
         (sealed, push_signed)
     }
 
-    /// Recompute `key`'s entry in the view: its latest put the rules
-    /// accept, unless that is a tombstone.
+    /// What the view holds for `key` given `puts`, its puts: the latest
+    /// put the rules accept, unless that is a tombstone.
+    fn chosen(&self, key: &str, puts: &[Put]) -> Option<Signed> {
+        puts.iter()
+            .rev()
+            .find(|put| self.acts_on(key, put))
+            .filter(|put| !put.signed.is_tombstone())
+            .map(|put| put.signed.clone())
+    }
+
+    /// Recompute `key`'s entry in the view.
     fn review(&mut self, key: &str) {
-        let chosen = self.puts.get(key).and_then(|puts| {
-            puts.iter()
-                .rev()
-                .find(|put| self.acts_on(key, put))
-                .filter(|put| !put.signed.is_tombstone())
-                .map(|put| put.signed.clone())
-        });
-        match chosen {
+        match self.puts.get(key).and_then(|puts| self.chosen(key, puts)) {
             Some(signed) => {
                 self.records.insert(key.to_owned(), signed);
             }
@@ -450,16 +451,11 @@ impl ClusterState {
     /// Recompute trust from every put, then the view from trust.
     fn retrust(&mut self) {
         self.trust = Trust::compute(&self.puts, self.pin, &self.trust);
-        let mut records = BTreeMap::new();
-        for (key, puts) in &self.puts {
-            // The latest put the rules accept; a tombstone removes the key.
-            if let Some(put) = puts.iter().rev().find(|put| self.acts_on(key, put))
-                && !put.signed.is_tombstone()
-            {
-                records.insert(key.clone(), put.signed.clone());
-            }
-        }
-        self.records = records;
+        self.records = self
+            .puts
+            .iter()
+            .filter_map(|(key, puts)| Some((key.clone(), self.chosen(key, puts)?)))
+            .collect();
     }
 
     /// The whole document, compacted, for persisting.
@@ -1154,7 +1150,7 @@ impl ClusterState {
         let json = serde_json::to_string(record)
             .map_err(|source| ClusterError::Encode { what, source })?;
         let warrant = warrantor.warrant(&record::message(key, &json));
-        self.put_json(key, what, record, Some(&warrant))
+        self.write(key, json, Some(&warrant), "write a record")
     }
 
     /// Remove the record under `key`: a signed tombstone, which (unlike an

@@ -139,10 +139,10 @@ impl Trust {
 
     /// Whether `signed` carries a warrant from a valid admin token.
     pub fn admin_warranted(&self, signed: &Signed) -> bool {
-        match (signed.warrant, signed.warrant_key) {
-            (Some(token), Some(key)) => self.admin_keys.get(&token) == Some(&key),
-            _ => false,
-        }
+        signed
+            .warrant
+            .as_ref()
+            .is_some_and(|w| self.admin_keys.get(&w.token) == Some(&w.key))
     }
 
     /// Recompute from `puts` (every verified put, by key), for the cluster
@@ -260,9 +260,9 @@ impl Trust {
                 // The founder's first admin token warrants itself.
                 let bootstrap = put.signed.by == founder
                     && record.principal.is_admin()
-                    && put.signed.warrant == Some(record.id)
-                    && put.signed.warrant_key.is_some()
-                    && put.signed.warrant_key == warrant_key(record);
+                    && put.signed.warrant.as_ref().is_some_and(|w| {
+                        w.token == record.id && Some(w.key) == warrant_key(record)
+                    });
                 if bootstrap || trust.admin_warranted(&put.signed) {
                     valid.insert(record.id, record.clone());
                     if record.principal.is_admin()

@@ -523,10 +523,12 @@ impl Deployer {
         mut live: LiveRelease,
         mut release: Release,
     ) -> Result<Option<Precedence>, RecordError> {
+        // Read before the live lock: `status` takes the state lock, then
+        // the live lock; the other order here could deadlock with it.
+        let warrant = self.push_warrant(key, Some(&release.commit));
         {
             let mut all = self.live.lock().expect("live lock");
             if let Some(ledger) = self.ledger.get() {
-                let warrant = self.push_warrant(key, Some(&release.commit));
                 let precedence = record_push(
                     ledger.as_ref(),
                     key,
@@ -712,11 +714,12 @@ impl Deployer {
                 .collect()
         };
         for (key, mut release) in unrecorded {
+            // Before the live lock (see `go_live`).
+            let warrant = self.push_warrant(&key, Some(&release.commit));
             let mut all = self.live.lock().expect("live lock");
             let Some(live) = all.get_mut(&key) else {
                 continue;
             };
-            let warrant = self.push_warrant(&key, Some(&release.commit));
             let recorded = record_push(
                 ledger.as_ref(),
                 &key,
