@@ -53,6 +53,8 @@ let
         http = socket cfg.http;
         admin = socket cfg.admin;
       }
+      // lib.optionalAttrs (cfg.adminNames != [ ]) { admin_names = cfg.adminNames; }
+      // lib.optionalAttrs (cfg.localCa != null) { local_ca = cfg.localCa; }
       // lib.optionalAttrs cluster.enable {
         cluster = {
           listen = [ (socket cluster.listen) ];
@@ -204,8 +206,30 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Open the admin port in the firewall. The admin API and Git remote have
-        no authentication yet: prefer an SSH tunnel to 127.0.0.1.
+        Open the admin port in the firewall. Off 127.0.0.1 the admin API and
+        Git remote are served over TLS only, so set adminNames too; an SSH
+        tunnel to 127.0.0.1 needs neither.
+      '';
+    };
+
+    adminNames = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "node1.example.net" "10.0.0.5" ];
+      description = ''
+        The DNS names and addresses clients reach the admin port by, when it
+        listens off loopback: its TLS certificate names exactly these.
+      '';
+    };
+
+    localCa = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/canopy/ca";
+      description = ''
+        The directory of the CA (ca.pem, ca-key.pem) that signs the admin
+        port's certificate; default DATA_DIR/tls. Share one between nodes
+        (`canopy cluster init --ca-dir DIR`); clients trust its ca.pem.
       '';
     };
 

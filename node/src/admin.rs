@@ -42,6 +42,9 @@ pub const GIT_MOUNT: &str = "/git";
 /// The longest invite lifetime unless the node config says otherwise: 1 h.
 pub const DEFAULT_MAX_INVITE_TTL: Duration = Duration::from_secs(3600);
 
+/// How long a client of a TLS admin port has to finish its handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The largest JSON body the admin API reads (token requests): 16 KiB.
 const MAX_API_BODY_BYTES: usize = 16 * 1024;
 
@@ -470,10 +473,33 @@ impl Admin {
         }
     }
 
-    /// Serve until `shutdown` resolves.
+    /// Serve plain HTTP until `shutdown` resolves (a loopback admin port).
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// Serve over TLS with `config` until `shutdown` resolves: an admin
+    /// port off loopback, where tokens and pushes cross the network. A
+    /// client that does not finish its handshake within
+    /// [`TLS_HANDSHAKE_TIMEOUT`] is dropped.
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        self.serve_with(listener, Some(acceptor), shutdown).await
+    }
+
+    async fn serve_with(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -481,7 +507,7 @@ impl Admin {
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (stream, _) = match accepted {
+                    let (stream, peer) = match accepted {
                         Ok(conn) => conn,
                         Err(e) => {
                             tracing::warn!(error = %e, "admin accept failed");
@@ -489,17 +515,31 @@ impl Admin {
                         }
                     };
                     let admin = self.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.handle(req).await) }
-                    });
-                    let conn = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
+                    let watcher = graceful.watcher();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "admin connection ended with an error");
+                        let served = match tls {
+                            None => admin.serve_connection(stream, watcher).await,
+                            Some(acceptor) => {
+                                let handshake = tokio::time::timeout(
+                                    TLS_HANDSHAKE_TIMEOUT,
+                                    acceptor.accept(stream),
+                                );
+                                match handshake.await {
+                                    Ok(Ok(tls)) => admin.serve_connection(tls, watcher).await,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(%peer, error = %e, "admin: TLS handshake failed");
+                                        Ok(())
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%peer, "admin: TLS handshake timed out");
+                                        Ok(())
+                                    }
+                                }
+                            }
+                        };
+                        if let Err(e) = served {
+                            tracing::debug!(%peer, error = %e, "admin connection ended with an error");
                         }
                     });
                 }
@@ -508,6 +548,26 @@ impl Admin {
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
         Ok(())
+    }
+
+    /// Serve HTTP/1.1 or HTTP/2 (with upgrades) on one connection.
+    async fn serve_connection<S>(
+        self: Arc<Self>,
+        stream: S,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let admin = self;
+        let service = hyper::service::service_fn(move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.handle(req).await) }
+        });
+        let conn = auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        watcher.watch(conn).await
     }
 }
 

@@ -627,6 +627,8 @@ impl Project {
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_TERMINAL_PROMPT", "0")
+            // It would override a test's `-c http.sslCAInfo`.
+            .env_remove("GIT_SSL_CAINFO")
             .output()
             .context("running git")?;
         if !output.status.success() {

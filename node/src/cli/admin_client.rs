@@ -1,10 +1,13 @@
 //! A small client for a node's admin API, shared by the subcommands that
 //! talk to a running node, and how they find the node and a token.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use http_body_util::{BodyExt, Full};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 /// How long the CLI waits for a node to answer.
@@ -16,9 +19,16 @@ const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct AdminTarget {
     /// The admin API of any node, like http://127.0.0.1:7070 (`canopy dream`
-    /// prints it). Default: the running dream's.
+    /// prints it), or https://node1.example.net:7070 for a node whose admin
+    /// port is off loopback. Default: the running dream's.
     #[arg(long, env = "CANOPY_ADMIN", value_name = "URL")]
     pub admin: Option<String>,
+    /// The CA certificate an https:// admin port's certificate must chain
+    /// to: the node's `local_ca` ca.pem (DATA_DIR/tls/ca.pem, or the one
+    /// `canopy cluster init --ca-dir` made). Without it, only public CAs
+    /// are trusted.
+    #[arg(long, env = "CANOPY_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// A token: an admin token, or a project's for that project's commands
     /// (`canopy token create`; a node's first admin token is in
     /// DATA_DIR/admin-token). Default: the running dream's.
@@ -86,7 +96,11 @@ impl AdminTarget {
                 .filter(|d| d.admin.trim_end_matches('/') == admin.trim_end_matches('/'))
                 .map(|d| d.token)
         });
-        Ok(AdminClient { admin, token })
+        Ok(AdminClient {
+            admin,
+            token,
+            ca: self.ca.clone(),
+        })
     }
 }
 
@@ -95,6 +109,70 @@ impl AdminTarget {
 pub struct AdminClient {
     pub admin: String,
     token: Option<String>,
+    /// The CA to trust for an https:// admin port.
+    ca: Option<PathBuf>,
+}
+
+/// The connector for http:// and https:// admin URLs: TLS trusts `ca`
+/// alone when given, else the public web PKI (never this machine's store,
+/// so that a result does not depend on where the CLI runs).
+fn connector(
+    ca: Option<&Path>,
+) -> anyhow::Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>>
+{
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certificates: Vec<_> = CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("--ca {}: cannot read it", path.display()))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--ca {}: not a PEM certificate file", path.display()))?;
+            if certificates.is_empty() {
+                anyhow::bail!(
+                    "--ca {}: holds no certificate; give the node CA's ca.pem",
+                    path.display()
+                );
+            }
+            for certificate in certificates {
+                roots.add(certificate).with_context(|| {
+                    format!("--ca {}: not a usable CA certificate", path.display())
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("cannot configure TLS 1.2 and 1.3")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build())
+}
+
+/// What to say when the admin API cannot be reached at all.
+fn unreachable_help(url: &str, error: &(dyn std::error::Error + 'static), ca: bool) -> String {
+    let chain = std::iter::successors(Some(error), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    let mut message = format!("cannot reach the admin API at {url}: {chain}");
+    if chain.contains("certificate") || chain.contains("UnknownIssuer") {
+        message.push_str(if ca {
+            "\n  help: the admin port's certificate does not chain to --ca, or does not name the host in the URL (see admin_names in its node config)"
+        } else {
+            "\n  help: trust the node's CA with --ca FILE (or CANOPY_CA): its ca.pem, in DATA_DIR/tls or the node config's local_ca"
+        });
+    } else if url.starts_with("http:") && chain.contains("closed") {
+        message.push_str("\n  help: an admin port off loopback speaks TLS only: use https://");
+    } else {
+        message.push_str("\n  help: is the node running, and is that its admin address?");
+    }
+    message
 }
 
 impl AdminClient {
@@ -116,7 +194,7 @@ impl AdminClient {
         })?;
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<Full<bytes::Bytes>>();
+                .build::<_, Full<bytes::Bytes>>(connector(self.ca.as_deref())?);
         let mut request = http::Request::builder().method(method).uri(uri);
         if let Some(token) = &self.token {
             request = request.header(
@@ -133,9 +211,7 @@ impl AdminClient {
         let response = tokio::time::timeout(TIMEOUT, client.request(request))
             .await
             .with_context(|| format!("{url} did not answer within {} s", TIMEOUT.as_secs()))?
-            .with_context(|| {
-                format!("cannot reach the admin API at {url}; is the node running?")
-            })?;
+            .map_err(|e| anyhow::anyhow!(unreachable_help(&url, &e, self.ca.is_some())))?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {

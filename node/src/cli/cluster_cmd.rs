@@ -2,11 +2,12 @@
 //! node, remove one.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use crate::admin::InviteAnswer;
+use crate::tls::{CA_CERT_FILE, CA_KEY_FILE, CaScope, LocalCa};
 
 /// Create a cluster's secret, invite a new node into a running cluster, or
 /// remove one.
@@ -23,12 +24,21 @@ pub struct ClusterArgs {
 #[derive(Debug, clap::Subcommand)]
 enum ClusterCommand {
     /// Write a new cluster secret (32 random bytes, hex) to FILE, readable by
-    /// its owner only. Every node of the cluster reads the same file
-    /// (`cluster.secret_file`); a node without it cannot even connect.
+    /// its owner only, and with --ca-dir the cluster's CA. Every node of the
+    /// cluster reads the same secret file (`cluster.secret_file`); a node
+    /// without it cannot even connect.
+    #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["secret_file", "ca_dir"])))]
     Init {
         /// Where to write the secret; an existing file is never overwritten.
         #[arg(long, value_name = "FILE")]
-        secret_file: PathBuf,
+        secret_file: Option<PathBuf>,
+        /// Also make the cluster's CA in DIR (ca.pem, ca-key.pem): it signs
+        /// each node's admin-port certificate when the admin port is off
+        /// loopback. Copy DIR to every node (`local_ca:`), and give clients
+        /// ca.pem (`--ca`, git's `http.sslCAInfo`). An existing CA is never
+        /// overwritten.
+        #[arg(long, value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
     },
     /// Ask a running member for a single-use invite token, and print what the
     /// new node's config needs.
@@ -61,7 +71,10 @@ enum ClusterCommand {
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
-        ClusterCommand::Init { secret_file } => init(&secret_file),
+        ClusterCommand::Init {
+            secret_file,
+            ca_dir,
+        } => init(secret_file.as_deref(), ca_dir.as_deref()),
         ClusterCommand::Invite { target, ttl, json } => invite(&target, ttl, json).await,
         ClusterCommand::Remove { target, node } => remove(&target, &node).await,
     }
@@ -75,7 +88,37 @@ pub(crate) fn new_secret_file_text() -> String {
     format!("{}\n", crate::cluster::hex(&secret))
 }
 
-fn init(path: &std::path::Path) -> anyhow::Result<()> {
+fn init(secret_file: Option<&Path>, ca_dir: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(dir) = ca_dir {
+        for file in [CA_CERT_FILE, CA_KEY_FILE] {
+            let existing = dir.join(file);
+            if existing.exists() {
+                anyhow::bail!(
+                    "--ca-dir {}: {} exists (an existing CA is never overwritten; pick an empty directory, or keep using that CA)",
+                    dir.display(),
+                    existing.display()
+                );
+            }
+        }
+    }
+    if let Some(path) = secret_file {
+        write_secret_file(path)?;
+    }
+    if let Some(dir) = ca_dir {
+        let ca = LocalCa::load_or_create_scoped(dir, CaScope::Node, &crate::env::Rng::from_os())
+            .with_context(|| format!("cannot make the cluster's CA in {}", dir.display()))?;
+        println!();
+        println!("Made the cluster's CA in {}", dir.display());
+        println!(
+            "Copy the directory to every node and point `local_ca` at it; give clients {} (`canopy --ca`, `git -c http.sslCAInfo=`).",
+            ca.ca_pem_path().display()
+        );
+    }
+    Ok(())
+}
+
+/// Write a new secret to `path`, never over an existing file.
+fn write_secret_file(path: &Path) -> anyhow::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;

@@ -120,6 +120,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
             admin_listen: localhost(args.admin_port),
             https_local_ca: Some(localhost(args.https_port)),
             local_ca_dir: None,
+            admin_tls: None,
             cluster: None,
             admin: AdminOptions {
                 loopback_hosts_only: true,
@@ -133,7 +134,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
 
     let token = single_node_token(&node, &data_dir.join("node-1"))?;
     let http = format!("http://{}", node.http_addr());
-    let admin = format!("http://{}", node.admin_addr());
+    let admin = node.admin_url();
     let git_base = git_base_with_token(&node.git_base(), &token);
     let https = node.https_addr().map(|a| format!("https://{a}"));
     let ca = node.ca_pem().map(|p| p.display().to_string());

@@ -222,6 +222,7 @@ async fn invite(founder: &DreamNode) -> anyhow::Result<InviteAnswer> {
     let target = super::admin_client::AdminTarget {
         admin: Some(founder.admin.clone()),
         token: Some(token),
+        ca: None,
     };
     let bytes = target
         .client()?

@@ -11,7 +11,7 @@ use crate::deploy::build::SandboxMode;
 use crate::env::Env;
 use crate::net::admission::InviteToken;
 use crate::net::p2p::{Multiaddr, P2pConfig};
-use crate::node::{ClusterSetup, Node, NodeOptions};
+use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 
 /// Run one production node from a config file.
 ///
@@ -19,7 +19,14 @@ use crate::node::{ClusterSetup, Node, NodeOptions};
 ///
 ///   data_dir: /var/lib/canopy     # everything the node keeps
 ///   http: 0.0.0.0:80              # the gateway (user traffic)
-///   admin: 127.0.0.1:7070         # admin API and Git remote (keep it on loopback)
+///   admin: 127.0.0.1:7070         # admin API and Git remote; off loopback
+///                                 #   it is served over TLS only
+///   admin_names: [node1.example.net, 10.0.0.5]  # off loopback: the names and
+///                                 #   addresses clients reach it by (its certificate's)
+///   local_ca: /etc/canopy/ca      # optional: the CA that signs it (default
+///                                 #   DATA_DIR/tls); share one between nodes
+///                                 #   (`canopy cluster init --ca-dir`); clients
+///                                 #   trust its ca.pem (`--ca`, git's http.sslCAInfo)
 ///   max_invite_ttl: 1h            # optional: the longest invite lifetime
 ///   build_sandbox: required       # optional: `preferred` builds without
 ///                                 #   bubblewrap (with a warning) where it is missing
@@ -49,9 +56,13 @@ pub(crate) struct NodeConfig {
     /// HTTPS with certificates from a local CA (dream).
     #[serde(default)]
     pub https: Option<SocketAddr>,
-    /// The local CA's directory; default DATA_DIR/tls.
+    /// The local CA's directory; default DATA_DIR/tls. Relative to the
+    /// config file.
     #[serde(default)]
     pub local_ca: Option<PathBuf>,
+    /// The names and addresses clients reach an admin port off loopback by.
+    #[serde(default)]
+    pub admin_names: Vec<String>,
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
     /// The longest lifetime of a cluster invite, like `1h` (the default).
@@ -112,7 +123,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             .location()
             .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
             .unwrap_or(name.clone());
-        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally https, local_ca, max_invite_ttl, build_sandbox and cluster (see `canopy node --help`)")
+        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally admin_names, https, local_ca, max_invite_ttl, build_sandbox and cluster (see `canopy node --help`)")
     })?;
     let base = args.config.parent().unwrap_or(Path::new("."));
     let max_invite_ttl = match &config.max_invite_ttl {
@@ -120,11 +131,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{name}: max_invite_ttl: {e}; write it like 1h or 30m"))?,
         None => DEFAULT_MAX_INVITE_TTL,
     };
+    let admin_tls =
+        admin_tls(config.admin, &config.admin_names).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let options = NodeOptions {
         http_listen: config.http,
         admin_listen: config.admin,
         https_local_ca: config.https,
-        local_ca_dir: config.local_ca.clone(),
+        local_ca_dir: config.local_ca.as_ref().map(|dir| base.join(dir)),
+        admin_tls,
         cluster: match &config.cluster {
             Some(c) => Some(cluster_setup(c, base).with_context(|| format!("{name}: cluster"))?),
             None => None,
@@ -144,7 +158,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         pid: std::process::id(),
         http: format!("http://{}", node.http_addr()),
         https: node.https_addr().map(|a| format!("https://{a}")),
-        admin: format!("http://{}", node.admin_addr()),
+        admin: node.admin_url(),
         git_base: node.git_base(),
         p2p: node.p2p_addrs().to_vec(),
     };
@@ -154,8 +168,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         "canopy node {} serving: http {} admin {}",
         node.id(),
         node.http_addr(),
-        node.admin_addr()
+        node.admin_url()
     );
+    if let (Some(ca), true) = (node.ca_pem(), node.admin_url().starts_with("https:")) {
+        println!(
+            "  the admin port is served over TLS for {}; clients trust {} (`canopy --ca`, `git -c http.sslCAInfo=`)",
+            config.admin_names.join(", "),
+            ca.display()
+        );
+    }
     for addr in node.p2p_addrs() {
         println!("  peer address {addr}");
     }
@@ -176,6 +197,61 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     node.stop().await;
     let _ = std::fs::remove_file(&node_file);
     Ok(())
+}
+
+/// Whether the admin port needs TLS, and for which names: off loopback it
+/// does (tokens and pushes cross the network), for `admin_names` plus the
+/// address it is bound to, unless that is a wildcard.
+fn admin_tls(admin: SocketAddr, admin_names: &[String]) -> Result<Option<AdminTls>, String> {
+    if admin.ip().is_loopback() {
+        if !admin_names.is_empty() {
+            return Err(format!(
+                "admin_names: the admin port {admin} is on loopback and served without TLS, so it has no certificate to name; drop admin_names, or bind admin off loopback"
+            ));
+        }
+        return Ok(None);
+    }
+    let mut names: Vec<String> = Vec::new();
+    for (i, name) in admin_names.iter().enumerate() {
+        let name = name.trim();
+        if !is_certificate_name(name) {
+            return Err(format!(
+                "admin_names[{i}]: {name:?} is neither a DNS name nor an IP address; list the names clients reach the admin port by, like node1.example.net or 10.0.0.5"
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    if !admin.ip().is_unspecified() {
+        let ip = admin.ip().to_string();
+        if !names.contains(&ip) {
+            names.push(ip);
+        }
+    } else if names.is_empty() {
+        return Err(format!(
+            "admin: {admin} is off loopback, so the admin port is served over TLS, and its certificate needs the names clients reach it by\n  help: add `admin_names: [HOST or IP, ...]` (like node1.example.net or 10.0.0.5), or bind admin to 127.0.0.1 and reach it through SSH"
+        ));
+    }
+    Ok(Some(AdminTls { names }))
+}
+
+/// A DNS name (letters, digits, `-`, dots) or an IP address.
+fn is_certificate_name(name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// Turn the config's `cluster:` section into what the node runs with.
@@ -258,6 +334,52 @@ fn read_secret(path: &Path) -> anyhow::Result<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn the_admin_port_needs_tls_exactly_off_loopback() {
+        let loopback: SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        assert!(admin_tls(loopback, &[]).unwrap().is_none());
+        let err = admin_tls(loopback, &names(&["node1.example.net"])).unwrap_err();
+        assert!(
+            err.contains("admin_names") && err.contains("loopback"),
+            "{err}"
+        );
+
+        let wildcard: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        let err = admin_tls(wildcard, &[]).unwrap_err();
+        assert!(err.contains("admin_names") && err.contains("TLS"), "{err}");
+        let tls = admin_tls(
+            wildcard,
+            &names(&["node1.example.net", "node1.example.net"]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(tls.names, names(&["node1.example.net"]));
+
+        // A specific address is always one of the certificate's names.
+        let specific: SocketAddr = "10.0.0.5:7070".parse().unwrap();
+        let tls = admin_tls(specific, &[]).unwrap().unwrap();
+        assert_eq!(tls.names, names(&["10.0.0.5"]));
+        let tls = admin_tls(specific, &names(&["node1.example.net"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.names, names(&["node1.example.net", "10.0.0.5"]));
+
+        for bad in [
+            "",
+            "has space.example",
+            "-lead.example",
+            "a..b",
+            "ünïcode.example",
+        ] {
+            let err = admin_tls(wildcard, &names(&[bad])).unwrap_err();
+            assert!(err.contains("admin_names[0]"), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn a_secret_file_holds_64_hex_digits() {

@@ -31,7 +31,7 @@ use crate::net::admission::InviteToken;
 use crate::net::p2p::Multiaddr;
 use crate::runtime::RuntimeConfig;
 use crate::status::CertificateStatus;
-use crate::tls::LocalCa;
+use crate::tls::{CaScope, LocalCa};
 
 /// Where a node listens.
 #[derive(Clone, Debug)]
@@ -50,9 +50,22 @@ pub struct NodeOptions {
     pub cluster: Option<ClusterSetup>,
     /// How the admin API guards itself (Host check, invite lifetime).
     pub admin: AdminOptions,
+    /// Serve the admin API and Git remote over TLS (`canopy node` with the
+    /// admin port off loopback); `None`: plain HTTP.
+    pub admin_tls: Option<AdminTls>,
     /// Whether `build.command`s must run in the sandbox (`canopy node`) or
     /// may run without one, with a warning (`canopy dream`).
     pub builds: SandboxMode,
+}
+
+/// TLS on the admin port, with a certificate from the node's CA
+/// (`local_ca`, default `DATA_DIR/tls`; made with [`CaScope::Node`] if
+/// absent) until ACME certificates land.
+#[derive(Clone, Debug)]
+pub struct AdminTls {
+    /// Every DNS name and address clients reach the admin port by; the
+    /// certificate holds exactly these.
+    pub names: Vec<String>,
 }
 
 /// How a node takes part in a cluster (`cluster:` in the node config).
@@ -82,6 +95,8 @@ pub struct Node {
     https_addr: Option<SocketAddr>,
     ca_pem: Option<PathBuf>,
     admin_addr: SocketAddr,
+    /// `http` or `https`: how the admin port is served.
+    admin_scheme: &'static str,
     deployer: Arc<Deployer>,
     authority: Authority,
     /// The admin token this start created (see [`Node::first_admin_token`]).
@@ -157,6 +172,10 @@ impl Node {
             Some(listener) => Some(listener.local_addr()?),
             None => None,
         };
+        let admin_scheme = match options.admin_tls {
+            Some(_) => "https",
+            None => "http",
+        };
 
         let spec = NodeSpec {
             runtime: RuntimeConfig::new(env.data_dir.join("compiled")),
@@ -168,7 +187,7 @@ impl Node {
                     invite: setup.invite.clone(),
                     replication_factor: setup.replication_factor,
                     http: format!("http://{http_addr}"),
-                    admin: format!("http://{admin_addr}"),
+                    admin: format!("{admin_scheme}://{admin_addr}"),
                     ..ClusterOptions::default()
                 },
             }),
@@ -205,25 +224,55 @@ impl Node {
             None
         };
 
-        let ca = match options.https_local_ca {
-            Some(_) => {
+        let ca = match (options.https_local_ca, &options.admin_tls) {
+            (None, None) => None,
+            (_, admin_tls) => {
                 let ca_dir = options
                     .local_ca_dir
                     .clone()
                     .unwrap_or_else(|| env.data_dir.join("tls"));
-                Some(Arc::new(LocalCa::load_or_create(&ca_dir, &env.rng)?))
+                let scope = match admin_tls {
+                    Some(_) => CaScope::Node,
+                    None => CaScope::Local,
+                };
+                let ca = LocalCa::load_or_create_scoped(&ca_dir, scope, &env.rng)?;
+                if admin_tls.is_some() && ca.scope() == CaScope::Local {
+                    anyhow::bail!(
+                        "{} is a dream CA, which certifies localhost only, but the admin port {} is off loopback and needs a certificate for its network names\n  help: point local_ca at a node CA (`canopy cluster init --ca-dir DIR` makes one to share between nodes), or at an empty directory for a new one",
+                        ca.ca_pem_path().display(),
+                        admin_addr
+                    );
+                }
+                Some(Arc::new(ca))
             }
-            None => None,
+        };
+        let admin_tls = match (&options.admin_tls, &ca) {
+            (Some(tls), Some(ca)) => Some(
+                crate::tls::fixed_server_config(ca, &tls.names).with_context(|| {
+                    format!(
+                        "cannot make the admin port's certificate for {:?}",
+                        tls.names
+                    )
+                })?,
+            ),
+            _ => None,
         };
         let ca_pem = ca.as_ref().map(|ca| ca.ca_pem_path().to_owned());
-        let certificates = match &ca_pem {
-            Some(path) => vec![CertificateStatus {
+        let mut certificates = Vec::new();
+        if let (Some(path), Some(_)) = (&ca_pem, https_addr) {
+            certificates.push(CertificateStatus {
                 domain: "localhost, *.localhost, 127.0.0.1".to_owned(),
-                issuer: format!("the dream's local CA ({})", path.display()),
+                issuer: format!("the local CA ({})", path.display()),
                 not_after: "2045-01-01".to_owned(),
-            }],
-            None => Vec::new(),
-        };
+            });
+        }
+        if let (Some(path), Some(tls)) = (&ca_pem, &options.admin_tls) {
+            certificates.push(CertificateStatus {
+                domain: format!("admin port: {}", tls.names.join(", ")),
+                issuer: format!("the node CA ({})", path.display()),
+                not_after: "2045-01-01".to_owned(),
+            });
+        }
 
         let (shutdown, _) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -254,7 +303,7 @@ impl Node {
         let info = Arc::new(report::Info {
             id: id.clone(),
             http: format!("http://{http_addr}"),
-            admin: format!("http://{admin_addr}"),
+            admin: format!("{admin_scheme}://{admin_addr}"),
             deployer: services.deployer.clone(),
             runtime: services.runtime.clone(),
             certificates,
@@ -279,7 +328,11 @@ impl Node {
             let stop = stopped(shutdown.subscribe());
             let listener = listeners.admin;
             async move {
-                if let Err(e) = admin.serve(listener, stop).await {
+                let served = match admin_tls {
+                    Some(config) => admin.serve_tls(listener, config, stop).await,
+                    None => admin.serve(listener, stop).await,
+                };
+                if let Err(e) = served {
                     tracing::error!(error = %e, "admin API stopped");
                 }
             }
@@ -293,6 +346,7 @@ impl Node {
             https_addr,
             ca_pem,
             admin_addr,
+            admin_scheme,
             deployer: services.deployer,
             authority: services.authority,
             first_admin_token,
@@ -324,10 +378,15 @@ impl Node {
         self.admin_addr
     }
 
+    /// The admin API's URL: `https://` when it is served over TLS.
+    pub fn admin_url(&self) -> String {
+        format!("{}://{}", self.admin_scheme, self.admin_addr)
+    }
+
     /// The prefix of every project's push URL: `<admin>/git/`, to which
     /// `<project>.git` is appended.
     pub fn git_base(&self) -> String {
-        format!("http://{}{}/", self.admin_addr, admin::GIT_MOUNT)
+        format!("{}{}/", self.admin_url(), admin::GIT_MOUNT)
     }
 
     /// The admin token this start created, when the node founded its

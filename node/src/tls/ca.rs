@@ -43,10 +43,31 @@ const SELF_CHECK_UNIX_S: u64 = NOT_BEFORE_UNIX_S + 86_400;
 /// Serial numbers: 16 random bytes (RFC 5280 allows up to 20).
 const SERIAL_BYTES: usize = 16;
 
-/// A local certificate authority for `canopy dream` (like Caddy's
-/// `tls internal`): an ECDSA P-256 root that only certifies `localhost`,
-/// `*.localhost` and loopback addresses.
+/// Which names a CA may certify; fixed when the CA is made, and read back
+/// from its subject name when it is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaScope {
+    /// `canopy dream`'s CA: `localhost`, `*.localhost` and loopback
+    /// addresses only, enforced by X.509 name constraints, so that trusting
+    /// it system-wide risks nothing beyond this machine.
+    Local,
+    /// A production node's CA (`canopy node`, `canopy cluster init
+    /// --ca-dir`): certifies the names the admin port is reached by, which
+    /// can be any DNS name or address. Trust it for Canopy only (`--ca`,
+    /// git's `http.sslCAInfo`), never system-wide.
+    Node,
+}
+
+impl CaScope {
+    /// The order in which a loaded CA's scope is tried.
+    const ALL: [CaScope; 2] = [CaScope::Local, CaScope::Node];
+}
+
+/// A local certificate authority (like Caddy's `tls internal`): an ECDSA
+/// P-256 root kept in a directory, signing leaf certificates on demand,
+/// within its [`CaScope`].
 pub struct LocalCa {
+    scope: CaScope,
     cert_path: PathBuf,
     key_path: PathBuf,
     cert_der: CertificateDer<'static>,
@@ -65,22 +86,32 @@ impl std::fmt::Debug for LocalCa {
 }
 
 impl LocalCa {
-    /// Load the CA kept in `dir` (`ca.pem`, `ca-key.pem`), or make one and
-    /// write it there if neither file exists. Serial numbers of certificates
-    /// it signs come from `rng`.
+    /// Load the CA kept in `dir` (`ca.pem`, `ca-key.pem`), or make a
+    /// dream CA ([`CaScope::Local`]) there if neither file exists.
+    pub fn load_or_create(dir: &Path, rng: &Rng) -> Result<LocalCa, TlsError> {
+        Self::load_or_create_scoped(dir, CaScope::Local, rng)
+    }
+
+    /// Load the CA kept in `dir` (`ca.pem`, `ca-key.pem`), whatever its
+    /// scope, or make one of scope `new_scope` and write it there if neither
+    /// file exists. Serial numbers of certificates it signs come from `rng`.
     ///
     /// Key pairs themselves come from ring's system RNG: ring accepts no
     /// other source (its `SecureRandom` is sealed). TLS keys are not part of
     /// any replayed protocol state, so this does not break determinism.
-    pub fn load_or_create(dir: &Path, rng: &Rng) -> Result<LocalCa, TlsError> {
+    pub fn load_or_create_scoped(
+        dir: &Path,
+        new_scope: CaScope,
+        rng: &Rng,
+    ) -> Result<LocalCa, TlsError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cert_exists = exists(&cert_path)?;
         let key_exists = exists(&key_path)?;
         let ca = match (cert_exists, key_exists) {
-            (true, true) => Self::load(cert_path, key_path, provider, rng)?,
-            (false, false) => Self::create(dir, cert_path, key_path, provider, rng)?,
+            (true, true) => return Self::load(cert_path, key_path, provider, rng),
+            (false, false) => Self::create(dir, new_scope, cert_path, key_path, provider, rng)?,
             (true, false) => {
                 return Err(TlsError::HalfCa {
                     present: cert_path,
@@ -96,6 +127,11 @@ impl LocalCa {
         };
         ca.self_check()?;
         Ok(ca)
+    }
+
+    /// Which names this CA certifies.
+    pub fn scope(&self) -> CaScope {
+        self.scope
     }
 
     /// Where the CA certificate is kept: the file clients must trust.
@@ -114,15 +150,19 @@ impl LocalCa {
     }
 
     /// Sign a fresh leaf certificate (new P-256 key) for `names`: DNS names
-    /// and loopback addresses, the first becoming the subject's common name.
-    /// Refuses any name outside localhost.
+    /// and addresses, the first becoming the subject's common name. A dream
+    /// CA refuses any name outside localhost.
     pub fn issue(&self, names: &[String]) -> Result<Arc<CertifiedKey>, TlsError> {
         let Some(first) = names.first() else {
             return Err(TlsError::NameNotLocal {
                 name: String::new(),
             });
         };
-        if let Some(foreign) = names.iter().find(|n| !is_certifiable(n)) {
+        let in_scope = |name: &String| match self.scope {
+            CaScope::Local => is_certifiable(name),
+            CaScope::Node => true,
+        };
+        if let Some(foreign) = names.iter().find(|n| !in_scope(n)) {
             return Err(TlsError::NameNotLocal {
                 name: foreign.clone(),
             });
@@ -161,6 +201,7 @@ impl LocalCa {
 
     fn create(
         dir: &Path,
+        scope: CaScope,
         cert_path: PathBuf,
         key_path: PathBuf,
         provider: Arc<CryptoProvider>,
@@ -172,7 +213,7 @@ impl LocalCa {
             source,
         })?;
         let key = generate_key("generate the local CA key")?;
-        let mut params = ca_params(&key);
+        let mut params = ca_params(&key, scope);
         params.serial_number = Some(serial_number(rng));
         let cert = params
             .self_signed(&key)
@@ -184,8 +225,9 @@ impl LocalCa {
         // certificate, which load_or_create reports instead of guessing.
         write_atomically(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
         write_atomically(&cert_path, cert.pem().as_bytes(), 0o644)?;
-        tracing::info!(path = %cert_path.display(), "tls: made a new local CA");
+        tracing::info!(path = %cert_path.display(), ?scope, "tls: made a new local CA");
         Ok(LocalCa {
+            scope,
             cert_path,
             key_path,
             cert_der: cert.der().clone(),
@@ -222,18 +264,32 @@ impl LocalCa {
             ));
         }
         warn_if_readable_by_others(&key_path);
-        // The issuer (subject name, key usages) is rebuilt from the key:
-        // `ca_params` derives everything from it, so no X.509 parser is
-        // needed; `self_check` then proves the rebuilt issuer matches ca.pem.
-        let params = ca_params(&key);
-        Ok(LocalCa {
-            cert_path,
-            key_path,
-            cert_der,
-            issuer: Issuer::new(params, key),
-            provider,
-            rng: rng.clone(),
-        })
+        // The issuer (subject name, key usages) is rebuilt from the key and
+        // a scope: `ca_params` derives everything from those, so no X.509
+        // parser is needed; `self_check` proves which scope's issuer
+        // matches ca.pem (the scopes' subject names differ).
+        let key_der = key.serialize_der();
+        let mut first_error = None;
+        for scope in CaScope::ALL {
+            let key = KeyPair::try_from(key_der.as_slice())
+                .map_err(|e| corrupt(&key_path, format!("no PKCS#8 private key in it ({e})")))?;
+            let ca = LocalCa {
+                scope,
+                cert_path: cert_path.clone(),
+                key_path: key_path.clone(),
+                cert_der: cert_der.clone(),
+                issuer: Issuer::new(ca_params(&key, scope), key),
+                provider: provider.clone(),
+                rng: rng.clone(),
+            };
+            match ca.self_check() {
+                Ok(()) => return Ok(ca),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.expect("CaScope::ALL is not empty"))
     }
 
     /// Issue a certificate for `localhost` and verify it against `ca.pem`
@@ -281,9 +337,9 @@ impl LocalCa {
     }
 }
 
-/// The CA certificate's parameters, all derived from its key so a loaded CA
-/// can rebuild its issuer name without parsing ca.pem.
-fn ca_params(key: &KeyPair) -> CertificateParams {
+/// The CA certificate's parameters, all derived from its key and scope so a
+/// loaded CA can rebuild its issuer name without parsing ca.pem.
+fn ca_params(key: &KeyPair, scope: CaScope) -> CertificateParams {
     let digest = sha2::Sha256::digest(key.public_key_raw());
     let id: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
     let mut params = CertificateParams::default();
@@ -291,9 +347,13 @@ fn ca_params(key: &KeyPair) -> CertificateParams {
     params
         .distinguished_name
         .push(DnType::OrganizationName, "Canopy");
+    let common_name = match scope {
+        CaScope::Local => format!("Canopy dream local CA {id}"),
+        CaScope::Node => format!("Canopy node CA {id}"),
+    };
     params
         .distinguished_name
-        .push(DnType::CommonName, format!("Canopy dream local CA {id}"));
+        .push(DnType::CommonName, common_name);
     set_validity(&mut params);
     // Path length 0: it signs leaves only, never another CA.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -302,6 +362,11 @@ fn ca_params(key: &KeyPair) -> CertificateParams {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    if scope == CaScope::Node {
+        // A node's admin names are the operator's to choose; this CA is
+        // trusted per client (`--ca`), not system-wide.
+        return params;
+    }
     // Even a stolen ca-key.pem cannot vouch for a real domain to clients
     // that honour name constraints: `localhost` covers it and every name
     // below it (RFC 5280 §4.2.1.10), plus loopback addresses.
@@ -458,6 +523,57 @@ mod tests {
             .issue(&["dev.shop.localhost".into(), "127.0.0.1".into()])
             .unwrap();
         assert_eq!(leaf.cert.len(), 1);
+    }
+
+    #[test]
+    fn a_node_ca_certifies_network_names_and_keeps_its_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca =
+            LocalCa::load_or_create_scoped(dir.path(), CaScope::Node, &Rng::seeded(12)).unwrap();
+        assert_eq!(ca.scope(), CaScope::Node);
+        let names = ["node1.example.net".to_string(), "10.0.0.5".to_string()];
+        let leaf = ca.issue(&names).unwrap();
+        // A client trusting ca.pem accepts the leaf for each of its names,
+        // and for no other.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.certificate_der().clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            ca.provider().clone(),
+        )
+        .build()
+        .unwrap();
+        let at = UnixTime::since_unix_epoch(Duration::from_secs(SELF_CHECK_UNIX_S));
+        for name in ["node1.example.net", "10.0.0.5", "node2.example.net"] {
+            let verified = verifier.verify_server_cert(
+                &leaf.cert[0],
+                &[],
+                &ServerName::try_from(name).unwrap(),
+                &[],
+                at,
+            );
+            assert_eq!(
+                verified.is_ok(),
+                name != "node2.example.net",
+                "{name}: {verified:?}"
+            );
+        }
+        // Loaded again, it is still a node CA; a dream CA stays a dream CA
+        // (and still refuses network names).
+        let again =
+            LocalCa::load_or_create_scoped(dir.path(), CaScope::Local, &Rng::seeded(12)).unwrap();
+        assert_eq!(again.scope(), CaScope::Node);
+        assert_eq!(again.certificate_der(), ca.certificate_der());
+        let dream_dir = tempfile::tempdir().unwrap();
+        LocalCa::load_or_create(dream_dir.path(), &Rng::seeded(13)).unwrap();
+        let dream =
+            LocalCa::load_or_create_scoped(dream_dir.path(), CaScope::Node, &Rng::seeded(13))
+                .unwrap();
+        assert_eq!(dream.scope(), CaScope::Local);
+        assert!(matches!(
+            dream.issue(&names),
+            Err(TlsError::NameNotLocal { .. })
+        ));
     }
 
     #[test]

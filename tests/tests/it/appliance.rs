@@ -1,6 +1,8 @@
 //! The appliance image end to end: `image/build` twice, in two clean
 //! directories, gives byte-identical outputs; `image/boot-test` boots the
-//! result in qemu, pushes a project through the forwarded Git remote, gets
+//! result in qemu with a config disk that puts the admin port off loopback
+//! (TLS only, a CA from `canopy cluster init --ca-dir`), pushes a project
+//! through the forwarded Git remote over https, gets
 //! the function's answer, reboots on the same data disk and powers off
 //! cleanly. `image/cluster-test` boots three appliance VMs on a private
 //! network: they form a cluster (one founds it, two join with invites from
@@ -21,7 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use canopy_tests::{own_machine_blocking, workspace_root};
+use canopy_tests::{canopy_bin, own_machine_blocking, workspace_root};
 
 const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
@@ -87,6 +89,8 @@ fn missing_prerequisites() -> Vec<String> {
 fn run_script(script: &str, arg: &Path) -> String {
     let output = Command::new(workspace_root().join("image").join(script))
         .arg(arg)
+        // The host side's canopy (`cluster init --ca-dir` for config disks).
+        .env("CANOPY", canopy_bin())
         .current_dir(workspace_root())
         .output()
         .unwrap_or_else(|e| panic!("cannot run image/{script}: {e}"));

@@ -14,6 +14,7 @@
     reason = "test code: a failed unwrap is a failed test, and output shows with failures"
 )]
 
+mod admin_tls;
 mod appliance;
 mod auth;
 mod cli;
