@@ -223,6 +223,7 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
         },
         // Simulated pushes carry prebuilt components only.
         builds: canopy_node::deploy::build::SandboxMode::Required,
+        git: canopy_node::git::GitLimits::default(),
         cluster: Some(ClusterSpec {
             transport: SimTransport {
                 ix,

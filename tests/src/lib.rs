@@ -556,6 +556,73 @@ impl NodeInfo {
 /// helper, so the tests build URLs the way the dream does).
 pub use canopy_node::auth::git_base_with_token as with_token;
 
+/// One `canopy node --config FILE` process (its output discarded), killed
+/// when dropped; started once its `node.json` is written.
+pub struct NodeProcess {
+    child: Child,
+    data_dir: PathBuf,
+    /// `DATA_DIR/node.json`: `id`, `http`, `admin`, `git_base`, ….
+    pub facts: Value,
+}
+
+impl NodeProcess {
+    /// Start a node from `config`, whose `data_dir` is `data_dir`.
+    pub async fn start(config: &Path, data_dir: &Path) -> NodeProcess {
+        Self::start_with(config, data_dir, |_| {}).await
+    }
+
+    /// Like [`NodeProcess::start`], with `configure` applied to the command
+    /// first (say, its environment).
+    pub async fn start_with(
+        config: &Path,
+        data_dir: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> NodeProcess {
+        let mut command = Command::new(canopy_bin());
+        command
+            .args(["node", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        configure(&mut command);
+        let child = command.spawn().expect("canopy node starts");
+        let facts = wait_for("the node to be ready", Duration::from_secs(60), || async {
+            let text = std::fs::read_to_string(data_dir.join("node.json")).ok()?;
+            serde_json::from_str::<Value>(&text).ok()
+        })
+        .await;
+        NodeProcess {
+            child,
+            data_dir: data_dir.to_owned(),
+            facts,
+        }
+    }
+
+    /// A `node.json` fact, like `admin`.
+    pub fn fact(&self, name: &str) -> String {
+        self.facts[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("node.json has no {name}: {}", self.facts))
+            .to_owned()
+    }
+
+    /// The node's first admin token (`DATA_DIR/admin-token`).
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token"))
+            .expect("the node wrote its first admin token")
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A shared HTTP client (HTTP/1.1; no proxy).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

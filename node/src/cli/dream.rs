@@ -121,6 +121,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
             https_local_ca: Some(localhost(args.https_port)),
             local_ca_dir: None,
             admin_tls: None,
+            git_limits: crate::git::GitLimits::default(),
             cluster: None,
             admin: AdminOptions {
                 loopback_hosts_only: true,

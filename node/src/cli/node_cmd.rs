@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::admin::{AdminOptions, DEFAULT_MAX_INVITE_TTL};
 use crate::deploy::build::SandboxMode;
 use crate::env::Env;
+use crate::git::GitLimits;
 use crate::net::admission::InviteToken;
 use crate::net::p2p::{Multiaddr, P2pConfig};
 use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
@@ -30,6 +31,14 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///   max_invite_ttl: 1h            # optional: the longest invite lifetime
 ///   build_sandbox: required       # optional: `preferred` builds without
 ///                                 #   bubblewrap (with a warning) where it is missing
+///   limits:                       # optional: bounds (defaults shown)
+///     git:                        #   what one push may carry; over one, it is
+///       max_push_bytes: 512MiB    #   refused naming the limit, nothing stored
+///       max_pack_objects: 1000000
+///       max_refs: 1000            #   branches and tags per project
+///       max_files: 100000         #   files in a pushed commit
+///       max_checkout_bytes: 1GiB  #   their total size
+///       max_path_bytes: 1024      #   the longest path in it
 ///   cluster:                      # optional: be one node of a cluster
 ///     listen: [0.0.0.0:4001]      # peer-to-peer (TCP, and QUIC on the same UDP port)
 ///     secret_file: /etc/canopy/cluster.secret   # `canopy cluster init`
@@ -72,6 +81,86 @@ pub(crate) struct NodeConfig {
     /// build without one, with a warning, where it cannot be set up.
     #[serde(default)]
     pub build_sandbox: Option<SandboxMode>,
+    /// Bounds on what the node takes in.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `limits:` in the node config.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsConfig {
+    #[serde(default)]
+    pub git: GitLimitsConfig,
+}
+
+/// `limits.git:` — each unset one keeps its default ([`GitLimits`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GitLimitsConfig {
+    pub max_push_bytes: Option<ByteSize>,
+    pub max_pack_objects: Option<u32>,
+    pub max_refs: Option<usize>,
+    pub max_files: Option<usize>,
+    pub max_checkout_bytes: Option<ByteSize>,
+    pub max_path_bytes: Option<usize>,
+}
+
+/// A size written as bytes (`1048576`) or with a unit (`512MiB`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        let bytes = match Written::deserialize(deserializer)? {
+            Written::Bytes(bytes) => bytes,
+            Written::Text(text) => crate::config::parse_size(&text).map_err(|e| {
+                serde::de::Error::custom(format!("{e}; write {}", crate::config::SIZE_FORMS))
+            })?,
+        };
+        if bytes == 0 {
+            return Err(serde::de::Error::custom(
+                "a limit of 0 bytes would refuse everything",
+            ));
+        }
+        Ok(ByteSize(bytes))
+    }
+}
+
+impl GitLimitsConfig {
+    /// The limits the node runs with: each one set here, else its default.
+    fn limits(&self) -> Result<GitLimits, String> {
+        let defaults = GitLimits::default();
+        let limits = GitLimits {
+            max_push_bytes: self.max_push_bytes.map_or(defaults.max_push_bytes, |b| b.0),
+            max_pack_objects: self.max_pack_objects.unwrap_or(defaults.max_pack_objects),
+            max_refs: self.max_refs.unwrap_or(defaults.max_refs),
+            max_files: self.max_files.unwrap_or(defaults.max_files),
+            max_checkout_bytes: self
+                .max_checkout_bytes
+                .map_or(defaults.max_checkout_bytes, |b| b.0),
+            max_path_bytes: self.max_path_bytes.unwrap_or(defaults.max_path_bytes),
+        };
+        for (name, value) in [
+            ("max_pack_objects", limits.max_pack_objects as usize),
+            ("max_refs", limits.max_refs),
+            ("max_files", limits.max_files),
+            ("max_path_bytes", limits.max_path_bytes),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "limits.git.{name}: 0 would refuse every push; leave it out for the default"
+                ));
+            }
+        }
+        Ok(limits)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,7 +212,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             .location()
             .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
             .unwrap_or(name.clone());
-        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally admin_names, https, local_ca, max_invite_ttl, build_sandbox and cluster (see `canopy node --help`)")
+        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally admin_names, https, local_ca, max_invite_ttl, build_sandbox, limits and cluster (see `canopy node --help`)")
     })?;
     let base = args.config.parent().unwrap_or(Path::new("."));
     let max_invite_ttl = match &config.max_invite_ttl {
@@ -133,6 +222,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     };
     let admin_tls =
         admin_tls(config.admin, &config.admin_names).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let git_limits = config
+        .limits
+        .git
+        .limits()
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let options = NodeOptions {
         http_listen: config.http,
         admin_listen: config.admin,
@@ -148,6 +242,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             max_invite_ttl,
         },
         builds: config.build_sandbox.unwrap_or(SandboxMode::Required),
+        git_limits,
     };
     let data_dir = config.data_dir.clone();
     let node_file = data_dir.join(NODE_FILE);
@@ -379,6 +474,40 @@ mod tests {
             let err = admin_tls(wildcard, &names(&[bad])).unwrap_err();
             assert!(err.contains("admin_names[0]"), "{bad:?}: {err}");
         }
+    }
+
+    fn config(yaml: &str) -> Result<NodeConfig, String> {
+        serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn git_limits_come_from_the_config_or_their_defaults() {
+        let base = "data_dir: /d\nhttp: 127.0.0.1:80\nadmin: 127.0.0.1:7070\n";
+        let none = config(base).unwrap();
+        assert_eq!(none.limits.git.limits().unwrap(), GitLimits::default());
+        let some = config(&format!(
+            "{base}limits:\n  git:\n    max_files: 20\n    max_checkout_bytes: 4MiB\n    max_push_bytes: 1048576\n"
+        ))
+        .unwrap();
+        let limits = some.limits.git.limits().unwrap();
+        assert_eq!(limits.max_files, 20);
+        assert_eq!(limits.max_checkout_bytes, 4 << 20);
+        assert_eq!(limits.max_push_bytes, 1 << 20);
+        assert_eq!(limits.max_refs, GitLimits::default().max_refs);
+
+        let zero = config(&format!("{base}limits:\n  git:\n    max_refs: 0\n")).unwrap();
+        let err = zero.limits.git.limits().unwrap_err();
+        assert!(err.contains("limits.git.max_refs"), "{err}");
+        let err = config(&format!(
+            "{base}limits:\n  git:\n    max_checkout_bytes: lots\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("limits.git.max_checkout_bytes") || err.contains("MiB"),
+            "{err}"
+        );
+        let err = config(&format!("{base}limits:\n  git:\n    max_file: 3\n")).unwrap_err();
+        assert!(err.contains("max_file"), "{err}");
     }
 
     #[test]

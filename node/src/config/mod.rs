@@ -33,7 +33,7 @@ pub use diagnostic::{Diagnostic, Diagnostics};
 pub use files::MAX_COMPONENT_SIZE_BYTES;
 pub use model::*;
 pub use paths::path_matches_prefix;
-pub use units::{UnitError, format_duration, format_size, parse_duration, parse_size};
+pub use units::{SIZE_FORMS, UnitError, format_duration, format_size, parse_duration, parse_size};
 
 use check::{REFERENCE, Reporter, display_path};
 use source_map::{Position, RootKind, SourceMap, SourceMapError};

@@ -17,13 +17,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 
+use super::limits::GitLimits;
 use super::receive::{self, Commands, Outcome, UnpackError};
 use super::repos::{self, Repos};
 use super::{GitError, PushEvent, PushListener, Result, pktline};
 use crate::body::{self, Body};
-
-/// The largest push accepted unless configured otherwise: 2 GiB.
-pub const DEFAULT_MAX_PUSH_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 /// How much of an oversized push is read and discarded, at least, so that the
 /// client gets to read the refusal.
@@ -41,7 +39,7 @@ pub struct GitHttp {
     repos: Repos,
     events: Arc<dyn PushListener>,
     mount_prefix: String,
-    max_push_bytes: u64,
+    limits: GitLimits,
     /// One lock per repository: pushes to one repository are applied and
     /// reported one at a time, so events arrive in ref-update order.
     repo_locks: Arc<Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -55,7 +53,7 @@ impl GitHttp {
             repos,
             events: Arc::new(events),
             mount_prefix: String::new(),
-            max_push_bytes: DEFAULT_MAX_PUSH_BYTES,
+            limits: GitLimits::default(),
             repo_locks: Arc::default(),
         }
     }
@@ -72,7 +70,14 @@ impl GitHttp {
     /// `max_push_bytes`.
     pub fn with_max_push_bytes(mut self, max_push_bytes: u64) -> Self {
         debug_assert!(max_push_bytes > 0);
-        self.max_push_bytes = max_push_bytes;
+        self.limits.max_push_bytes = max_push_bytes;
+        self
+    }
+
+    /// Receive pushes within `limits` (see [`GitLimits`]).
+    pub fn with_limits(mut self, limits: GitLimits) -> Self {
+        debug_assert!(limits.max_push_bytes > 0);
+        self.limits = limits;
         self
     }
 
@@ -200,11 +205,10 @@ impl GitHttp {
         let _guard = lock.lock().await;
         let repos = self.repos.clone();
         let name = repo.to_owned();
-        let max_push_bytes = self.max_push_bytes;
-        let processed = crate::env::spawn_blocking(move || {
-            process(&repos, &name, spooled, gzip, max_push_bytes)
-        })
-        .await;
+        let limits = self.limits.clone();
+        let processed =
+            crate::env::spawn_blocking(move || process(&repos, &name, spooled, gzip, &limits))
+                .await;
         let (commands, outcome) = match processed {
             Ok(Ok(Some(processed))) => processed,
             // A request with no commands: git's probe before a large push.
@@ -277,7 +281,7 @@ impl GitHttp {
             )
         })?;
         let mut file = file;
-        let max = self.max_push_bytes;
+        let max = self.limits.max_push_bytes;
         let mut stored_bytes = 0u64;
         let mut discarded_bytes = 0u64;
         while let Some(frame) = body.frame().await {
@@ -348,8 +352,9 @@ fn process(
     name: &str,
     spooled: Spooled,
     gzip: bool,
-    max_push_bytes: u64,
+    limits: &GitLimits,
 ) -> std::result::Result<Option<(Commands, Outcome)>, String> {
+    let max_push_bytes = limits.max_push_bytes;
     let file = BufReader::new(spooled.file);
     let decoded: Box<dyn Read> = if gzip {
         Box::new(flate2::bufread::GzDecoder::new(file))
@@ -384,7 +389,7 @@ fn process(
         return Ok(Some((commands, outcome)));
     }
     let outcome = match repos.open_or_init(name) {
-        Ok(repo) => receive::receive(&repo, name, &commands.commands, &mut input),
+        Ok(repo) => receive::receive(&repo, name, &commands.commands, &mut input, limits),
         Err(e) => Outcome::unpack_failed(&commands.commands, e.into()),
     };
     Ok(Some((commands, outcome)))
@@ -653,7 +658,7 @@ mod tests {
         let body = String::from_utf8(body_bytes(response).await).unwrap();
         assert!(
             body.contains(
-                "unpack push refused: it is larger than this remote's limit of 200 bytes"
+                "unpack push refused: it is larger than this node's limit limits.git.max_push_bytes = 200 bytes"
             ),
             "{body}"
         );

@@ -2,7 +2,8 @@
 //!
 //! Owns: the bare repositories under one root directory ([`Repos`]), the smart
 //! HTTP receive-pack protocol that accepts a normal `git push` ([`GitHttp`]),
-//! the notification that a push was acknowledged ([`PushEvent`]), reading a
+//! the bounds a push must keep ([`GitLimits`]), the notification that a push
+//! was acknowledged ([`PushEvent`]), reading a
 //! commit's files ([`checkout`], [`read_file`], [`commit_info`]) and the DNS
 //! label of a branch ([`branch_label`]).
 //!
@@ -14,6 +15,7 @@ mod error;
 mod event;
 mod http;
 mod label;
+mod limits;
 mod pktline;
 mod read;
 mod receive;
@@ -21,8 +23,9 @@ mod repos;
 
 pub use error::GitError;
 pub use event::{PushEvent, PushListener, Pusher, RefUpdate};
-pub use http::{DEFAULT_MAX_PUSH_BYTES, GitHttp};
+pub use http::GitHttp;
 pub use label::branch_label;
+pub use limits::{GitLimits, OverLimit};
 pub use read::{CommitInfo, checkout, commit_info, read_file};
 pub use repos::Repos;
 

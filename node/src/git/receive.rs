@@ -14,6 +14,7 @@ use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 
 use super::RefUpdate;
 use super::error::error_chain;
+use super::limits::{GitLimits, OverLimit};
 use super::pktline::{self, Packet};
 
 /// The most commands one push may carry (git has no limit; we want one).
@@ -109,10 +110,17 @@ fn invalid(message: &'static str) -> io::Error {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UnpackError {
     #[error(
-        "push refused: it is larger than this remote's limit of {max_push_bytes} bytes; \
-         push fewer commits at a time or raise the node's maximum push size"
+        "push refused: it is larger than this node's limit limits.git.max_push_bytes = {max_push_bytes} bytes; \
+         push fewer commits at a time, or ask the operator to raise it"
     )]
     TooLarge { max_push_bytes: u64 },
+
+    /// The pack is over a limit (its object count).
+    #[error("{0}")]
+    OverLimit(OverLimit),
+
+    #[error("the pack is not a git pack: {0}")]
+    NotAPack(String),
 
     /// The repository could not be opened or created.
     #[error(transparent)]
@@ -160,6 +168,9 @@ pub(crate) enum RefRejection {
         declared: String,
         repository: String,
     },
+    /// The commit, or the repository with this ref, is over a limit.
+    #[error("{0}")]
+    OverLimit(OverLimit),
     /// gix refused the name when building the edit.
     #[error("{0}")]
     RefName(String),
@@ -226,19 +237,22 @@ fn one_line(reason: &str) -> String {
 }
 
 /// Applies `commands` to `repo`, the repository of `project`, reading the
-/// pack from `pack` when any command creates or updates a ref.
+/// pack from `pack` when any command creates or updates a ref, within
+/// `limits`. A pack no ref update took is removed again: a refused push
+/// stores nothing.
 pub(crate) fn receive(
     repo: &gix::Repository,
     project: &str,
     commands: &[Command],
     pack: &mut dyn BufRead,
+    limits: &GitLimits,
 ) -> Outcome {
     let checks: Vec<Result<(), RefRejection>> = commands.iter().map(check_command).collect();
 
-    let mut keep_path = None;
+    let mut written = None;
     if commands.iter().any(|c| !c.is_delete()) {
-        match index_pack(repo, pack) {
-            Ok(keep) => keep_path = keep,
+        match index_pack(repo, pack, limits) {
+            Ok(pack) => written = Some(pack),
             Err(reason) => return Outcome::unpack_failed(commands, reason),
         }
     }
@@ -253,12 +267,27 @@ pub(crate) fn receive(
         refs: Vec::with_capacity(commands.len()),
         applied: Vec::new(),
     };
+    let mut refs_now = count_refs(&repo);
     for (command, check) in commands.iter().zip(checks) {
+        let creates = command.old.is_null() && !command.is_delete();
         let result = check
+            .and_then(|()| {
+                if creates {
+                    limits.refs(refs_now + 1).map_err(RefRejection::OverLimit)
+                } else {
+                    Ok(())
+                }
+            })
             .and_then(|()| check_objects(&repo, command))
+            .and_then(|()| check_tree(&repo, command, limits))
             .and_then(|()| check_project(&repo, project, command))
             .and_then(|()| update_ref(&repo, command));
         if result.is_ok() {
+            if creates {
+                refs_now += 1;
+            } else if command.is_delete() {
+                refs_now = refs_now.saturating_sub(1);
+            }
             outcome.applied.push(RefUpdate {
                 refname: command.refname.clone(),
                 branch: command
@@ -273,13 +302,88 @@ pub(crate) fn receive(
         }
         outcome.refs.push((command.refname.clone(), result));
     }
-    // The refs now protect the new objects; the pack may be collected normally.
-    if let Some(keep) = keep_path
-        && let Err(e) = std::fs::remove_file(&keep)
-    {
-        tracing::warn!(path = %keep.display(), error = %e, "could not remove the pack's .keep file");
+    if let Some(pack) = written {
+        if outcome.applied.iter().any(|u| u.new.is_some()) {
+            // The refs now protect the new objects; the pack may be
+            // collected normally.
+            pack.release();
+        } else {
+            // No ref took the pack (and the repository lock keeps any other
+            // push from using it meanwhile): nothing of the push stays.
+            pack.remove();
+        }
     }
     outcome
+}
+
+/// Branches and tags in `repo` now.
+fn count_refs(repo: &gix::Repository) -> usize {
+    let Ok(platform) = repo.references() else {
+        return 0;
+    };
+    let Ok(all) = platform.all() else {
+        return 0;
+    };
+    all.filter_map(Result::ok)
+        .filter(|r| {
+            let name = r.name().as_bstr();
+            name.starts_with(b"refs/heads/") || name.starts_with(b"refs/tags/")
+        })
+        .count()
+}
+
+/// A branch's commit must fit the checkout limits: files, their total
+/// bytes, the length of each path. Reads tree objects and object headers
+/// only, never a file's content.
+fn check_tree(
+    repo: &gix::Repository,
+    command: &Command,
+    limits: &GitLimits,
+) -> Result<(), RefRejection> {
+    if command.is_delete() || !command.refname.starts_with("refs/heads/") {
+        return Ok(());
+    }
+    let read_error = |id: gix::ObjectId, e: &dyn std::fmt::Display| RefRejection::ReadObject {
+        id,
+        message: e.to_string(),
+    };
+    let root = repo
+        .find_commit(command.new)
+        .and_then(|commit| commit.tree_id().map(|id| id.detach()))
+        .map_err(|e| read_error(command.new, &e))?;
+    let mut files = 0usize;
+    let mut total_bytes = 0u64;
+    // Depth-first with an explicit stack: a deep tree cannot overflow ours.
+    let mut stack: Vec<(gix::ObjectId, String)> = vec![(root, String::new())];
+    while let Some((tree_id, dir)) = stack.pop() {
+        let tree = repo
+            .find_tree(tree_id)
+            .map_err(|e| read_error(tree_id, &e))?;
+        let decoded = tree.decode().map_err(|e| read_error(tree_id, &e))?;
+        for entry in &decoded.entries {
+            let path = if dir.is_empty() {
+                entry.filename.to_string()
+            } else {
+                format!("{dir}/{}", entry.filename)
+            };
+            limits.path(&path).map_err(RefRejection::OverLimit)?;
+            let id = entry.oid.to_owned();
+            match entry.mode.kind() {
+                gix::objs::tree::EntryKind::Tree => stack.push((id, path)),
+                gix::objs::tree::EntryKind::Commit => {}
+                _ => {
+                    files += 1;
+                    limits.files(files).map_err(RefRejection::OverLimit)?;
+                    let header = repo.find_header(id).map_err(|e| read_error(id, &e))?;
+                    total_bytes = total_bytes.saturating_add(header.size());
+                    limits
+                        .checkout_bytes(total_bytes)
+                        .map_err(RefRejection::OverLimit)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The checks that need no objects: which refs may be pushed at all.
@@ -404,13 +508,64 @@ fn update_ref(repo: &gix::Repository, command: &Command) -> Result<(), RefReject
     }
 }
 
+/// A pack just written into a repository, held by its `.keep` file until
+/// the push's ref updates are done. Without a `.keep`, gix found the same
+/// pack already there: it is not this push's to remove.
+struct WrittenPack {
+    keep: Option<PathBuf>,
+    data: Option<PathBuf>,
+    index: Option<PathBuf>,
+}
+
+impl WrittenPack {
+    /// Refs point into the pack: drop the `.keep` so it is collected normally.
+    fn release(self) {
+        if let Some(keep) = self.keep
+            && let Err(e) = std::fs::remove_file(&keep)
+        {
+            tracing::warn!(path = %keep.display(), error = %e, "could not remove the pack's .keep file");
+        }
+    }
+
+    /// Nothing points into the pack: remove it, index first (without its
+    /// index a pack file is invisible), the `.keep` last.
+    fn remove(self) {
+        if self.keep.is_none() {
+            return;
+        }
+        for path in self.index.into_iter().chain(self.data).chain(self.keep) {
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a refused push's pack");
+            }
+        }
+    }
+}
+
+/// The length of a pack's header: `PACK`, a version, an object count.
+const PACK_HEADER_BYTES: usize = 12;
+
 /// Indexes the pack in `pack` into `objects/pack`, completing a thin pack
-/// from the repository's objects. Returns the `.keep` file to remove once the
-/// refs point into the pack.
+/// from the repository's objects, once its header shows it within
+/// `limits`.
 fn index_pack(
     repo: &gix::Repository,
     pack: &mut dyn BufRead,
-) -> Result<Option<PathBuf>, UnpackError> {
+    limits: &GitLimits,
+) -> Result<WrittenPack, UnpackError> {
+    let mut header = [0u8; PACK_HEADER_BYTES];
+    io::Read::read_exact(pack, &mut header)
+        .map_err(|e| UnpackError::NotAPack(format!("no pack header ({e})")))?;
+    if &header[..4] != b"PACK" {
+        return Err(UnpackError::NotAPack(
+            "it does not start with PACK".to_owned(),
+        ));
+    }
+    let objects = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    limits.objects(objects).map_err(UnpackError::OverLimit)?;
+    let mut pack = io::BufReader::new(io::Read::chain(&header[..], pack));
+    let pack = &mut pack;
     let pack_dir = repo.common_dir().join("objects").join("pack");
     std::fs::create_dir_all(&pack_dir).map_err(|source| UnpackError::CreatePackDir {
         path: pack_dir.clone(),
@@ -432,7 +587,11 @@ fn index_pack(
         pack = ?outcome.data_path,
         "indexed received pack"
     );
-    Ok(outcome.keep_path)
+    Ok(WrittenPack {
+        keep: outcome.keep_path,
+        data: outcome.data_path,
+        index: outcome.index_path,
+    })
 }
 
 #[cfg(test)]
@@ -547,7 +706,7 @@ mod tests {
         let report = String::from_utf8(outcome.report_status()).unwrap();
         assert!(
             report.contains(
-                "unpack push refused: it is larger than this remote's limit of 100 bytes; push fewer"
+                "unpack push refused: it is larger than this node's limit limits.git.max_push_bytes = 100 bytes; push fewer"
             ),
             "{report}"
         );

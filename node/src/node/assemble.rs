@@ -26,7 +26,7 @@ use crate::deploy::build::SandboxMode;
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
 use crate::gateway::Gateway;
-use crate::git::{GitHttp, PushListener as _, Repos};
+use crate::git::{GitHttp, GitLimits, PushListener as _, Repos};
 use crate::net::NodeId;
 use crate::net::identity::NodeKey;
 use crate::net::{Net, NetEvent};
@@ -64,6 +64,8 @@ pub struct NodeSpec<T> {
     pub runtime: RuntimeConfig,
     /// Whether `build.command`s must run in the sandbox.
     pub builds: SandboxMode,
+    /// What one push may carry (`limits.git` in the node config).
+    pub git: GitLimits,
     /// Take part in a cluster through `T`; `None`: a standalone node.
     pub cluster: Option<ClusterSpec<T>>,
 }
@@ -122,7 +124,11 @@ pub async fn assemble<T: Transport>(
         spec.builds,
     )?;
     let (pushes, pushes_rx) = deployer.queue();
-    let git = Arc::new(GitHttp::new(repos, pushes.clone()).with_mount_prefix(GIT_MOUNT));
+    let git = Arc::new(
+        GitHttp::new(repos, pushes.clone())
+            .with_mount_prefix(GIT_MOUNT)
+            .with_limits(spec.git),
+    );
     let deploy_events = deployer.subscribe();
     deployer.restore().await;
 

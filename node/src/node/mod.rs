@@ -27,6 +27,7 @@ use crate::cluster::{ClusterNode, ClusterOptions};
 use crate::deploy::build::SandboxMode;
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
+use crate::git::GitLimits;
 use crate::net::admission::InviteToken;
 use crate::net::p2p::Multiaddr;
 use crate::runtime::RuntimeConfig;
@@ -56,6 +57,8 @@ pub struct NodeOptions {
     /// Whether `build.command`s must run in the sandbox (`canopy node`) or
     /// may run without one, with a warning (`canopy dream`).
     pub builds: SandboxMode,
+    /// What one push may carry and hold (`limits.git` in the node config).
+    pub git_limits: GitLimits,
 }
 
 /// TLS on the admin port, with a certificate from the node's CA
@@ -180,6 +183,7 @@ impl Node {
         let spec = NodeSpec {
             runtime: RuntimeConfig::new(env.data_dir.join("compiled")),
             builds: options.builds,
+            git: options.git_limits.clone(),
             cluster: options.cluster.as_ref().map(|setup| ClusterSpec {
                 transport: P2pTransport::of(setup, &env.clock),
                 options: ClusterOptions {

@@ -10,7 +10,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use bytes::Bytes;
-use canopy_node::git::{GitHttp, PushEvent, RefUpdate, Repos, checkout, commit_info, read_file};
+use canopy_node::git::{
+    GitHttp, GitLimits, PushEvent, RefUpdate, Repos, checkout, commit_info, read_file,
+};
 use http_body_util::BodyExt;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -29,13 +31,20 @@ struct Remote {
 
 impl Remote {
     async fn start(max_push_bytes: Option<u64>) -> Self {
+        let mut limits = GitLimits::default();
+        if let Some(max) = max_push_bytes {
+            limits.max_push_bytes = max;
+        }
+        Self::start_with(limits).await
+    }
+
+    async fn start_with(limits: GitLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let repos_root = dir.path().join("repos");
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let mut git = GitHttp::new(Repos::new(&repos_root).unwrap(), tx).with_mount_prefix("/git/");
-        if let Some(max) = max_push_bytes {
-            git = git.with_max_push_bytes(max);
-        }
+        let git = GitHttp::new(Repos::new(&repos_root).unwrap(), tx)
+            .with_mount_prefix("/git/")
+            .with_limits(limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -502,7 +511,7 @@ async fn oversized_push_is_refused_with_a_clear_message() {
     assert!(!push.status.success());
     let stderr = String::from_utf8_lossy(&push.stderr);
     assert!(
-        stderr.contains("larger than this remote's limit of 1048576 bytes"),
+        stderr.contains("larger than this node's limit limits.git.max_push_bytes = 1048576 bytes"),
         "{stderr}"
     );
     remote.assert_no_event();
@@ -513,4 +522,130 @@ async fn oversized_push_is_refused_with_a_clear_message() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// The pack files in `repo`'s object store.
+fn pack_files(repo: &std::path::Path) -> Vec<String> {
+    match std::fs::read_dir(repo.join("objects/pack")) {
+        Ok(dir) => dir
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Push `main` to a remote with `limits`: refused with `needle` in git's
+/// output, no event, no branch, and no pack left behind.
+async fn assert_refused(limits: GitLimits, setup: impl AsyncFnOnce(&Client), needle: &str) {
+    let mut remote = Remote::start_with(limits).await;
+    let client = Client::new(&remote.url("shop.git")).await;
+    setup(&client).await;
+    let push = client.git(&["push", "origin", "main"]).await;
+    assert!(!push.status.success(), "the push went through");
+    let stderr = String::from_utf8_lossy(&push.stderr);
+    assert!(stderr.contains(needle), "{stderr}");
+    remote.assert_no_event();
+    let repos = Repos::new(&remote.repos_root).unwrap();
+    assert!(repos.branches("shop").unwrap_or_default().is_empty());
+    let packs = pack_files(&remote.repo_dir("shop"));
+    assert!(packs.is_empty(), "a refused push left {packs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_over_a_git_limit_is_refused_naming_it_and_stores_nothing() {
+    // A checkout bomb of many small files.
+    let many_files = GitLimits {
+        max_files: 50,
+        ..GitLimits::default()
+    };
+    assert_refused(
+        many_files,
+        async |client: &Client| {
+            for i in 0..60 {
+                client.write(
+                    &format!("site/page-{i}.html"),
+                    format!("page {i}").as_bytes(),
+                );
+            }
+            client.commit_all("Many").await;
+        },
+        "limits.git.max_files = 50",
+    )
+    .await;
+
+    // One file larger than the whole checkout may be (it compresses well,
+    // so the pack itself is small).
+    let small_checkout = GitLimits {
+        max_checkout_bytes: 1 << 20,
+        ..GitLimits::default()
+    };
+    assert_refused(
+        small_checkout,
+        async |client: &Client| {
+            client.write("huge.txt", &vec![b'a'; 8 << 20]);
+            client.commit_all("Huge").await;
+        },
+        "limits.git.max_checkout_bytes = 1MiB",
+    )
+    .await;
+
+    let few_objects = GitLimits {
+        max_pack_objects: 5,
+        ..GitLimits::default()
+    };
+    assert_refused(
+        few_objects,
+        async |client: &Client| {
+            for i in 0..10 {
+                client.write(&format!("f{i}.txt"), format!("file {i}").as_bytes());
+            }
+            client.commit_all("Objects").await;
+        },
+        "limits.git.max_pack_objects = 5",
+    )
+    .await;
+
+    let short_paths = GitLimits {
+        max_path_bytes: 32,
+        ..GitLimits::default()
+    };
+    assert_refused(
+        short_paths,
+        async |client: &Client| {
+            client.write(&format!("deep/{}/index.html", "d".repeat(40)), b"deep");
+            client.commit_all("Deep").await;
+        },
+        "limits.git.max_path_bytes = 32",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branches_per_repository_are_bounded() {
+    let mut remote = Remote::start_with(GitLimits {
+        max_refs: 2,
+        ..GitLimits::default()
+    })
+    .await;
+    let client = Client::new(&remote.url("shop.git")).await;
+    client.write("index.html", b"one");
+    client.commit_all("One").await;
+    client.ok(&["branch", "two"]).await;
+    client.ok(&["branch", "three"]).await;
+    let push = client
+        .git(&["push", "origin", "main", "two", "three"])
+        .await;
+    assert!(!push.status.success());
+    let stderr = String::from_utf8_lossy(&push.stderr);
+    assert!(stderr.contains("limits.git.max_refs = 2"), "{stderr}");
+    let event = remote.next_event().await;
+    assert_eq!(event.updates.len(), 2, "{event:?}");
+    let repos = Repos::new(&remote.repos_root).unwrap();
+    assert_eq!(repos.branches("shop").unwrap().len(), 2);
+    // Deleting one makes room for another.
+    client.ok(&["push", "origin", "--delete", "two"]).await;
+    remote.next_event().await;
+    client.ok(&["push", "origin", "three"]).await;
+    remote.next_event().await;
+    assert_eq!(repos.branches("shop").unwrap().len(), 2);
 }

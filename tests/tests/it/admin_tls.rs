@@ -5,21 +5,11 @@
 //! that CA and nothing gets through without it.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use canopy_tests::{Project, canopy_bin, share_machine, testfn, wait_for};
+use canopy_tests::{NodeProcess, Project, canopy_bin, share_machine, testfn, wait_for};
 use serde_json::Value;
-
-/// A `canopy node` process, killed when dropped.
-struct NodeProcess(Child);
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn canopy(args: &[&str]) -> Output {
     Command::new(canopy_bin())
@@ -104,27 +94,13 @@ async fn an_admin_port_off_loopback_speaks_tls_only() {
             "build_sandbox": "preferred",
         }),
     );
-    let _node = NodeProcess(
-        Command::new(canopy_bin())
-            .args(["node", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let facts = wait_for("the node to be ready", Duration::from_secs(60), || async {
-        let text = std::fs::read_to_string(data.join("node.json")).ok()?;
-        serde_json::from_str::<Value>(&text).ok()
-    })
-    .await;
-    let advertised = facts["admin"].as_str().unwrap();
-    assert!(advertised.starts_with("https://"), "{facts}");
-    let port = advertised.rsplit(':').next().unwrap();
+    let node = NodeProcess::start(&config, &data).await;
+    let advertised = node.fact("admin");
+    assert!(advertised.starts_with("https://"), "{}", node.facts);
+    let port = advertised.rsplit(':').next().unwrap().to_owned();
     let admin = format!("https://127.0.0.1:{port}");
-    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
-    let token = token.trim();
+    let token = node.admin_token();
+    let token = token.as_str();
 
     // With the CA: the admin API answers, and the token still counts.
     let with_ca = trusting(Some(&ca_pem)).build().unwrap();
@@ -233,7 +209,7 @@ async fn an_admin_port_off_loopback_speaks_tls_only() {
         live.then_some(())
     })
     .await;
-    let http = facts["http"].as_str().unwrap();
+    let http = node.fact("http");
     let body = canopy_tests::client()
         .get(format!("{http}/api/hello"))
         .header("host", "shop.localhost")

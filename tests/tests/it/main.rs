@@ -20,4 +20,5 @@ mod auth;
 mod cli;
 mod cluster;
 mod dream;
+mod limits;
 mod sandbox;

@@ -182,24 +182,14 @@ async fn a_node_without_a_sandbox_refuses_builds_but_deploys_prebuilt_wasm() {
     // A PATH with no bwrap on it: no sandbox can be set up.
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let mut node = Command::new(canopy_tests::canopy_bin())
-        .args(["node", "--config"])
-        .arg(&config)
-        .env("PATH", &bin)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let facts = wait_for("the node to be ready", Duration::from_secs(60), || async {
-        let text = std::fs::read_to_string(data.join("node.json")).ok()?;
-        serde_json::from_str::<serde_json::Value>(&text).ok()
+    let node = canopy_tests::NodeProcess::start_with(&config, &data, |command| {
+        command.env("PATH", &bin);
     })
     .await;
-    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
-    let token = token.trim();
-    let admin = facts["admin"].as_str().unwrap().to_owned();
-    let remote = canopy_tests::with_token(facts["git_base"].as_str().unwrap(), token) + "shop.git";
+    let token = node.admin_token();
+    let token = token.as_str();
+    let admin = node.fact("admin");
+    let remote = canopy_tests::with_token(&node.fact("git_base"), token) + "shop.git";
     let environment = |admin: String, token: String| async move {
         let status = canopy_tests::status_json(&admin, &token).await?;
         status["deployments"].as_array()?.first().cloned()
@@ -242,7 +232,6 @@ async fn a_node_without_a_sandbox_refuses_builds_but_deploys_prebuilt_wasm() {
         },
     )
     .await;
-    let _ = node.kill();
-    let _ = node.wait();
+    drop(node);
     assert!(!Path::new(&data).join("work").join("ran.txt").exists());
 }
