@@ -164,13 +164,28 @@ pub struct AdminOptions {
     pub loopback_hosts_only: bool,
     /// The longest lifetime of a cluster invite.
     pub max_invite_ttl: Duration,
+    /// Open connections at most; new ones beyond are closed on accept
+    /// (`limits.admin.max_connections`).
+    pub max_connections: usize,
+    /// HTTP/1 clients must send a request's headers within this time, the
+    /// first one included (`limits.admin.header_read_timeout`).
+    pub header_read_timeout: Duration,
 }
+
+/// The admin port's open connections at most unless configured: 256.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// How long an admin client may take to send its request headers unless
+/// configured: 30 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for AdminOptions {
     fn default() -> Self {
         Self {
             loopback_hosts_only: false,
             max_invite_ttl: DEFAULT_MAX_INVITE_TTL,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -502,7 +517,12 @@ impl Admin {
         tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        debug_assert!(
+            self.options.max_connections > 0,
+            "the admin port must accept connections"
+        );
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.options.max_connections));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -510,14 +530,22 @@ impl Admin {
                     let (stream, peer) = match accepted {
                         Ok(conn) => conn,
                         Err(e) => {
+                            // Out of file descriptors and the like: back off
+                            // instead of spinning, keep serving.
                             tracing::warn!(error = %e, "admin accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
+                    };
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, max = self.options.max_connections, "admin: connection limit reached; closing new connection");
+                        continue;
                     };
                     let admin = self.clone();
                     let watcher = graceful.watcher();
                     let tls = tls.clone();
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let served = match tls {
                             None => admin.serve_connection(stream, watcher).await,
                             Some(acceptor) => {
@@ -560,14 +588,27 @@ impl Admin {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let admin = self;
+        let header_read_timeout = admin.options.header_read_timeout;
         let service = hyper::service::service_fn(move |req| {
             let admin = admin.clone();
             async move { Ok::<_, Infallible>(admin.handle(req).await) }
         });
-        let conn = auto::Builder::new(TokioExecutor::new())
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        let (stream, heard) = crate::silent_client::Watched::new(stream);
+        let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
-        watcher.watch(conn).await
+        crate::silent_client::serve_unless_silent(
+            Box::pin(watcher.watch(conn)),
+            heard,
+            header_read_timeout,
+        )
+        .await
+        .unwrap_or(Ok(()))
     }
 }
 

@@ -39,6 +39,7 @@ pub mod git;
 pub mod net;
 pub mod node;
 pub mod runtime;
+pub mod silent_client;
 pub mod status;
 pub mod store;
 pub mod test_guests;

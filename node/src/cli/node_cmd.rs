@@ -39,6 +39,9 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///       max_files: 100000         #   files in a pushed commit
 ///       max_checkout_bytes: 1GiB  #   their total size
 ///       max_path_bytes: 1024      #   the longest path in it
+///     admin:                      #   the admin port
+///       max_connections: 256      #   open at once; more are closed on accept
+///       header_read_timeout: 30s  #   to send a request's headers
 ///   cluster:                      # optional: be one node of a cluster
 ///     listen: [0.0.0.0:4001]      # peer-to-peer (TCP, and QUIC on the same UDP port)
 ///     secret_file: /etc/canopy/cluster.secret   # `canopy cluster init`
@@ -92,6 +95,39 @@ pub(crate) struct NodeConfig {
 pub(crate) struct LimitsConfig {
     #[serde(default)]
     pub git: GitLimitsConfig,
+    #[serde(default)]
+    pub admin: AdminLimitsConfig,
+}
+
+/// `limits.admin:` — the admin port's connections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminLimitsConfig {
+    pub max_connections: Option<usize>,
+    /// Like `30s`.
+    pub header_read_timeout: Option<String>,
+}
+
+impl AdminLimitsConfig {
+    /// The admin options these set (the rest at their defaults).
+    fn options(&self) -> Result<AdminOptions, String> {
+        let mut options = AdminOptions::default();
+        if let Some(max) = self.max_connections {
+            if max == 0 {
+                return Err("limits.admin.max_connections: 0 would refuse every connection; leave it out for the default (256)".into());
+            }
+            options.max_connections = max;
+        }
+        if let Some(text) = &self.header_read_timeout {
+            let timeout = crate::config::parse_duration(text)
+                .map_err(|e| format!("limits.admin.header_read_timeout: {e}; write it like 30s"))?;
+            if timeout.is_zero() {
+                return Err("limits.admin.header_read_timeout: 0s would close every connection; leave it out for the default (30s)".into());
+            }
+            options.header_read_timeout = timeout;
+        }
+        Ok(options)
+    }
 }
 
 /// `limits.git:` — each unset one keeps its default ([`GitLimits`]).
@@ -240,6 +276,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         admin: AdminOptions {
             loopback_hosts_only: false,
             max_invite_ttl,
+            ..config
+                .limits
+                .admin
+                .options()
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
         },
         builds: config.build_sandbox.unwrap_or(SandboxMode::Required),
         git_limits,

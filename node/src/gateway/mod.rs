@@ -349,15 +349,28 @@ impl Connection {
             peer,
             ..
         } = self;
+        let gateway_header_timeout_ms = gateway.config.header_read_timeout_ms;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(gateway.handle_over(req, secure).await) }
         });
+        let (io, heard) = crate::silent_client::Watched::new(io);
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(%peer, error = %e, "gateway: connection ended with an error");
+        let deadline = Duration::from_millis(gateway_header_timeout_ms);
+        match crate::silent_client::serve_unless_silent(
+            Box::pin(watcher.watch(conn)),
+            heard,
+            deadline,
+        )
+        .await
+        {
+            None => tracing::debug!(%peer, "gateway: the client sent nothing; closed"),
+            Some(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "gateway: connection ended with an error");
+            }
+            Some(Ok(())) => {}
         }
     }
 }

@@ -702,3 +702,28 @@ async fn shutdown_is_bounded_by_the_grace_period() {
         .unwrap();
     assert!(outcome.is_err(), "the stuck request was cut off");
 }
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+    use tokio::io::AsyncReadExt;
+    let config = GatewayConfig {
+        header_read_timeout_ms: 300,
+        max_connections: 2,
+        ..GatewayConfig::default()
+    };
+    let h = start(config, None).await;
+    // Two silent clients take both slots; the header-read timeout frees them.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(h.addr).await.unwrap());
+    }
+    for stream in &mut silent {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .expect("a silent client was never closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    let resp = h.get("shop.localhost", "/hello").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
