@@ -135,7 +135,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
 
     let token = single_node_token(&node, &data_dir.join("node-1"))?;
     let http = format!("http://{}", node.http_addr());
-    let admin = node.admin_url();
+    let admin = node.admin_url().to_owned();
     let git_base = git_base_with_token(&node.git_base(), &token);
     let https = node.https_addr().map(|a| format!("https://{a}"));
     let ca = node.ca_pem().map(|p| p.display().to_string());

@@ -285,6 +285,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         builds: config.build_sandbox.unwrap_or(SandboxMode::Required),
         git_limits,
     };
+    // The certificate's names, for the startup line: admin_names and the
+    // bound address.
+    let tls_names = options.admin_tls.as_ref().map(|tls| tls.names.join(", "));
     let data_dir = config.data_dir.clone();
     let node_file = data_dir.join(NODE_FILE);
     let _ = std::fs::remove_file(&node_file);
@@ -294,7 +297,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         pid: std::process::id(),
         http: format!("http://{}", node.http_addr()),
         https: node.https_addr().map(|a| format!("https://{a}")),
-        admin: node.admin_url(),
+        admin: node.admin_url().to_owned(),
         git_base: node.git_base(),
         p2p: node.p2p_addrs().to_vec(),
     };
@@ -306,10 +309,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         node.http_addr(),
         node.admin_url()
     );
-    if let (Some(ca), true) = (node.ca_pem(), node.admin_url().starts_with("https:")) {
+    if let (Some(ca), Some(names)) = (node.ca_pem(), &tls_names) {
         println!(
-            "  the admin port is served over TLS for {}; clients trust {} (`canopy --ca`, `git -c http.sslCAInfo=`)",
-            config.admin_names.join(", "),
+            "  the admin port is served over TLS for {names}; clients trust {} (`canopy --ca`, `git -c http.sslCAInfo=`)",
             ca.display()
         );
     }

@@ -66,14 +66,6 @@ impl GitHttp {
         self
     }
 
-    /// Refuse pushes whose request body (compressed or not) is larger than
-    /// `max_push_bytes`.
-    pub fn with_max_push_bytes(mut self, max_push_bytes: u64) -> Self {
-        debug_assert!(max_push_bytes > 0);
-        self.limits.max_push_bytes = max_push_bytes;
-        self
-    }
-
     /// Receive pushes within `limits` (see [`GitLimits`]).
     pub fn with_limits(mut self, limits: GitLimits) -> Self {
         debug_assert!(limits.max_push_bytes > 0);
@@ -630,7 +622,10 @@ mod tests {
     #[tokio::test]
     async fn probe_gets_an_empty_answer_and_oversized_pushes_are_refused() {
         let (dir, git, mut rx) = remote();
-        let git = git.with_max_push_bytes(200);
+        let git = git.with_limits(GitLimits {
+            max_push_bytes: 200,
+            ..GitLimits::default()
+        });
         let post = |body: Vec<u8>| {
             Request::post("/git/shop.git/git-receive-pack")
                 .header(

@@ -279,7 +279,10 @@ pub(crate) fn receive(
                 }
             })
             .and_then(|()| check_objects(&repo, command))
-            .and_then(|()| check_tree(&repo, command, limits))
+            .and_then(|tree| match tree {
+                Some(tree) => check_tree(&repo, tree, limits),
+                None => Ok(()),
+            })
             .and_then(|()| check_project(&repo, project, command))
             .and_then(|()| update_ref(&repo, command));
         if result.is_ok() {
@@ -332,25 +335,18 @@ fn count_refs(repo: &gix::Repository) -> usize {
         .count()
 }
 
-/// A branch's commit must fit the checkout limits: files, their total
-/// bytes, the length of each path. Reads tree objects and object headers
-/// only, never a file's content.
+/// A branch's commit, whose tree is `root`, must fit the checkout limits:
+/// files, their total bytes, the length of each path. Reads tree objects
+/// and object headers only, never a file's content.
 fn check_tree(
     repo: &gix::Repository,
-    command: &Command,
+    root: gix::ObjectId,
     limits: &GitLimits,
 ) -> Result<(), RefRejection> {
-    if command.is_delete() || !command.refname.starts_with("refs/heads/") {
-        return Ok(());
-    }
     let read_error = |id: gix::ObjectId, e: &dyn std::fmt::Display| RefRejection::ReadObject {
         id,
         message: e.to_string(),
     };
-    let root = repo
-        .find_commit(command.new)
-        .and_then(|commit| commit.tree_id().map(|id| id.detach()))
-        .map_err(|e| read_error(command.new, &e))?;
     let mut files = 0usize;
     let mut total_bytes = 0u64;
     // Depth-first with an explicit stack: a deep tree cannot overflow ours.
@@ -401,10 +397,13 @@ fn check_command(command: &Command) -> Result<(), RefRejection> {
 }
 
 /// The new target must be stored, and a branch must name a commit whose tree
-/// is stored too (a cheap connectivity check).
-fn check_objects(repo: &gix::Repository, command: &Command) -> Result<(), RefRejection> {
+/// is stored too (a cheap connectivity check). Returns a branch's tree.
+fn check_objects(
+    repo: &gix::Repository,
+    command: &Command,
+) -> Result<Option<gix::ObjectId>, RefRejection> {
     if command.is_delete() {
-        return Ok(());
+        return Ok(None);
     }
     let header = match repo.try_find_header(command.new) {
         Ok(Some(header)) => header,
@@ -430,8 +429,9 @@ fn check_objects(repo: &gix::Repository, command: &Command) -> Result<(), RefRej
         if !repo.has_object(tree) {
             return Err(RefRejection::MissingTree(tree));
         }
+        return Ok(Some(tree));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A branch's `canopy.yaml` must name the repository's project. A missing

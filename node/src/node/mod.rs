@@ -98,8 +98,8 @@ pub struct Node {
     https_addr: Option<SocketAddr>,
     ca_pem: Option<PathBuf>,
     admin_addr: SocketAddr,
-    /// `http` or `https`: how the admin port is served.
-    admin_scheme: &'static str,
+    /// `http://` or, when the port is served over TLS, `https://` it.
+    admin_url: String,
     deployer: Arc<Deployer>,
     authority: Authority,
     /// The admin token this start created (see [`Node::first_admin_token`]).
@@ -175,9 +175,9 @@ impl Node {
             Some(listener) => Some(listener.local_addr()?),
             None => None,
         };
-        let admin_scheme = match options.admin_tls {
-            Some(_) => "https",
-            None => "http",
+        let admin_url = match options.admin_tls {
+            Some(_) => format!("https://{admin_addr}"),
+            None => format!("http://{admin_addr}"),
         };
 
         let spec = NodeSpec {
@@ -191,7 +191,7 @@ impl Node {
                     invite: setup.invite.clone(),
                     replication_factor: setup.replication_factor,
                     http: format!("http://{http_addr}"),
-                    admin: format!("{admin_scheme}://{admin_addr}"),
+                    admin: admin_url.clone(),
                     ..ClusterOptions::default()
                 },
             }),
@@ -307,7 +307,7 @@ impl Node {
         let info = Arc::new(report::Info {
             id: id.clone(),
             http: format!("http://{http_addr}"),
-            admin: format!("{admin_scheme}://{admin_addr}"),
+            admin: admin_url.clone(),
             deployer: services.deployer.clone(),
             runtime: services.runtime.clone(),
             certificates,
@@ -350,7 +350,7 @@ impl Node {
             https_addr,
             ca_pem,
             admin_addr,
-            admin_scheme,
+            admin_url,
             deployer: services.deployer,
             authority: services.authority,
             first_admin_token,
@@ -383,8 +383,8 @@ impl Node {
     }
 
     /// The admin API's URL: `https://` when it is served over TLS.
-    pub fn admin_url(&self) -> String {
-        format!("{}://{}", self.admin_scheme, self.admin_addr)
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
     }
 
     /// The prefix of every project's push URL: `<admin>/git/`, to which
