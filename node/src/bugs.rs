@@ -36,10 +36,14 @@ pub enum Bug {
     /// `cluster::trust`: revocation records are not read, so a revoked
     /// token keeps working on every node.
     IgnoreRevocations,
+    /// `gc` and `store::remove_untouched`: garbage collection removes every
+    /// unreferenced blob at once, with no grace period and no regard for
+    /// blobs a deploy in flight has just stored.
+    SkipGcGrace,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::SkipAntiEntropy,
         Bug::AcceptUnverifiedBlob,
         Bug::ApplyStaleDeployment,
@@ -47,6 +51,7 @@ impl Bug {
         Bug::ExceedFetchLimit,
         Bug::TrustAnySigner,
         Bug::IgnoreRevocations,
+        Bug::SkipGcGrace,
     ];
 
     /// The switch's name on the `canopy-sim` command line.
@@ -59,6 +64,7 @@ impl Bug {
             Bug::ExceedFetchLimit => "exceed-fetch-limit",
             Bug::TrustAnySigner => "trust-any-signer",
             Bug::IgnoreRevocations => "ignore-revocations",
+            Bug::SkipGcGrace => "skip-gc-grace",
         }
     }
 

@@ -135,6 +135,8 @@ impl Rng {
 
 thread_local! {
     static INLINE_BLOCKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static INLINE_BLOCKING_COST: std::cell::Cell<std::time::Duration> =
+        const { std::cell::Cell::new(std::time::Duration::ZERO) };
 }
 
 /// Run blocking work (file IO, compilation) where it cannot stall the async
@@ -151,7 +153,15 @@ pub async fn spawn_blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, BlockingError> {
     if INLINE_BLOCKING.with(|inline| inline.get()) {
-        return Ok(work());
+        let done = work();
+        // Work done inline takes no simulated time by itself; the cost
+        // stands for the real time it takes, so what races with it (a
+        // collection during a deploy) happens in the simulation too.
+        let cost = INLINE_BLOCKING_COST.with(std::cell::Cell::get);
+        if !cost.is_zero() {
+            tokio::time::sleep(cost).await;
+        }
+        return Ok(done);
     }
     tokio::task::spawn_blocking(work)
         .await
@@ -162,6 +172,13 @@ pub async fn spawn_blocking<T: Send + 'static>(
 /// or on tokio's blocking pool again (`false`). For the simulator.
 pub fn set_inline_blocking(inline: bool) {
     INLINE_BLOCKING.with(|cell| cell.set(inline));
+}
+
+/// The time (of tokio's clock: simulated time in the simulator) each piece
+/// of inline [`spawn_blocking`] work takes on this thread. For the
+/// simulator.
+pub fn set_inline_blocking_cost(cost: std::time::Duration) {
+    INLINE_BLOCKING_COST.with(|cell| cell.set(cost));
 }
 
 /// Blocking work did not finish (it panicked or the runtime shut down).

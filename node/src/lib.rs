@@ -35,6 +35,7 @@ pub mod deploy;
 pub mod durable;
 pub mod env;
 pub mod gateway;
+pub mod gc;
 pub mod git;
 pub mod net;
 pub mod node;

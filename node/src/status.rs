@@ -40,6 +40,10 @@ pub struct NodeStatus {
     /// Blobs this node holds for the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holds: Option<usize>,
+    /// What garbage collection last did, and what each project uses here
+    /// (`None`: no pass yet, or a peer's report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<crate::gc::GcReport>,
 }
 
 /// The cluster as seen from the node that answered.
@@ -94,6 +98,58 @@ fn short(commit: &Option<String>) -> String {
     }
 }
 
+/// `bytes` for a person: `512 B`, `3.4 MiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A node's disk and memory use, and what garbage collection last freed.
+fn render_gc(out: &mut String, gc: &crate::gc::GcReport) {
+    let _ = writeln!(
+        out,
+        "      store      {} in {} blobs ({} unreferenced, waiting out the grace period)",
+        size(gc.store_bytes),
+        gc.blobs_stored,
+        gc.blobs_waiting
+    );
+    match &gc.error {
+        Some(error) => {
+            let _ = writeln!(out, "      gc         last pass removed nothing: {error}");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "      gc         last pass freed {} ({} blobs, {} compiled), unloaded {} functions, took {} ms",
+                size(gc.bytes_freed + gc.compiled_bytes_freed),
+                gc.blobs_removed,
+                gc.compiled_removed,
+                gc.functions_unloaded,
+                gc.duration_ms
+            );
+        }
+    }
+    for (project, usage) in &gc.projects {
+        let _ = writeln!(
+            out,
+            "      project {project}  disk {} ({} blobs, {} releases kept)  memory {}",
+            size(usage.disk_bytes),
+            usage.blobs,
+            usage.releases,
+            size(usage.memory_bytes)
+        );
+    }
+}
+
 impl StatusReport {
     /// The report as `canopy status` prints it for a person.
     pub fn render(&self) -> String {
@@ -143,6 +199,9 @@ impl StatusReport {
                         &commit[..commit.len().min(10)]
                     );
                 }
+            }
+            if let Some(gc) = &node.gc {
+                render_gc(&mut out, gc);
             }
         }
         // Hosts answer on the gateway's port; a person wants a URL to click.
@@ -216,6 +275,29 @@ mod tests {
                 state_hash: None,
                 serving: Default::default(),
                 holds: None,
+                gc: Some(crate::gc::GcReport {
+                    finished_unix_ms: 1_700_000_000_000,
+                    duration_ms: 12,
+                    blobs_removed: 40,
+                    bytes_freed: 3 << 20,
+                    compiled_removed: 1,
+                    compiled_bytes_freed: 1 << 20,
+                    functions_unloaded: 2,
+                    blobs_stored: 120,
+                    store_bytes: 9 << 20,
+                    blobs_waiting: 5,
+                    projects: [(
+                        "shop".to_owned(),
+                        crate::gc::ProjectUsage {
+                            releases: 3,
+                            blobs: 100,
+                            disk_bytes: 7 << 20,
+                            memory_bytes: 2 << 20,
+                        },
+                    )]
+                    .into(),
+                    error: None,
+                }),
             }],
             deployments: vec![
                 EnvironmentStatus {
@@ -265,6 +347,7 @@ mod cluster_tests {
             state_hash: Some(hash.into()),
             serving: [("shop@main".to_owned(), "0123456789abcdef".to_owned())].into(),
             holds: Some(3),
+            gc: None,
         }
     }
 

@@ -64,7 +64,7 @@ pub struct Args {
     pub steps: u64,
     /// Switch on a known bug: skip-anti-entropy, accept-unverified-blob,
     /// apply-stale-deployment, skip-fsync, exceed-fetch-limit,
-    /// trust-any-signer, ignore-revocations. Repeatable.
+    /// trust-any-signer, ignore-revocations, skip-gc-grace. Repeatable.
     #[arg(long = "bug", value_name = "NAME")]
     pub bugs: Vec<String>,
     /// Parallel runs (default: every core).

@@ -66,6 +66,12 @@ pub struct Params {
     pub leaves: usize,
     /// Each node's timer rate, per mille (1000 = no drift).
     pub drift_permille: Vec<u64>,
+    /// Releases each node keeps per environment past the live one
+    /// (`gc.history`): 1 in half the runs, so garbage collection removes
+    /// releases a push old all through the workload; 10 (the default) in
+    /// the others, so it removes little and the state is quiet when no
+    /// push comes (what `skip-anti-entropy` needs to show).
+    pub gc_history: usize,
 }
 
 impl Params {
@@ -77,7 +83,7 @@ impl Params {
         let scale = if stormy { 2.0 } else { 0.5 };
         let joins = usize::from(unit(rng) < 0.4);
         let leaves = usize::from(nodes > 2 && unit(rng) < 0.3);
-        Params {
+        let mut params = Params {
             min_latency: Duration::from_millis(min_latency),
             max_latency: Duration::from_millis(max_latency),
             fail_rate: if unit(rng) < 0.5 {
@@ -110,13 +116,17 @@ impl Params {
             drift_permille: (0..nodes + joins)
                 .map(|_| uniform(rng, 800, 1250))
                 .collect(),
-        }
+            gc_history: 0,
+        };
+        // Drawn last: every draw before it is what it was before it existed.
+        params.gc_history = if unit(rng) < 0.5 { 1 } else { 10 };
+        params
     }
 
     /// The parameters as the trace's first line shows them.
     pub fn describe(&self) -> String {
         format!(
-            "latency={}..{}ms fail_rate={:.5} repair_rate={:.3} duplicate_rate={:.3} corrupt_read_rate={:.3} partition={:.4}/{}ms hold={:.4}/{}ms crash={:.4}/{}ms corrupt={:.4} push={:.3} request={:.3} joins={} leaves={} drift={:?}",
+            "latency={}..{}ms fail_rate={:.5} repair_rate={:.3} duplicate_rate={:.3} corrupt_read_rate={:.3} partition={:.4}/{}ms hold={:.4}/{}ms crash={:.4}/{}ms corrupt={:.4} push={:.3} request={:.3} joins={} leaves={} drift={:?} gc_history={}",
             self.min_latency.as_millis(),
             self.max_latency.as_millis(),
             self.fail_rate,
@@ -135,6 +145,7 @@ impl Params {
             self.joins,
             self.leaves,
             self.drift_permille,
+            self.gc_history,
         )
     }
 }

@@ -72,6 +72,11 @@ type Hold = Option<(NodeIx, NodeIx, u64)>;
 
 /// Simulated time per turmoil step.
 pub const TICK: Duration = Duration::from_millis(10);
+
+/// The simulated time each piece of a node's blocking work (a checkout,
+/// storing a site, compiling a component) takes: without it such work is
+/// instantaneous, and nothing could run while a deploy is under way.
+const BLOCKING_WORK: Duration = Duration::from_millis(20);
 const TICK_MS: u64 = TICK.as_millis() as u64;
 /// The workload and fault generators roll once per slot.
 const SLOT_MS: u64 = 100;
@@ -211,6 +216,7 @@ pub fn run(config: &RunConfig) -> RunResult {
     };
     capture_panics();
     canopy_node::env::set_inline_blocking(true);
+    canopy_node::env::set_inline_blocking_cost(BLOCKING_WORK);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         simulate(config, dir.path(), guest)
     }));
@@ -698,6 +704,7 @@ fn new_world(config: &RunConfig, params: &Params, run_dir: &Path, guest: &[u8]) 
         boots: BTreeMap::new(),
         disks: BTreeMap::new(),
         drift_permille: params.drift_permille.clone(),
+        gc_history: params.gc_history,
         admin: None,
         project_token: None,
         token_revoked: false,
@@ -974,6 +981,23 @@ fn sample(world: &Shared, checked: &mut BTreeSet<(NodeIx, String)>) {
                 .map(|(cid, _)| cid)
                 .collect()
         });
+        for (env, blobs) in r.deployer.live_blobs() {
+            for cid in blobs {
+                let on_disk = r.store.blob_path(&cid).is_file()
+                    || r.store
+                        .root()
+                        .join("quarantine")
+                        .join(cid.to_string())
+                        .is_file();
+                if !on_disk {
+                    events.push(Event::LiveBlobMissing {
+                        node: *ix,
+                        env: env.to_string(),
+                        cid: cid.to_string(),
+                    });
+                }
+            }
+        }
         for cid in held {
             let key = (*ix, cid.to_string());
             if checked.contains(&key) {

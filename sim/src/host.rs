@@ -30,6 +30,19 @@ use crate::world::{Job, PushJob, Running, Shared, host_name, lock, node_rng, rep
 /// Cluster-state anti-entropy interval before drift.
 const ANTI_ENTROPY: Duration = Duration::from_secs(10);
 
+/// Garbage collection on every simulated node: often, with a short grace
+/// period, so that it runs during the workload, under partitions and
+/// crashes; `history` is the run's (see `Params::gc_history`).
+fn gc_config(history: usize) -> canopy_node::gc::GcConfig {
+    canopy_node::gc::GcConfig {
+        interval: Duration::from_millis(700),
+        grace: Duration::from_secs(5),
+        history,
+        // Every node of every run shares one compiled-code directory.
+        compiled_code: false,
+    }
+}
+
 /// How long a joining node waits for its admission to reach its own state.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -164,7 +177,7 @@ impl Transport for SimTransport {
 /// every restart — the node's own assembly ([`assemble`], as `canopy node`
 /// builds it) on the simulated environment and net.
 pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
-    let (id, hosts, dir, rng, anti_entropy, rates, boot, unix_s, guest_clock) = {
+    let (id, hosts, dir, rng, anti_entropy, rates, boot, unix_s, guest_clock, gc_history) = {
         let mut w = lock(&world);
         let boot = {
             let b = w.boots.entry(ix).or_insert(0);
@@ -189,6 +202,7 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
             // Functions run outside simulated time (see `workload::request`)
             // and read the simulation's own reading of it.
             w.simulated_now.guest_clock(),
+            w.gc_history,
         )
     };
     let disk = {
@@ -224,6 +238,7 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
         // Simulated pushes carry prebuilt components only.
         builds: canopy_node::deploy::build::SandboxMode::Required,
         git: canopy_node::git::GitLimits::default(),
+        gc: gc_config(gc_history),
         cluster: Some(ClusterSpec {
             transport: SimTransport {
                 ix,

@@ -29,6 +29,7 @@ pub const CONVERGENCE: &str = "convergence";
 pub const SERVED_PUSHED: &str = "served-only-pushed";
 pub const NO_ROLLBACK: &str = "no-rollback";
 pub const BLOB_MATCHES_CID: &str = "blob-matches-cid";
+pub const LIVE_BLOBS_KEPT: &str = "live-blobs-kept";
 pub const PUSH_LIVE_EVERYWHERE: &str = "push-live-everywhere";
 pub const NO_PANIC: &str = "no-panic";
 pub const NO_FORGED_RECORD: &str = "no-forged-record";
@@ -43,11 +44,30 @@ pub fn check_all(trace: &Trace, convergence_bound_ms: u64) -> Vec<Violation> {
     out.extend(served_only_pushed(trace));
     out.extend(no_rollback(trace));
     out.extend(blob_matches_cid(trace));
+    out.extend(live_blobs_kept(trace));
     out.extend(push_live_everywhere(trace));
     out.extend(no_panic(trace));
     out.extend(no_forged_record(trace));
     out.extend(revocation_sticks(trace));
     out
+}
+
+/// Garbage collection never takes a blob of a release that serves: every
+/// blob of every release a node serves is on that node's disk (so on at
+/// least one node), whatever ran while the release was built or fetched.
+pub fn live_blobs_kept(trace: &Trace) -> Vec<Violation> {
+    trace
+        .entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::LiveBlobMissing { node, env, cid } => Some(Violation {
+                invariant: LIVE_BLOBS_KEPT,
+                at_ms: e.at_ms,
+                message: format!("n{node} serves {env} but its blob {cid} is gone from its disk"),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// No honest node acts on a record the rogue node forged (another node's

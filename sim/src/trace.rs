@@ -134,6 +134,13 @@ pub enum Event {
         cid: String,
         matches: bool,
     },
+    /// A blob of the release `node` serves for `env` is not on its disk
+    /// (neither stored nor quarantined): something removed it.
+    LiveBlobMissing {
+        node: NodeIx,
+        env: String,
+        cid: String,
+    },
     /// Periodic sample of a node's cluster-state hash.
     Sample {
         node: NodeIx,
@@ -213,6 +220,9 @@ impl fmt::Display for Event {
             },
             Event::BlobHeld { node, cid, matches } => {
                 write!(f, "held n{node} {cid} matches={matches}")
+            }
+            Event::LiveBlobMissing { node, env, cid } => {
+                write!(f, "live-blob-missing n{node} env={env} {cid}")
             }
             Event::Sample { node, state } => write!(f, "sample n{node} state={state}"),
             Event::ForgedAccepted { node, what } => write!(f, "forged-accepted n{node} {what}"),

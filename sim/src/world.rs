@@ -84,6 +84,8 @@ pub(crate) struct World {
     /// Each node's disk, kept across its restarts.
     pub(crate) disks: BTreeMap<NodeIx, Arc<SimDisk>>,
     pub(crate) drift_permille: Vec<u64>,
+    /// `gc.history` on every node of the run.
+    pub(crate) gc_history: usize,
     /// The cluster's first admin token (node 0 issues it when it founds the
     /// cluster): what warrants invites, as an operator's would.
     pub(crate) admin: Option<canopy_node::auth::Token>,

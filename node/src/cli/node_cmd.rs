@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::admin::{AdminOptions, DEFAULT_MAX_INVITE_TTL};
 use crate::deploy::build::SandboxMode;
 use crate::env::Env;
+use crate::gc::GcConfig;
 use crate::git::GitLimits;
 use crate::net::admission::InviteToken;
 use crate::net::p2p::{Multiaddr, P2pConfig};
@@ -42,6 +43,11 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///     admin:                      #   the admin port
 ///       max_connections: 256      #   open at once; more are closed on accept
 ///       header_read_timeout: 30s  #   to send a request's headers
+///   gc:                           # optional: garbage collection (defaults shown)
+///     interval: 10m               #   time between passes
+///     grace: 1h                   #   how long an unreferenced blob stays;
+///                                 #   longer than any deploy takes
+///     history: 10                 #   replaced releases kept per environment
 ///   cluster:                      # optional: be one node of a cluster
 ///     listen: [0.0.0.0:4001]      # peer-to-peer (TCP, and QUIC on the same UDP port)
 ///     secret_file: /etc/canopy/cluster.secret   # `canopy cluster init`
@@ -87,6 +93,44 @@ pub(crate) struct NodeConfig {
     /// Bounds on what the node takes in.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Garbage collection.
+    #[serde(default)]
+    pub gc: GcSection,
+}
+
+/// `gc:` in the node config; each unset one keeps its default ([`GcConfig`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GcSection {
+    /// Like `10m`.
+    pub interval: Option<String>,
+    /// Like `1h`.
+    pub grace: Option<String>,
+    pub history: Option<usize>,
+}
+
+impl GcSection {
+    /// The collection these set (the rest at their defaults).
+    fn config(&self) -> Result<GcConfig, String> {
+        let mut config = GcConfig::default();
+        let duration = |name: &str, text: &str| {
+            crate::config::parse_duration(text)
+                .map_err(|e| format!("gc.{name}: {e}; write it like 10m or 1h"))
+        };
+        if let Some(text) = &self.interval {
+            config.interval = duration("interval", text)?;
+            if config.interval.is_zero() {
+                return Err("gc.interval: 0s would collect without pause; leave it out for the default (10m)".into());
+            }
+        }
+        if let Some(text) = &self.grace {
+            config.grace = duration("grace", text)?;
+        }
+        if let Some(history) = self.history {
+            config.history = history;
+        }
+        Ok(config)
+    }
 }
 
 /// `limits:` in the node config.
@@ -248,7 +292,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             .location()
             .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
             .unwrap_or(name.clone());
-        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally admin_names, https, local_ca, max_invite_ttl, build_sandbox, limits and cluster (see `canopy node --help`)")
+        anyhow::anyhow!("{at}: {e}\n  help: a node config has data_dir, http, admin and optionally admin_names, https, local_ca, max_invite_ttl, build_sandbox, limits, gc and cluster (see `canopy node --help`)")
     })?;
     let base = args.config.parent().unwrap_or(Path::new("."));
     let max_invite_ttl = match &config.max_invite_ttl {
@@ -263,7 +307,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .git
         .limits()
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let gc = config
+        .gc
+        .config()
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let options = NodeOptions {
+        gc,
         http_listen: config.http,
         admin_listen: config.admin,
         https_local_ca: config.https,
@@ -521,6 +570,33 @@ mod tests {
 
     fn config(yaml: &str) -> Result<NodeConfig, String> {
         serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn gc_comes_from_the_config_or_its_defaults() {
+        let base = "data_dir: /d\nhttp: 127.0.0.1:1\nadmin: 127.0.0.1:2\n";
+        let none = config(base).unwrap();
+        assert_eq!(none.gc.config().unwrap(), GcConfig::default());
+        let some = config(&format!(
+            "{base}gc:\n  interval: 30s\n  grace: 2m\n  history: 3\n"
+        ))
+        .unwrap();
+        let gc = some.gc.config().unwrap();
+        assert_eq!(gc.interval, std::time::Duration::from_secs(30));
+        assert_eq!(gc.grace, std::time::Duration::from_secs(120));
+        assert_eq!(gc.history, 3);
+        let err = config(&format!("{base}gc:\n  grace: soon\n"))
+            .unwrap()
+            .gc
+            .config()
+            .unwrap_err();
+        assert!(err.starts_with("gc.grace:"), "{err}");
+        let err = config(&format!("{base}gc:\n  interval: 0s\n"))
+            .unwrap()
+            .gc
+            .config()
+            .unwrap_err();
+        assert!(err.starts_with("gc.interval: 0s"), "{err}");
     }
 
     #[test]

@@ -837,10 +837,11 @@ enum InstallError {
 async fn fetch_and_install(
     deployer: &Deployer,
     replicate: &ReplicateHandle,
-    store: &BlobStore,
+    store: &Arc<BlobStore>,
     key: &EnvKey,
     deployment: super::state::Deployment,
 ) -> Result<(), InstallError> {
+    let _hold = store.hold();
     replicate.fetch(deployment.manifest_cid).await?;
     let manifest: crate::deploy::manifest::Manifest =
         serde_json::from_slice(&store.get(&deployment.manifest_cid)?).map_err(|source| {

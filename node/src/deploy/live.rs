@@ -16,6 +16,7 @@ use super::manifest::Manifest;
 
 /// A loaded release: its manifest and the compiled functions it serves.
 pub(super) struct LiveRelease {
+    pub manifest_cid: cid::Cid,
     pub manifest: Manifest,
     pub functions: BTreeMap<String, Arc<Function>>,
     /// Its rank in cluster state (`None`: not recorded there).
@@ -39,6 +40,7 @@ pub(super) async fn load(
         functions.insert(name.clone(), loaded);
     }
     Ok(LiveRelease {
+        manifest_cid: cid,
         manifest,
         functions,
         precedence,

@@ -158,6 +158,8 @@ pub struct Deployer {
     ledger: OnceLock<Arc<dyn Ledger>>,
     /// Who owns which domain: a file here until the node joins a cluster.
     domains: std::sync::RwLock<Arc<dyn domains::DomainBook>>,
+    /// Replaced releases kept per environment (`gc.history`).
+    history_depth: usize,
 }
 
 impl Deployer {
@@ -168,6 +170,7 @@ impl Deployer {
         gateway: Arc<Gateway>,
         repos: git::Repos,
         sandbox: build::SandboxMode,
+        history_depth: usize,
     ) -> anyhow::Result<Arc<Self>> {
         let state_path = env.data_dir.join("deployments.json");
         let work_dir = env.data_dir.join("work");
@@ -200,6 +203,7 @@ impl Deployer {
             events,
             ledger: OnceLock::new(),
             domains: std::sync::RwLock::new(domain_book),
+            history_depth,
         }))
     }
 
@@ -424,6 +428,8 @@ impl Deployer {
     /// Deploy one pushed commit; on any failure the live release stays.
     pub async fn deploy(&self, repo: &str, branch: &str, commit: gix::ObjectId) {
         let started = self.env.clock.now();
+        // What the build stores is referenced by nothing until it is live.
+        let _hold = self.store.hold();
         let repo_dir = match self.repos.dir(repo) {
             Ok(dir) => dir,
             Err(e) => {
@@ -576,8 +582,52 @@ impl Deployer {
             {
                 e.failed = None;
             }
-            e.live = Some(release);
+            e.replace_live(release, self.history_depth);
         });
+    }
+
+    /// The manifest CIDs of every release this node keeps, by environment:
+    /// each live release and its history (what garbage collection keeps).
+    pub fn kept_releases(&self) -> BTreeMap<EnvKey, Vec<String>> {
+        let state = self.state.lock().expect("state lock");
+        state
+            .environments
+            .iter()
+            .map(|(k, e)| (k.clone(), e.kept_manifests().map(str::to_owned).collect()))
+            .filter(|(_, kept): &(EnvKey, Vec<String>)| !kept.is_empty())
+            .collect()
+    }
+
+    /// Forget the release of manifest `manifest` from `key`'s history (it
+    /// can no longer be read, so never rolled back to).
+    pub fn drop_from_history(&self, key: &EnvKey, manifest: &str) {
+        let mut state = self.state.lock().expect("state lock");
+        let Some(e) = state.environments.get_mut(key) else {
+            return;
+        };
+        let before = e.history.len();
+        e.history.retain(|r| r.manifest != manifest);
+        if e.history.len() != before {
+            self.save(&state);
+        }
+    }
+
+    /// Every blob of every release serving here, by environment.
+    pub fn live_blobs(&self) -> BTreeMap<EnvKey, Vec<cid::Cid>> {
+        let live = self.live.lock().expect("live lock");
+        live.iter()
+            .filter_map(|(k, r)| {
+                Some((k.clone(), release_blobs(r.manifest_cid, &r.manifest).ok()?))
+            })
+            .collect()
+    }
+
+    /// The components of every release serving here, by CID.
+    pub fn live_functions(&self) -> std::collections::BTreeSet<cid::Cid> {
+        let live = self.live.lock().expect("live lock");
+        live.values()
+            .flat_map(|r| r.functions.values().map(|f| *f.cid()))
+            .collect()
     }
 
     /// Serve `live` for `key` unless a release of equal or greater precedence
@@ -894,6 +944,7 @@ mod tests {
             Gateway::new(),
             repos,
             build::SandboxMode::Preferred,
+            10,
         )
         .unwrap()
     }

@@ -82,6 +82,7 @@ impl ReleaseBuilder<'_> {
         Ok((
             manifest_cid,
             LiveRelease {
+                manifest_cid,
                 manifest,
                 functions,
                 precedence: None,

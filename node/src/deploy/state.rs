@@ -62,6 +62,36 @@ pub struct Environment {
     /// cluster state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_warrant: Option<PushWarrant>,
+    /// Releases that served before `live`, newest first, at most the
+    /// node's history depth (`gc.history` in the node config): what a
+    /// rollback can go back to, so garbage collection keeps their blobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Release>,
+}
+
+impl Environment {
+    /// Make `release` the live one; the release it replaces (if another)
+    /// goes to the front of the history, which keeps at most `depth`.
+    pub fn replace_live(&mut self, release: Release, depth: usize) {
+        if let Some(old) = self.live.take()
+            && old.manifest != release.manifest
+        {
+            self.history.retain(|r| r.manifest != old.manifest);
+            self.history.insert(0, old);
+        }
+        // Going back to a kept release takes it out of the history.
+        self.history.retain(|r| r.manifest != release.manifest);
+        self.history.truncate(depth);
+        self.live = Some(release);
+    }
+
+    /// The manifests of every release kept: the live one, then the history.
+    pub fn kept_manifests(&self) -> impl Iterator<Item = &str> {
+        self.live
+            .iter()
+            .chain(&self.history)
+            .map(|r| r.manifest.as_str())
+    }
 }
 
 /// A pusher's warrant for one push (see [`crate::auth::push_statement`]).
@@ -180,6 +210,7 @@ mod tests {
                 }),
                 pending: None,
                 push_warrant: None,
+                history: vec![],
                 failed: Some(Failure {
                     commit: "def".into(),
                     error: "boom".into(),
@@ -188,6 +219,36 @@ mod tests {
         );
         state.save(&crate::env::OsDisk, &path).unwrap();
         assert_eq!(DeploymentState::load(&path).unwrap(), state);
+    }
+
+    fn release(n: u8) -> Release {
+        Release {
+            commit: format!("c{n}"),
+            manifest: format!("m{n}"),
+            repo: "shop".into(),
+            precedence: None,
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_newest_replaced_releases_up_to_its_depth() {
+        let mut e = Environment::default();
+        for n in 1..=5 {
+            e.replace_live(release(n), 3);
+        }
+        assert_eq!(e.live, Some(release(5)));
+        let kept: Vec<_> = e.kept_manifests().collect();
+        assert_eq!(kept, ["m5", "m4", "m3", "m2"]);
+        // The same release again (a redeploy) adds nothing to the history.
+        e.replace_live(release(5), 3);
+        assert_eq!(e.history.len(), 3);
+        // Going back to a kept release moves it out of the history.
+        e.replace_live(release(3), 3);
+        let kept: Vec<_> = e.kept_manifests().collect();
+        assert_eq!(kept, ["m3", "m5", "m4", "m2"]);
+        // Depth 0: only the live release.
+        e.replace_live(release(6), 0);
+        assert_eq!(e.kept_manifests().collect::<Vec<_>>(), ["m6"]);
     }
 
     #[test]

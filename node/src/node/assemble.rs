@@ -26,6 +26,7 @@ use crate::deploy::build::SandboxMode;
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
 use crate::gateway::Gateway;
+use crate::gc::{ClusterView, Collector, GcConfig, GcReports};
 use crate::git::{GitHttp, GitLimits, PushListener as _, Repos};
 use crate::net::NodeId;
 use crate::net::identity::NodeKey;
@@ -66,6 +67,8 @@ pub struct NodeSpec<T> {
     pub builds: SandboxMode,
     /// What one push may carry (`limits.git` in the node config).
     pub git: GitLimits,
+    /// Garbage collection (`gc` in the node config).
+    pub gc: GcConfig,
     /// Take part in a cluster through `T`; `None`: a standalone node.
     pub cluster: Option<ClusterSpec<T>>,
 }
@@ -96,6 +99,10 @@ pub struct Services<N> {
     pub cluster: Option<(Arc<ClusterNode>, N)>,
     /// The deploy loop: every push the Git remote acknowledges.
     pub deploy_task: JoinHandle<()>,
+    /// What garbage collection last did.
+    pub gc: GcReports,
+    /// Garbage collection, a pass every `gc.interval`.
+    pub gc_task: JoinHandle<()>,
 }
 
 /// Build a node from `env` and `spec`: load (or create) its key, open its
@@ -122,6 +129,7 @@ pub async fn assemble<T: Transport>(
         gateway.clone(),
         repos.clone(),
         spec.builds,
+        spec.gc.history,
     )?;
     let (pushes, pushes_rx) = deployer.queue();
     let git = Arc::new(
@@ -162,6 +170,19 @@ pub async fn assemble<T: Transport>(
     }
     let deploy_task = tokio::spawn(deployer.clone().run(pushes_rx));
 
+    let collector = Collector::new(
+        spec.gc,
+        store.clone(),
+        runtime.clone(),
+        deployer.clone(),
+        cluster.as_ref().map(|(node, _)| ClusterView {
+            handle: node.handle().clone(),
+            local: key.node_id(),
+        }),
+    );
+    let gc = collector.reports();
+    let gc_task = tokio::spawn(crate::gc::run(collector, env.clock.clone()));
+
     let book: Arc<dyn TokenBook> = match &cluster {
         Some((cluster, _)) => Arc::new(crate::cluster::tokens::ClusterBook::new(
             cluster.handle().clone(),
@@ -182,5 +203,7 @@ pub async fn assemble<T: Transport>(
         deploy_events,
         cluster,
         deploy_task,
+        gc,
+        gc_task,
     })
 }

@@ -59,6 +59,8 @@ pub struct NodeOptions {
     pub builds: SandboxMode,
     /// What one push may carry and hold (`limits.git` in the node config).
     pub git_limits: GitLimits,
+    /// Garbage collection (`gc` in the node config).
+    pub gc: crate::gc::GcConfig,
 }
 
 /// TLS on the admin port, with a certificate from the node's CA
@@ -108,6 +110,7 @@ pub struct Node {
     /// The gateway and the admin API: they drain in-flight requests on stop.
     tasks: Vec<JoinHandle<()>>,
     deploy_task: JoinHandle<()>,
+    gc_task: JoinHandle<()>,
 }
 
 /// The sockets a node listens on, bound before its services start (the
@@ -184,6 +187,7 @@ impl Node {
             runtime: RuntimeConfig::new(env.data_dir.join("compiled")),
             builds: options.builds,
             git: options.git_limits.clone(),
+            gc: options.gc.clone(),
             cluster: options.cluster.as_ref().map(|setup| ClusterSpec {
                 transport: P2pTransport::of(setup, &env.clock),
                 options: ClusterOptions {
@@ -202,6 +206,7 @@ impl Node {
             (Some((cluster, net)), Some(setup)) => {
                 if let Err(e) = p2p_join::connect(&env, &services.key, setup, cluster, net).await {
                     services.deploy_task.abort();
+                    services.gc_task.abort();
                     cluster.stop().await;
                     return Err(e);
                 }
@@ -310,6 +315,7 @@ impl Node {
             admin: admin_url.clone(),
             deployer: services.deployer.clone(),
             runtime: services.runtime.clone(),
+            gc: services.gc.clone(),
             certificates,
             cluster: cluster
                 .clone()
@@ -357,6 +363,7 @@ impl Node {
             shutdown,
             tasks,
             deploy_task: services.deploy_task,
+            gc_task: services.gc_task,
         })
     }
 
@@ -429,6 +436,8 @@ impl Node {
         // deployed again at the next start (see `Deployer::unfinished_pushes`).
         self.deploy_task.abort();
         let _ = self.deploy_task.await;
+        self.gc_task.abort();
+        let _ = self.gc_task.await;
         for task in self.tasks {
             let _ = task.await;
         }

@@ -22,6 +22,7 @@ pub(super) struct Info {
     pub(super) admin: String,
     pub(super) deployer: Arc<Deployer>,
     pub(super) runtime: Arc<Runtime>,
+    pub(super) gc: crate::gc::GcReports,
     pub(super) certificates: Vec<CertificateStatus>,
     /// The cluster side, with what issuing invites takes: the node's key,
     /// its environment (clock, randomness) and its peer addresses.
@@ -47,6 +48,7 @@ impl Info {
             state_hash: None,
             serving: Default::default(),
             holds: None,
+            gc: self.gc.last(),
         };
         if let Some((cluster, ..)) = &self.cluster {
             let report = cluster.report();
@@ -74,6 +76,7 @@ fn peer_status(report: PeerReport) -> NodeStatus {
         state_hash: Some(report.state_hash),
         serving: report.serving,
         holds: Some(report.holds),
+        gc: None,
     }
 }
 

@@ -86,16 +86,22 @@ impl DiskCache {
         write_atomically(&self.digest_path(cid), hex(&sha256(code)).as_bytes(), None)
     }
 
-    /// Drop the entry for `cid` (a damaged or unloadable one).
-    pub fn remove(&self, cid: &Cid) {
+    /// Drop the entry for `cid` (a damaged or unloadable one, or one
+    /// garbage collection freed); returns the bytes freed.
+    pub fn remove(&self, cid: &Cid) -> u64 {
+        let mut freed = 0;
         for path in [self.code_path(cid), self.digest_path(cid)] {
-            if let Err(error) = std::fs::remove_file(&path)
-                && error.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(target: "canopy::runtime", path = %path.display(), %error,
-                    "cannot remove damaged compiled function");
+            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+            match std::fs::remove_file(&path) {
+                Ok(()) => freed += size,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(target: "canopy::runtime", path = %path.display(), %error,
+                        "cannot remove a compiled function");
+                }
             }
         }
+        freed
     }
 }
 

@@ -31,7 +31,7 @@ mod guest_log;
 mod host;
 mod responses;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -239,6 +239,38 @@ impl Runtime {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(cid)
             .is_some()
+    }
+
+    /// Unload every function not in `keep` (the components of the releases
+    /// that serve): an old version's code leaves memory once nothing
+    /// serves it. Returns how many were unloaded.
+    pub fn retain_loaded(&self, keep: &BTreeSet<Cid>) -> usize {
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = loaded.len();
+        loaded.retain(|cid, _| keep.contains(cid));
+        before - loaded.len()
+    }
+
+    /// The CIDs of the functions loaded in memory.
+    pub fn loaded_cids(&self) -> BTreeSet<Cid> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Remove `cid`'s compiled code from the disk cache (its component was
+    /// collected). Returns the bytes freed.
+    pub fn remove_compiled(&self, cid: &Cid) -> u64 {
+        self.disk.remove(cid)
+    }
+
+    /// The size of `cid`'s compiled code on disk (0 if not cached): what a
+    /// loaded function keeps mapped in memory.
+    pub fn compiled_bytes(&self, cid: &Cid) -> u64 {
+        std::fs::metadata(self.disk.code_path(cid)).map_or(0, |m| m.len())
     }
 
     fn loaded_function(&self, cid: &Cid) -> Option<Arc<Function>> {

@@ -25,10 +25,15 @@
 //!   mismatch. A corrupt blob is moved to `quarantine/` so that it is never
 //!   served again and a later `put` of the real content heals the store.
 //!
-//! The store does not replicate, fetch from peers or collect garbage: those
-//! belong to the layers that know which blobs are referenced. Its API is
-//! blocking (plain file IO); call it from `spawn_blocking` on an async path.
+//! The store does not replicate or fetch from peers, and does not decide
+//! what is garbage: [`crate::gc`] knows which blobs are referenced and asks
+//! the store to remove the others ([`BlobStore::remove_untouched`]). The
+//! store keeps what that needs to be safe: the set of blobs stored (or
+//! stored again) since the collector last looked, which it never removes.
+//! Its API is blocking (plain file IO); call it from `spawn_blocking` on an
+//! async path.
 
+mod collect;
 mod error;
 mod hash;
 mod reader;
@@ -44,6 +49,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use cid::Cid;
 
+pub use collect::StoreHold;
 pub use error::StoreError;
 pub use hash::{RAW_CODEC, SHA2_256_CODE, cid_of};
 pub use reader::BlobReader;
@@ -74,6 +80,10 @@ pub struct BlobStore {
     /// reader that found an old corrupt copy never quarantines a fresh good
     /// copy that a concurrent `put` just renamed into place.
     publish_lock: Mutex<()>,
+    /// Blobs stored, or stored again, since the collector last took them:
+    /// they may belong to a deploy in flight that nothing references yet,
+    /// so they are not removed ([`BlobStore::remove_untouched`]).
+    touched: Mutex<collect::Touched>,
 }
 
 impl BlobStore {
@@ -96,6 +106,7 @@ impl BlobStore {
             root,
             next_tmp: AtomicU64::new(0),
             publish_lock: Mutex::new(()),
+            touched: Mutex::new(collect::Touched::default()),
         };
         for dir in [&store.blobs_dir, &store.tmp_dir, &store.quarantine_dir] {
             store
@@ -137,6 +148,9 @@ impl BlobStore {
     /// Store `bytes`; returns their CID. A no-op if they are already stored.
     pub fn put(&self, bytes: &[u8]) -> Result<Cid, StoreError> {
         let cid = cid_of(bytes);
+        // Before the check: a collection that runs between the check and
+        // the caller's use sees the touch and keeps the blob.
+        self.touch(&cid);
         if self.holds_intact_size(&cid, bytes.len() as u64)? {
             return Ok(cid);
         }
@@ -170,6 +184,7 @@ impl BlobStore {
                 return Err(e);
             }
         };
+        self.touch(&cid);
         if self.holds_intact_size(&cid, size_bytes)? {
             drop(file);
             self.remove_quietly(&tmp_path);

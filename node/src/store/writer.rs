@@ -135,6 +135,7 @@ impl BlobStore {
                 actual: actual.to_string(),
             });
         }
+        self.touch(&actual);
         if self.holds_intact_size(&actual, writer.written_bytes)? {
             drop(file);
             self.remove_quietly(&writer.tmp_path);

@@ -17,13 +17,17 @@ fn config(seed: u64, bugs: Vec<Bug>) -> RunConfig {
 }
 
 fn find(bug: Bug) -> RunResult {
-    for seed in 0..MAX_SEEDS {
+    find_within(bug, MAX_SEEDS)
+}
+
+fn find_within(bug: Bug, max_seeds: u64) -> RunResult {
+    for seed in 0..max_seeds {
         let result = run(&config(seed, vec![bug]));
         if !result.violations.is_empty() {
             return result;
         }
     }
-    panic!("{} not found in {MAX_SEEDS} seeds", bug.name());
+    panic!("{} not found in {max_seeds} seeds", bug.name());
 }
 
 /// The reported run replays: same seed and switches, same trace and
@@ -50,7 +54,11 @@ fn replays(found: &RunResult, bug: Bug) {
 
 #[test]
 fn skipping_anti_entropy_is_found() {
-    let found = find(Bug::SkipAntiEntropy);
+    // It shows only when the state is quiet after a silent partition; a
+    // node's garbage collection and deploys changing it (every change is
+    // synced to every peer) heal most such partitions on their own, so it
+    // takes more seeds than the others (the first is seed 71).
+    let found = find_within(Bug::SkipAntiEntropy, 100);
     eprintln!(
         "skip-anti-entropy: seed {} — {}",
         found.config.seed, found.violations[0]
@@ -168,6 +176,26 @@ fn skipping_fsync_is_found() {
         "the trace records what the crash lost"
     );
     replays(&found, Bug::SkipFsync);
+}
+
+#[test]
+fn skipping_the_gc_grace_period_is_found() {
+    let found = find(Bug::SkipGcGrace);
+    eprintln!(
+        "skip-gc-grace: seed {} — {}",
+        found.config.seed, found.violations[0]
+    );
+    // A collection during a deploy takes a blob the release then serves
+    // without (or that no other node can fetch any more).
+    assert!(
+        found
+            .violations
+            .iter()
+            .any(|v| v.invariant == invariants::LIVE_BLOBS_KEPT),
+        "{:?}",
+        found.violations
+    );
+    replays(&found, Bug::SkipGcGrace);
 }
 
 #[test]

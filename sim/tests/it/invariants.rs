@@ -208,6 +208,26 @@ fn blob_matches_cid_fires_on_a_bad_copy() {
 }
 
 #[test]
+fn live_blobs_kept_fires_when_a_served_release_lost_a_blob() {
+    assert_eq!(invariants::live_blobs_kept(&good()), vec![]);
+    let mut t = good();
+    t.push(
+        600,
+        Event::LiveBlobMissing {
+            node: 1,
+            env: "shop@main".into(),
+            cid: "bafk".into(),
+        },
+    );
+    let found = invariants::live_blobs_kept(&t);
+    assert!(fired(&found, invariants::LIVE_BLOBS_KEPT), "{found:?}");
+    assert!(
+        found[0].message.contains("n1 serves shop@main"),
+        "{found:?}"
+    );
+}
+
+#[test]
 fn push_live_everywhere_fires_when_a_push_is_lost_or_left_behind() {
     // A later push that never went live anywhere.
     let mut t = good();

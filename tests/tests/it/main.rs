@@ -20,5 +20,6 @@ mod auth;
 mod cli;
 mod cluster;
 mod dream;
+mod gc;
 mod limits;
 mod sandbox;
