@@ -224,6 +224,8 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
         // Simulated pushes carry prebuilt components only.
         builds: canopy_node::deploy::build::SandboxMode::Required,
         git: canopy_node::git::GitLimits::default(),
+        // The simulator drives the gateway's handler, not its listener.
+        gateway: canopy_node::gateway::GatewayConfig::default(),
         cluster: Some(ClusterSpec {
             transport: SimTransport {
                 ix,

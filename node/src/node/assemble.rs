@@ -25,7 +25,7 @@ use crate::cluster::{ClusterNode, ClusterOptions};
 use crate::deploy::build::SandboxMode;
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, GatewayConfig};
 use crate::git::{GitHttp, GitLimits, PushListener as _, Repos};
 use crate::net::NodeId;
 use crate::net::identity::NodeKey;
@@ -66,6 +66,8 @@ pub struct NodeSpec<T> {
     pub builds: SandboxMode,
     /// What one push may carry (`limits.git` in the node config).
     pub git: GitLimits,
+    /// The gateway's limits (`limits.gateway` in the node config).
+    pub gateway: GatewayConfig,
     /// Take part in a cluster through `T`; `None`: a standalone node.
     pub cluster: Option<ClusterSpec<T>>,
 }
@@ -113,7 +115,7 @@ pub async fn assemble<T: Transport>(
 
     let store = Arc::new(BlobStore::open_on(env.disk.clone(), data.join("store"))?);
     let runtime = Runtime::with_guest_env(spec.runtime, GuestEnv::of(env))?;
-    let gateway = Gateway::new();
+    let gateway = Gateway::with_config(spec.gateway);
     let repos = Repos::new(data.join("git"))?;
     let deployer = Deployer::new(
         env.clone(),

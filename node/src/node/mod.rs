@@ -27,6 +27,7 @@ use crate::cluster::{ClusterNode, ClusterOptions};
 use crate::deploy::build::SandboxMode;
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
+use crate::gateway::GatewayConfig;
 use crate::git::GitLimits;
 use crate::net::admission::InviteToken;
 use crate::net::p2p::Multiaddr;
@@ -59,6 +60,8 @@ pub struct NodeOptions {
     pub builds: SandboxMode,
     /// What one push may carry and hold (`limits.git` in the node config).
     pub git_limits: GitLimits,
+    /// The gateway's connection bounds (`limits.gateway` in the node config).
+    pub gateway: GatewayConfig,
 }
 
 /// TLS on the admin port, with a certificate from the node's CA
@@ -184,6 +187,7 @@ impl Node {
             runtime: RuntimeConfig::new(env.data_dir.join("compiled")),
             builds: options.builds,
             git: options.git_limits.clone(),
+            gateway: options.gateway.clone(),
             cluster: options.cluster.as_ref().map(|setup| ClusterSpec {
                 transport: P2pTransport::of(setup, &env.clock),
                 options: ClusterOptions {
