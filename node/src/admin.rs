@@ -18,7 +18,6 @@
 //!
 //! It must not serve user traffic; that is the gateway's.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,13 +26,12 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authority, Caller, Issuer, Principal, TokenId, Unauthenticated};
 use crate::body::{self, Body};
 use crate::git::{GitHttp, Repos};
+use crate::listener::{Handler, ListenerConfig};
 use crate::status::StatusReport;
 
 /// Where the Git remote is mounted on the admin port.
@@ -44,6 +42,10 @@ pub const DEFAULT_MAX_INVITE_TTL: Duration = Duration::from_secs(3600);
 
 /// How long a client of a TLS admin port has to finish its handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long open admin connections may take to finish their requests once
+/// the node stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The largest JSON body the admin API reads (token requests): 16 KiB.
 const MAX_API_BODY_BYTES: usize = 16 * 1024;
@@ -167,17 +169,31 @@ pub struct AdminOptions {
     /// Open connections at most; new ones beyond are closed on accept
     /// (`limits.admin.max_connections`).
     pub max_connections: usize,
-    /// HTTP/1 clients must send a request's headers within this time, the
-    /// first one included (`limits.admin.header_read_timeout`).
+    /// Open connections from one client IP address at most; new ones
+    /// beyond are closed on accept (`limits.admin.max_connections_per_address`).
+    pub max_connections_per_address: usize,
+    /// Clients must send a request's headers within this time, from the
+    /// accept for a new connection (`limits.admin.header_read_timeout`).
     pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed
+    /// (`limits.admin.idle_timeout`).
+    pub idle_timeout: Duration,
 }
 
 /// The admin port's open connections at most unless configured: 256.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
+/// Open admin connections from one client address at most unless
+/// configured: 32 (a `git push` and a CLI need a few).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+
 /// How long an admin client may take to send its request headers unless
 /// configured: 30 s.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an idle keep-alive admin connection stays open unless
+/// configured: 60 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for AdminOptions {
     fn default() -> Self {
@@ -185,7 +201,9 @@ impl Default for AdminOptions {
             loopback_hosts_only: false,
             max_invite_ttl: DEFAULT_MAX_INVITE_TTL,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -517,98 +535,21 @@ impl Admin {
         tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        debug_assert!(
-            self.options.max_connections > 0,
-            "the admin port must accept connections"
-        );
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(self.options.max_connections));
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(conn) => conn,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off
-                            // instead of spinning, keep serving.
-                            tracing::warn!(error = %e, "admin accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, max = self.options.max_connections, "admin: connection limit reached; closing new connection");
-                        continue;
-                    };
-                    let admin = self.clone();
-                    let watcher = graceful.watcher();
-                    let tls = tls.clone();
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        let served = match tls {
-                            None => admin.serve_connection(stream, watcher).await,
-                            Some(acceptor) => {
-                                let handshake = tokio::time::timeout(
-                                    TLS_HANDSHAKE_TIMEOUT,
-                                    acceptor.accept(stream),
-                                );
-                                match handshake.await {
-                                    Ok(Ok(tls)) => admin.serve_connection(tls, watcher).await,
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(%peer, error = %e, "admin: TLS handshake failed");
-                                        Ok(())
-                                    }
-                                    Err(_) => {
-                                        tracing::debug!(%peer, "admin: TLS handshake timed out");
-                                        Ok(())
-                                    }
-                                }
-                            }
-                        };
-                        if let Err(e) = served {
-                            tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-                        }
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
-        Ok(())
-    }
-
-    /// Serve HTTP/1.1 or HTTP/2 (with upgrades) on one connection.
-    async fn serve_connection<S>(
-        self: Arc<Self>,
-        stream: S,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
+        let options = &self.options;
+        let config = ListenerConfig {
+            name: "admin",
+            max_connections: options.max_connections,
+            max_connections_per_address: options.max_connections_per_address,
+            header_read_timeout: options.header_read_timeout,
+            idle_timeout: options.idle_timeout,
+            tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+            http2_keep_alive_interval: crate::listener::HTTP2_KEEP_ALIVE_INTERVAL,
+            http2_keep_alive_timeout: crate::listener::HTTP2_KEEP_ALIVE_TIMEOUT,
+            shutdown_grace: SHUTDOWN_GRACE,
+        };
         let admin = self;
-        let header_read_timeout = admin.options.header_read_timeout;
-        let service = hyper::service::service_fn(move |req| {
-            let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.handle(req).await) }
-        });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
-        let (stream, heard) = crate::silent_client::Watched::new(stream);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        crate::silent_client::serve_unless_silent(
-            Box::pin(watcher.watch(conn)),
-            heard,
-            header_read_timeout,
-        )
-        .await
-        .unwrap_or(Ok(()))
+        let handler: Handler = Arc::new(move |req, _peer| Box::pin(admin.clone().handle(req)));
+        crate::listener::serve(listener, tls, config, handler, shutdown).await
     }
 }
 

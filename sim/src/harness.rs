@@ -485,8 +485,19 @@ impl<'a> Run<'a> {
             });
         }
         if self.leaves_left > 0 && self.now >= self.leave_at && running.len() > 2 {
+            // An operator drains a node before it leaves for good: a node
+            // that alone holds a blob of a release (a push it just took)
+            // leaves only once another node holds it too.
+            let drained: Vec<NodeIx> = running
+                .iter()
+                .copied()
+                .filter(|ix| !sole_holder(&self.world, *ix))
+                .collect();
+            if drained.is_empty() {
+                return;
+            }
             self.leaves_left -= 1;
-            let node = running[uniform(&self.rng, 0, running.len() as u64 - 1) as usize];
+            let node = drained[uniform(&self.rng, 0, drained.len() as u64 - 1) as usize];
             self.stop(node);
             self.left.insert(node);
             lock(&self.world).record(Event::Leave { node });
@@ -962,6 +973,22 @@ fn corrupt_blob(world: &Shared, rng: &Rng, node: NodeIx) -> Option<String> {
     bytes[at] ^= 0x5a;
     std::fs::write(&path, &bytes).ok()?;
     Some(cid.to_string())
+}
+
+/// Whether running node `ix` is, in its own view of cluster state, the
+/// only holder of a blob some release needs.
+fn sole_holder(world: &Shared, ix: NodeIx) -> bool {
+    let w = lock(world);
+    let Some(r) = w.running.get(&ix) else {
+        return false;
+    };
+    let id = w.ids[ix];
+    r.cluster.handle().read(|s| {
+        s.referenced_blobs().iter().any(|cid| {
+            let holders = s.holders(cid);
+            holders.len() == 1 && holders.contains(&id)
+        })
+    })
 }
 
 /// Sample every running node's state hash; check the blobs it newly

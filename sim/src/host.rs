@@ -239,6 +239,8 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
         builds: canopy_node::deploy::build::SandboxMode::Required,
         git: canopy_node::git::GitLimits::default(),
         gc: gc_config(gc_history),
+        // The simulator drives the gateway's handler, not its listener.
+        gateway: canopy_node::gateway::GatewayConfig::default(),
         cluster: Some(ClusterSpec {
             transport: SimTransport {
                 ix,

@@ -123,6 +123,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
             admin_tls: None,
             git_limits: crate::git::GitLimits::default(),
             gc: crate::gc::GcConfig::default(),
+            gateway: crate::gateway::GatewayConfig::default(),
             cluster: None,
             admin: AdminOptions {
                 loopback_hosts_only: true,

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::admin::{AdminOptions, DEFAULT_MAX_INVITE_TTL};
 use crate::deploy::build::SandboxMode;
 use crate::env::Env;
+use crate::gateway::GatewayConfig;
 use crate::gc::GcConfig;
 use crate::git::GitLimits;
 use crate::net::admission::InviteToken;
@@ -40,9 +42,17 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///       max_files: 100000         #   files in a pushed commit
 ///       max_checkout_bytes: 1GiB  #   their total size
 ///       max_path_bytes: 1024      #   the longest path in it
-///     admin:                      #   the admin port
-///       max_connections: 256      #   open at once; more are closed on accept
-///       header_read_timeout: 30s  #   to send a request's headers
+///     gateway:                    #   the gateway (user traffic)
+///       max_connections: 4096     #   open at once; more are closed on accept
+///       max_connections_per_address: 256  # from one client IP address
+///       header_read_timeout: 30s  #   to send a request's headers (a new
+///                                 #   connection: from its accept)
+///       idle_timeout: 60s         #   keep-alive with no request
+///     admin:                      #   the admin port and Git remote
+///       max_connections: 256
+///       max_connections_per_address: 32
+///       header_read_timeout: 30s
+///       idle_timeout: 60s
 ///   gc:                           # optional: garbage collection (defaults shown)
 ///     interval: 10m               #   time between passes
 ///     grace: 1h                   #   how long an unreferenced blob stays;
@@ -140,37 +150,129 @@ pub(crate) struct LimitsConfig {
     #[serde(default)]
     pub git: GitLimitsConfig,
     #[serde(default)]
-    pub admin: AdminLimitsConfig,
+    pub gateway: ConnectionLimitsConfig,
+    #[serde(default)]
+    pub admin: ConnectionLimitsConfig,
 }
 
-/// `limits.admin:` — the admin port's connections.
+/// `limits.gateway:` and `limits.admin:` — a listener's connections.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AdminLimitsConfig {
+pub(crate) struct ConnectionLimitsConfig {
     pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
     /// Like `30s`.
     pub header_read_timeout: Option<String>,
+    /// Like `60s`.
+    pub idle_timeout: Option<String>,
 }
 
-impl AdminLimitsConfig {
-    /// The admin options these set (the rest at their defaults).
-    fn options(&self) -> Result<AdminOptions, String> {
-        let mut options = AdminOptions::default();
-        if let Some(max) = self.max_connections {
-            if max == 0 {
-                return Err("limits.admin.max_connections: 0 would refuse every connection; leave it out for the default (256)".into());
-            }
-            options.max_connections = max;
-        }
-        if let Some(text) = &self.header_read_timeout {
+/// A listener's connection bounds, as the node runs with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnectionLimits {
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl ConnectionLimitsConfig {
+    /// The bounds set here, each unset one from `defaults`; `section` names
+    /// the config section in errors (`limits.gateway`).
+    fn limits(
+        &self,
+        section: &str,
+        defaults: ConnectionLimits,
+    ) -> Result<ConnectionLimits, String> {
+        let count = |name: &str, value: Option<usize>, default: usize| match value {
+            Some(0) => Err(format!(
+                "{section}.{name}: 0 would refuse every connection; leave it out for the default ({default})"
+            )),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let duration = |name: &str, value: &Option<String>, default: Duration| {
+            let Some(text) = value else {
+                return Ok(default);
+            };
             let timeout = crate::config::parse_duration(text)
-                .map_err(|e| format!("limits.admin.header_read_timeout: {e}; write it like 30s"))?;
+                .map_err(|e| format!("{section}.{name}: {e}; write it like 30s"))?;
             if timeout.is_zero() {
-                return Err("limits.admin.header_read_timeout: 0s would close every connection; leave it out for the default (30s)".into());
+                return Err(format!(
+                    "{section}.{name}: 0s would close every connection; leave it out for the default ({}s)",
+                    default.as_secs()
+                ));
             }
-            options.header_read_timeout = timeout;
+            Ok(timeout)
+        };
+        let max_connections = count(
+            "max_connections",
+            self.max_connections,
+            defaults.max_connections,
+        )?;
+        let per_address = count(
+            "max_connections_per_address",
+            self.max_connections_per_address,
+            defaults.max_connections_per_address,
+        )?;
+        if self.max_connections_per_address.is_some() && per_address > max_connections {
+            return Err(format!(
+                "{section}.max_connections_per_address: {per_address} is more than {section}.max_connections ({max_connections}); one address can hold at most every connection"
+            ));
         }
-        Ok(options)
+        Ok(ConnectionLimits {
+            max_connections,
+            // A default share above a lowered total means "no share".
+            max_connections_per_address: per_address.min(max_connections),
+            header_read_timeout: duration(
+                "header_read_timeout",
+                &self.header_read_timeout,
+                defaults.header_read_timeout,
+            )?,
+            idle_timeout: duration("idle_timeout", &self.idle_timeout, defaults.idle_timeout)?,
+        })
+    }
+
+    /// The admin options these set (the rest at their defaults).
+    fn admin_options(&self) -> Result<AdminOptions, String> {
+        let defaults = AdminOptions::default();
+        let limits = self.limits(
+            "limits.admin",
+            ConnectionLimits {
+                max_connections: defaults.max_connections,
+                max_connections_per_address: defaults.max_connections_per_address,
+                header_read_timeout: defaults.header_read_timeout,
+                idle_timeout: defaults.idle_timeout,
+            },
+        )?;
+        Ok(AdminOptions {
+            max_connections: limits.max_connections,
+            max_connections_per_address: limits.max_connections_per_address,
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            ..defaults
+        })
+    }
+
+    /// The gateway config these set (the rest at its defaults).
+    fn gateway_config(&self) -> Result<GatewayConfig, String> {
+        let defaults = GatewayConfig::default();
+        let limits = self.limits(
+            "limits.gateway",
+            ConnectionLimits {
+                max_connections: defaults.max_connections,
+                max_connections_per_address: defaults.max_connections_per_address,
+                header_read_timeout: Duration::from_millis(defaults.header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(defaults.idle_timeout_ms),
+            },
+        )?;
+        Ok(GatewayConfig {
+            max_connections: limits.max_connections,
+            max_connections_per_address: limits.max_connections_per_address,
+            header_read_timeout_ms: limits.header_read_timeout.as_millis() as u64,
+            idle_timeout_ms: limits.idle_timeout.as_millis() as u64,
+            ..defaults
+        })
     }
 }
 
@@ -328,11 +430,16 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             ..config
                 .limits
                 .admin
-                .options()
+                .admin_options()
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
         },
         builds: config.build_sandbox.unwrap_or(SandboxMode::Required),
         git_limits,
+        gateway: config
+            .limits
+            .gateway
+            .gateway_config()
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
     };
     // The certificate's names, for the startup line: admin_names and the
     // bound address.
@@ -627,6 +734,85 @@ mod tests {
         );
         let err = config(&format!("{base}limits:\n  git:\n    max_file: 3\n")).unwrap_err();
         assert!(err.contains("max_file"), "{err}");
+    }
+
+    #[test]
+    fn connection_limits_come_from_the_config_or_their_defaults() {
+        let base = "data_dir: /d\nhttp: 127.0.0.1:80\nadmin: 127.0.0.1:7070\n";
+        let none = config(base).unwrap();
+        let gateway = none.limits.gateway.gateway_config().unwrap();
+        assert_eq!(
+            (gateway.max_connections, gateway.max_connections_per_address),
+            (4096, 256)
+        );
+        assert_eq!(
+            (gateway.header_read_timeout_ms, gateway.idle_timeout_ms),
+            (30_000, 60_000)
+        );
+        let admin = none.limits.admin.admin_options().unwrap();
+        assert_eq!(
+            (admin.max_connections, admin.max_connections_per_address),
+            (256, 32)
+        );
+        assert_eq!(admin.idle_timeout, Duration::from_secs(60));
+
+        let some = config(&format!(
+            "{base}limits:\n  gateway:\n    max_connections: 6000\n    max_connections_per_address: 6000\n    idle_timeout: 2m\n  admin:\n    max_connections: 8\n    header_read_timeout: 5s\n"
+        ))
+        .unwrap();
+        let gateway = some.limits.gateway.gateway_config().unwrap();
+        assert_eq!(
+            (gateway.max_connections, gateway.max_connections_per_address),
+            (6000, 6000)
+        );
+        assert_eq!(
+            (gateway.header_read_timeout_ms, gateway.idle_timeout_ms),
+            (30_000, 120_000)
+        );
+        let admin = some.limits.admin.admin_options().unwrap();
+        // The default share (32) is cut to a lower total.
+        assert_eq!(
+            (admin.max_connections, admin.max_connections_per_address),
+            (8, 8)
+        );
+        assert_eq!(admin.header_read_timeout, Duration::from_secs(5));
+
+        for (yaml, field) in [
+            (
+                "gateway:\n    max_connections_per_address: 0",
+                "limits.gateway.max_connections_per_address",
+            ),
+            (
+                "gateway:\n    idle_timeout: 0s",
+                "limits.gateway.idle_timeout",
+            ),
+            (
+                "gateway:\n    idle_timeout: soon",
+                "limits.gateway.idle_timeout",
+            ),
+            (
+                "admin:\n    max_connections: 0",
+                "limits.admin.max_connections",
+            ),
+            (
+                "admin:\n    max_connections: 4\n    max_connections_per_address: 5",
+                "limits.admin.max_connections_per_address",
+            ),
+        ] {
+            let bad = config(&format!("{base}limits:\n  {yaml}\n")).unwrap();
+            let err = bad
+                .limits
+                .gateway
+                .gateway_config()
+                .and_then(|_| bad.limits.admin.admin_options())
+                .unwrap_err();
+            assert!(err.contains(field), "{yaml}: {err}");
+        }
+        let err = config(&format!(
+            "{base}limits:\n  gateway:\n    max_conections: 3\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("max_conections"), "{err}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The HTTP ingress: HTTP/1.1 and HTTP/2 on one port, in plain text (h2c,
 //! prior knowledge) or over TLS (ALPN `h2` / `http/1.1`).
 //!
-//! The gateway owns accepting connections, routing each request by host and
-//! then by longest path prefix, serving websites from the blob store, handing
-//! function requests to a [`FunctionTarget`] (bodies streamed both ways),
-//! its own error responses, and request counters. It does not know how
+//! The gateway owns routing each request by host and then by longest path
+//! prefix, serving websites from the blob store, handing function requests
+//! to a [`FunctionTarget`] (bodies streamed both ways), its own error
+//! responses, and request counters; its connections (caps, timeouts) are
+//! [`crate::listener`]'s, with the bounds of [`GatewayConfig`]. It does not know how
 //! functions run or how routes are derived from a project: the deployment
 //! layer builds a [`RouteTable`] and swaps it in with
 //! [`Gateway::replace_routes`]; requests in flight keep the table they
@@ -19,10 +20,8 @@ mod responses;
 mod routes;
 mod static_site;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -30,12 +29,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 
 pub use host::{normalize_host, request_host};
 pub use metrics::{Metrics, StatusCounts, UNKNOWN_HOST};
@@ -43,12 +37,14 @@ pub use routes::{FunctionTarget, Lookup, Route, RouteTable, Site, Target};
 pub use static_site::{STREAM_THRESHOLD_BYTES, StaticFile, StaticSite, content_type_for};
 
 use crate::body::Body;
+use crate::listener::{Handler, ListenerConfig, Peer};
 use metrics::Counters;
 use responses::{
     method_not_allowed, no_host_message, no_route_message, text, unknown_host_message,
 };
 
-/// Limits of a gateway.
+/// Limits of a gateway (`limits.gateway` in the node config for the
+/// connection bounds).
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     /// After shutdown is asked for, how long in-flight connections may take
@@ -56,8 +52,14 @@ pub struct GatewayConfig {
     pub shutdown_grace_ms: u64,
     /// Open connections at most; connections beyond are closed on accept.
     pub max_connections: usize,
-    /// HTTP/1 clients must send their request headers within this time.
+    /// Open connections from one client IP address at most; connections
+    /// beyond are closed on accept.
+    pub max_connections_per_address: usize,
+    /// Clients must send a request's headers within this time: from the
+    /// accept for a new connection, else from the request's first byte.
     pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout_ms: u64,
     /// TLS clients ([`Gateway::serve_tls`]) must finish the handshake
     /// within this time.
     pub tls_handshake_timeout_ms: u64,
@@ -66,13 +68,47 @@ pub struct GatewayConfig {
 /// `Strict-Transport-Security` on TLS responses for real domains: one year.
 pub const HSTS_VALUE: &str = "max-age=31536000";
 
+/// The gateway's open connections at most unless configured: 4,096.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
+
+/// Open gateway connections from one client address at most unless
+/// configured: 256 (a browser opens ~6 per host; a NAT of many users more).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+
+/// How long a gateway client may take to send its request headers unless
+/// configured: 30 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an idle keep-alive gateway connection stays open unless
+/// configured: 60 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             shutdown_grace_ms: 10_000,
-            max_connections: 4_096,
-            header_read_timeout_ms: 30_000,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT.as_millis() as u64,
             tls_handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The bounds of the gateway's listeners.
+    fn listener(&self) -> ListenerConfig {
+        ListenerConfig {
+            name: "gateway",
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            tls_handshake_timeout: Duration::from_millis(self.tls_handshake_timeout_ms),
+            http2_keep_alive_interval: crate::listener::HTTP2_KEEP_ALIVE_INTERVAL,
+            http2_keep_alive_timeout: crate::listener::HTTP2_KEEP_ALIVE_TIMEOUT,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         }
     }
 }
@@ -101,8 +137,12 @@ impl Gateway {
 
     pub fn with_config(config: GatewayConfig) -> Arc<Self> {
         debug_assert!(
-            config.max_connections > 0,
+            config.max_connections > 0 && config.max_connections_per_address > 0,
             "a gateway must accept connections"
+        );
+        debug_assert!(
+            config.header_read_timeout_ms > 0 && config.idle_timeout_ms > 0,
+            "a zero timeout closes every connection"
         );
         debug_assert!(
             config.tls_handshake_timeout_ms > 0,
@@ -142,7 +182,7 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        self.serve_with(listener, Transport::Plain, shutdown).await
+        self.serve_with(listener, None, shutdown).await
     }
 
     /// Like [`Gateway::serve`], over TLS: each connection first completes a
@@ -158,88 +198,22 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        self.serve_with(listener, Transport::Tls(acceptor), shutdown)
-            .await
+        self.serve_with(listener, Some(acceptor), shutdown).await
     }
 
-    /// The accept loop shared by plain HTTP and HTTPS.
     async fn serve_with(
         self: Arc<Self>,
         listener: TcpListener,
-        transport: Transport,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(self.config.header_read_timeout_ms));
-        builder.http2().timer(TokioTimer::new());
-        let builder = Arc::new(builder);
-
-        let graceful = GracefulShutdown::new();
-        // Tells connections still in their TLS handshake to give up once
-        // shutdown starts (graceful shutdown only reaches HTTP connections).
-        let (stopping_tx, stopping_rx) = watch::channel(false);
-        let permits = Arc::new(Semaphore::new(self.config.max_connections));
-        let mut connections = JoinSet::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(conn) => conn,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off
-                            // instead of spinning, keep serving.
-                            tracing::warn!(error = %e, "gateway: accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    // Responses are written in several pieces (head, then
-                    // body chunks as the guest streams them): with Nagle on,
-                    // a piece that waits for the client's delayed ACK costs
-                    // ~40 ms per request on keep-alive connections.
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(%peer, error = %e, "gateway: cannot set TCP_NODELAY");
-                    }
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, max = self.config.max_connections, "gateway: connection limit reached; closing new connection");
-                        continue;
-                    };
-                    let connection = Connection {
-                        gateway: self.clone(),
-                        builder: builder.clone(),
-                        watcher: graceful.watcher(),
-                        stopping: stopping_rx.clone(),
-                        peer,
-                    };
-                    let transport = transport.clone();
-                    connections.spawn(async move {
-                        connection.run(stream, transport).await;
-                        drop(permit);
-                    });
-                }
-            }
-        }
-        drop(listener);
-        let _ = stopping_tx.send(true);
-        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open = connections.len(),
-                grace_ms = self.config.shutdown_grace_ms,
-                "gateway: connections still open after the shutdown grace period; dropping them"
-            );
-        }
-        connections.shutdown().await;
-        Ok(())
+        let config = self.config.listener();
+        let gateway = self;
+        let handler: Handler = Arc::new(move |req, peer: Peer| {
+            let gateway = gateway.clone();
+            Box::pin(async move { gateway.handle_over(req, peer.tls).await })
+        });
+        crate::listener::serve(listener, tls, config, handler, shutdown).await
     }
 
     /// [`Gateway::handle`], plus what a response over TLS adds: HSTS for
@@ -287,91 +261,6 @@ impl Gateway {
             "gateway request"
         );
         resp
-    }
-}
-
-/// How an accepted TCP stream becomes the byte stream HTTP runs on.
-#[derive(Clone)]
-enum Transport {
-    Plain,
-    Tls(tokio_rustls::TlsAcceptor),
-}
-
-/// One accepted connection and what serving it needs.
-struct Connection {
-    gateway: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
-    stopping: watch::Receiver<bool>,
-    peer: SocketAddr,
-}
-
-impl Connection {
-    async fn run(mut self, stream: TcpStream, transport: Transport) {
-        let peer = self.peer;
-        match transport {
-            Transport::Plain => self.serve_http(stream, false).await,
-            Transport::Tls(acceptor) => {
-                let timeout_ms = self.gateway.config.tls_handshake_timeout_ms;
-                let handshake = tokio::time::timeout(
-                    Duration::from_millis(timeout_ms),
-                    acceptor.accept(stream),
-                );
-                let tls = tokio::select! {
-                    done = handshake => match done {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "gateway: TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, timeout_ms, "gateway: TLS handshake timed out");
-                            return;
-                        }
-                    },
-                    _ = self.stopping.wait_for(|stopping| *stopping) => return,
-                };
-                self.serve_http(tls, true).await
-            }
-        }
-    }
-
-    /// Serve HTTP/1.1 or HTTP/2 (the auto builder reads the client's first
-    /// bytes) on `io` until it closes or graceful shutdown finishes it.
-    async fn serve_http<I>(self, io: I, secure: bool)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let Connection {
-            gateway,
-            builder,
-            watcher,
-            peer,
-            ..
-        } = self;
-        let gateway_header_timeout_ms = gateway.config.header_read_timeout_ms;
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle_over(req, secure).await) }
-        });
-        let (io, heard) = crate::silent_client::Watched::new(io);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let deadline = Duration::from_millis(gateway_header_timeout_ms);
-        match crate::silent_client::serve_unless_silent(
-            Box::pin(watcher.watch(conn)),
-            heard,
-            deadline,
-        )
-        .await
-        {
-            None => tracing::debug!(%peer, "gateway: the client sent nothing; closed"),
-            Some(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "gateway: connection ended with an error");
-            }
-            Some(Ok(())) => {}
-        }
     }
 }
 

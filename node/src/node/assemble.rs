@@ -25,7 +25,7 @@ use crate::cluster::{ClusterNode, ClusterOptions};
 use crate::deploy::build::SandboxMode;
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, GatewayConfig};
 use crate::gc::{ClusterView, Collector, GcConfig, GcReports};
 use crate::git::{GitHttp, GitLimits, PushListener as _, Repos};
 use crate::net::NodeId;
@@ -69,6 +69,8 @@ pub struct NodeSpec<T> {
     pub git: GitLimits,
     /// Garbage collection (`gc` in the node config).
     pub gc: GcConfig,
+    /// The gateway's limits (`limits.gateway` in the node config).
+    pub gateway: GatewayConfig,
     /// Take part in a cluster through `T`; `None`: a standalone node.
     pub cluster: Option<ClusterSpec<T>>,
 }
@@ -120,7 +122,7 @@ pub async fn assemble<T: Transport>(
 
     let store = Arc::new(BlobStore::open_on(env.disk.clone(), data.join("store"))?);
     let runtime = Runtime::with_guest_env(spec.runtime, GuestEnv::of(env))?;
-    let gateway = Gateway::new();
+    let gateway = Gateway::with_config(spec.gateway);
     let repos = Repos::new(data.join("git"))?;
     let deployer = Deployer::new(
         env.clone(),

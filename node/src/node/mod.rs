@@ -27,6 +27,7 @@ use crate::cluster::{ClusterNode, ClusterOptions};
 use crate::deploy::build::SandboxMode;
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
+use crate::gateway::GatewayConfig;
 use crate::git::GitLimits;
 use crate::net::admission::InviteToken;
 use crate::net::p2p::Multiaddr;
@@ -61,6 +62,8 @@ pub struct NodeOptions {
     pub git_limits: GitLimits,
     /// Garbage collection (`gc` in the node config).
     pub gc: crate::gc::GcConfig,
+    /// The gateway's connection bounds (`limits.gateway` in the node config).
+    pub gateway: GatewayConfig,
 }
 
 /// TLS on the admin port, with a certificate from the node's CA
@@ -188,6 +191,7 @@ impl Node {
             builds: options.builds,
             git: options.git_limits.clone(),
             gc: options.gc.clone(),
+            gateway: options.gateway.clone(),
             cluster: options.cluster.as_ref().map(|setup| ClusterSpec {
                 transport: P2pTransport::of(setup, &env.clock),
                 options: ClusterOptions {

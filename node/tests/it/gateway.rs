@@ -727,3 +727,52 @@ async fn a_client_that_sends_nothing_is_closed_after_the_header_read_timeout() {
     let resp = h.get("shop.localhost", "/hello").await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_gateway_caps_connections_per_address_and_closes_idle_ones() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = GatewayConfig {
+        max_connections_per_address: 1,
+        idle_timeout_ms: 300,
+        ..GatewayConfig::default()
+    };
+    let h = start(config, None).await;
+    let connect_from = |ip: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((ip, 0))).unwrap();
+        socket.connect(h.addr).await.unwrap()
+    };
+    // 127.0.0.1's one slot is held; a second connection from it is closed.
+    let mut held = connect_from([127, 0, 0, 1]).await;
+    let mut second = connect_from([127, 0, 0, 1]).await;
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .expect("a connection over the per-address cap was kept");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // The held one is served, then closed by the idle timeout (not the
+    // 30 s header-read one) once it has nothing more to ask.
+    held.write_all(b"GET /hello HTTP/1.1\r\nHost: shop.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match held.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "an idle keep-alive connection was kept open"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello from main"),
+        "{answer}"
+    );
+}

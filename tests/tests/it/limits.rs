@@ -2,7 +2,8 @@
 //! config refuses a push over one with the limit's name and value in
 //! `git push`'s output, stores nothing of it, and keeps serving the last
 //! good release; its admin port holds a bounded number of connections and
-//! closes clients that do not send their headers in time.
+//! closes clients that do not send their headers in time; its gateway
+//! answers quickly while thousands of idle connections are held open.
 
 use std::time::Duration;
 
@@ -165,4 +166,276 @@ async fn the_admin_port_bounds_its_connections_and_how_long_headers_may_take() {
     )
     .await;
     let () = health;
+}
+
+/// Raise this process's open-file soft limit to `want` if it is lower (up
+/// to the hard limit); `canopy node` children inherit it.
+fn raise_fd_limit(want: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    assert!(
+        limit.rlim_cur >= want,
+        "this test needs {want} open files; the hard limit is {}",
+        limit.rlim_max
+    );
+}
+
+/// Established TCP connections that process `pid` holds on its local
+/// `port` (its sockets, by inode, in `/proc/PID/net/tcp`).
+fn connections_held(pid: u64, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|entry| {
+                let link = std::fs::read_link(entry.ok()?.path()).ok()?;
+                let link = link.to_str()?;
+                Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            // State 01 is ESTABLISHED; field 9 is the inode.
+            local_port == Some(port)
+                && fields.get(3) == Some(&"01")
+                && fields.get(9).is_some_and(|inode| inodes.contains(*inode))
+        })
+        .count()
+}
+
+/// The port of a `http://host:port` URL.
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Resident memory of process `pid`, in bytes (`VmRSS`).
+fn rss_bytes(pid: u64) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+/// A `canopy node` whose gateway holds `max` connections, from one address
+/// too, with timeouts longer than the test, serving the test function as
+/// project `shop` at `/api`.
+async fn node_serving_a_function(max: usize) -> (tempfile::TempDir, NodeProcess) {
+    let (dir, node) = node_with_limits(&format!(
+        "  gateway:\n    max_connections: {max}\n    max_connections_per_address: {max}\n    header_read_timeout: 5m\n    idle_timeout: 5m\n"
+    ))
+    .await;
+    let remote = canopy_tests::with_token(&node.fact("git_base"), &node.admin_token()) + "shop.git";
+    let project = Project::new().unwrap();
+    project
+        .write(
+            "canopy.yaml",
+            "project: shop\nfunctions:\n  api:\n    wasm: functions/testfn.wasm\n    http: { path: /api }\n",
+        )
+        .write("functions/testfn.wasm", testfn("idle"));
+    project.commit("a function").unwrap();
+    project.push(&remote, "main").unwrap();
+    let http = node.fact("http");
+    wait_for("the function to serve", Duration::from_secs(60), || async {
+        get_function(&canopy_tests::client(), &http).await.ok()
+    })
+    .await;
+    (dir, node)
+}
+
+/// `GET /api/hello` on shop: its body, or why not.
+async fn get_function(client: &reqwest::Client, http: &str) -> Result<String, String> {
+    let response = client
+        .get(format!("{http}/api/hello"))
+        .header("host", "shop.localhost")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    if body.contains("idle") {
+        Ok(body)
+    } else {
+        Err(body)
+    }
+}
+
+/// An HTTP/1 client connection kept alive: its sender and its driver task.
+type KeptAlive = (
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+);
+
+/// Idle connections to a gateway: some that never sent a byte, some that
+/// made one request and are kept alive.
+struct IdleConnections {
+    silent: Vec<tokio::net::TcpStream>,
+    kept_alive: Vec<KeptAlive>,
+}
+
+impl IdleConnections {
+    async fn open(http: &str, silent: usize, kept_alive: usize) -> IdleConnections {
+        use futures::StreamExt;
+        let addr = http.trim_start_matches("http://").to_owned();
+        let silent = futures::stream::iter(0..silent)
+            .map(|_| tokio::net::TcpStream::connect(addr.clone()))
+            .buffer_unordered(64)
+            .map(|stream| stream.expect("connect"))
+            .collect::<Vec<_>>()
+            .await;
+        let kept_alive = futures::stream::iter(0..kept_alive)
+            .map(|_| {
+                let addr = addr.clone();
+                async move {
+                    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let (mut send, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await
+                            .unwrap();
+                    let driver = tokio::spawn(conn);
+                    let request = http::Request::get("/api/hello")
+                        .header("host", "shop.localhost")
+                        .body(http_body_util::Empty::new())
+                        .unwrap();
+                    let response = send.send_request(request).await.unwrap();
+                    assert!(response.status().is_success());
+                    http_body_util::BodyExt::collect(response.into_body())
+                        .await
+                        .unwrap();
+                    (send, driver)
+                }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
+        IdleConnections { silent, kept_alive }
+    }
+
+    fn len(&self) -> usize {
+        self.silent.len() + self.kept_alive.len()
+    }
+
+    /// How many of them the server has closed.
+    fn closed(&self) -> usize {
+        let mut buf = [0u8; 64];
+        let silent = self
+            .silent
+            .iter()
+            .filter(|stream| !matches!(stream.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock))
+            .count();
+        let kept = self
+            .kept_alive
+            .iter()
+            .filter(|(send, driver)| send.is_closed() || driver.is_finished())
+            .count();
+        silent + kept
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_answers_quickly_while_5000_idle_connections_are_held() {
+    const IDLE: usize = 5_000;
+    const REQUESTS: usize = 200;
+    let _machine = canopy_tests::own_machine().await;
+    raise_fd_limit(12_000);
+    let (_dir, node) = node_serving_a_function(IDLE + 100).await;
+    let http = node.fact("http");
+    let pid = node.facts["pid"].as_u64().unwrap();
+    let port = port_of(&http);
+
+    let idle = IdleConnections::open(&http, IDLE * 4 / 5, IDLE / 5).await;
+    assert_eq!(idle.len(), IDLE);
+    // The node holds every one (its share per address was raised to allow it).
+    wait_for(
+        "the node to hold every idle connection",
+        Duration::from_secs(20),
+        || async { (connections_held(pid, port) >= IDLE).then_some(()) },
+    )
+    .await;
+
+    // A fresh client still gets its answers promptly.
+    let client = canopy_tests::client();
+    let mut took = Vec::with_capacity(REQUESTS);
+    for i in 0..REQUESTS {
+        let start = std::time::Instant::now();
+        let answer = get_function(&client, &http).await;
+        took.push(start.elapsed());
+        if let Err(e) = answer {
+            panic!("request {i} failed beside {IDLE} idle connections: {e}");
+        }
+    }
+    took.sort();
+    let p99 = took[REQUESTS * 99 / 100 - 1];
+    println!(
+        "{REQUESTS} requests beside {IDLE} idle connections: p50 {:?}, p99 {p99:?}, max {:?}",
+        took[REQUESTS / 2],
+        took[REQUESTS - 1]
+    );
+    assert!(
+        p99 < Duration::from_millis(50),
+        "p99 {p99:?} beside {IDLE} idle connections"
+    );
+
+    // Nothing closed the idle ones (their timeouts are 5 minutes).
+    assert_eq!(idle.closed(), 0, "idle connections were closed");
+    assert!(connections_held(pid, port) >= IDLE);
+}
+
+/// The figure in docs/performance.md ("memory per idle connection"):
+/// `cargo build --profile sim --locked -p canopy-node --bins && cargo test
+/// --profile sim --locked -p canopy-tests --test it -- --ignored --nocapture
+/// idle_connection_memory` (the `release` profile for the published figure).
+#[tokio::test]
+#[ignore = "a measurement, not a check: run it by name"]
+async fn idle_connection_memory() {
+    const IDLE: usize = 10_000;
+    let _machine = canopy_tests::own_machine().await;
+    // Each side (this process, the node) holds one end of every connection.
+    raise_fd_limit(IDLE as u64 + 1_000);
+    let (_dir, node) = node_serving_a_function(IDLE + 100).await;
+    let http = node.fact("http");
+    let pid = node.facts["pid"].as_u64().unwrap();
+    let port = port_of(&http);
+    let before = rss_bytes(pid);
+    let idle = IdleConnections::open(&http, IDLE / 2, IDLE / 2).await;
+    wait_for(
+        "the node to hold every idle connection",
+        Duration::from_secs(30),
+        || async { (connections_held(pid, port) >= IDLE).then_some(()) },
+    )
+    .await;
+    // Let the node settle (every connection's task parked).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_bytes(pid);
+    assert_eq!(idle.closed(), 0);
+    let per = (after.saturating_sub(before)) / IDLE as u64;
+    println!(
+        "RSS with {IDLE} idle connections ({} silent, {} kept alive after one request): before {:.1} MiB, after {:.1} MiB, {per} bytes per connection",
+        idle.silent.len(),
+        idle.kept_alive.len(),
+        before as f64 / (1 << 20) as f64,
+        after as f64 / (1 << 20) as f64,
+    );
 }
