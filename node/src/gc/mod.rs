@@ -347,6 +347,9 @@ impl Collector {
             }
         }
         self.manifests.retain(|cid, _| wanted.contains(cid));
+        // What serves is the live map; the state catches up just after a
+        // swap (and may decline an older record): keep both.
+        kept.extend(self.deployer.live_blobs().into_values().flatten());
         if let Some(cluster) = &self.cluster {
             kept.extend(cluster.handle.read(|s| s.referenced_blobs()));
         }

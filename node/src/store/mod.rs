@@ -409,8 +409,11 @@ impl BlobStore {
         if same_file {
             match self.disk.rename(&path, &target) {
                 Ok(()) => {
-                    // The blob's name must not come back after a crash;
-                    // the quarantined copy is only for inspection.
+                    // The quarantined copy first: it is the evidence, and
+                    // without it a crash could leave the blob neither in
+                    // quarantine nor in place — gone, as if collected. Then
+                    // the blob's name, which must not come back.
+                    let _ = self.sync_dir(&self.quarantine_dir);
                     if let Some(dir) = path.parent() {
                         let _ = self.sync_dir(dir);
                     }
