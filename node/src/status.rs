@@ -67,6 +67,10 @@ pub struct RuntimeStatus {
     pub from_disk: u64,
     /// Already in memory (the same component in several deployments).
     pub from_memory: u64,
+    /// The memory budget of all running functions, and its use (`None`:
+    /// a peer's report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::runtime::MemoryBudgetReport>,
 }
 
 /// One environment (project × branch).
@@ -199,6 +203,16 @@ impl StatusReport {
                         &commit[..commit.len().min(10)]
                     );
                 }
+            }
+            if let Some(memory) = &node.runtime.memory {
+                let _ = writeln!(
+                    out,
+                    "      functions  memory {} in use of a {} budget (peak {}, {} growths refused)",
+                    size(memory.in_use_bytes),
+                    size(memory.budget_bytes),
+                    size(memory.peak_bytes),
+                    memory.refused
+                );
             }
             if let Some(gc) = &node.gc {
                 render_gc(&mut out, gc);

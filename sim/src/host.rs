@@ -43,6 +43,11 @@ fn gc_config(history: usize) -> canopy_node::gc::GcConfig {
     }
 }
 
+/// The part size of state-sync messages in a run: small, so that a joining
+/// node's first messages go in several parts under the run's faults (in
+/// production a part is up to 4 MiB).
+const SIM_SYNC_PART_BYTES: usize = 16 * 1024;
+
 /// How long a joining node waits for its admission to reach its own state.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -253,6 +258,10 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
                 found_if_new: ix == 0,
                 sync: SyncConfig {
                     anti_entropy_interval: anti_entropy,
+                    // Small parts, so that a joining node's first messages
+                    // go in several parts under the run's faults.
+                    part_bytes: SIM_SYNC_PART_BYTES,
+                    ..SyncConfig::default()
                 },
                 ..ClusterOptions::default()
             },

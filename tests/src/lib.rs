@@ -552,6 +552,17 @@ impl NodeInfo {
     }
 }
 
+/// A test cannot run here because of `reason`: print why and skip it
+/// (`false`), or fail under `CANOPY_REQUIRE_ALL=1` (CI), where nothing may
+/// be skipped.
+pub fn skip(reason: &str) -> bool {
+    if std::env::var("CANOPY_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("{reason} (CANOPY_REQUIRE_ALL=1 forbids skipping)");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
 /// `http://host/git/` with `token` as HTTP Basic password (the node's own
 /// helper, so the tests build URLs the way the dream does).
 pub use canopy_node::auth::git_base_with_token as with_token;
@@ -597,6 +608,48 @@ impl NodeProcess {
             data_dir: data_dir.to_owned(),
             facts,
         }
+    }
+
+    /// Start a node whose data directory is `dir/data`, from a config
+    /// file `dir/node.yaml` with `extra` (whole YAML sections, like
+    /// `"gc:\n  interval: 1s\n"`) after the basic settings.
+    pub async fn start_in(dir: &Path, extra: &str) -> NodeProcess {
+        Self::start_in_with(dir, extra, |_| {}).await
+    }
+
+    /// Like [`NodeProcess::start_in`], with `configure` applied to the
+    /// command first.
+    pub async fn start_in_with(
+        dir: &Path,
+        extra: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> NodeProcess {
+        let data = dir.join("data");
+        let config = dir.join("node.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir: {}\nhttp: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{extra}",
+                data.display()
+            ),
+        )
+        .expect("the node config is written");
+        Self::start_with(&config, &data, configure).await
+    }
+
+    /// The Git remote of `project` on this node, with its first admin token.
+    pub fn remote(&self, project: &str) -> String {
+        with_token(&self.fact("git_base"), &self.admin_token()) + project + ".git"
+    }
+
+    /// `project`@`branch`'s live commit, as the node's status says.
+    pub async fn live_commit(&self, project: &str, branch: &str) -> Option<String> {
+        let status = status_json(&self.fact("admin"), &self.admin_token()).await?;
+        status["deployments"]
+            .as_array()?
+            .iter()
+            .find(|d| d["project"] == project && d["branch"] == branch)
+            .and_then(|d| d["live_commit"].as_str().map(str::to_owned))
     }
 
     /// A `node.json` fact, like `admin`.

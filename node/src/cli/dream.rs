@@ -124,6 +124,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
             git_limits: crate::git::GitLimits::default(),
             gc: crate::gc::GcConfig::default(),
             gateway: crate::gateway::GatewayConfig::default(),
+            wasm_memory_budget_bytes: crate::runtime::DEFAULT_MEMORY_BUDGET_BYTES,
             cluster: None,
             admin: AdminOptions {
                 loopback_hosts_only: true,

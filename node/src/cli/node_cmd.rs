@@ -53,6 +53,13 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///       max_connections_per_address: 32
 ///       header_read_timeout: 30s
 ///       idle_timeout: 60s
+///     wasm:                       #   functions
+///       memory_budget: 2GiB       #   linear memory of all running instances
+///                                 #   together; a function asking for more
+///                                 #   than this is refused at deploy
+///     cluster:                    #   what peers send
+///       max_sync_message: 256MiB  #   one state-sync message (a new node's
+///                                 #   first one carries the state's history)
 ///   gc:                           # optional: garbage collection (defaults shown)
 ///     interval: 10m               #   time between passes
 ///     grace: 1h                   #   how long an unreferenced blob stays;
@@ -153,6 +160,42 @@ pub(crate) struct LimitsConfig {
     pub gateway: ConnectionLimitsConfig,
     #[serde(default)]
     pub admin: ConnectionLimitsConfig,
+    #[serde(default)]
+    pub cluster: ClusterLimitsConfig,
+    #[serde(default)]
+    pub wasm: WasmLimitsConfig,
+}
+
+/// `limits.wasm:` — functions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WasmLimitsConfig {
+    pub memory_budget: Option<ByteSize>,
+}
+
+impl WasmLimitsConfig {
+    /// The linear memory all running functions may hold together.
+    fn memory_budget_bytes(&self) -> u64 {
+        self.memory_budget
+            .map_or(crate::runtime::DEFAULT_MEMORY_BUDGET_BYTES, |b| b.0)
+    }
+}
+
+/// `limits.cluster:` — what peers send.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterLimitsConfig {
+    pub max_sync_message: Option<ByteSize>,
+}
+
+impl ClusterLimitsConfig {
+    /// The largest state-sync message this node gathers from a peer.
+    fn max_sync_message_bytes(&self) -> usize {
+        self.max_sync_message
+            .map_or(crate::cluster::sync::DEFAULT_MAX_MESSAGE_BYTES, |b| {
+                usize::try_from(b.0).unwrap_or(usize::MAX)
+            })
+    }
 }
 
 /// `limits.gateway:` and `limits.admin:` — a listener's connections.
@@ -421,7 +464,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         local_ca_dir: config.local_ca.as_ref().map(|dir| base.join(dir)),
         admin_tls,
         cluster: match &config.cluster {
-            Some(c) => Some(cluster_setup(c, base).with_context(|| format!("{name}: cluster"))?),
+            Some(c) => Some(ClusterSetup {
+                max_sync_message_bytes: config.limits.cluster.max_sync_message_bytes(),
+                ..cluster_setup(c, base).with_context(|| format!("{name}: cluster"))?
+            }),
             None => None,
         },
         admin: AdminOptions {
@@ -434,6 +480,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?
         },
         builds: config.build_sandbox.unwrap_or(SandboxMode::Required),
+        wasm_memory_budget_bytes: config.limits.wasm.memory_budget_bytes(),
         git_limits,
         gateway: config
             .limits
@@ -610,6 +657,7 @@ fn cluster_setup(config: &ClusterConfig, base: &Path) -> anyhow::Result<ClusterS
         quic: config.quic,
         invite,
         replication_factor: config.replication,
+        max_sync_message_bytes: crate::cluster::sync::DEFAULT_MAX_MESSAGE_BYTES,
     })
 }
 

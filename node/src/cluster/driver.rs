@@ -124,6 +124,11 @@ impl ClusterHandle {
         self.lock().save()
     }
 
+    /// The document's changes since the last save, for persisting.
+    pub fn save_incremental(&self) -> Vec<u8> {
+        self.lock().save_incremental()
+    }
+
     fn publish_hash(&self) {
         let hash = self.lock().state().state_hash();
         self.hash.send_if_changed(hash);

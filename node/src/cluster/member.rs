@@ -22,7 +22,6 @@
 //! threads, or talk to peers except through [`Net`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +36,7 @@ use tokio::task::JoinHandle;
 use super::driver::{ClusterHandle, ReplicateHandle, replicate_channel, route_events};
 use super::error::ClusterError;
 use super::follow::{FollowAction, FollowCore, InstallId};
+use super::journal::Journal;
 use super::replicate::ReplicateConfig;
 use super::state::{ClusterState, DeploymentUpdate, Role, StateHash};
 use super::sync::{SyncConfig, SyncCore};
@@ -44,7 +44,7 @@ use crate::deploy::{
     Deployer, EnvKey, InvalidCid, Ledger, LedgerError, LoadError, Precedence, WantedRelease,
     release_blobs,
 };
-use crate::env::{Disk, Env};
+use crate::env::Env;
 use crate::net::admission::{CLUSTER_NONCE_BYTES, ClusterId, InviteError, InviteToken};
 use crate::net::identity::NodeKey;
 use crate::net::{JOIN_PROTOCOL, Net, NetEvent, NodeId, Responder};
@@ -225,12 +225,23 @@ impl ClusterNode {
         assert_eq!(key.node_id(), local, "the cluster signs with the net's key");
         let path = env.data_dir.join(STATE_FILE);
         let incarnation = env.rng.next_u64();
-        let mut state = match std::fs::read(&path) {
-            Ok(bytes) => ClusterState::load(key.clone(), incarnation, &bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                ClusterState::new(key.clone(), incarnation)
-            }
+        let (journal, saved) = match Journal::open(env.disk.clone(), &path) {
+            Ok(opened) => opened,
             Err(source) => return Err(StartError::ReadState { path, source }),
+        };
+        let mut state = match &saved.document {
+            Some(document) => {
+                let changes = saved.changes.iter().map(|(_, c)| c.as_slice());
+                let (state, skipped) =
+                    ClusterState::load_with_changes(key.clone(), incarnation, document, changes)?;
+                for i in skipped {
+                    // Written whole or not at all, so this is damage on
+                    // disk; peers resend what the file held.
+                    tracing::warn!(file = %saved.changes[i].0.display(), "a saved cluster-state change file cannot be read; skipped");
+                }
+                state
+            }
+            None => ClusterState::new(key.clone(), incarnation),
         };
         if let (Some(current), Some(token)) = (state.cluster_id(), &options.invite)
             && current != token.cluster_id.to_string()
@@ -323,7 +334,7 @@ impl ClusterNode {
                 replicate_config,
             )),
             tokio::spawn(follow(handle.clone(), deployer, replicate, store)),
-            tokio::spawn(persist(handle.clone(), env.disk.clone(), path)),
+            tokio::spawn(persist(handle.clone(), journal)),
             tokio::spawn(serve_control(node.clone(), env.clone(), routed.control)),
             tokio::spawn(track_admitted(node.clone())),
         ];
@@ -613,20 +624,28 @@ async fn track_admitted(node: Arc<ClusterNode>) {
     }
 }
 
-/// Save the state document whenever it changes, through the node's disk
-/// (atomically: a crash leaves the previous or the new document).
-async fn persist(handle: ClusterHandle, disk: Arc<dyn Disk>, path: PathBuf) {
+/// Save the state document whenever it changes, through the node's disk:
+/// the changes since the last save, or the whole document when the
+/// journal wants it (see [`super::journal`]).
+async fn persist(handle: ClusterHandle, mut journal: Journal) {
     let mut changes = handle.subscribe();
     let mut saved: Option<StateHash> = None;
     loop {
         let hash = handle.state_hash();
         if saved != Some(hash) {
-            let bytes = handle.save();
-            match crate::durable::write_atomically_on(disk.as_ref(), &path, &bytes, None) {
-                Ok(()) => saved = Some(hash),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot save cluster state")
+            let written = if journal.wants_full_save() {
+                journal.save_full(&handle.save())
+            } else {
+                let changes = handle.save_incremental();
+                if changes.is_empty() {
+                    Ok(())
+                } else {
+                    journal.save_changes(&changes)
                 }
+            };
+            match written {
+                Ok(()) => saved = Some(hash),
+                Err(e) => tracing::error!(error = %e, "cannot save cluster state"),
             }
         }
         if changes.changed().await.is_err() {

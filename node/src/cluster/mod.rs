@@ -18,7 +18,7 @@
 //!   blob requests from the local store (file IO, driver side).
 //! - [`member`] — [`member::ClusterNode`]: the cluster side of a running node
 //!   (the tasks above, plus the follower's driver, admission and
-//!   persistence).
+//!   persistence through [`journal`]: a full save plus change files).
 //!
 //! The cores ([`SyncCore`], [`ReplicateCore`], [`follow::FollowCore`]) are
 //! sans-IO, in quinn-proto's shape: fed inputs through `handle_*` methods
@@ -42,6 +42,7 @@ pub mod driver;
 mod error;
 pub mod follow;
 mod ids;
+pub mod journal;
 pub mod member;
 pub mod placement;
 mod record;

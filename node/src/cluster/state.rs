@@ -315,7 +315,26 @@ impl ClusterState {
     /// cluster id its document names (if that record is consistent): the
     /// node saved it.
     pub fn load(key: NodeKey, incarnation: u64, bytes: &[u8]) -> Result<Self, ClusterError> {
-        let doc = AutoCommit::load(bytes).map_err(|e| ClusterError::Load(Box::new(e)))?;
+        Self::load_with_changes(key, incarnation, bytes, std::iter::empty()).map(|(s, _)| s)
+    }
+
+    /// A state loaded from a full save and the incremental saves after it
+    /// ([`ClusterState::save_incremental`]), oldest first. Returns the
+    /// indexes of the increments that could not be read (skipped: a peer
+    /// resends whatever they held).
+    pub fn load_with_changes<'a>(
+        key: NodeKey,
+        incarnation: u64,
+        bytes: &[u8],
+        changes: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(Self, Vec<usize>), ClusterError> {
+        let mut doc = AutoCommit::load(bytes).map_err(|e| ClusterError::Load(Box::new(e)))?;
+        let mut skipped = Vec::new();
+        for (i, change) in changes.into_iter().enumerate() {
+            if doc.load_incremental(change).is_err() {
+                skipped.push(i);
+            }
+        }
         let mut state = Self::new(key, incarnation);
         state.doc = doc.with_actor(actor_for(&state.local, incarnation));
         state.refresh();
@@ -325,7 +344,7 @@ impl ClusterState {
         {
             state.pin(id);
         }
-        Ok(state)
+        Ok((state, skipped))
     }
 
     /// Found a new cluster: write its id (a hash of this node's id and
@@ -469,6 +488,13 @@ impl ClusterState {
     /// The whole document, compacted, for persisting.
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
+    }
+
+    /// The changes since the last [`ClusterState::save`] or
+    /// `save_incremental`, for appending to a saved document (empty if
+    /// none).
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        self.doc.save_incremental()
     }
 
     /// The node this replica belongs to.

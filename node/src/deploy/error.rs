@@ -87,6 +87,14 @@ pub enum DeployError {
     /// Built and verified here, but cluster state did not record it.
     #[error("cannot record the release in cluster state: {0}")]
     Record(#[source] RecordError),
+
+    /// Built and verified here, but this node could not record it on its
+    /// own disk (full, or read-only): it would be forgotten at a restart,
+    /// so it does not go live.
+    #[error(
+        "{0}; the previous release keeps serving (free space on the node's data disk, then push again)"
+    )]
+    Save(#[source] super::state::StateError),
 }
 
 /// Why a stored release could not be loaded (at a restart, or to install

@@ -470,7 +470,6 @@ impl Deployer {
                 precedence: None,
             };
             self.go_live(&key, live, release)
-                .map_err(DeployError::Record)
         });
         match live {
             Ok(precedence) => {
@@ -518,30 +517,52 @@ impl Deployer {
         });
     }
 
-    /// Serve a push built here: record it in the ledger (cluster state) and
-    /// swap it in, both under the live lock, so the follower cannot install
-    /// the same release a second time in between. A push recorded here ranks
+    /// Serve a push built here: record it in deployments.json, then in the
+    /// ledger (cluster state), and swap it in. A push recorded here ranks
     /// above every release this node has seen, so it always goes live.
     /// Returns the precedence the ledger gave it (`None`: no ledger).
     fn go_live(
         &self,
         key: &EnvKey,
-        mut live: LiveRelease,
+        live: LiveRelease,
         mut release: Release,
-    ) -> Result<Option<Precedence>, RecordError> {
+    ) -> Result<Option<Precedence>, DeployError> {
         // Read before the live lock: `status` takes the state lock, then
         // the live lock; the other order here could deadlock with it.
         let warrant = self.push_warrant(key, Some(&release.commit));
+        // On disk before it serves or is recorded anywhere: a release that
+        // served but is missing from deployments.json would be forgotten at
+        // a restart. A full disk fails the push here, with nothing changed.
+        // (Recorded without a precedence; a crash before the ledger records
+        // it is what `record_unrecorded` finishes at the next start.)
+        let before = self
+            .try_update_state(key, |e| e.replace_live(release.clone(), self.history_depth))
+            .map_err(DeployError::Save)?;
+        let recorded = self.record_and_swap(key, live, &mut release, warrant.as_ref());
+        if let Err(e) = recorded {
+            self.unrecord_live(key, &release, before);
+            return Err(DeployError::Record(e));
+        }
+        let precedence = release.precedence;
+        self.record_live(key, release);
+        Ok(precedence)
+    }
+
+    /// Record `release` in the ledger and swap it in, both under the live
+    /// lock, so the follower cannot install the same release a second time
+    /// in between.
+    fn record_and_swap(
+        &self,
+        key: &EnvKey,
+        mut live: LiveRelease,
+        release: &mut Release,
+        warrant: Option<&crate::auth::Warrant>,
+    ) -> Result<(), RecordError> {
         {
             let mut all = self.live.lock().expect("live lock");
             if let Some(ledger) = self.ledger.get() {
-                let precedence = record_push(
-                    ledger.as_ref(),
-                    key,
-                    &release,
-                    &live.manifest,
-                    warrant.as_ref(),
-                )?;
+                let precedence =
+                    record_push(ledger.as_ref(), key, release, &live.manifest, warrant)?;
                 // Checked in release builds too: installing a push that ranks
                 // below the installed release would roll this node back.
                 assert!(
@@ -556,9 +577,25 @@ impl Deployer {
             all.insert(key.clone(), live);
             self.publish_routes_locked(&all);
         }
-        let precedence = release.precedence;
-        self.record_live(key, release);
-        Ok(precedence)
+        Ok(())
+    }
+
+    /// Take back what [`Deployer::go_live`] wrote ahead for `release`,
+    /// which did not go live: the environment's live release and history
+    /// are what they were `before`.
+    fn unrecord_live(&self, key: &EnvKey, release: &Release, before: Option<state::Environment>) {
+        let mut state = self.state.lock().expect("state lock");
+        let Some(e) = state.environments.get_mut(key) else {
+            return;
+        };
+        // An install may have replaced it since: then that one stands.
+        if e.live.as_ref() != Some(release) {
+            return;
+        }
+        let before = before.unwrap_or_default();
+        e.live = before.live;
+        e.history = before.history;
+        self.save(&state);
     }
 
     /// Record `release` as `key`'s live release (after its routes swapped).
@@ -898,6 +935,27 @@ impl Deployer {
     /// can be read at all, else the project this repo and branch deployed
     /// before, else the repository's name — so even a push whose YAML is
     /// broken shows up in status under a name the user recognises.
+    /// Change `key`'s environment and save, or change nothing: on a failed
+    /// save the change is undone in memory too, and the error returned.
+    /// Returns the environment as it was before.
+    fn try_update_state(
+        &self,
+        key: &EnvKey,
+        change: impl FnOnce(&mut state::Environment),
+    ) -> Result<Option<state::Environment>, state::StateError> {
+        let mut state = self.state.lock().expect("state lock");
+        let before = state.environments.get(key).cloned();
+        change(state.environments.entry(key.clone()).or_default());
+        if let Err(e) = state.save(self.env.disk.as_ref(), &self.state_path) {
+            match before {
+                Some(before) => state.environments.insert(key.clone(), before),
+                None => state.environments.remove(key),
+            };
+            return Err(e);
+        }
+        Ok(before)
+    }
+
     fn update_state(&self, key: &EnvKey, change: impl FnOnce(&mut state::Environment)) {
         let mut state = self.state.lock().expect("state lock");
         change(state.environments.entry(key.clone()).or_default());
@@ -1006,5 +1064,132 @@ mod tests {
         assert_eq!(shop.failed_commit, Some(commit(1).to_string()));
         assert_eq!(shop.pending_commit, Some(commit(2).to_string()));
         assert_eq!(shop.state, "deploying");
+    }
+
+    /// The OS disk, until told to fail every new file as a full disk does.
+    #[derive(Debug, Default)]
+    struct FillableDisk {
+        full: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::env::Disk for FillableDisk {
+        fn create_new(&self, path: &std::path::Path) -> std::io::Result<crate::env::DiskFile> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                // ENOSPC, as a full data disk answers.
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            crate::env::OsDisk.create_new(path)
+        }
+        fn sync(&self, file: &crate::env::DiskFile) -> std::io::Result<()> {
+            crate::env::OsDisk.sync(file)
+        }
+        fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+            crate::env::OsDisk.rename(from, to)
+        }
+        fn remove_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+            crate::env::OsDisk.remove_file(path)
+        }
+        fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            crate::env::OsDisk.sync_dir(dir)
+        }
+        fn create_dir_all(&self, dir: &std::path::Path) -> std::io::Result<()> {
+            crate::env::OsDisk.create_dir_all(dir)
+        }
+    }
+
+    /// A release of `shop@main` with nothing in it, at `commit`.
+    fn empty_release(commit: &str) -> (LiveRelease, Release) {
+        let manifest = manifest::Manifest {
+            project: "shop".into(),
+            branch: "main".into(),
+            commit: commit.into(),
+            domains: vec![],
+            functions: BTreeMap::new(),
+            websites: BTreeMap::new(),
+        };
+        let manifest_cid = crate::store::cid_of(commit.as_bytes());
+        let release = Release {
+            commit: commit.into(),
+            manifest: manifest_cid.to_string(),
+            repo: "shop".into(),
+            precedence: None,
+        };
+        let live = LiveRelease {
+            manifest_cid,
+            manifest,
+            functions: BTreeMap::new(),
+            precedence: None,
+        };
+        (live, release)
+    }
+
+    /// Issue 13: a release this node cannot record in deployments.json
+    /// (a full disk) does not go live — the push fails with the disk's
+    /// error and the previous release keeps serving, in memory and on
+    /// disk — and the next push works once there is room, without a
+    /// restart.
+    #[tokio::test]
+    async fn a_release_that_cannot_be_saved_does_not_go_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(FillableDisk::default());
+        let env = Env {
+            disk: disk.clone(),
+            ..Env::production(dir.path())
+        };
+        let deployer = Deployer::new(
+            env,
+            Arc::new(BlobStore::open(dir.path().join("store")).unwrap()),
+            Runtime::new(crate::runtime::RuntimeConfig::new(
+                dir.path().join("compiled"),
+            ))
+            .unwrap(),
+            Gateway::new(),
+            git::Repos::new(dir.path().join("git")).unwrap(),
+            build::SandboxMode::Preferred,
+            10,
+        )
+        .unwrap();
+        let key = EnvKey {
+            project: "shop".into(),
+            branch: "main".into(),
+        };
+        let live_commit = |d: &Deployer| {
+            d.live
+                .lock()
+                .unwrap()
+                .get(&key)
+                .map(|r| r.manifest.commit.clone())
+        };
+        let (live, release) = empty_release("c1");
+        deployer.go_live(&key, live, release).unwrap();
+
+        disk.full.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (live, release) = empty_release("c2");
+        let error = deployer
+            .go_live(&key, live, release)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("No space left on device"), "{error}");
+        assert!(
+            error.contains("the previous release keeps serving"),
+            "{error}"
+        );
+        assert_eq!(live_commit(&deployer).as_deref(), Some("c1"));
+        assert_eq!(shop(&deployer.status()).live_commit.as_deref(), Some("c1"));
+        let on_disk = state::DeploymentState::load(&dir.path().join("deployments.json")).unwrap();
+        assert_eq!(
+            on_disk.environments[&key].live.as_ref().unwrap().commit,
+            "c1"
+        );
+
+        disk.full.store(false, std::sync::atomic::Ordering::SeqCst);
+        let (live, release) = empty_release("c3");
+        deployer.go_live(&key, live, release).unwrap();
+        assert_eq!(live_commit(&deployer).as_deref(), Some("c3"));
+        let on_disk = state::DeploymentState::load(&dir.path().join("deployments.json")).unwrap();
+        let shop_env = &on_disk.environments[&key];
+        assert_eq!(shop_env.live.as_ref().unwrap().commit, "c3");
+        let history: Vec<&str> = shop_env.history.iter().map(|r| r.commit.as_str()).collect();
+        assert_eq!(history, ["c1"], "the refused release is in no history");
     }
 }

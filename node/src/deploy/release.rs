@@ -53,6 +53,8 @@ impl ReleaseBuilder<'_> {
             });
         }
 
+        self.check_memory_budget(&project_file)?;
+
         let mut functions = BTreeMap::new();
         let mut artifacts = BTreeMap::new();
         for (name, function) in &project.functions {
@@ -88,6 +90,39 @@ impl ReleaseBuilder<'_> {
                 precedence: None,
             },
         ))
+    }
+
+    /// Refuse, before anything is built, a function whose `limits.memory`
+    /// is more than the node's whole memory budget for functions: it could
+    /// never run here.
+    fn check_memory_budget(&self, project_file: &ProjectFile) -> Result<(), DeployError> {
+        let budget = self.runtime.memory_budget().budget_bytes;
+        let over: Vec<_> = project_file
+            .project
+            .functions
+            .iter()
+            .filter(|(_, f)| f.limits.memory_bytes > budget)
+            .map(|(name, f)| {
+                project_file.diagnostic(
+                    &["functions", name, "limits", "memory"],
+                    format!(
+                        "{} is more than this node's memory budget for all functions, \
+                         limits.wasm.memory_budget = {}",
+                        crate::runtime::format_bytes(f.limits.memory_bytes),
+                        crate::runtime::format_bytes(budget)
+                    ),
+                    Some(
+                        "ask for less memory, or ask the node's operator to raise limits.wasm.memory_budget"
+                            .into(),
+                    ),
+                )
+            })
+            .collect();
+        if over.is_empty() {
+            Ok(())
+        } else {
+            Err(config::Diagnostics(over).into())
+        }
     }
 
     /// Check `commit` out into a fresh directory under the work directory,

@@ -8,28 +8,24 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use cid::Cid;
+use futures::StreamExt as _;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
-use tokio::sync::{mpsc, oneshot};
 
 use super::responses::{method_not_allowed, text};
 use crate::body::{self, Body, BoxError};
-use crate::store::{BlobStore, StoreError};
+use crate::store::{BlobReader, BlobStore, StoreError};
 
 /// Files up to this size are read whole and verified before a byte is sent;
 /// larger ones are streamed (and a corrupt one aborts the response).
 pub const STREAM_THRESHOLD_BYTES: u64 = 8 * 1024 * 1024;
 /// Chunk size of streamed files.
 const STREAM_CHUNK_BYTES: usize = 64 * 1024;
-/// Chunks buffered between the reading thread and the connection.
-const STREAM_QUEUE_CHUNKS: usize = 4;
 
 const CACHE_CONTROL: &str = "public, max-age=0, must-revalidate";
 
@@ -187,81 +183,104 @@ impl StaticSite {
     }
 
     /// A body streaming the file through the verifying reader, and its length.
+    ///
+    /// Each chunk is read by its own short task on the blocking pool, and
+    /// only when the connection wants it: a slow client holds a 64 KiB
+    /// chunk or two and no thread, whatever the file's size.
     #[allow(
         clippy::disallowed_methods,
         reason = "the simulator serves requests on a runtime of its own, outside the simulation (canopy_sim::workload), so file reads may use tokio's pool"
     )]
     async fn stream(&self, cid: Cid) -> Result<(Body, u64), Response<Body>> {
         let store = self.store.clone();
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<u64, StoreError>>();
-        let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(STREAM_QUEUE_CHUNKS);
-        tokio::task::spawn_blocking(move || {
-            let mut reader = match store.open_blob(&cid) {
-                Ok(reader) => reader,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            if ready_tx.send(Ok(reader.size_bytes())).is_err() {
-                return;
+        let opened = tokio::task::spawn_blocking(move || store.open_blob_shared(&cid)).await;
+        let reader = match opened {
+            Ok(Ok(reader)) => reader,
+            Ok(Err(e)) => return Err(store_error_response(&e)),
+            Err(_) => {
+                return Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not read stored file\n".into(),
+                ));
             }
-            // The last chunk is held back until the reader has verified the
-            // whole blob: a client must never receive all `Content-Length`
-            // bytes of a corrupt file, or it would take them as complete.
-            let mut held: Option<Bytes> = None;
-            let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
-            loop {
-                let item = match reader.read(&mut buf) {
-                    Ok(0) => match held.take() {
-                        Some(last) => Ok(last),
-                        None => break,
-                    },
-                    Ok(n) => match held.replace(Bytes::copy_from_slice(&buf[..n])) {
-                        Some(previous) => Ok(previous),
-                        None => continue,
-                    },
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        // Too late for a 500: failing the body aborts the
-                        // response, so the client never sees it complete.
-                        tracing::error!(cid = %cid, error = %e, "gateway: a streamed website file failed");
-                        Err(Box::new(e) as BoxError)
-                    }
-                };
-                let failed = item.is_err();
-                if tx.blocking_send(item).is_err() || failed {
-                    break; // the client went away, or the stream ended in error
-                }
-            }
-        });
-        match ready_rx.await {
-            Ok(Ok(size_bytes)) => Ok((ChannelBody { rx }.boxed(), size_bytes)),
-            Ok(Err(e)) => Err(store_error_response(&e)),
-            Err(_) => Err(text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "could not read stored file\n".into(),
-            )),
-        }
+        };
+        let size_bytes = reader.size_bytes();
+        let chunks = futures::stream::unfold(
+            Streaming::Reading { reader, held: None },
+            |state| async move { state.next().await },
+        );
+        let body = http_body_util::StreamBody::new(chunks.map(|chunk| chunk.map(Frame::data)));
+        Ok((BodyExt::boxed(body), size_bytes))
     }
 }
 
-/// A body fed by a channel of chunks.
-struct ChannelBody {
-    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+/// Where a streamed file is.
+enum Streaming {
+    /// More to read. The last chunk read is `held` back until the next read
+    /// succeeds: the read that reaches the end verifies the whole blob, and
+    /// a client must never receive all `Content-Length` bytes of a corrupt
+    /// file, or it would take them as complete.
+    Reading {
+        reader: BlobReader<Arc<BlobStore>>,
+        held: Option<Bytes>,
+    },
+    Done,
 }
 
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|r| r.map(Frame::data)))
+impl Streaming {
+    /// The next chunk to send and the state after it; `None` at the end.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the simulator serves requests on a runtime of its own, outside the simulation (canopy_sim::workload), so file reads may use tokio's pool"
+    )]
+    async fn next(self) -> Option<(Result<Bytes, BoxError>, Streaming)> {
+        let Streaming::Reading {
+            mut reader,
+            mut held,
+        } = self
+        else {
+            return None;
+        };
+        loop {
+            let cid = *reader.cid();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; STREAM_CHUNK_BYTES];
+                let read = loop {
+                    match reader.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                (reader, read.map(|n| Bytes::from(buf).slice(..n)))
+            })
+            .await;
+            let (back, read) = match read {
+                Ok(done) => done,
+                Err(join) => {
+                    let e = std::io::Error::other(format!("reading the file failed: {join}"));
+                    return Some((Err(Box::new(e) as BoxError), Streaming::Done));
+                }
+            };
+            reader = back;
+            match read {
+                // Verified to the end: the held-back chunk may go now.
+                Ok(chunk) if chunk.is_empty() => {
+                    return held.map(|last| (Ok(last), Streaming::Done));
+                }
+                Ok(chunk) => match held.replace(chunk) {
+                    Some(previous) => {
+                        return Some((Ok(previous), Streaming::Reading { reader, held }));
+                    }
+                    None => continue,
+                },
+                Err(e) => {
+                    // Too late for a 500: failing the body aborts the
+                    // response, so the client never sees it complete.
+                    tracing::error!(cid = %cid, error = %e, "gateway: a streamed website file failed");
+                    return Some((Err(Box::new(e) as BoxError), Streaming::Done));
+                }
+            }
+        }
     }
 }
 

@@ -256,24 +256,34 @@ impl GitHttp {
     /// Streams the request body into an anonymous temporary file next to the
     /// repositories. Past the limit, the rest is read and discarded (so the
     /// client, still sending, can read our refusal) up to the limit again (at
-    /// least [`MIN_DRAIN_BYTES`]), then the connection is given up.
+    /// least [`MIN_DRAIN_BYTES`]), then the connection is given up. A full
+    /// disk is treated the same way: the rest is read and discarded, and the
+    /// request's head (kept in memory) names the refs the refusal reports.
     async fn spool<B>(&self, mut body: B) -> std::result::Result<Spooled, Response<Body>>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display,
     {
         let root = self.repos.root();
-        let file = tempfile::tempfile_in(root).map_err(|e| {
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "could not create a temporary file in {}: {e}\n",
-                    root.display()
-                ),
-            )
-        })?;
-        let mut file = file;
+        let mut disk_full = None;
+        let mut file = match tempfile::tempfile_in(root) {
+            Ok(file) => Some(file),
+            Err(e) if is_disk_full(&e) => {
+                disk_full = Some(e);
+                None
+            }
+            Err(e) => {
+                return Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "could not create a temporary file in {}: {e}\n",
+                        root.display()
+                    ),
+                ));
+            }
+        };
         let max = self.limits.max_push_bytes;
+        let mut head = Vec::new();
         let mut stored_bytes = 0u64;
         let mut discarded_bytes = 0u64;
         while let Some(frame) = body.frame().await {
@@ -286,23 +296,40 @@ impl GitHttp {
             let Ok(data) = frame.into_data() else {
                 continue;
             };
+            let room = HEAD_BYTES.saturating_sub(head.len());
+            head.extend_from_slice(&data[..room.min(data.len())]);
             let len = data.len() as u64;
-            let keep = len.min(max - stored_bytes);
-            if keep > 0 {
+            let keep = if file.is_some() {
+                len.min(max - stored_bytes)
+            } else {
+                0
+            };
+            if let (Some(open), true) = (file.take(), keep > 0) {
                 let keep_usize = usize::try_from(keep).unwrap_or(data.len());
                 let data = data.slice(..keep_usize);
                 // The file moves to the blocking write and back.
                 let (open, written) = crate::env::spawn_blocking(move || {
-                    let written = file.write_all(&data);
-                    (file, written)
+                    let mut open = open;
+                    let written = open.write_all(&data);
+                    (open, written)
                 })
                 .await
                 .map_err(|e| spool_write_error(io::Error::other(e.to_string())))?;
-                written.map_err(spool_write_error)?;
-                file = open;
-                stored_bytes += keep;
+                match written {
+                    Ok(()) => {
+                        file = Some(open);
+                        stored_bytes += keep;
+                    }
+                    // Dropping the file frees what it held.
+                    Err(e) if is_disk_full(&e) => disk_full = Some(e),
+                    Err(e) => return Err(spool_write_error(e)),
+                }
             }
-            discarded_bytes += len - keep;
+            if file.is_some() {
+                discarded_bytes += len - keep;
+            } else {
+                discarded_bytes += len;
+            }
             if discarded_bytes > max.max(MIN_DRAIN_BYTES) {
                 return Err(text(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -310,20 +337,38 @@ impl GitHttp {
                 ));
             }
         }
-        file.rewind().map_err(spool_write_error)?;
+        if let Some(file) = &mut file {
+            file.rewind().map_err(spool_write_error)?;
+        }
         debug_assert!(stored_bytes <= max);
         Ok(Spooled {
             file,
+            head,
             too_large: discarded_bytes > 0,
+            disk_full,
         })
     }
 }
 
 /// A push request body on disk.
 struct Spooled {
-    file: std::fs::File,
+    /// `None` when the disk filled up.
+    file: Option<std::fs::File>,
+    /// The body's first [`HEAD_BYTES`] (its commands come first).
+    head: Vec<u8>,
     /// The body was longer than the limit; `file` holds its first part only.
     too_large: bool,
+    /// Writing it failed because the node's disk is full.
+    disk_full: Option<io::Error>,
+}
+
+/// How much of a push body is kept in memory as well, so that a push the
+/// disk has no room for can still be answered ref by ref.
+const HEAD_BYTES: usize = 64 * 1024;
+
+/// Whether `e` says the disk (or the user's quota) is out of space.
+pub(crate) fn is_disk_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded
 }
 
 fn spool_write_error(e: io::Error) -> Response<Body> {
@@ -347,11 +392,15 @@ fn process(
     limits: &GitLimits,
 ) -> std::result::Result<Option<(Commands, Outcome)>, String> {
     let max_push_bytes = limits.max_push_bytes;
-    let file = BufReader::new(spooled.file);
+    let source: Box<dyn std::io::BufRead> = match spooled.file {
+        Some(file) if spooled.disk_full.is_none() => Box::new(BufReader::new(file)),
+        // Only the commands are read: from the head kept in memory.
+        _ => Box::new(io::Cursor::new(spooled.head)),
+    };
     let decoded: Box<dyn Read> = if gzip {
-        Box::new(flate2::bufread::GzDecoder::new(file))
+        Box::new(flate2::bufread::GzDecoder::new(source))
     } else {
-        Box::new(file)
+        Box::new(source)
     };
     // Bound the decompressed size too: a small gzip body can inflate hugely.
     let mut input = BufReader::with_capacity(
@@ -362,6 +411,14 @@ fn process(
             max_bytes: max_push_bytes,
         },
     );
+    if let Some(source) = spooled.disk_full {
+        let commands = receive::read_commands(&mut input).unwrap_or_default();
+        if commands.commands.is_empty() {
+            return Ok(None);
+        }
+        let outcome = Outcome::unpack_failed(&commands.commands, UnpackError::DiskFull(source));
+        return Ok(Some((commands, outcome)));
+    }
     let commands = match receive::read_commands(&mut input) {
         Ok(commands) => commands,
         Err(_) if spooled.too_large => {

@@ -122,6 +122,13 @@ pub(crate) enum UnpackError {
     #[error("the pack is not a git pack: {0}")]
     NotAPack(String),
 
+    /// The node's disk has no room for the push.
+    #[error(
+        "push refused: the node's disk is full ({0}); nothing was stored and the live release keeps serving; \
+         free space on the node (or ask its operator), then push again"
+    )]
+    DiskFull(io::Error),
+
     /// The repository could not be opened or created.
     #[error(transparent)]
     Repository(#[from] super::GitError),
@@ -567,9 +574,14 @@ fn index_pack(
     let mut pack = io::BufReader::new(io::Read::chain(&header[..], pack));
     let pack = &mut pack;
     let pack_dir = repo.common_dir().join("objects").join("pack");
-    std::fs::create_dir_all(&pack_dir).map_err(|source| UnpackError::CreatePackDir {
-        path: pack_dir.clone(),
-        source,
+    std::fs::create_dir_all(&pack_dir).map_err(|source| {
+        if super::http::is_disk_full(&source) {
+            return UnpackError::DiskFull(source);
+        }
+        UnpackError::CreatePackDir {
+            path: pack_dir.clone(),
+            source,
+        }
     })?;
     let interrupt = AtomicBool::new(false);
     let outcome = gix::odb::pack::Bundle::write_to_directory(
@@ -581,7 +593,10 @@ fn index_pack(
         repo.object_hash(),
         gix::odb::pack::bundle::write::Options::default(),
     )
-    .map_err(|e| UnpackError::StorePack(error_chain(&e)))?;
+    .map_err(|e| match disk_full_cause(&e) {
+        Some(kind) => UnpackError::DiskFull(io::Error::from(kind)),
+        None => UnpackError::StorePack(error_chain(&e)),
+    })?;
     tracing::debug!(
         objects = outcome.index.num_objects,
         pack = ?outcome.data_path,
@@ -592,6 +607,20 @@ fn index_pack(
         data: outcome.data_path,
         index: outcome.index_path,
     })
+}
+
+/// The kind of the I/O error in `e`'s chain if it says the disk is full.
+fn disk_full_cause(e: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<io::Error>()
+            && super::http::is_disk_full(io)
+        {
+            return Some(io.kind());
+        }
+        cause = error.source();
+    }
+    None
 }
 
 #[cfg(test)]

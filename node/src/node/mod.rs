@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin, AdminOptions};
 use crate::auth::{ADMIN_TOKEN_FILE, Authority, Token};
-use crate::cluster::{ClusterNode, ClusterOptions};
+use crate::cluster::{ClusterNode, ClusterOptions, SyncConfig};
 use crate::deploy::build::SandboxMode;
 use crate::deploy::{DeployEvent, Deployer};
 use crate::env::Env;
@@ -64,6 +64,9 @@ pub struct NodeOptions {
     pub gc: crate::gc::GcConfig,
     /// The gateway's connection bounds (`limits.gateway` in the node config).
     pub gateway: GatewayConfig,
+    /// The linear memory all running functions may hold together
+    /// (`limits.wasm.memory_budget` in the node config).
+    pub wasm_memory_budget_bytes: u64,
 }
 
 /// TLS on the admin port, with a certificate from the node's CA
@@ -92,6 +95,9 @@ pub struct ClusterSetup {
     pub invite: Option<InviteToken>,
     /// Copies of every blob; `None`: min(3, nodes).
     pub replication_factor: Option<usize>,
+    /// The largest state-sync message gathered from a peer
+    /// (`limits.cluster.max_sync_message`).
+    pub max_sync_message_bytes: usize,
 }
 
 /// A running node. Dropping it does not stop it; call [`Node::stop`].
@@ -187,7 +193,10 @@ impl Node {
         };
 
         let spec = NodeSpec {
-            runtime: RuntimeConfig::new(env.data_dir.join("compiled")),
+            runtime: RuntimeConfig {
+                memory_budget_bytes: options.wasm_memory_budget_bytes,
+                ..RuntimeConfig::new(env.data_dir.join("compiled"))
+            },
             builds: options.builds,
             git: options.git_limits.clone(),
             gc: options.gc.clone(),
@@ -200,6 +209,10 @@ impl Node {
                     replication_factor: setup.replication_factor,
                     http: format!("http://{http_addr}"),
                     admin: admin_url.clone(),
+                    sync: SyncConfig {
+                        max_message_bytes: setup.max_sync_message_bytes,
+                        ..SyncConfig::default()
+                    },
                     ..ClusterOptions::default()
                 },
             }),

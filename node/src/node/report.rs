@@ -43,6 +43,7 @@ impl Info {
                 compiled: stats.compiled,
                 from_disk: stats.from_disk,
                 from_memory: stats.from_memory,
+                memory: Some(self.runtime.memory_budget()),
             },
             peers: Vec::new(),
             state_hash: None,

@@ -198,7 +198,7 @@ impl Function {
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             table: wasmtime::component::ResourceTable::new(),
             hooks: HttpHooks::default(),
-            limiter: MemoryLimiter::new(memory_bytes),
+            limiter: MemoryLimiter::new(memory_bytes, self.shared.budget.clone()),
             deadline_exceeded: false,
         };
         let mut store = Store::new(&self.shared.engine, host);
@@ -300,6 +300,10 @@ fn classify(
         Failure::Timeout { timeout }
     } else if host.limiter.memory_limit_hit {
         Failure::MemoryLimit { memory_bytes }
+    } else if host.limiter.budget_hit {
+        Failure::MemoryBudget {
+            budget_bytes: host.limiter.budget_bytes(),
+        }
     } else if let Some(limit) = find_cause::<PoolConcurrencyLimitError>(&error) {
         Failure::PoolExhausted {
             reason: limit.to_string(),

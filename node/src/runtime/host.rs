@@ -1,6 +1,6 @@
 //! The per-request host state inside a wasmtime `Store`: WASI and wasi:http
 //! contexts, the resource table, and the limiter that enforces the
-//! function's memory limit.
+//! function's memory limit and takes its memory from the node's budget.
 
 use std::sync::Arc;
 
@@ -12,6 +12,8 @@ use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, ForbiddenHeaderFilter, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
     WasiHttpView,
 };
+
+use super::budget::MemoryBudget;
 
 /// The `T` of every `Store<T>` the runtime creates: one per request.
 pub struct Host {
@@ -96,16 +98,39 @@ pub struct MemoryLimiter {
     memory_bytes: usize,
     /// Set when a memory growth was refused for exceeding the limit.
     pub memory_limit_hit: bool,
+    /// The node-wide budget every growth is also taken from.
+    budget: Arc<MemoryBudget>,
+    /// What this instance holds of the budget (given back on drop).
+    charged_bytes: u64,
+    /// Set when a growth within the limit was refused because the node's
+    /// budget was in use.
+    pub budget_hit: bool,
 }
 
 impl MemoryLimiter {
-    pub fn new(memory_bytes: u64) -> Self {
+    pub fn new(memory_bytes: u64, budget: Arc<MemoryBudget>) -> Self {
         let memory_bytes = usize::try_from(memory_bytes).unwrap_or(usize::MAX);
         Self {
             limits: StoreLimitsBuilder::new().memory_size(memory_bytes).build(),
             memory_bytes,
             memory_limit_hit: false,
+            budget,
+            charged_bytes: 0,
+            budget_hit: false,
         }
+    }
+}
+
+impl MemoryLimiter {
+    /// The node's whole budget, for messages.
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget.budget_bytes()
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.budget.give_back(self.charged_bytes);
     }
 }
 
@@ -117,10 +142,19 @@ impl ResourceLimiter for MemoryLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
-        if !allowed && desired > self.memory_bytes {
-            self.memory_limit_hit = true;
+        if !allowed {
+            if desired > self.memory_bytes {
+                self.memory_limit_hit = true;
+            }
+            return Ok(false);
         }
-        Ok(allowed)
+        let growth = desired.saturating_sub(current) as u64;
+        if !self.budget.try_take(growth) {
+            self.budget_hit = true;
+            return Ok(false);
+        }
+        self.charged_bytes += growth;
+        Ok(true)
     }
 
     fn table_growing(

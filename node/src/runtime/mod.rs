@@ -21,6 +21,7 @@
 //! # let _ = response; Ok(()) }
 //! ```
 
+mod budget;
 mod cache;
 mod engine;
 mod error;
@@ -42,11 +43,13 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+pub use self::budget::{DEFAULT_MEMORY_BUDGET_BYTES, MemoryBudget, MemoryBudgetReport};
 pub use self::engine::Allocator;
 pub use self::error::RuntimeError;
 pub use self::function::{Function, FunctionLimits};
 pub use self::guest_body::GuestBodyError;
 pub use self::guest_env::{GuestClock, GuestEnv, NodeClock};
+pub use self::responses::format_bytes;
 
 use self::cache::DiskCache;
 use self::engine::EpochTicker;
@@ -62,18 +65,23 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// The largest memory limit any function may have; sizes each pool slot.
     pub max_memory_bytes: u64,
+    /// The linear memory all running instances may hold together
+    /// (`limits.wasm.memory_budget`; see [`MemoryBudget`]).
+    pub memory_budget_bytes: u64,
     /// How often running guests are interrupted to yield and check their
     /// deadline: the granularity of timeouts.
     pub epoch_tick: Duration,
 }
 
 impl RuntimeConfig {
-    /// 1000 instances, 4 GiB per function at most, a 10 ms epoch tick.
+    /// 1000 instances, 4 GiB per function at most, 2 GiB for all of them
+    /// together, a 10 ms epoch tick.
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
         Self {
             cache_dir: cache_dir.into(),
             max_instances: 1000,
             max_memory_bytes: 4 << 30,
+            memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
             epoch_tick: Duration::from_millis(10),
         }
     }
@@ -95,6 +103,7 @@ pub struct LoadStats {
 pub(crate) struct Shared {
     engine: Engine,
     max_memory_bytes: u64,
+    budget: Arc<MemoryBudget>,
     guest: GuestEnv,
     _ticker: EpochTicker,
 }
@@ -147,6 +156,11 @@ impl Runtime {
         config: RuntimeConfig,
         guest: GuestEnv,
     ) -> Result<Arc<Self>, RuntimeError> {
+        if config.memory_budget_bytes == 0 {
+            return Err(RuntimeError::Engine {
+                reason: "the memory budget must be more than zero".to_string(),
+            });
+        }
         if config.epoch_tick.is_zero() {
             return Err(RuntimeError::Engine {
                 reason: "epoch_tick must be longer than zero (10ms is usual)".to_string(),
@@ -165,6 +179,7 @@ impl Runtime {
             shared: Arc::new(Shared {
                 engine,
                 max_memory_bytes: config.max_memory_bytes,
+                budget: Arc::new(MemoryBudget::new(config.memory_budget_bytes)),
                 guest,
                 _ticker: ticker,
             }),
@@ -174,6 +189,11 @@ impl Runtime {
             loaded: Mutex::new(BTreeMap::new()),
             stats: Mutex::new(LoadStats::default()),
         }))
+    }
+
+    /// The node-wide memory budget of functions, and its use.
+    pub fn memory_budget(&self) -> MemoryBudgetReport {
+        self.shared.budget.report()
     }
 
     /// The wasmtime engine (for benchmarks and tooling).

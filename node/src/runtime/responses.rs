@@ -22,6 +22,8 @@ pub enum Failure {
     Timeout { timeout: Duration },
     /// Every instance slot of the pool is in use.
     PoolExhausted { reason: String },
+    /// The node's memory budget for functions is in use by other requests.
+    MemoryBudget { budget_bytes: u64 },
     /// The guest returned without ever setting a response.
     NoResponse,
     /// The guest set an error instead of a response.
@@ -35,7 +37,9 @@ impl Failure {
     pub fn status(&self) -> StatusCode {
         match self {
             Failure::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Failure::PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::PoolExhausted { .. } | Failure::MemoryBudget { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Failure::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Failure::Trap { .. }
             | Failure::MemoryLimit { .. }
@@ -59,6 +63,11 @@ impl Failure {
             Failure::PoolExhausted { reason } => format!(
                 "function `{name}` cannot run now: every instance slot is busy ({reason}); retry shortly"
             ),
+            Failure::MemoryBudget { budget_bytes } => format!(
+                "function `{name}` cannot run now: the node's memory for functions is in use \
+                 (limits.wasm.memory_budget = {}); retry shortly",
+                format_bytes(*budget_bytes)
+            ),
             Failure::NoResponse => {
                 format!("function `{name}` failed: it returned without sending a response")
             }
@@ -80,7 +89,10 @@ impl Failure {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, Failure::PoolExhausted { .. }) {
+        if matches!(
+            self,
+            Failure::PoolExhausted { .. } | Failure::MemoryBudget { .. }
+        ) {
             headers.insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
         }
         response

@@ -233,7 +233,22 @@ impl BlobStore {
     /// returned end-of-file: only then is the content known to match `cid`.
     /// If it does not, the last read fails with an `io::Error` carrying
     /// [`StoreError::Corrupt`] (see [`StoreError::from_io_error`]).
-    pub fn open_blob(&self, cid: &Cid) -> Result<BlobReader<'_>, StoreError> {
+    pub fn open_blob(&self, cid: &Cid) -> Result<BlobReader<&BlobStore>, StoreError> {
+        let (path, file, size_bytes) = self.open_for_reading(cid)?;
+        Ok(BlobReader::new(self, *cid, path, file, size_bytes))
+    }
+
+    /// [`BlobStore::open_blob`], for a reader that owns its way to the
+    /// store (it can move to the blocking pool for each read and back).
+    pub fn open_blob_shared(
+        self: &Arc<Self>,
+        cid: &Cid,
+    ) -> Result<BlobReader<Arc<BlobStore>>, StoreError> {
+        let (path, file, size_bytes) = self.open_for_reading(cid)?;
+        Ok(BlobReader::new(self.clone(), *cid, path, file, size_bytes))
+    }
+
+    fn open_for_reading(&self, cid: &Cid) -> Result<(PathBuf, File, u64), StoreError> {
         check_supported(cid)?;
         let path = self.blob_path(cid);
         let file = self.open_existing(cid, &path)?;
@@ -241,7 +256,7 @@ impl BlobStore {
             .metadata()
             .map_err(|e| StoreError::io("read metadata of", &path, e))?
             .len();
-        Ok(BlobReader::new(self, *cid, path, file, size_bytes))
+        Ok((path, file, size_bytes))
     }
 
     /// Whether the store holds a blob named `cid` (not verified).

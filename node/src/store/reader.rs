@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::ops::Deref;
 use std::path::PathBuf;
 
 use cid::Cid;
@@ -16,8 +17,12 @@ use super::{BlobStore, StoreError};
 /// with an `io::Error` of kind `InvalidData` carrying
 /// [`StoreError::Corrupt`] (the blob is quarantined). A consumer must not act
 /// on the content (execute it, cache it, acknowledge it) before that read.
-pub struct BlobReader<'a> {
-    store: &'a BlobStore,
+///
+/// `S` is how it reaches the store: a borrow ([`BlobStore::open_blob`]) or
+/// an `Arc` ([`BlobStore::open_blob_shared`]), for a reader that moves
+/// between tasks and the blocking pool.
+pub struct BlobReader<S: Deref<Target = BlobStore>> {
+    store: S,
     cid: Cid,
     path: PathBuf,
     file: File,
@@ -33,14 +38,8 @@ enum State {
     Corrupt(PathBuf),
 }
 
-impl<'a> BlobReader<'a> {
-    pub(super) fn new(
-        store: &'a BlobStore,
-        cid: Cid,
-        path: PathBuf,
-        file: File,
-        size_bytes: u64,
-    ) -> Self {
+impl<S: Deref<Target = BlobStore>> BlobReader<S> {
+    pub(super) fn new(store: S, cid: Cid, path: PathBuf, file: File, size_bytes: u64) -> Self {
         Self {
             store,
             cid,
@@ -62,7 +61,7 @@ impl<'a> BlobReader<'a> {
     }
 }
 
-impl Read for BlobReader<'_> {
+impl<S: Deref<Target = BlobStore>> Read for BlobReader<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let hasher = match &mut self.state {
             State::Reading(hasher) => hasher,

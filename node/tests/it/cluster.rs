@@ -322,6 +322,7 @@ fn start(hub: &MemoryHub, n: u8, replicate: ReplicateConfig) -> TestNode {
         member_state(n, n as u64),
         SyncConfig {
             anti_entropy_interval: Duration::from_secs(2),
+            ..SyncConfig::default()
         },
     ));
     let dir = tempfile::tempdir().unwrap();

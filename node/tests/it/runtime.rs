@@ -624,3 +624,82 @@ async fn functions_read_the_nodes_clock_and_random_stream() {
     // ... and another seed gives other bytes.
     assert_ne!(first[0], other[0]);
 }
+
+/// Wait until `check` holds for the runtime's memory budget report.
+async fn wait_budget(
+    runtime: &Runtime,
+    what: &str,
+    check: impl Fn(&canopy_node::runtime::MemoryBudgetReport) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
+    loop {
+        let report = runtime.memory_budget();
+        if check(&report) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the memory budget stayed at {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Issue 13: the memory of every running instance comes from one node-wide
+/// budget. A request whose instance does not fit while another holds the
+/// budget gets a 503 naming it; the memory comes back when an instance
+/// ends, and the next request runs.
+#[tokio::test]
+async fn instances_share_the_node_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    // How much one instance of testfn takes when it starts.
+    let probe = Runtime::new(config(&dir.path().join("probe"))).unwrap();
+    let address = serve(load(&probe, testfn_wasm()).await, FunctionLimits::default()).await;
+    assert_eq!(get(address, "/t/hello").await.0, StatusCode::OK);
+    wait_budget(&probe, "the probe ended", |r| r.in_use_bytes == 0).await;
+    let one_instance = probe.memory_budget().peak_bytes;
+    assert!(one_instance > 0, "an instance takes memory from the budget");
+
+    // Room for one instance, not two.
+    let runtime = Runtime::new(RuntimeConfig {
+        memory_budget_bytes: one_instance + one_instance / 2,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let limits = FunctionLimits {
+        timeout: Duration::from_secs(60),
+        ..FunctionLimits::default()
+    };
+    let address = serve(load(&runtime, testfn_wasm()).await, limits).await;
+
+    // An echo whose request body stays open holds its instance.
+    let (body_tx, body_rx) =
+        futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+    body_tx
+        .unbounded_send(Ok(Frame::data(Bytes::from_static(b"held"))))
+        .unwrap();
+    let held = Request::post(format!("http://{address}/t/echo"))
+        .body(BodyExt::boxed(StreamBody::new(body_rx)))
+        .unwrap();
+    let held = tokio::spawn(send(held));
+    wait_budget(&runtime, "the held instance started", |r| {
+        r.in_use_bytes > 0
+    })
+    .await;
+
+    let (status, headers, body) = get(address, "/t/hello").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", text(&body));
+    let message = text(&body);
+    assert!(message.contains("limits.wasm.memory_budget"), "{message}");
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    assert!(runtime.memory_budget().refused >= 1);
+
+    drop(body_tx);
+    let (status, _, body) = held.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(text(&body), "held");
+    wait_budget(&runtime, "the held instance ended", |r| r.in_use_bytes == 0).await;
+    let (status, _, body) = get(address, "/t/hello").await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    assert!(runtime.memory_budget().peak_bytes <= runtime.memory_budget().budget_bytes);
+}

@@ -476,3 +476,118 @@ async fn a_corrupt_blob_from_a_peer_is_rejected_and_fetched_elsewhere() {
         .count();
     assert_eq!(held, 0, "the corrupt bytes never reached node 3's store");
 }
+
+/// Bytes of the cluster state a node saved (the document and the change
+/// files after it).
+fn saved_state_bytes(data_dir: &std::path::Path) -> u64 {
+    let document =
+        std::fs::metadata(data_dir.join("cluster/state.automerge")).map_or(0, |m| m.len());
+    let changes: u64 = std::fs::read_dir(data_dir.join("cluster/state.changes"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    document + changes
+}
+
+/// Issue 13: automerge sends everything a peer lacks in one sync message,
+/// and a 1,000-file site's pushes make that more than a payload's 4 MiB.
+/// A node away while the cluster took ~100 such pushes comes back, gets the
+/// history in parts, and converges. (`CANOPY_SYNC_MIN_PUSHES` raises the
+/// push count, say to the issue's 500.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_away_for_a_state_larger_than_a_payload_catches_up() {
+    const FILES: usize = 1000;
+    const CHANGED_PER_PUSH: usize = 10;
+    const PAYLOAD_BYTES: u64 = 4 << 20;
+    let min_pushes: usize = std::env::var("CANOPY_SYNC_MIN_PUSHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let _machine = own_machine().await;
+    let mut dream = Dream::start_nodes(3).unwrap();
+    let nodes = dream.nodes();
+    let project = Project::new().unwrap();
+    project.write(
+        "canopy.yaml",
+        "project: shop\nwebsites:\n  www: { dir: public, path: / }\n",
+    );
+    for i in 0..FILES {
+        project.write(&format!("public/f{i}.txt"), format!("file {i} version 0\n"));
+    }
+    project.write("public/index.html", "push 0\n");
+    project.commit("push 0").unwrap();
+    project.push(&nodes[0].remote("shop"), "main").unwrap();
+    for node in &nodes {
+        node.wait_serving("shop.localhost", "/", "push 0").await;
+    }
+
+    dream.kill_node(2);
+    let started = std::time::Instant::now();
+    let mut pushes = 0;
+    // Until the history node 3 lacks is well over one payload.
+    while saved_state_bytes(&nodes[0].data_dir) < PAYLOAD_BYTES + PAYLOAD_BYTES / 2
+        || pushes < min_pushes
+    {
+        pushes += 1;
+        assert!(
+            pushes <= 600,
+            "600 pushes and the state is still under 6 MiB"
+        );
+        let first = (pushes * CHANGED_PER_PUSH) % FILES;
+        for i in first..first + CHANGED_PER_PUSH {
+            project.write(
+                &format!("public/f{i}.txt"),
+                format!("file {i} version {pushes}\n"),
+            );
+        }
+        project.write("public/index.html", format!("push {pushes}\n"));
+        project.commit(&format!("push {pushes}")).unwrap();
+        // Alternate between the two live nodes.
+        let node = &nodes[pushes % 2];
+        project.push(&node.remote("shop"), "main").unwrap();
+        node.wait_serving("shop.localhost", "/", &format!("push {pushes}\n"))
+            .await;
+    }
+    let state_bytes = saved_state_bytes(&nodes[0].data_dir);
+    eprintln!(
+        "{pushes} pushes of a {FILES}-file site in {:.0?}: saved cluster state {:.1} MiB",
+        started.elapsed(),
+        state_bytes as f64 / (1 << 20) as f64
+    );
+
+    let node3 = dream.restart_node(2).unwrap();
+    node3
+        .wait_serving("shop.localhost", "/", &format!("push {pushes}\n"))
+        .await;
+    let all = [nodes[0].clone(), nodes[1].clone(), node3.clone()];
+    wait_for(
+        "all three nodes on one state",
+        Duration::from_secs(120),
+        || async {
+            let mut hashes = BTreeSet::new();
+            for node in &all {
+                hashes.insert(
+                    node.status().await?["nodes"][0]["state_hash"]
+                        .as_str()?
+                        .to_owned(),
+                );
+            }
+            (hashes.len() == 1).then_some(())
+        },
+    )
+    .await;
+    let logs: String = nodes
+        .iter()
+        .take(2)
+        .map(|n| std::fs::read_to_string(n.data_dir.join("node.log")).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("sending a large message in parts"),
+        "the catch-up went in parts (a message over 4 MiB)"
+    );
+}

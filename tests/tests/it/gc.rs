@@ -73,32 +73,17 @@ async fn a_site_pushed_many_times_keeps_its_store_near_the_live_set_and_history(
     let _machine = share_machine().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let config = dir.path().join("node.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir: {}\nhttp: 127.0.0.1:0\nadmin: 127.0.0.1:0\ngc:\n  interval: 1s\n  grace: 1s\n  history: {HISTORY}\n",
-            data.display()
-        ),
+    let node = NodeProcess::start_in(
+        dir.path(),
+        &format!("gc:\n  interval: 1s\n  grace: 1s\n  history: {HISTORY}\n"),
     )
-    .unwrap();
-    let node = NodeProcess::start(&config, &data).await;
+    .await;
     let token = node.admin_token();
     let admin = node.fact("admin");
     let http = node.fact("http");
-    let remote = canopy_tests::with_token(&node.fact("git_base"), &token) + "shop.git";
+    let remote = node.remote("shop");
     let status = || canopy_tests::status_json(&admin, &token);
-    let live_commit = |branch: &'static str| {
-        let status = status();
-        async move {
-            let status = status.await?;
-            status["deployments"]
-                .as_array()?
-                .iter()
-                .find(|d| d["project"] == "shop" && d["branch"] == branch)
-                .and_then(|d| d["live_commit"].as_str().map(str::to_owned))
-        }
-    };
+    let live_commit = |branch: &'static str| node.live_commit("shop", branch);
 
     let project = Project::new().unwrap();
     project.write(

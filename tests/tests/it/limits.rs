@@ -13,17 +13,7 @@ use canopy_tests::{NodeProcess, Project, share_machine, testfn, wait_for};
 /// under `limits:`), and the directory it keeps its data in.
 async fn node_with_limits(limits: &str) -> (tempfile::TempDir, NodeProcess) {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("node.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir: {}\nhttp: 127.0.0.1:0\nadmin: 127.0.0.1:0\nlimits:\n{limits}",
-            data.display()
-        ),
-    )
-    .unwrap();
-    let node = NodeProcess::start(&config, &data).await;
+    let node = NodeProcess::start_in(dir.path(), &format!("limits:\n{limits}")).await;
     (dir, node)
 }
 
@@ -33,18 +23,9 @@ async fn a_checkout_bomb_is_refused_naming_the_limit_and_the_live_release_stays(
     let (dir, node) =
         node_with_limits("  git:\n    max_files: 20\n    max_checkout_bytes: 4MiB\n").await;
     let data = dir.path().join("data");
-    let token = node.admin_token();
-    let admin = node.fact("admin");
     let http = node.fact("http");
-    let remote = canopy_tests::with_token(&node.fact("git_base"), &token) + "shop.git";
-    let live_commit = || async {
-        let status = canopy_tests::status_json(&admin, &token).await?;
-        status["deployments"]
-            .as_array()?
-            .iter()
-            .find(|d| d["project"] == "shop")
-            .and_then(|d| d["live_commit"].as_str().map(str::to_owned))
-    };
+    let remote = node.remote("shop");
+    let live_commit = || node.live_commit("shop", "main");
     let answer = || async {
         canopy_tests::client()
             .get(format!("{http}/api/hello"))
@@ -437,5 +418,306 @@ async fn idle_connection_memory() {
         idle.kept_alive.len(),
         before as f64 / (1 << 20) as f64,
         after as f64 / (1 << 20) as f64,
+    );
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs {
+    dir: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (like `48m`) on `dir`; `Err` says why not.
+    fn mount(dir: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed (it needs root): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs {
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// Fill the file system of `path` with one file there until it refuses
+/// (ENOSPC); returns how many bytes went in.
+fn fill(path: &std::path::Path) -> u64 {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut written = 0u64;
+    for chunk in [1 << 20, 4096, 1] {
+        let block = vec![0xA5u8; chunk];
+        while file.write_all(&block).and_then(|()| file.flush()).is_ok() {
+            written += chunk as u64;
+        }
+    }
+    let _ = file.sync_all();
+    written
+}
+
+/// Issue 13: on a full data disk a push is refused with an error that
+/// says so, nothing already stored is lost, the live release keeps
+/// serving, and once space is freed the same push goes through — no
+/// restart.
+#[tokio::test]
+async fn a_full_disk_refuses_a_push_keeps_serving_and_recovers_when_space_returns() {
+    let _machine = share_machine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _tmpfs = match Tmpfs::mount(&data, "48m") {
+        Ok(tmpfs) => tmpfs,
+        Err(reason) => {
+            canopy_tests::skip(&format!("the full-disk test needs a small tmpfs: {reason}"));
+            return;
+        }
+    };
+    let node = NodeProcess::start_in(dir.path(), "").await;
+    let http = node.fact("http");
+    let remote = node.remote("shop");
+    let answer = || async {
+        canopy_tests::client()
+            .get(format!("{http}/api/hello"))
+            .header("host", "shop.localhost")
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    let project = Project::new().unwrap();
+    project
+        .write(
+            "canopy.yaml",
+            "project: shop\nfunctions:\n  api:\n    wasm: functions/testfn.wasm\n    http: { path: /api }\n",
+        )
+        .write("functions/testfn.wasm", testfn("before-full"));
+    let good = project.commit("good").unwrap();
+    project.push(&remote, "main").unwrap();
+    wait_for(
+        "the first release to go live",
+        Duration::from_secs(60),
+        || async { (node.live_commit("shop", "main").await? == good).then_some(()) },
+    )
+    .await;
+
+    let filler = data.join("filler");
+    let filled = fill(&filler);
+    assert!(
+        filled > 1 << 20,
+        "the tmpfs had room to fill: {filled} bytes"
+    );
+    project
+        .write("functions/testfn.wasm", testfn("after-freed"))
+        // Incompressible, so the pack cannot fit in what the filler left.
+        .write("public/noise.bin", pseudo_random_bytes(256 * 1024));
+    let next = project.commit("next").unwrap();
+    let refused = project.push(&remote, "main").unwrap_err().to_string();
+    assert!(refused.contains("the node's disk is full"), "{refused}");
+    assert!(refused.contains("nothing was stored"), "{refused}");
+
+    // The node serves on, and what it had is intact.
+    assert_eq!(
+        node.live_commit("shop", "main").await.as_deref(),
+        Some(good.as_str())
+    );
+    let body = answer().await.unwrap_or_default();
+    assert!(body.contains("before-full"), "{body}");
+
+    std::fs::remove_file(&filler).unwrap();
+    project.push(&remote, "main").unwrap();
+    wait_for(
+        "the next release to go live",
+        Duration::from_secs(60),
+        || async { (node.live_commit("shop", "main").await? == next).then_some(()) },
+    )
+    .await;
+    let body = answer().await.unwrap_or_default();
+    assert!(body.contains("after-freed"), "{body}");
+}
+
+/// `len` bytes that do not compress (xorshift).
+fn pseudo_random_bytes(len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Issue 13: a function whose `limits.memory` is more than the node's
+/// memory budget for all functions could never run: the push is refused at
+/// deploy, the error names the field, the budget and its value, and the
+/// live release keeps serving. `canopy status` reports the budget.
+#[tokio::test]
+async fn a_function_over_the_node_memory_budget_is_refused_at_deploy() {
+    let _machine = share_machine().await;
+    let (_dir, node) = node_with_limits("  wasm:\n    memory_budget: 1GiB\n").await;
+    let remote = node.remote("shop");
+    let project = Project::new().unwrap();
+    let yaml = |memory: &str| {
+        format!(
+            "project: shop\nfunctions:\n  api:\n    wasm: functions/testfn.wasm\n    http: {{ path: /api }}\n    limits: {{ memory: {memory} }}\n"
+        )
+    };
+    project
+        .write("canopy.yaml", yaml("64MiB"))
+        .write("functions/testfn.wasm", testfn("within"));
+    let good = project.commit("within the budget").unwrap();
+    project.push(&remote, "main").unwrap();
+    wait_for(
+        "the release to go live",
+        Duration::from_secs(60),
+        || async { (node.live_commit("shop", "main").await? == good).then_some(()) },
+    )
+    .await;
+
+    project.write("canopy.yaml", yaml("4GiB"));
+    let greedy = project.commit("4 GiB").unwrap();
+    project.push(&remote, "main").unwrap();
+    let admin = node.fact("admin");
+    let token = node.admin_token();
+    let error = wait_for("the deploy to fail", Duration::from_secs(60), || async {
+        let status = canopy_tests::status_json(&admin, &token).await?;
+        let env = status["deployments"].as_array()?.first()?.clone();
+        (env["failed_commit"] == greedy.as_str()).then(|| env["error"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert!(error.contains("functions.api.limits.memory"), "{error}");
+    assert!(error.contains("4 GiB"), "{error}");
+    assert!(
+        error.contains("limits.wasm.memory_budget = 1 GiB"),
+        "{error}"
+    );
+    assert_eq!(
+        node.live_commit("shop", "main").await.as_deref(),
+        Some(good.as_str())
+    );
+
+    let status = canopy_tests::status_json(&admin, &token).await.unwrap();
+    let memory = &status["nodes"][0]["runtime"]["memory"];
+    assert_eq!(memory["budget_bytes"], 1u64 << 30, "{status}");
+    assert!(memory["in_use_bytes"].as_u64().is_some(), "{status}");
+}
+
+/// Issue 13: a website file of any size streams with constant memory —
+/// eight clients downloading a 64 MiB file at once raise the node's
+/// resident memory by a few chunks, not by the file — and every byte
+/// arrives as stored, while other requests are answered.
+#[tokio::test]
+async fn a_64_mib_website_file_streams_with_constant_memory() {
+    use futures::StreamExt as _;
+    const BIG: usize = 64 << 20;
+    const CLIENTS: usize = 8;
+    let _machine = share_machine().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_in(dir.path(), "").await;
+    let http = node.fact("http");
+    let pid = node.facts["pid"].as_u64().expect("node.json has the pid");
+    let big = std::sync::Arc::new(pseudo_random_bytes(BIG));
+    let project = Project::new().unwrap();
+    project
+        .write(
+            "canopy.yaml",
+            "project: shop\nwebsites:\n  www: { dir: public, path: / }\n",
+        )
+        .write("public/index.html", "small")
+        .write("public/big.bin", big.as_slice());
+    let commit = project.commit("a big file").unwrap();
+    project.push(&node.remote("shop"), "main").unwrap();
+    wait_for("the site to go live", Duration::from_secs(120), || async {
+        (node.live_commit("shop", "main").await? == commit).then_some(())
+    })
+    .await;
+    let get = |path: &'static str| {
+        canopy_tests::client()
+            .get(format!("{http}/{path}"))
+            .header("host", "shop.localhost")
+            .send()
+    };
+    // One download first, so that what is allocated once is in the baseline.
+    let first = get("big.bin").await.unwrap().bytes().await.unwrap();
+    assert!(first[..] == big[..], "the file arrives as stored");
+    drop(first);
+    let baseline = rss_bytes(pid);
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(rss_bytes(pid));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak
+        }
+    });
+    let downloads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (big, response) = (big.clone(), get("big.bin"));
+            tokio::spawn(async move {
+                let response = response.await.unwrap();
+                assert_eq!(response.status(), 200);
+                let mut stream = response.bytes_stream();
+                let mut offset = 0;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.unwrap();
+                    assert!(
+                        chunk[..] == big[offset..offset + chunk.len()],
+                        "bytes at {offset}"
+                    );
+                    offset += chunk.len();
+                    // A reader slower than the disk: the node must wait for it.
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                offset
+            })
+        })
+        .collect();
+    // Meanwhile a small file is answered as usual.
+    let small = tokio::time::timeout(Duration::from_secs(5), async {
+        get("index.html").await.unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("a small file is answered while the big one streams");
+    assert_eq!(small, "small");
+    for download in downloads {
+        assert_eq!(download.await.unwrap(), BIG);
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let peak = sampler.await.unwrap();
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "{CLIENTS} concurrent 64 MiB downloads: node RSS {} MiB before, peak {} MiB (+{} MiB)",
+        baseline >> 20,
+        peak >> 20,
+        growth >> 20
+    );
+    assert!(
+        growth < 48 << 20,
+        "{CLIENTS} downloads of a 64 MiB file raised the node's memory by {} MiB",
+        growth >> 20
     );
 }

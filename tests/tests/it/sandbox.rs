@@ -8,7 +8,6 @@
 //! with a printed reason where they are missing, and fails instead under
 //! `CANOPY_REQUIRE_ALL=1` (CI).
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -30,11 +29,7 @@ fn have(test: &str, program: &str, args: &[&str]) -> bool {
         "{test} needs `{program}` working ({program} {})",
         args.join(" ")
     );
-    if std::env::var("CANOPY_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!("{reason} (CANOPY_REQUIRE_ALL=1 forbids skipping)");
-    }
-    eprintln!("skipped: {reason}");
-    false
+    canopy_tests::skip(&reason)
 }
 
 fn sandbox_works(test: &str) -> bool {
@@ -167,29 +162,17 @@ async fn hostile_builds_fail_cleanly_and_the_good_release_keeps_serving() {
 async fn a_node_without_a_sandbox_refuses_builds_but_deploys_prebuilt_wasm() {
     let _machine = share_machine().await;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("node.yaml");
-    std::fs::write(
-        &config,
-        serde_json::json!({
-            "data_dir": data,
-            "http": "127.0.0.1:0",
-            "admin": "127.0.0.1:0",
-        })
-        .to_string(),
-    )
-    .unwrap();
     // A PATH with no bwrap on it: no sandbox can be set up.
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let node = canopy_tests::NodeProcess::start_with(&config, &data, |command| {
+    let node = canopy_tests::NodeProcess::start_in_with(dir.path(), "", |command| {
         command.env("PATH", &bin);
     })
     .await;
     let token = node.admin_token();
     let token = token.as_str();
     let admin = node.fact("admin");
-    let remote = canopy_tests::with_token(&node.fact("git_base"), token) + "shop.git";
+    let remote = node.remote("shop");
     let environment = |admin: String, token: String| async move {
         let status = canopy_tests::status_json(&admin, &token).await?;
         status["deployments"].as_array()?.first().cloned()
@@ -233,5 +216,5 @@ async fn a_node_without_a_sandbox_refuses_builds_but_deploys_prebuilt_wasm() {
     )
     .await;
     drop(node);
-    assert!(!Path::new(&data).join("work").join("ran.txt").exists());
+    assert!(!dir.path().join("data/work/ran.txt").exists());
 }
