@@ -243,6 +243,7 @@ pub(crate) async fn node_main(world: Shared, ix: NodeIx) -> turmoil::Result {
         // Simulated pushes carry prebuilt components only.
         builds: canopy_node::deploy::build::SandboxMode::Required,
         git: canopy_node::git::GitLimits::default(),
+        build_limits: canopy_node::deploy::BuildLimits::default(),
         gc: gc_config(gc_history),
         // The simulator drives the gateway's handler, not its listener.
         gateway: canopy_node::gateway::GatewayConfig::default(),

@@ -122,6 +122,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
             local_ca_dir: None,
             admin_tls: None,
             git_limits: crate::git::GitLimits::default(),
+            build_limits: crate::deploy::BuildLimits::default(),
             gc: crate::gc::GcConfig::default(),
             gateway: crate::gateway::GatewayConfig::default(),
             wasm_memory_budget_bytes: crate::runtime::DEFAULT_MEMORY_BUDGET_BYTES,

@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{AdminOptions, DEFAULT_MAX_INVITE_TTL};
+use crate::deploy::BuildLimits;
 use crate::deploy::build::SandboxMode;
 use crate::env::Env;
 use crate::gateway::GatewayConfig;
@@ -42,6 +43,11 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///       max_files: 100000         #   files in a pushed commit
 ///       max_checkout_bytes: 1GiB  #   their total size
 ///       max_path_bytes: 1024      #   the longest path in it
+///     builds:                     #   the deploy queue; a push past a bound
+///       max_concurrent_builds: 2  #   is refused, nothing stored
+///       max_builds_per_project: 1 #   deploys of one project at once
+///       max_queued_per_project: 16  # its branches waiting to deploy
+///       max_queued: 256           #   all projects' branches waiting
 ///     gateway:                    #   the gateway (user traffic)
 ///       max_connections: 4096     #   open at once; more are closed on accept
 ///       max_connections_per_address: 256  # from one client IP address
@@ -156,6 +162,8 @@ impl GcSection {
 pub(crate) struct LimitsConfig {
     #[serde(default)]
     pub git: GitLimitsConfig,
+    #[serde(default)]
+    pub builds: BuildLimitsConfig,
     #[serde(default)]
     pub gateway: ConnectionLimitsConfig,
     #[serde(default)]
@@ -388,6 +396,61 @@ impl GitLimitsConfig {
     }
 }
 
+/// `limits.builds:` — the deploy queue; each unset one keeps its default
+/// ([`BuildLimits`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BuildLimitsConfig {
+    pub max_concurrent_builds: Option<usize>,
+    pub max_builds_per_project: Option<usize>,
+    pub max_queued_per_project: Option<usize>,
+    pub max_queued: Option<usize>,
+}
+
+impl BuildLimitsConfig {
+    /// The bounds the node runs with: each one set here, else its default.
+    fn limits(&self) -> Result<BuildLimits, String> {
+        let defaults = BuildLimits::default();
+        let limits = BuildLimits {
+            max_concurrent_builds: self
+                .max_concurrent_builds
+                .unwrap_or(defaults.max_concurrent_builds),
+            max_builds_per_project: self
+                .max_builds_per_project
+                .unwrap_or(defaults.max_builds_per_project),
+            max_queued_per_project: self
+                .max_queued_per_project
+                .unwrap_or(defaults.max_queued_per_project),
+            max_queued: self.max_queued.unwrap_or(defaults.max_queued),
+        };
+        for (name, value, consequence) in [
+            (
+                "max_concurrent_builds",
+                limits.max_concurrent_builds,
+                "would deploy nothing",
+            ),
+            (
+                "max_builds_per_project",
+                limits.max_builds_per_project,
+                "would deploy nothing",
+            ),
+            (
+                "max_queued_per_project",
+                limits.max_queued_per_project,
+                "would refuse every push",
+            ),
+            ("max_queued", limits.max_queued, "would refuse every push"),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "limits.builds.{name}: 0 {consequence}; leave it out for the default"
+                ));
+            }
+        }
+        Ok(limits)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClusterConfig {
@@ -452,6 +515,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .git
         .limits()
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let build_limits = config
+        .limits
+        .builds
+        .limits()
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let gc = config
         .gc
         .config()
@@ -482,6 +550,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         builds: config.build_sandbox.unwrap_or(SandboxMode::Required),
         wasm_memory_budget_bytes: config.limits.wasm.memory_budget_bytes(),
         git_limits,
+        build_limits,
         gateway: config
             .limits
             .gateway
@@ -782,6 +851,27 @@ mod tests {
         );
         let err = config(&format!("{base}limits:\n  git:\n    max_file: 3\n")).unwrap_err();
         assert!(err.contains("max_file"), "{err}");
+    }
+
+    #[test]
+    fn build_limits_come_from_the_config_or_their_defaults() {
+        let base = "data_dir: /d\nhttp: 127.0.0.1:80\nadmin: 127.0.0.1:7070\n";
+        let none = config(base).unwrap();
+        assert_eq!(none.limits.builds.limits().unwrap(), BuildLimits::default());
+        let some = config(&format!(
+            "{base}limits:\n  builds:\n    max_concurrent_builds: 4\n    max_queued_per_project: 3\n"
+        ))
+        .unwrap();
+        let limits = some.limits.builds.limits().unwrap();
+        assert_eq!(limits.max_concurrent_builds, 4);
+        assert_eq!(limits.max_queued_per_project, 3);
+        assert_eq!(limits.max_queued, BuildLimits::default().max_queued);
+
+        let zero = config(&format!("{base}limits:\n  builds:\n    max_queued: 0\n")).unwrap();
+        let err = zero.limits.builds.limits().unwrap_err();
+        assert!(err.starts_with("limits.builds.max_queued: 0"), "{err}");
+        let err = config(&format!("{base}limits:\n  builds:\n    max_queue: 3\n")).unwrap_err();
+        assert!(err.contains("max_queue"), "{err}");
     }
 
     #[test]

@@ -222,4 +222,42 @@ mod tests {
         assert_eq!(reopened.owners()["shop.example.com"], "rival");
         assert_eq!(reopened.owners()["www.shop.example.com"], "shop");
     }
+
+    /// Deploys of different projects run at once: two claims of one domain
+    /// at the same moment give it to exactly one of them.
+    #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "two OS threads are what makes the claims race"
+    )]
+    fn two_projects_claiming_a_domain_at_once_give_it_to_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let domains = book(dir.path());
+        let start = std::sync::Barrier::new(2);
+        let wanted = ["shop.example.com".to_owned()];
+        let results: Vec<Result<(), DomainError>> = std::thread::scope(|scope| {
+            let claims: Vec<_> = ["shop", "rival"]
+                .into_iter()
+                .map(|project| {
+                    let (domains, start, wanted) = (&domains, &start, &wanted);
+                    scope.spawn(move || {
+                        start.wait();
+                        domains.claim(project, wanted)
+                    })
+                })
+                .collect();
+            claims.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        let owner = &domains.owners()["shop.example.com"];
+        let loser = if owner == "shop" { 1 } else { 0 };
+        assert!(
+            matches!(&results[loser], Err(DomainError::Taken { owner: o, .. }) if o == owner),
+            "{results:?}"
+        );
+    }
 }

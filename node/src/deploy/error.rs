@@ -54,6 +54,11 @@ pub enum DeployError {
     #[error(transparent)]
     ReadComponent(Box<Diagnostic>),
 
+    /// A push acknowledged before a restart found no room in the deploy
+    /// queue when the node started again.
+    #[error("not deployed after the node restarted: {0}")]
+    NotQueued(#[source] super::QueueFull),
+
     /// A function's build command failed or timed out.
     #[error(transparent)]
     Build(Box<Diagnostic>),

@@ -11,22 +11,30 @@
 //! It must not touch the network or the gateway's connections; it only
 //! replaces the route table.
 //!
-//! This module is the deploy loop (pushes in, one at a time), restoring
-//! releases at start, installing what cluster state chose, and the events
-//! and status it reports; building a release is [`release`], loading a
-//! stored one is [`live`].
+//! This module is the deploy driver (pushes in through a bounded queue,
+//! [`queue`], each started deploy a task of its own, so one project's slow
+//! build never holds up another's deploy), restoring releases at start,
+//! installing what cluster state chose, and the events and status it
+//! reports; building a release is [`release`], loading a stored one is
+//! [`live`].
+//!
+//! Deploys of different environments run at once: everything they share is
+//! behind a lock (the state, the live releases and the route table, the
+//! store's holds) or atomic on its own (a domain claim, a ledger record).
 
 pub mod build;
 pub mod domains;
 mod error;
 mod live;
 pub mod manifest;
+mod queue;
 mod release;
 mod routes;
 pub mod state;
 
 pub use error::{DeployError, InvalidCid, LedgerError, LoadError, RecordError};
 pub use live::release_blobs;
+pub use queue::{BuildLimits, DeployQueue, QueueFull, Target};
 pub use routes::hosts_of;
 pub use state::{EnvKey, Precedence};
 
@@ -34,7 +42,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 
 use crate::env::Env;
 use crate::gateway::Gateway;
@@ -123,11 +131,49 @@ pub enum InstallOutcome {
 /// Where the Git remote hands acknowledged pushes: each branch a push moved
 /// shows as deploying in status before `git push` returns (so `canopy
 /// status` never shows a quiet environment with a push still queued), then
-/// the push waits for [`Deployer::run`].
+/// the push waits in the deploy queue for [`Deployer::run`]. A push the
+/// queue has no room for is refused before anything of it is stored
+/// ([`git::PushListener::admit`]).
 #[derive(Clone)]
 pub struct PushQueue {
     deployer: Arc<Deployer>,
-    tx: mpsc::UnboundedSender<PushEvent>,
+    inbox: Arc<Inbox>,
+}
+
+/// The deploy queue, shared by the Git remote and the driver.
+#[derive(Debug)]
+struct Inbox {
+    queue: Mutex<DeployQueue>,
+    /// Something was pushed: the driver looks for deploys to start.
+    pushed: Notify,
+}
+
+impl Inbox {
+    fn queue(&self) -> std::sync::MutexGuard<'_, DeployQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The driver's end of the deploy queue: what [`Deployer::run`] takes.
+#[derive(Debug)]
+pub struct Pushes {
+    inbox: Arc<Inbox>,
+}
+
+/// Room in the deploy queue held for a push being received; dropping it
+/// gives it back (see [`git::PushListener::admit`]).
+struct Reservation {
+    inbox: Arc<Inbox>,
+    project: String,
+    branches: Vec<String>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.inbox.queue().release(&self.project, &self.branches);
+    }
 }
 
 impl std::fmt::Debug for PushQueue {
@@ -137,9 +183,55 @@ impl std::fmt::Debug for PushQueue {
 }
 
 impl git::PushListener for PushQueue {
+    fn admit(&self, repo: &str, branches: &[String]) -> Result<git::Admission, String> {
+        // One repository per project: its name is the project's.
+        self.inbox
+            .queue()
+            .reserve(repo, branches)
+            .map_err(|full| full.to_string())?;
+        Ok(git::Admission::holding(Reservation {
+            inbox: self.inbox.clone(),
+            project: repo.to_owned(),
+            branches: branches.to_vec(),
+        }))
+    }
+
     fn pushed(&self, event: PushEvent) -> bool {
+        // Pending before queued: a deploy that starts at once and fails
+        // must find its commit pending, or a stale mark would stay.
         self.deployer.mark_queued(&event);
-        self.tx.send(event).is_ok()
+        let mut refused = Vec::new();
+        {
+            let mut queue = self.inbox.queue();
+            for update in &event.updates {
+                let Some(branch) = &update.branch else {
+                    continue;
+                };
+                let key = EnvKey {
+                    project: event.repo.clone(),
+                    branch: branch.clone(),
+                };
+                let target = update.new.map_or(Target::Delete, Target::Commit);
+                // Never refused after an admission; only pushes queued again
+                // at a restart can find the queue full.
+                if let Err(full) = queue.push(&key, target) {
+                    refused.push((key, update.new, full));
+                }
+            }
+        }
+        self.inbox.pushed.notify_one();
+        for (key, commit, full) in refused {
+            match commit {
+                Some(commit) => {
+                    self.deployer
+                        .fail(&key, &commit.to_string(), DeployError::NotQueued(full));
+                }
+                None => {
+                    tracing::error!(env = %key, %full, "branch deletion not queued; delete the branch again")
+                }
+            }
+        }
+        true
     }
 }
 
@@ -338,16 +430,19 @@ impl Deployer {
         events
     }
 
-    /// The deployer's inbox for the Git remote, and the receiving end that
-    /// [`Deployer::run`] drains.
-    pub fn queue(self: &Arc<Self>) -> (PushQueue, mpsc::UnboundedReceiver<PushEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// The deployer's inbox for the Git remote, a deploy queue within
+    /// `limits`, and the end that [`Deployer::run`] drives.
+    pub fn queue(self: &Arc<Self>, limits: BuildLimits) -> (PushQueue, Pushes) {
+        let inbox = Arc::new(Inbox {
+            queue: Mutex::new(DeployQueue::new(limits)),
+            pushed: Notify::new(),
+        });
         (
             PushQueue {
                 deployer: self.clone(),
-                tx,
+                inbox: inbox.clone(),
             },
-            rx,
+            Pushes { inbox },
         )
     }
 
@@ -399,28 +494,51 @@ impl Deployer {
         (stored.commit.as_deref() == commit).then(|| stored.warrant.clone())
     }
 
-    /// Deploy pushes as they arrive, one at a time; when several pushes of
-    /// the same branch are queued only the newest is deployed.
-    pub async fn run(self: Arc<Self>, mut pushes: mpsc::UnboundedReceiver<PushEvent>) {
-        while let Some(first) = pushes.recv().await {
-            let mut batch = vec![first];
-            while let Ok(more) = pushes.try_recv() {
-                batch.push(more);
-            }
-            // (repo, branch) → newest target; later events override earlier.
-            let mut latest: BTreeMap<(String, String), Option<gix::ObjectId>> = BTreeMap::new();
-            for event in batch {
-                for update in event.updates {
-                    if let Some(branch) = update.branch {
-                        latest.insert((event.repo.clone(), branch), update.new);
+    /// Deploy pushes as the queue lets them start, each in a task of its
+    /// own; when several pushes of a branch wait only the newest deploys.
+    /// Runs until aborted; aborting it abandons the deploys in flight (their
+    /// pushes deploy again at the next start, see
+    /// [`Deployer::unfinished_pushes`]).
+    pub async fn run(self: Arc<Self>, pushes: Pushes) {
+        let inbox = pushes.inbox;
+        // Dropped with this future: the deploys in flight end with it.
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut running: BTreeMap<tokio::task::Id, EnvKey> = BTreeMap::new();
+        loop {
+            // In the queue's order: the simulator replays the spawns.
+            loop {
+                let next = inbox.queue().poll_start();
+                let Some((key, target)) = next else {
+                    break;
+                };
+                let deployer = self.clone();
+                let env = key.clone();
+                let task = tasks.spawn(async move {
+                    match target {
+                        Target::Commit(commit) => {
+                            deployer.deploy(&env.project, &env.branch, commit).await
+                        }
+                        Target::Delete => deployer.remove_branch(&env.project, &env.branch),
                     }
-                }
+                });
+                running.insert(task.id(), key);
             }
-            for ((repo, branch), new) in latest {
-                match new {
-                    Some(commit) => self.deploy(&repo, &branch, commit).await,
-                    None => self.remove_branch(&repo, &branch),
+            debug_assert_eq!(running.len(), inbox.queue().running());
+            // Biased, not random: the simulator replays the driver's choices.
+            tokio::select! {
+                biased;
+                Some(done) = tasks.join_next_with_id() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(error) => {
+                            tracing::error!(%error, "a deploy task failed");
+                            error.id()
+                        }
+                    };
+                    let key = running.remove(&id).expect("every deploy task is tracked");
+                    inbox.queue().finished(&key);
                 }
+                () = inbox.pushed.notified() => {}
             }
         }
     }
@@ -1035,15 +1153,16 @@ mod tests {
     async fn a_queued_push_shows_as_deploying_before_the_deploy_loop_takes_it() {
         let dir = tempfile::tempdir().unwrap();
         let deployer = deployer(dir.path());
-        let (queue, mut pushes) = deployer.queue();
+        let (queue, pushes) = deployer.queue(BuildLimits::default());
         assert!(queue.pushed(push("shop", "main", Some(commit(1)))));
         // Nothing drained the queue, yet status already says so.
         let status = deployer.status();
         assert_eq!(shop(&status).state, "deploying");
         assert_eq!(shop(&status).pending_commit, Some(commit(1).to_string()));
-        assert!(
-            pushes.try_recv().is_ok(),
-            "the push waits for the deploy loop"
+        assert_eq!(
+            pushes.inbox.queue().waiting(),
+            1,
+            "the push waits for the deploy driver"
         );
         // A deletion is not a deploy.
         assert!(queue.pushed(push("shop", "gone", None)));
@@ -1051,10 +1170,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_push_the_queue_has_no_room_for_is_not_admitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let deployer = deployer(dir.path());
+        let limits = BuildLimits {
+            max_queued_per_project: 1,
+            ..BuildLimits::default()
+        };
+        let (queue, _pushes) = deployer.queue(limits);
+        let main = queue.admit("shop", &["main".into()]).unwrap();
+        let refused = queue.admit("shop", &["preview".into()]).unwrap_err();
+        assert!(
+            refused.starts_with(
+                "deploy queue full: project shop has 1 environments waiting to build \
+                 (limits.builds.max_queued_per_project = 1)"
+            ),
+            "{refused}"
+        );
+        // A second push of main takes no more room.
+        let main_again = queue.admit("shop", &["main".into()]).unwrap();
+        assert!(queue.pushed(push("shop", "main", Some(commit(1)))));
+        drop((main, main_again));
+        assert!(
+            queue.admit("shop", &["preview".into()]).is_err(),
+            "main waits"
+        );
+        // Queued again at a restart without room: it fails where status shows it.
+        assert!(queue.pushed(push("shop", "preview", Some(commit(2)))));
+        let status = deployer.status();
+        let preview = status.iter().find(|e| e.branch == "preview").unwrap();
+        assert_eq!(preview.state, "failed");
+        assert!(
+            preview
+                .error
+                .as_deref()
+                .unwrap()
+                .starts_with("not deployed after the node restarted: deploy queue full"),
+            "{preview:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_failed_push_leaves_a_newer_queued_push_pending() {
         let dir = tempfile::tempdir().unwrap();
         let deployer = deployer(dir.path());
-        let (queue, _pushes) = deployer.queue();
+        let (queue, _pushes) = deployer.queue(BuildLimits::default());
         // The loop works on commit 1 while commit 2 is queued behind it.
         assert!(queue.pushed(push("shop", "main", Some(commit(1)))));
         assert!(queue.pushed(push("shop", "main", Some(commit(2)))));

@@ -27,12 +27,43 @@ pub struct RefUpdate {
     pub new: Option<gix::ObjectId>,
 }
 
-/// Who hears of acknowledged pushes. The remote calls [`PushListener::pushed`]
-/// before it answers the client, so whatever the listener records is in place
-/// by the time `git push` returns.
+/// Who hears of acknowledged pushes. For each push the remote calls
+/// [`PushListener::admit`] before it stores anything, then
+/// [`PushListener::pushed`] (if a branch moved) before it answers the client,
+/// so whatever the listener records is in place by the time `git push`
+/// returns; the [`Admission`] is dropped after that.
 pub trait PushListener: Send + Sync + std::fmt::Debug + 'static {
+    /// May a push that updates (or deletes) `branches` of `repo` be
+    /// received? `Err` says why not: every ref of the push is refused with
+    /// it and nothing of the push is stored. What the admission holds (room
+    /// in a bounded queue) is held until it is dropped, after `pushed`.
+    fn admit(&self, repo: &str, branches: &[String]) -> Result<Admission, String> {
+        let _ = (repo, branches);
+        Ok(Admission::default())
+    }
+
     /// `event` was acknowledged; false if nobody will act on it.
     fn pushed(&self, event: PushEvent) -> bool;
+}
+
+/// What a listener holds for a push it admitted, until the remote drops it.
+#[must_use = "dropping an admission gives back what it holds"]
+#[derive(Default)]
+pub struct Admission(Option<Box<dyn Send>>);
+
+impl Admission {
+    /// An admission that holds `guard` (whose drop gives back what it held).
+    pub fn holding(guard: impl Send + 'static) -> Self {
+        Self(Some(Box::new(guard)))
+    }
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("holds", &self.0.is_some())
+            .finish()
+    }
 }
 
 impl PushListener for tokio::sync::mpsc::UnboundedSender<PushEvent> {

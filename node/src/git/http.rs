@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use super::limits::GitLimits;
 use super::receive::{self, Commands, Outcome, UnpackError};
 use super::repos::{self, Repos};
-use super::{GitError, PushEvent, PushListener, Result, pktline};
+use super::{Admission, GitError, PushEvent, PushListener, Result, pktline};
 use crate::body::{self, Body};
 
 /// How much of an oversized push is read and discarded, at least, so that the
@@ -198,10 +198,12 @@ impl GitHttp {
         let repos = self.repos.clone();
         let name = repo.to_owned();
         let limits = self.limits.clone();
-        let processed =
-            crate::env::spawn_blocking(move || process(&repos, &name, spooled, gzip, &limits))
-                .await;
-        let (commands, outcome) = match processed {
+        let listener = self.events.clone();
+        let processed = crate::env::spawn_blocking(move || {
+            process(&repos, &name, spooled, gzip, &limits, listener.as_ref())
+        })
+        .await;
+        let (commands, outcome, admission) = match processed {
             Ok(Ok(Some(processed))) => processed,
             // A request with no commands: git's probe before a large push.
             Ok(Ok(None)) => {
@@ -239,6 +241,8 @@ impl GitHttp {
                 tracing::warn!(repo, "push acknowledged but nobody listens for push events");
             }
         }
+        // Held until the push is handed in: what it reserved is now used.
+        drop(admission);
         git_response(
             "application/x-git-receive-pack-result",
             response_body(&commands, &outcome),
@@ -382,15 +386,16 @@ fn too_large_message(max_push_bytes: u64) -> String {
     UnpackError::TooLarge { max_push_bytes }.to_string()
 }
 
-/// Reads the spooled request and applies it. `Ok(None)`: no commands (a probe).
-/// `Err`: a malformed request.
+/// Reads the spooled request and applies it, if `listener` admits it.
+/// `Ok(None)`: no commands (a probe). `Err`: a malformed request.
 fn process(
     repos: &Repos,
     name: &str,
     spooled: Spooled,
     gzip: bool,
     limits: &GitLimits,
-) -> std::result::Result<Option<(Commands, Outcome)>, String> {
+    listener: &dyn PushListener,
+) -> std::result::Result<Option<(Commands, Outcome, Admission)>, String> {
     let max_push_bytes = limits.max_push_bytes;
     let source: Box<dyn std::io::BufRead> = match spooled.file {
         Some(file) if spooled.disk_full.is_none() => Box::new(BufReader::new(file)),
@@ -417,7 +422,7 @@ fn process(
             return Ok(None);
         }
         let outcome = Outcome::unpack_failed(&commands.commands, UnpackError::DiskFull(source));
-        return Ok(Some((commands, outcome)));
+        return Ok(Some((commands, outcome, Admission::default())));
     }
     let commands = match receive::read_commands(&mut input) {
         Ok(commands) => commands,
@@ -425,6 +430,7 @@ fn process(
             return Ok(Some((
                 Commands::default(),
                 Outcome::unpack_failed(&[], UnpackError::TooLarge { max_push_bytes }),
+                Admission::default(),
             )));
         }
         Err(e) => return Err(format!("malformed receive-pack request: {e}")),
@@ -435,13 +441,33 @@ fn process(
     if spooled.too_large {
         let outcome =
             Outcome::unpack_failed(&commands.commands, UnpackError::TooLarge { max_push_bytes });
-        return Ok(Some((commands, outcome)));
+        return Ok(Some((commands, outcome, Admission::default())));
     }
+    // Asked before the pack is read: a refused push stores nothing, not even
+    // a new repository.
+    let branches: Vec<String> = commands
+        .commands
+        .iter()
+        .filter_map(|c| c.refname.strip_prefix("refs/heads/"))
+        .map(str::to_owned)
+        .collect();
+    let admission = if branches.is_empty() {
+        Admission::default()
+    } else {
+        match listener.admit(name, &branches) {
+            Ok(admission) => admission,
+            Err(reason) => {
+                tracing::info!(repo = name, %reason, "push refused by the deployer");
+                let outcome = Outcome::refused(&commands.commands, &reason);
+                return Ok(Some((commands, outcome, Admission::default())));
+            }
+        }
+    };
     let outcome = match repos.open_or_init(name) {
         Ok(repo) => receive::receive(&repo, name, &commands.commands, &mut input, limits),
         Err(e) => Outcome::unpack_failed(&commands.commands, e.into()),
     };
-    Ok(Some((commands, outcome)))
+    Ok(Some((commands, outcome, admission)))
 }
 
 /// A reader that fails once more than `max_bytes` came through.
@@ -749,6 +775,59 @@ mod tests {
         assert!(rx.try_recv().is_err());
         let repos = Repos::new(dir.path()).unwrap();
         assert_eq!(repos.branches("shop").unwrap(), vec![]);
+    }
+
+    #[derive(Debug)]
+    struct Refusing;
+
+    impl PushListener for Refusing {
+        fn admit(&self, repo: &str, branches: &[String]) -> std::result::Result<Admission, String> {
+            Err(format!("no room for {repo} {}", branches.join(",")))
+        }
+
+        fn pushed(&self, event: PushEvent) -> bool {
+            panic!("a push that was not admitted is reported: {event:?}")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_the_listener_does_not_admit_is_refused_on_every_ref_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let git =
+            GitHttp::new(Repos::new(dir.path()).unwrap(), Refusing).with_mount_prefix("/git/");
+        let mut request = Vec::new();
+        let (zero, new) = ("0".repeat(40), "1".repeat(40));
+        pktline::write(
+            &mut request,
+            format!("{zero} {new} refs/heads/main\0report-status\n").as_bytes(),
+        );
+        pktline::write(
+            &mut request,
+            format!("{zero} {new} refs/tags/v1\n").as_bytes(),
+        );
+        pktline::flush(&mut request);
+        request.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\x01garbage");
+        let request = Request::post("/git/shop.git/git-receive-pack")
+            .header(
+                header::CONTENT_TYPE,
+                "application/x-git-receive-pack-request",
+            )
+            .body(http_body_util::Full::new(Bytes::from(request)))
+            .unwrap();
+        let response = git.handle(request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = String::from_utf8(body_bytes(response).await).unwrap();
+        // The pack was never read (its garbage would fail the unpack).
+        assert!(body.contains("unpack ok\n"), "{body}");
+        assert!(
+            body.contains("ng refs/heads/main push refused: no room for shop main\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("ng refs/tags/v1 push refused: no room for shop main\n"),
+            "{body}"
+        );
+        assert!(!dir.path().join("shop.git").exists());
     }
 
     #[tokio::test]

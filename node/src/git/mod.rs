@@ -22,7 +22,7 @@ mod receive;
 mod repos;
 
 pub use error::GitError;
-pub use event::{PushEvent, PushListener, Pusher, RefUpdate};
+pub use event::{Admission, PushEvent, PushListener, Pusher, RefUpdate};
 pub use http::GitHttp;
 pub use label::branch_label;
 pub use limits::{GitLimits, OverLimit};

@@ -178,6 +178,9 @@ pub(crate) enum RefRejection {
     /// The commit, or the repository with this ref, is over a limit.
     #[error("{0}")]
     OverLimit(OverLimit),
+    /// The listener did not admit the push (its deploy queue is full).
+    #[error("push refused: {0}")]
+    NotAdmitted(String),
     /// gix refused the name when building the edit.
     #[error("{0}")]
     RefName(String),
@@ -207,6 +210,21 @@ impl Outcome {
             refs: commands
                 .iter()
                 .map(|c| (c.refname.clone(), Err(RefRejection::Unpacker)))
+                .collect(),
+            applied: Vec::new(),
+        }
+    }
+
+    /// Every command refused for `reason` before anything was stored.
+    pub fn refused(commands: &[Command], reason: &str) -> Self {
+        Outcome {
+            unpack: Ok(()),
+            refs: commands
+                .iter()
+                .map(|c| {
+                    let rejection = RefRejection::NotAdmitted(reason.to_owned());
+                    (c.refname.clone(), Err(rejection))
+                })
                 .collect(),
             applied: Vec::new(),
         }

@@ -23,7 +23,7 @@ use crate::admin::GIT_MOUNT;
 use crate::auth::{Authority, LocalBook, TokenBook};
 use crate::cluster::{ClusterNode, ClusterOptions};
 use crate::deploy::build::SandboxMode;
-use crate::deploy::{DeployEvent, Deployer};
+use crate::deploy::{BuildLimits, DeployEvent, Deployer};
 use crate::env::Env;
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::gc::{ClusterView, Collector, GcConfig, GcReports};
@@ -67,6 +67,8 @@ pub struct NodeSpec<T> {
     pub builds: SandboxMode,
     /// What one push may carry (`limits.git` in the node config).
     pub git: GitLimits,
+    /// The deploy queue's bounds (`limits.builds` in the node config).
+    pub build_limits: BuildLimits,
     /// Garbage collection (`gc` in the node config).
     pub gc: GcConfig,
     /// The gateway's limits (`limits.gateway` in the node config).
@@ -133,7 +135,7 @@ pub async fn assemble<T: Transport>(
         spec.builds,
         spec.gc.history,
     )?;
-    let (pushes, pushes_rx) = deployer.queue();
+    let (pushes, pushes_rx) = deployer.queue(spec.build_limits);
     let git = Arc::new(
         GitHttp::new(repos, pushes.clone())
             .with_mount_prefix(GIT_MOUNT)

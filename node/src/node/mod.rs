@@ -60,6 +60,8 @@ pub struct NodeOptions {
     pub builds: SandboxMode,
     /// What one push may carry and hold (`limits.git` in the node config).
     pub git_limits: GitLimits,
+    /// The deploy queue's bounds (`limits.builds` in the node config).
+    pub build_limits: crate::deploy::BuildLimits,
     /// Garbage collection (`gc` in the node config).
     pub gc: crate::gc::GcConfig,
     /// The gateway's connection bounds (`limits.gateway` in the node config).
@@ -199,6 +201,7 @@ impl Node {
             },
             builds: options.builds,
             git: options.git_limits.clone(),
+            build_limits: options.build_limits,
             gc: options.gc.clone(),
             gateway: options.gateway.clone(),
             cluster: options.cluster.as_ref().map(|setup| ClusterSpec {

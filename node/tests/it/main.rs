@@ -13,6 +13,7 @@
 )]
 
 mod cluster;
+mod deploy_queue;
 mod determinism_rules;
 mod gateway;
 mod git_push;

@@ -3,7 +3,9 @@
 //! `git push`'s output, stores nothing of it, and keeps serving the last
 //! good release; its admin port holds a bounded number of connections and
 //! closes clients that do not send their headers in time; its gateway
-//! answers quickly while thousands of idle connections are held open.
+//! answers quickly while thousands of idle connections are held open; one
+//! project's slow build holds up no other project's deploy, and a push past
+//! the deploy queue's bound is refused.
 
 use std::time::Duration;
 
@@ -720,4 +722,122 @@ async fn a_64_mib_website_file_streams_with_constant_memory() {
         "{CLIENTS} downloads of a 64 MiB file raised the node's memory by {} MiB",
         growth >> 20
     );
+}
+
+/// The state of `project`@`branch` in the node's status, if it is listed.
+async fn deployment_state(admin: &str, token: &str, project: &str, branch: &str) -> Option<String> {
+    let status = canopy_tests::status_json(admin, token).await?;
+    status["deployments"]
+        .as_array()?
+        .iter()
+        .find(|d| d["project"] == project && d["branch"] == branch)
+        .and_then(|d| d["state"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn a_slow_build_holds_up_no_other_project_and_a_full_deploy_queue_refuses_the_push() {
+    let _machine = share_machine().await;
+    // `preferred`: the slow build runs where bubblewrap is missing too.
+    let (dir, node) =
+        node_with_limits("  builds:\n    max_queued_per_project: 1\nbuild_sandbox: preferred\n")
+            .await;
+    let data = dir.path().join("data");
+    let token = node.admin_token();
+    let admin = node.fact("admin");
+    let http = node.fact("http");
+    let remote = |project: &str| {
+        canopy_tests::with_token(&node.fact("git_base"), &token) + &format!("{project}.git")
+    };
+    let live = |project: &'static str, branch: &'static str| {
+        let (admin, token) = (admin.clone(), token.clone());
+        async move {
+            wait_for(
+                &format!("{project}@{branch} to go live"),
+                Duration::from_secs(120),
+                || async {
+                    (deployment_state(&admin, &token, project, branch).await? == "live")
+                        .then_some(())
+                },
+            )
+            .await
+        }
+    };
+
+    // Project a's build says it started, then waits for the test's word.
+    let a = Project::new().unwrap();
+    a.write(
+        "canopy.yaml",
+        "project: a\nfunctions:\n  t:\n    build: { dir: ., command: \"touch started; \
+         while [ ! -e go ]; do sleep 0.05; done; cp fn.wasm out.wasm\", output: out.wasm, \
+         timeout: 10m }\n    http: { path: /t }\n",
+    )
+    .write("fn.wasm", testfn("a"));
+    a.commit("slow").unwrap();
+    a.push(&remote("a"), "main").unwrap();
+    let checkout = wait_for("a's build to start", Duration::from_secs(60), || async {
+        std::fs::read_dir(data.join("work"))
+            .ok()?
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.join("started").exists())
+    })
+    .await;
+
+    // Project b deploys and serves meanwhile.
+    let b = Project::new().unwrap();
+    b.write(
+        "canopy.yaml",
+        "project: b\nfunctions:\n  t:\n    wasm: fn.wasm\n    http: { path: /t }\n",
+    )
+    .write("fn.wasm", testfn("b"));
+    b.commit("fast").unwrap();
+    b.push(&remote("b"), "main").unwrap();
+    live("b", "main").await;
+    let body = canopy_tests::client()
+        .get(format!("{http}/t/hello"))
+        .header("host", "b.localhost")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("hello from testfn"), "{body}");
+    assert_eq!(
+        deployment_state(&admin, &token, "a", "main")
+            .await
+            .as_deref(),
+        Some("deploying")
+    );
+
+    // One branch of a may wait behind main; a second is refused, naming
+    // the limit, and its ref does not move.
+    a.write(
+        "canopy.yaml",
+        "project: a\nfunctions:\n  t:\n    wasm: fn.wasm\n    http: { path: /t }\n",
+    );
+    a.commit("fast").unwrap();
+    a.push(&remote("a"), "one").unwrap();
+    let refused = a.push(&remote("a"), "two").unwrap_err().to_string();
+    assert!(
+        refused.contains(
+            "(push refused: deploy queue full: project a has 1 environments waiting to build \
+             (limits.builds.max_queued_per_project = 1); wait for them to finish, or ask the \
+             operator to raise it)"
+        ),
+        "{refused}"
+    );
+    assert!(
+        !data.join("git/a.git/refs/heads/two").exists(),
+        "the refused branch was not created"
+    );
+    assert_eq!(deployment_state(&admin, &token, "a", "two").await, None);
+
+    // Let a's build go: main, then the waiting branch, go live; with room
+    // again the refused branch is taken.
+    std::fs::write(checkout.join("go"), "").unwrap();
+    live("a", "main").await;
+    live("a", "one").await;
+    a.push(&remote("a"), "two").unwrap();
+    live("a", "two").await;
 }
