@@ -131,9 +131,13 @@ fn render_gc(out: &mut String, gc: &crate::gc::GcReport) {
             let _ = writeln!(out, "      gc         last pass removed nothing: {error}");
         }
         None => {
+            let idle = match gc.functions_idle_unloaded {
+                0 => String::new(),
+                n => format!(" (+{n} idle, code only)"),
+            };
             let _ = writeln!(
                 out,
-                "      gc         last pass freed {} ({} blobs, {} compiled), unloaded {} functions, took {} ms",
+                "      gc         last pass freed {} ({} blobs, {} compiled), unloaded {} functions{idle}, took {} ms",
                 size(gc.bytes_freed + gc.compiled_bytes_freed),
                 gc.blobs_removed,
                 gc.compiled_removed,
@@ -284,7 +288,15 @@ mod tests {
                 http: "http://127.0.0.1:8080".into(),
                 admin: "http://127.0.0.1:8081".into(),
                 git_base: "http://127.0.0.1:8081/git/".into(),
-                runtime: RuntimeStatus::default(),
+                runtime: RuntimeStatus {
+                    memory: Some(crate::runtime::MemoryBudgetReport {
+                        budget_bytes: 2 << 30,
+                        in_use_bytes: 48 << 20,
+                        peak_bytes: 300 << 20,
+                        refused: 3,
+                    }),
+                    ..RuntimeStatus::default()
+                },
                 peers: vec![],
                 state_hash: None,
                 serving: Default::default(),
@@ -297,6 +309,7 @@ mod tests {
                     compiled_removed: 1,
                     compiled_bytes_freed: 1 << 20,
                     functions_unloaded: 2,
+                    functions_idle_unloaded: 1,
                     blobs_stored: 120,
                     store_bytes: 9 << 20,
                     blobs_waiting: 5,

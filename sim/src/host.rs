@@ -40,6 +40,7 @@ fn gc_config(history: usize) -> canopy_node::gc::GcConfig {
         history,
         // Every node of every run shares one compiled-code directory.
         compiled_code: false,
+        unload_idle: canopy_node::gc::DEFAULT_UNLOAD_IDLE,
     }
 }
 

@@ -555,6 +555,10 @@ impl NodeInfo {
 /// A test cannot run here because of `reason`: print why and skip it
 /// (`false`), or fail under `CANOPY_REQUIRE_ALL=1` (CI), where nothing may
 /// be skipped.
+#[allow(
+    clippy::print_stderr,
+    reason = "a skipped test says why where the test runner shows it"
+)]
 pub fn skip(reason: &str) -> bool {
     if std::env::var("CANOPY_REQUIRE_ALL").as_deref() == Ok("1") {
         panic!("{reason} (CANOPY_REQUIRE_ALL=1 forbids skipping)");

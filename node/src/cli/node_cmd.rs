@@ -71,6 +71,9 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///     grace: 1h                   #   how long an unreferenced blob stays;
 ///                                 #   longer than any deploy takes
 ///     history: 10                 #   replaced releases kept per environment
+///     unload_idle: 15m            #   a function idle this long leaves memory
+///                                 #   (back from the compiled-code cache on
+///                                 #   its next request)
 ///   cluster:                      # optional: be one node of a cluster
 ///     listen: [0.0.0.0:4001]      # peer-to-peer (TCP, and QUIC on the same UDP port)
 ///     secret_file: /etc/canopy/cluster.secret   # `canopy cluster init`
@@ -130,6 +133,8 @@ pub(crate) struct GcSection {
     /// Like `1h`.
     pub grace: Option<String>,
     pub history: Option<usize>,
+    /// Like `15m`.
+    pub unload_idle: Option<String>,
 }
 
 impl GcSection {
@@ -151,6 +156,9 @@ impl GcSection {
         }
         if let Some(history) = self.history {
             config.history = history;
+        }
+        if let Some(text) = &self.unload_idle {
+            config.unload_idle = duration("unload_idle", text)?;
         }
         Ok(config)
     }

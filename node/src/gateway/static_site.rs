@@ -206,7 +206,10 @@ impl StaticSite {
         };
         let size_bytes = reader.size_bytes();
         let chunks = futures::stream::unfold(
-            Streaming::Reading { reader, held: None },
+            Streaming::Reading {
+                reader: Box::new(reader),
+                held: None,
+            },
             |state| async move { state.next().await },
         );
         let body = http_body_util::StreamBody::new(chunks.map(|chunk| chunk.map(Frame::data)));
@@ -221,7 +224,7 @@ enum Streaming {
     /// a client must never receive all `Content-Length` bytes of a corrupt
     /// file, or it would take them as complete.
     Reading {
-        reader: BlobReader<Arc<BlobStore>>,
+        reader: Box<BlobReader<Arc<BlobStore>>>,
         held: Option<Bytes>,
     },
     Done,

@@ -58,7 +58,14 @@ pub struct GcConfig {
     /// Remove collected components' compiled code. Off where nodes share one
     /// compiled-code directory (the simulator).
     pub compiled_code: bool,
+    /// A live function that took no request for this long has its code
+    /// unloaded from memory (it comes back from the compiled-code cache
+    /// with the next request).
+    pub unload_idle: Duration,
 }
+
+/// The default [`GcConfig::unload_idle`].
+pub const DEFAULT_UNLOAD_IDLE: Duration = Duration::from_secs(15 * 60);
 
 /// The default [`GcConfig::interval`].
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10 * 60);
@@ -74,6 +81,7 @@ impl Default for GcConfig {
             grace: DEFAULT_GRACE,
             history: DEFAULT_HISTORY,
             compiled_code: true,
+            unload_idle: DEFAULT_UNLOAD_IDLE,
         }
     }
 }
@@ -91,6 +99,10 @@ pub struct GcReport {
     pub compiled_bytes_freed: u64,
     /// Components unloaded from memory (no live release serves them).
     pub functions_unloaded: usize,
+    /// Live components whose code left memory because they were idle
+    /// (`gc.unload_idle`).
+    #[serde(default)]
+    pub functions_idle_unloaded: usize,
     /// Blobs stored after the pass, and their bytes.
     pub blobs_stored: usize,
     pub store_bytes: u64,
@@ -150,6 +162,9 @@ pub struct Collector {
     /// Manifests are immutable (named by their content): each is read once
     /// while a release keeps it.
     manifests: BTreeMap<Cid, Arc<ManifestBlobs>>,
+    /// Per loaded function: its request count at the last pass that saw it
+    /// change, and when that was.
+    idle: BTreeMap<Cid, (u64, Instant)>,
     last: Arc<Mutex<Option<GcReport>>>,
 }
 
@@ -175,6 +190,7 @@ impl Collector {
             cluster,
             grace: Grace::new(),
             manifests: BTreeMap::new(),
+            idle: BTreeMap::new(),
             last: Arc::new(Mutex::new(None)),
         }
     }
@@ -203,12 +219,16 @@ impl Collector {
             .as_millis()
             .try_into()
             .unwrap_or(u64::MAX);
-        if report.blobs_removed > 0 || report.functions_unloaded > 0 {
+        if report.blobs_removed > 0
+            || report.functions_unloaded > 0
+            || report.functions_idle_unloaded > 0
+        {
             tracing::info!(
                 blobs = report.blobs_removed,
                 bytes = report.bytes_freed,
                 compiled = report.compiled_removed,
                 unloaded = report.functions_unloaded,
+                idle_unloaded = report.functions_idle_unloaded,
                 "garbage collection freed"
             );
         }
@@ -262,6 +282,7 @@ impl Collector {
         }
         let live_functions = self.deployer.live_functions();
         report.functions_unloaded = self.runtime.retain_loaded(&live_functions);
+        report.functions_idle_unloaded = self.unload_idle(now);
 
         let removed_set: BTreeSet<Cid> = removed.iter().copied().collect();
         for (cid, size) in &stored {
@@ -271,6 +292,13 @@ impl Collector {
             }
         }
         report.blobs_waiting = self.grace.waiting();
+        let resident: BTreeSet<Cid> = self
+            .runtime
+            .loaded_functions()
+            .into_iter()
+            .filter(|(_, f)| f.is_resident())
+            .map(|(cid, _)| cid)
+            .collect();
         report.projects = projects
             .into_iter()
             .map(|(project, (releases, blobs, functions))| {
@@ -280,7 +308,7 @@ impl Collector {
                     disk_bytes: blobs.iter().filter_map(|c| stored.get(c)).sum(),
                     memory_bytes: functions
                         .iter()
-                        .filter(|c| live_functions.contains(c))
+                        .filter(|c| resident.contains(c))
                         .map(|c| self.runtime.compiled_bytes(c))
                         .sum(),
                 };
@@ -288,6 +316,28 @@ impl Collector {
             })
             .collect();
         Ok(report)
+    }
+
+    /// Unload the code of every function that took no request for
+    /// `unload_idle`; returns how many.
+    fn unload_idle(&mut self, now: Instant) -> usize {
+        let functions = self.runtime.loaded_functions();
+        self.idle.retain(|cid, _| functions.contains_key(cid));
+        let mut unloaded = 0;
+        for (cid, function) in functions {
+            let uses = function.uses();
+            let (seen, since) = self.idle.entry(cid).or_insert((uses, now));
+            if *seen != uses {
+                (*seen, *since) = (uses, now);
+                continue;
+            }
+            if now.saturating_duration_since(*since) >= self.config.unload_idle
+                && function.unload_code()
+            {
+                unloaded += 1;
+            }
+        }
+        unloaded
     }
 
     /// Every blob kept, and per project: (releases, blobs, components).

@@ -51,6 +51,12 @@ const MAX_INSTANCE_METADATA_BYTES: usize = 16 << 20;
 const KEEP_RESIDENT_MEMORY_BYTES: usize = 2 << 20;
 /// Per table, the same (function tables are a few KiB).
 const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
+/// Free slots kept warm for the component that last used them. Each keeps
+/// its resident bytes (above), so this bounds what idle functions hold:
+/// the slots ever used are the peak of concurrent instances plus this
+/// (wasmtime's default, 100, lets a node with many functions keep a
+/// resident slot for each of a hundred idle ones).
+const UNUSED_WARM_SLOTS: u32 = 16;
 
 /// Build the engine: Cranelift, epoch interruption, and the pooling
 /// allocator when it can be reserved (else the on-demand allocator).
@@ -111,7 +117,8 @@ fn pooling(config: &RuntimeConfig) -> PoolingAllocationConfig {
         // core and makes the next instance fault every page in again. The
         // profile of a hello function under load had ~15% of its time there.
         .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY_BYTES)
-        .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
+        .table_keep_resident(KEEP_RESIDENT_TABLE_BYTES)
+        .max_unused_warm_slots(UNUSED_WARM_SLOTS);
     pool
 }
 

@@ -4,7 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,9 +56,16 @@ impl Default for FunctionLimits {
 }
 
 /// A compiled, pre-linked wasi:http component, ready to serve requests.
+///
+/// Its code can leave memory while it is idle ([`Function::unload_code`])
+/// and comes back from the compiled-code cache with the next request: the
+/// routes keep the `Function`, not its code.
 pub struct Function {
     cid: Cid,
-    pre: ProxyPre<Host>,
+    /// `None` while unloaded.
+    pre: Mutex<Option<ProxyPre<Host>>>,
+    /// Requests taken so far (garbage collection tells idle functions by it).
+    uses: AtomicU64,
     shared: Arc<Shared>,
 }
 
@@ -78,7 +86,57 @@ pub enum Outcome {
 
 impl Function {
     pub(super) fn new(cid: Cid, pre: ProxyPre<Host>, shared: Arc<Shared>) -> Self {
-        Self { cid, pre, shared }
+        Self {
+            cid,
+            pre: Mutex::new(Some(pre)),
+            uses: AtomicU64::new(0),
+            shared,
+        }
+    }
+
+    /// Requests this function has taken.
+    pub fn uses(&self) -> u64 {
+        self.uses.load(Ordering::Relaxed)
+    }
+
+    /// Whether its code is in memory.
+    pub fn is_resident(&self) -> bool {
+        self.lock_pre().is_some()
+    }
+
+    /// Let its code leave memory until the next request, if the
+    /// compiled-code cache holds it (else it could not come back without
+    /// its WebAssembly). True if it was resident and now is not.
+    pub fn unload_code(&self) -> bool {
+        if !self.shared.reload.has(&self.cid) {
+            return false;
+        }
+        self.lock_pre().take().is_some()
+    }
+
+    fn lock_pre(&self) -> std::sync::MutexGuard<'_, Option<ProxyPre<Host>>> {
+        self.pre
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The pre-linked component: resident, or loaded back from the
+    /// compiled-code cache (a deserialization, milliseconds).
+    async fn ready(&self) -> Result<ProxyPre<Host>, Failure> {
+        if let Some(pre) = self.lock_pre().as_ref() {
+            return Ok(pre.clone());
+        }
+        let (reload, cid) = (self.shared.reload.clone(), self.cid);
+        let loaded = crate::env::spawn_blocking(move || reload.load(&cid))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|loaded| loaded);
+        match loaded {
+            Ok(pre) => Ok(self.lock_pre().get_or_insert(pre).clone()),
+            Err(reason) => Err(Failure::Trap {
+                reason: format!("its compiled code could not be loaded back: {reason}"),
+            }),
+        }
     }
 
     /// The CID this function was loaded from.
@@ -111,6 +169,11 @@ impl Function {
         let timeout = limits.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let name: Arc<str> = Arc::from(name);
+        self.uses.fetch_add(1, Ordering::Relaxed);
+        let pre = match self.ready().await {
+            Ok(pre) => pre,
+            Err(failure) => return failure.response(&name),
+        };
 
         let mut store = match self.new_store(&name, memory_bytes, deadline) {
             Ok(store) => store,
@@ -122,7 +185,6 @@ impl Function {
             Err(failure) => return failure.response(&name),
         };
 
-        let pre = self.pre.clone();
         let task_name = name.clone();
         let mut task = GuestTask::spawn(async move {
             // The epoch callback traps a running guest at the deadline; this
@@ -170,10 +232,13 @@ impl Function {
     pub async fn warm_up(&self) {
         let name: Arc<str> = Arc::from("warm-up");
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let Ok(pre) = self.ready().await else {
+            return;
+        };
         let Ok(mut store) = self.new_store(&name, self.shared.max_memory_bytes, deadline) else {
             return;
         };
-        if let Err(error) = self.pre.instantiate_async(&mut store).await {
+        if let Err(error) = pre.instantiate_async(&mut store).await {
             tracing::debug!(cid = %self.cid, error = %error, "warm-up instantiation failed");
         }
     }

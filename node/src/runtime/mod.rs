@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     engine: Engine,
     max_memory_bytes: u64,
     budget: Arc<MemoryBudget>,
+    /// How an unloaded function's code comes back.
+    reload: Arc<Reload>,
     guest: GuestEnv,
     _ticker: EpochTicker,
 }
@@ -173,10 +175,16 @@ impl Runtime {
         };
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link_error)?;
-        let disk = DiskCache::open(&config.cache_dir, &engine)?;
+        let disk = Arc::new(DiskCache::open(&config.cache_dir, &engine)?);
         let ticker = EpochTicker::spawn(engine.clone(), config.epoch_tick);
+        let linker = Arc::new(linker);
         Ok(Arc::new(Self {
             shared: Arc::new(Shared {
+                reload: Arc::new(Reload {
+                    engine: engine.clone(),
+                    linker: linker.clone(),
+                    disk: disk.clone(),
+                }),
                 engine,
                 max_memory_bytes: config.max_memory_bytes,
                 budget: Arc::new(MemoryBudget::new(config.memory_budget_bytes)),
@@ -184,8 +192,8 @@ impl Runtime {
                 _ticker: ticker,
             }),
             allocator,
-            linker: Arc::new(linker),
-            disk: Arc::new(disk),
+            linker,
+            disk,
             loaded: Mutex::new(BTreeMap::new()),
             stats: Mutex::new(LoadStats::default()),
         }))
@@ -271,6 +279,14 @@ impl Runtime {
         before - loaded.len()
     }
 
+    /// Every function loaded (resident or not), by CID.
+    pub fn loaded_functions(&self) -> BTreeMap<Cid, Arc<Function>> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The CIDs of the functions loaded in memory.
     pub fn loaded_cids(&self) -> BTreeSet<Cid> {
         self.loaded
@@ -306,6 +322,27 @@ impl Runtime {
     }
 }
 
+/// Loads an unloaded function's code back from the compiled-code cache.
+pub(crate) struct Reload {
+    engine: Engine,
+    linker: Arc<Linker<Host>>,
+    disk: Arc<DiskCache>,
+}
+
+impl Reload {
+    /// Whether `cid`'s compiled code is in the cache.
+    fn has(&self, cid: &Cid) -> bool {
+        self.disk.code_path(cid).is_file()
+    }
+
+    /// `cid`'s pre-linked component from the cache. Blocking.
+    fn load(&self, cid: &Cid) -> Result<ProxyPre<Host>, String> {
+        let component = load_from_disk(&self.engine, &self.disk, cid)
+            .ok_or_else(|| "it is no longer in the compiled-code cache".to_owned())?;
+        pre_link(&self.linker, cid, &component).map_err(|e| e.to_string())
+    }
+}
+
 /// Check, compile (or load compiled code), link and pre-instantiate.
 /// Blocking: runs on `env::spawn_blocking`.
 fn prepare(
@@ -321,17 +358,25 @@ fn prepare(
         Some(component) => (component, Source::Disk),
         None => (compile(engine, disk, cid, wasm)?, Source::Compiled),
     };
+    Ok((pre_link(linker, cid, &component)?, source))
+}
+
+/// Link `component` and check it is a wasi:http proxy.
+fn pre_link(
+    linker: &Linker<Host>,
+    cid: &Cid,
+    component: &Component,
+) -> Result<ProxyPre<Host>, RuntimeError> {
     let instance_pre = linker
-        .instantiate_pre(&component)
+        .instantiate_pre(component)
         .map_err(|error| RuntimeError::Link {
             cid: cid.to_string(),
             reason: format!("{error:#}"),
         })?;
-    let pre = ProxyPre::new(instance_pre).map_err(|error| RuntimeError::NotHttpProxy {
+    ProxyPre::new(instance_pre).map_err(|error| RuntimeError::NotHttpProxy {
         cid: cid.to_string(),
         reason: format!("{error:#}"),
-    })?;
-    Ok((pre, source))
+    })
 }
 
 fn load_from_disk(engine: &Engine, disk: &DiskCache, cid: &Cid) -> Option<Component> {

@@ -703,3 +703,97 @@ async fn instances_share_the_node_memory_budget() {
     assert_eq!(status, StatusCode::OK, "{}", text(&body));
     assert!(runtime.memory_budget().peak_bytes <= runtime.memory_budget().budget_bytes);
 }
+
+/// testfn with `version` (at most 16 bytes) in its marker: a distinct
+/// component (another CID) that answers `/t/hello` with the version.
+fn testfn_version(version: &str) -> Vec<u8> {
+    const MARKER: &[u8; 16] = b"CANOPY-VERSION-0";
+    let mut wasm = testfn_wasm().to_vec();
+    let at = wasm
+        .windows(16)
+        .position(|w| w == MARKER)
+        .expect("testfn embeds its version marker");
+    let mut replacement = [b'-'; 16];
+    replacement[..version.len()].copy_from_slice(version.as_bytes());
+    wasm[at..at + 16].copy_from_slice(&replacement);
+    wasm
+}
+
+/// Issue 13: an idle function's code can leave memory and comes back from
+/// the compiled-code cache with its next request, which it answers as
+/// before.
+#[tokio::test]
+async fn an_unloaded_function_loads_back_on_its_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    let function = load(&runtime, testfn_wasm()).await;
+    let address = serve(function.clone(), FunctionLimits::default()).await;
+    assert_eq!(get(address, "/t/hello").await.0, StatusCode::OK);
+    assert_eq!(function.uses(), 1);
+
+    assert!(
+        function.unload_code(),
+        "its code was resident and is cached"
+    );
+    assert!(!function.is_resident());
+    assert!(!function.unload_code(), "nothing left to unload");
+    let (status, _, body) = get(address, "/t/hello").await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    assert!(text(&body).starts_with("hello from testfn"));
+    assert!(function.is_resident());
+    assert_eq!(function.uses(), 2);
+    assert_eq!(
+        runtime.load_stats().compiled,
+        1,
+        "loaded back from the cache, not compiled again"
+    );
+
+    // Without its compiled code on disk it stays resident: unloading it
+    // would leave nothing to load back.
+    std::fs::remove_file(runtime.cache_path(function.cid())).unwrap();
+    assert!(!function.unload_code());
+    assert_eq!(get(address, "/t/hello").await.0, StatusCode::OK);
+}
+
+/// The resident memory of this process, in bytes.
+fn own_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// Memory per loaded function, resident and after its code is unloaded
+/// (docs/performance.md). Run by name: it compiles 40 components.
+#[tokio::test]
+#[ignore = "a measurement, not a check: run it by name"]
+async fn idle_function_memory() {
+    const FUNCTIONS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(config(dir.path())).unwrap();
+    // One first, so what every function shares is in the baseline.
+    let first = load(&runtime, &testfn_version("v0")).await;
+    let before = own_rss_bytes();
+    let mut functions = Vec::new();
+    for i in 1..=FUNCTIONS {
+        let function = load(&runtime, &testfn_version(&format!("v{i}"))).await;
+        let address = serve(function.clone(), FunctionLimits::default()).await;
+        assert_eq!(get(address, "/t/hello").await.0, StatusCode::OK);
+        functions.push(function);
+    }
+    let loaded = own_rss_bytes();
+    for function in &functions {
+        assert!(function.unload_code());
+    }
+    let unloaded = own_rss_bytes();
+    let per = |bytes: u64| bytes as f64 / FUNCTIONS as f64 / 1024.0;
+    eprintln!(
+        "{FUNCTIONS} functions: {:.0} KiB each resident, {:.0} KiB each after unloading their code",
+        per(loaded.saturating_sub(before)),
+        per(unloaded.saturating_sub(before)),
+    );
+    drop(first);
+}
