@@ -41,6 +41,9 @@ fn gc_config(history: usize) -> canopy_node::gc::GcConfig {
         // Every node of every run shares one compiled-code directory.
         compiled_code: false,
         unload_idle: canopy_node::gc::DEFAULT_UNLOAD_IDLE,
+        // A run pushes each project a few times; merging packs would only
+        // add wall-clock-dependent work (pack ages are file times).
+        git_repack: None,
     }
 }
 

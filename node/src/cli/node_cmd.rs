@@ -43,6 +43,7 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///       max_files: 100000         #   files in a pushed commit
 ///       max_checkout_bytes: 1GiB  #   their total size
 ///       max_path_bytes: 1024      #   the longest path in it
+///       max_object_bytes: 256MiB  #   one file (or object) inflated
 ///     builds:                     #   the deploy queue; a push past a bound
 ///       max_concurrent_builds: 2  #   is refused, nothing stored
 ///       max_builds_per_project: 1 #   deploys of one project at once
@@ -74,6 +75,10 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///     unload_idle: 15m            #   a function idle this long leaves memory
 ///                                 #   (back from the compiled-code cache on
 ///                                 #   its next request)
+///     git_packs: 32               #   packs a repository holds before a push
+///                                 #   merges them (and drops what no branch
+///                                 #   or tag reaches; so does a branch delete)
+///     git_pack_age: 10m           #   only packs this old are merged
 ///   cluster:                      # optional: be one node of a cluster
 ///     listen: [0.0.0.0:4001]      # peer-to-peer (TCP, and QUIC on the same UDP port)
 ///     secret_file: /etc/canopy/cluster.secret   # `canopy cluster init`
@@ -135,6 +140,9 @@ pub(crate) struct GcSection {
     pub history: Option<usize>,
     /// Like `15m`.
     pub unload_idle: Option<String>,
+    pub git_packs: Option<usize>,
+    /// Like `10m`.
+    pub git_pack_age: Option<String>,
 }
 
 impl GcSection {
@@ -159,6 +167,17 @@ impl GcSection {
         }
         if let Some(text) = &self.unload_idle {
             config.unload_idle = duration("unload_idle", text)?;
+        }
+        if let Some(repack) = &mut config.git_repack {
+            if let Some(packs) = self.git_packs {
+                if packs == 0 {
+                    return Err("gc.git_packs: 0 would repack after every push; leave it out for the default (32)".into());
+                }
+                repack.max_packs = packs;
+            }
+            if let Some(text) = &self.git_pack_age {
+                repack.min_age = duration("git_pack_age", text)?;
+            }
         }
         Ok(config)
     }
@@ -345,6 +364,7 @@ pub(crate) struct GitLimitsConfig {
     pub max_files: Option<usize>,
     pub max_checkout_bytes: Option<ByteSize>,
     pub max_path_bytes: Option<usize>,
+    pub max_object_bytes: Option<ByteSize>,
 }
 
 /// A size written as bytes (`1048576`) or with a unit (`512MiB`).
@@ -387,6 +407,9 @@ impl GitLimitsConfig {
                 .max_checkout_bytes
                 .map_or(defaults.max_checkout_bytes, |b| b.0),
             max_path_bytes: self.max_path_bytes.unwrap_or(defaults.max_path_bytes),
+            max_object_bytes: self
+                .max_object_bytes
+                .map_or(defaults.max_object_bytes, |b| b.0),
         };
         for (name, value) in [
             ("max_pack_objects", limits.max_pack_objects as usize),

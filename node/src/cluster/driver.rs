@@ -22,7 +22,7 @@
 //! replicate.fetch(cid).await?;                                  // on demand
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -52,6 +52,14 @@ const SPLIT_QUEUE_LEN: usize = 1024;
 /// How often replication re-plans even without a state change (a fetch that
 /// failed is retried then).
 const REPLAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a fetched blob waits to be recorded as held, so that the blobs
+/// fetched meanwhile are recorded in the same state change. Every change
+/// costs each node a state hash, a journal write, a sync message and a
+/// replan, all of which grow with the state: recorded one by one, the
+/// ~1,000 blobs of a site a node catches up on cost more than fetching them.
+const ANNOUNCE_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+/// Fetched blobs recorded as held in one state change at most.
+const MAX_ANNOUNCE_BATCH: usize = 1024;
 
 /// Shared access to this node's cluster state and its sync core, and the
 /// node's clock the drivers read. Cheap to clone; never hold the lock across
@@ -351,7 +359,11 @@ pub async fn run_replicate<N: Net>(
         while let Some(action) = driver.core.poll_action() {
             driver.carry_out(action);
         }
-        let timer = sleep_until_deadline(driver.core.poll_timeout());
+        let deadline = match (driver.core.poll_timeout(), driver.announce_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timer = sleep_until_deadline(deadline);
         // `biased` for replayable simulations (see `run_sync`); rare
         // branches first.
         tokio::select! {
@@ -359,6 +371,9 @@ pub async fn run_replicate<N: Net>(
             _ = timer => {
                 let now = driver.now();
                 driver.core.handle_timeout(now);
+                if driver.announce_due.is_some_and(|due| due <= now) {
+                    driver.announce_fetched();
+                }
             }
             _ = replan.tick() => driver.replan(),
             Some((id, result)) = driver.requests.next(), if !driver.requests.is_empty() => {
@@ -375,7 +390,10 @@ pub async fn run_replicate<N: Net>(
                 }
             }
             event = events.recv() => {
-                let Some(event) = event else { return };
+                let Some(event) = event else {
+                    driver.announce_fetched();
+                    return;
+                };
                 driver.handle_net_event(event);
             }
         }
@@ -401,6 +419,10 @@ struct ReplicateDriver<N> {
     writers: BTreeMap<Cid, BlobWriter>,
     /// [`ReplicateHandle::fetch`] callers waiting for a blob.
     waiters: BTreeMap<Cid, Vec<FetchReply>>,
+    /// Blobs fetched and not yet recorded as held (see [`ANNOUNCE_DELAY`]),
+    /// and when they will be.
+    fetched: BTreeSet<Cid>,
+    announce_due: Option<std::time::Instant>,
 }
 
 impl<N: Net> ReplicateDriver<N> {
@@ -422,6 +444,8 @@ impl<N: Net> ReplicateDriver<N> {
             requests: FuturesUnordered::new(),
             writers: BTreeMap::new(),
             waiters: BTreeMap::new(),
+            fetched: BTreeSet::new(),
+            announce_due: None,
         }
     }
 
@@ -482,19 +506,47 @@ impl<N: Net> ReplicateDriver<N> {
         }
     }
 
-    /// `cid` is stored and verified: record this node as a holder and
-    /// answer whoever waits for it.
+    /// `cid` is stored and verified: answer whoever waits for it, and
+    /// record this node as a holder with the others fetched meanwhile.
     fn fetched(&mut self, cid: Cid, from: NodeId, rejected: &[NodeId]) {
-        tracing::info!(cid = %cid, from = %from, "blob replication: fetched and verified");
-        let local = self.local;
-        if let Err(e) = self.cluster.update(|s| s.add_holder(&cid, local)) {
-            tracing::error!(cid = %cid, error = %e, "blob replication: cannot record this node as holder");
+        tracing::debug!(cid = %cid, from = %from, "blob replication: fetched and verified");
+        self.fetched.insert(cid);
+        if self.fetched.len() >= MAX_ANNOUNCE_BATCH {
+            self.announce_fetched();
+        } else if self.announce_due.is_none() {
+            self.announce_due = Some(self.now() + ANNOUNCE_DELAY);
         }
         for reply in self.waiters.remove(&cid).unwrap_or_default() {
             let _ = reply.send(Ok(FetchReport {
                 from: Some(from),
                 rejected: rejected.to_vec(),
             }));
+        }
+    }
+
+    /// Record every blob fetched since the last time as held here, in one
+    /// state change.
+    fn announce_fetched(&mut self) {
+        self.announce_due = None;
+        if self.fetched.is_empty() {
+            return;
+        }
+        let fetched = std::mem::take(&mut self.fetched);
+        let local = self.local;
+        let result = self
+            .cluster
+            .update(|s| fetched.iter().try_for_each(|cid| s.add_holder(cid, local)));
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    blobs = fetched.len(),
+                    "blob replication: fetched and recorded as held"
+                )
+            }
+            // The next replan announces what is stored but not recorded.
+            Err(e) => {
+                tracing::error!(error = %e, "blob replication: cannot record this node as holder")
+            }
         }
     }
 
@@ -569,12 +621,12 @@ impl<N: Net> ReplicateDriver<N> {
             let holders: BTreeMap<Cid, _> = plan.fetch.iter().map(|c| (*c, s.holders(c))).collect();
             (plan, holders)
         });
-        if !plan.announce.is_empty() {
-            let result = self.cluster.update(|s| {
-                plan.announce
-                    .iter()
-                    .try_for_each(|cid| s.add_holder(cid, local))
-            });
+        // Blobs fetched and waiting for their batch are announced with it.
+        let announce: Vec<Cid> = plan.announce.difference(&self.fetched).copied().collect();
+        if !announce.is_empty() {
+            let result = self
+                .cluster
+                .update(|s| announce.iter().try_for_each(|cid| s.add_holder(cid, local)));
             if let Err(e) = result {
                 tracing::error!(error = %e, "blob replication: cannot record held blobs");
             }

@@ -38,6 +38,7 @@ use crate::cluster::ClusterHandle;
 use crate::deploy::manifest::Manifest;
 use crate::deploy::{Deployer, EnvKey, release_blobs};
 use crate::env::Clock;
+use crate::git::RepackPolicy;
 use crate::net::NodeId;
 use crate::runtime::Runtime;
 use crate::store::{BlobStore, StoreError};
@@ -62,6 +63,10 @@ pub struct GcConfig {
     /// unloaded from memory (it comes back from the compiled-code cache
     /// with the next request).
     pub unload_idle: Duration,
+    /// When a push merges its repository's packs and drops what no branch
+    /// or tag reaches ([`RepackPolicy`]); `None`: never (the simulator,
+    /// whose pushes are few).
+    pub git_repack: Option<RepackPolicy>,
 }
 
 /// The default [`GcConfig::unload_idle`].
@@ -82,6 +87,7 @@ impl Default for GcConfig {
             history: DEFAULT_HISTORY,
             compiled_code: true,
             unload_idle: DEFAULT_UNLOAD_IDLE,
+            git_repack: Some(RepackPolicy::default()),
         }
     }
 }

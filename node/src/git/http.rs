@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 
 use super::limits::GitLimits;
 use super::receive::{self, Commands, Outcome, UnpackError};
+use super::repack::RepackPolicy;
 use super::repos::{self, Repos};
 use super::{Admission, GitError, PushEvent, PushListener, Result, pktline};
 use crate::body::{self, Body};
@@ -40,6 +41,8 @@ pub struct GitHttp {
     events: Arc<dyn PushListener>,
     mount_prefix: String,
     limits: GitLimits,
+    /// When a push merges its repository's packs; `None`: never.
+    repack: Option<RepackPolicy>,
     /// One lock per repository: pushes to one repository are applied and
     /// reported one at a time, so events arrive in ref-update order.
     repo_locks: Arc<Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -54,6 +57,7 @@ impl GitHttp {
             events: Arc::new(events),
             mount_prefix: String::new(),
             limits: GitLimits::default(),
+            repack: None,
             repo_locks: Arc::default(),
         }
     }
@@ -70,6 +74,13 @@ impl GitHttp {
     pub fn with_limits(mut self, limits: GitLimits) -> Self {
         debug_assert!(limits.max_push_bytes > 0);
         self.limits = limits;
+        self
+    }
+
+    /// After a push, merge the repository's packs as `policy` says
+    /// ([`RepackPolicy`]); `None` (the default): never.
+    pub fn with_repack(mut self, policy: Option<RepackPolicy>) -> Self {
+        self.repack = policy;
         self
     }
 
@@ -243,10 +254,57 @@ impl GitHttp {
         }
         // Held until the push is handed in: what it reserved is now used.
         drop(admission);
+        if !outcome.applied.is_empty() {
+            let deleted_a_branch = outcome
+                .applied
+                .iter()
+                .any(|u| u.branch.is_some() && u.new.is_none());
+            self.repack_after_push(repo, deleted_a_branch);
+        }
         git_response(
             "application/x-git-receive-pack-result",
             response_body(&commands, &outcome),
         )
+    }
+
+    /// Merge `repo`'s packs if the policy says it is due, in the
+    /// background under the repository's lock (the push is answered at
+    /// once; the next push to it waits for the repack).
+    fn repack_after_push(&self, repo: &str, deleted_a_branch: bool) {
+        let Some(policy) = self.repack.clone() else {
+            return;
+        };
+        let Ok(dir) = self.repos.dir(repo) else {
+            return;
+        };
+        let lock = self.repo_lock(repo);
+        let repo = repo.to_owned();
+        tokio::spawn(async move {
+            let _guard = lock.lock_owned().await;
+            let done = crate::env::spawn_blocking(move || {
+                if !super::repack::due(&dir, &policy, deleted_a_branch) {
+                    return Ok(None);
+                }
+                super::repack::repack(&dir, &policy, std::time::SystemTime::now())
+            })
+            .await;
+            match done {
+                Ok(Ok(Some(r))) => tracing::info!(
+                    repo,
+                    packs_merged = r.packs_merged,
+                    packs_now = r.packs_now,
+                    objects = r.objects,
+                    bytes_before = r.bytes_before,
+                    bytes_after = r.bytes_after,
+                    "repacked the repository"
+                ),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(repo, error = %e, "repack failed; the packs stay as they were")
+                }
+                Err(e) => tracing::warn!(repo, error = %e, "repack did not run"),
+            }
+        });
     }
 
     fn repo_lock(&self, repo: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -22,6 +22,11 @@ pub struct GitLimits {
     pub max_checkout_bytes: u64,
     /// Bytes in one path of a pushed commit's tree: 1,024.
     pub max_path_bytes: usize,
+    /// Bytes of one object (a file, a tree, a delta's result) as inflated
+    /// while a pack is indexed and a commit is checked out: 256 MiB. A pack
+    /// of a few kilobytes can declare an object of gigabytes, and indexing
+    /// holds each object whole in memory.
+    pub max_object_bytes: u64,
 }
 
 impl Default for GitLimits {
@@ -33,6 +38,7 @@ impl Default for GitLimits {
             max_files: 100_000,
             max_checkout_bytes: 1 << 30,
             max_path_bytes: 1_024,
+            max_object_bytes: 256 << 20,
         }
     }
 }
@@ -107,6 +113,19 @@ impl GitLimits {
         })
     }
 
+    /// A pack held an object larger than `max_object_bytes`; indexing
+    /// found it before allocating for it, and says only that it did.
+    pub(crate) fn object_too_large(&self) -> OverLimit {
+        OverLimit {
+            name: "max_object_bytes",
+            value: format_size(self.max_object_bytes),
+            found: format!(
+                "an object of more than {}",
+                format_size(self.max_object_bytes)
+            ),
+        }
+    }
+
     pub(crate) fn path(&self, path: &str) -> Result<(), OverLimit> {
         if path.len() <= self.max_path_bytes {
             return Ok(());
@@ -140,6 +159,12 @@ mod tests {
         assert!(limits.objects(1_000_001).is_err());
         assert!(limits.refs(1_001).is_err());
         assert!(limits.path(&"a".repeat(1_024)).is_ok());
+        assert!(
+            limits
+                .object_too_large()
+                .to_string()
+                .contains("limits.git.max_object_bytes = 256MiB")
+        );
         let long = limits.path(&"é".repeat(600)).unwrap_err().to_string();
         assert!(long.contains("1200 bytes"), "{long}");
     }

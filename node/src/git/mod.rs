@@ -4,8 +4,9 @@
 //! HTTP receive-pack protocol that accepts a normal `git push` ([`GitHttp`]),
 //! the bounds a push must keep ([`GitLimits`]), the notification that a push
 //! was acknowledged ([`PushEvent`]), reading a
-//! commit's files ([`checkout`], [`read_file`], [`commit_info`]) and the DNS
-//! label of a branch ([`branch_label`]).
+//! commit's files ([`checkout`], [`read_file`], [`commit_info`]), merging
+//! a repository's packs after pushes ([`RepackPolicy`]) and the DNS label of
+//! a branch ([`branch_label`]).
 //!
 //! Everything is done in-process with gix; the node never runs the `git`
 //! binary. This module does not build, deploy or replicate anything: it hands
@@ -19,6 +20,7 @@ mod limits;
 mod pktline;
 mod read;
 mod receive;
+mod repack;
 mod repos;
 
 pub use error::GitError;
@@ -27,6 +29,7 @@ pub use http::GitHttp;
 pub use label::branch_label;
 pub use limits::{GitLimits, OverLimit};
 pub use read::{CommitInfo, checkout, commit_info, read_file};
+pub use repack::{RepackError, RepackPolicy, Repacked};
 pub use repos::Repos;
 
 /// Results of this module.

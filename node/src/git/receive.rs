@@ -609,11 +609,21 @@ fn index_pack(
         &interrupt,
         Some(repo.objects.clone()),
         repo.object_hash(),
-        gix::odb::pack::bundle::write::Options::default(),
+        gix::odb::pack::bundle::write::Options {
+            // No single allocation while indexing (an inflated object, a
+            // delta's result, the delta tree) may pass the object limit.
+            alloc_limit_bytes: Some(usize::try_from(limits.max_object_bytes).unwrap_or(usize::MAX)),
+            ..Default::default()
+        },
     )
-    .map_err(|e| match disk_full_cause(&e) {
-        Some(kind) => UnpackError::DiskFull(io::Error::from(kind)),
-        None => UnpackError::StorePack(error_chain(&e)),
+    .map_err(|e| {
+        if over_allocation_limit(&e) {
+            return UnpackError::OverLimit(limits.object_too_large());
+        }
+        match disk_full_cause(&e) {
+            Some(kind) => UnpackError::DiskFull(io::Error::from(kind)),
+            None => UnpackError::StorePack(error_chain(&e)),
+        }
     })?;
     tracing::debug!(
         objects = outcome.index.num_objects,
@@ -625,6 +635,13 @@ fn index_pack(
         data: outcome.data_path,
         index: outcome.index_path,
     })
+}
+
+/// Whether gix refused an allocation past `alloc_limit_bytes`.
+fn over_allocation_limit(e: &gix::Error) -> bool {
+    use gix::error::{Class, ResourceExhaustionKind};
+    e.classify()
+        .any(|c| c.class() == Class::ResourceExhaustion(ResourceExhaustionKind::AllocationLimit))
 }
 
 /// The kind of the I/O error in `e`'s chain if it says the disk is full.

@@ -139,7 +139,8 @@ pub async fn assemble<T: Transport>(
     let git = Arc::new(
         GitHttp::new(repos, pushes.clone())
             .with_mount_prefix(GIT_MOUNT)
-            .with_limits(spec.git),
+            .with_limits(spec.git)
+            .with_repack(spec.gc.git_repack.clone()),
     );
     let deploy_events = deployer.subscribe();
     deployer.restore().await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use canopy_node::git::{
-    GitHttp, GitLimits, PushEvent, RefUpdate, Repos, checkout, commit_info, read_file,
+    GitHttp, GitLimits, PushEvent, RefUpdate, RepackPolicy, Repos, checkout, commit_info, read_file,
 };
 use http_body_util::BodyExt;
 use rand::{RngCore, SeedableRng};
@@ -39,12 +39,17 @@ impl Remote {
     }
 
     async fn start_with(limits: GitLimits) -> Self {
+        Self::start_configured(limits, None).await
+    }
+
+    async fn start_configured(limits: GitLimits, repack: Option<RepackPolicy>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let repos_root = dir.path().join("repos");
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let git = GitHttp::new(Repos::new(&repos_root).unwrap(), tx)
             .with_mount_prefix("/git/")
-            .with_limits(limits);
+            .with_limits(limits)
+            .with_repack(repack);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -589,6 +594,22 @@ async fn a_push_over_a_git_limit_is_refused_naming_it_and_stores_nothing() {
     )
     .await;
 
+    // An object bomb: a few kilobytes of pack that inflate to one object
+    // larger than indexing may hold in memory.
+    let small_objects = GitLimits {
+        max_object_bytes: 1 << 20,
+        ..GitLimits::default()
+    };
+    assert_refused(
+        small_objects,
+        async |client: &Client| {
+            client.write("bomb.bin", &vec![0u8; 16 << 20]);
+            client.commit_all("Bomb").await;
+        },
+        "limits.git.max_object_bytes = 1MiB",
+    )
+    .await;
+
     let few_objects = GitLimits {
         max_pack_objects: 5,
         ..GitLimits::default()
@@ -648,4 +669,99 @@ async fn branches_per_repository_are_bounded() {
     client.ok(&["push", "origin", "three"]).await;
     remote.next_event().await;
     assert_eq!(repos.branches("shop").unwrap().len(), 2);
+}
+
+/// Wait until `done` holds, failing after [`DEADLINE`].
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn has_object(repo: &Path, id: &str) -> bool {
+    let repo = gix::open(repo).unwrap();
+    repo.has_object(gix::ObjectId::from_hex(id.as_bytes()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_merge_packs_and_a_deleted_branch_leaves_nothing_behind() {
+    let policy = RepackPolicy {
+        max_packs: 3,
+        min_age: Duration::ZERO,
+    };
+    let mut remote = Remote::start_configured(GitLimits::default(), Some(policy)).await;
+    let client = Client::new(&remote.url("shop.git")).await;
+    let repo = remote.repo_dir("shop");
+    client.write("canopy.yaml", b"project: shop\n");
+    for i in 0..8 {
+        client.write("site/index.html", format!("version {i}").as_bytes());
+        client.write(
+            &format!("site/page-{i}.html"),
+            format!("page {i}").as_bytes(),
+        );
+        client.commit_all(&format!("Push {i}")).await;
+        client.ok(&["push", "origin", "main"]).await;
+        remote.next_event().await;
+    }
+    // Eight pushes, eight packs, but never more than the policy allows
+    // for long: they are merged into one.
+    eventually("the packs to be merged", || {
+        pack_files(&repo)
+            .iter()
+            .filter(|f| f.ends_with(".pack"))
+            .count()
+            <= 3
+    })
+    .await;
+
+    // Every commit's files are still there, and the next push (a thin
+    // pack against what the merged pack holds) goes through.
+    let main = client.ok(&["rev-parse", "HEAD"]).await;
+    let main = gix::ObjectId::from_hex(main.trim().as_bytes()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    checkout(&repo, main, out.path()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("site/page-0.html")).unwrap(),
+        "page 0"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("site/index.html")).unwrap(),
+        "version 7"
+    );
+    for i in 0..8 {
+        let first = client.ok(&["rev-parse", &format!("HEAD~{i}")]).await;
+        assert!(has_object(&repo, first.trim()), "commit HEAD~{i} is gone");
+    }
+    client.write("site/index.html", b"version 8");
+    client.commit_all("Push 8").await;
+    client.ok(&["push", "origin", "main"]).await;
+    remote.next_event().await;
+
+    // A branch with a file of its own, then deleted: the file goes.
+    client.ok(&["checkout", "-q", "-b", "preview"]).await;
+    client.write("site/secret.html", b"only on preview");
+    client.commit_all("Preview").await;
+    client.ok(&["push", "origin", "preview"]).await;
+    remote.next_event().await;
+    let secret = client.ok(&["rev-parse", "HEAD:site/secret.html"]).await;
+    let secret = secret.trim().to_owned();
+    assert!(has_object(&repo, &secret));
+    client.ok(&["push", "origin", ":preview"]).await;
+    eventually("the deleted branch's file to go", || {
+        !has_object(&repo, &secret)
+    })
+    .await;
+    let main = client.ok(&["rev-parse", "main"]).await;
+    let main = gix::ObjectId::from_hex(main.trim().as_bytes()).unwrap();
+    let again = tempfile::tempdir().unwrap();
+    checkout(&repo, main, again.path()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(again.path().join("site/index.html")).unwrap(),
+        "version 8"
+    );
 }
