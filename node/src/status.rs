@@ -44,6 +44,10 @@ pub struct NodeStatus {
     /// (`None`: no pass yet, or a peer's report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc: Option<crate::gc::GcReport>,
+    /// Requests this node refused as busy, per peer (short id): the peer
+    /// was over its per-peer limits (`limits.cluster.*_per_peer`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub busy_refusals: std::collections::BTreeMap<String, u64>,
 }
 
 /// The cluster as seen from the node that answered.
@@ -207,6 +211,18 @@ impl StatusReport {
                         &commit[..commit.len().min(10)]
                     );
                 }
+                if !node.busy_refusals.is_empty() {
+                    let counts: Vec<String> = node
+                        .busy_refusals
+                        .iter()
+                        .map(|(peer, count)| format!("{peer} {count}"))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "      refused as busy (peers over limits.cluster per-peer bounds): {}",
+                        counts.join(", ")
+                    );
+                }
             }
             if let Some(memory) = &node.runtime.memory {
                 let _ = writeln!(
@@ -301,6 +317,7 @@ mod tests {
                 state_hash: None,
                 serving: Default::default(),
                 holds: None,
+                busy_refusals: Default::default(),
                 gc: Some(crate::gc::GcReport {
                     finished_unix_ms: 1_700_000_000_000,
                     duration_ms: 12,
@@ -375,6 +392,7 @@ mod cluster_tests {
             serving: [("shop@main".to_owned(), "0123456789abcdef".to_owned())].into(),
             holds: Some(3),
             gc: None,
+            busy_refusals: Default::default(),
         }
     }
 
@@ -388,7 +406,10 @@ mod cluster_tests {
                 converged: false,
             }),
             nodes: vec![
-                node("aaaa", "1111111111111111"),
+                NodeStatus {
+                    busy_refusals: [("cccc".to_owned(), 1234)].into(),
+                    ..node("aaaa", "1111111111111111")
+                },
                 node("bbbb", "2222222222222222"),
             ],
             deployments: vec![],

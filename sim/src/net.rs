@@ -23,6 +23,12 @@
 //! not admitted is refused unanswered unless it is a `join/1` request, and
 //! only `join/1` may be sent to one.
 //!
+//! Per-peer request limits go through the node's own core
+//! ([`PeerLimits`], as the libp2p driver does): a request of an admitted
+//! peer over its bounds is answered busy at once (status byte 2, which the
+//! requester turns into [`NetError::Busy`]) and never reaches protocol code;
+//! time comes from the node's clock, so runs stay replayable.
+//!
 //! Duplication: with probability `duplicate_rate` a request is sent twice
 //! (at-least-once delivery); the second answer is ignored.
 //!
@@ -35,7 +41,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use canopy_node::env::Rng;
+use canopy_node::env::{Clock, Rng};
+use canopy_node::net::peer_limits::{PeerLimits, PeerLimitsConfig};
 use canopy_node::net::{
     JOIN_PROTOCOL, MAX_PAYLOAD_BYTES, Net, NetError, NetEvent, NodeId, Protocol, Responder,
 };
@@ -51,15 +58,23 @@ pub const PORT: u16 = 7000;
 #[derive(Clone, Debug)]
 pub struct NetConfig {
     pub request_timeout: Duration,
+    /// What one peer may ask of the node (the node config's defaults).
+    pub peer_limits: PeerLimitsConfig,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(5),
+            peer_limits: PeerLimitsConfig::default(),
         }
     }
 }
+
+/// Response frame status bytes.
+const STATUS_OK: u8 = 0;
+const STATUS_REFUSED: u8 = 1;
+const STATUS_BUSY: u8 = 2;
 
 struct Inner {
     id: NodeId,
@@ -71,6 +86,9 @@ struct Inner {
     visible: Mutex<BTreeSet<NodeId>>,
     admitted: watch::Receiver<BTreeSet<NodeId>>,
     events: mpsc::Sender<NetEvent>,
+    /// Requests open and their rate, per peer.
+    limits: Mutex<PeerLimits>,
+    clock: Clock,
     config: NetConfig,
     /// Probability (in millionths) that a request is sent twice.
     duplicate_ppm: std::sync::atomic::AtomicU32,
@@ -97,6 +115,7 @@ impl SimNet {
         admitted: watch::Receiver<BTreeSet<NodeId>>,
     ) -> (SimNet, mpsc::Receiver<NetEvent>) {
         let (events, rx) = mpsc::channel(1024);
+        let limits = PeerLimits::new(config.peer_limits, hosts.len().max(1));
         let net = SimNet {
             inner: Arc::new(Inner {
                 id,
@@ -105,6 +124,8 @@ impl SimNet {
                 visible: Mutex::default(),
                 admitted,
                 events,
+                limits: Mutex::new(limits),
+                clock: Clock::tokio(),
                 config,
                 duplicate_ppm: Default::default(),
                 corrupt_ppm: Default::default(),
@@ -128,8 +149,19 @@ impl SimNet {
     /// The connection to `peer` went down.
     pub fn peer_down(&self, peer: NodeId) {
         if self.up().remove(&peer) {
+            let now = self.now();
+            self.limits().handle_peer_down(peer, now);
             self.refresh();
         }
+    }
+
+    fn limits(&self) -> MutexGuard<'_, PeerLimits> {
+        self.inner.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The time to give the limits core: the node's (simulated) clock.
+    fn now(&self) -> std::time::Instant {
+        self.inner.clock.now().into_std()
     }
 
     fn is_admitted(&self, peer: &NodeId) -> bool {
@@ -203,13 +235,37 @@ impl SimNet {
             return Ok(());
         };
         if protocol != JOIN_PROTOCOL && !self.is_admitted(&from) {
-            let mut out = vec![1u8];
+            let mut out = vec![STATUS_REFUSED];
             out.extend_from_slice(b"not an admitted member of this cluster");
             write_frame(&mut stream, &out).await?;
             let mut rest = [0u8; 1];
             let _ = stream.read(&mut rest).await;
             return Ok(());
         }
+        // Join requests come from peers not admitted yet; they are few.
+        let slot = if self.is_admitted(&from) {
+            let now = self.now();
+            let admitted = self.limits().admit(from, now);
+            match admitted {
+                Ok(()) => Some(Slot {
+                    net: self,
+                    peer: from,
+                }),
+                Err(refusal) => {
+                    if refusal.warn {
+                        tracing::warn!(peer = %from, %protocol, refused_total = refusal.refused_total, "refusing requests from a peer over its limits: {}", refusal.busy);
+                    }
+                    let mut out = vec![STATUS_BUSY];
+                    out.extend_from_slice(refusal.busy.to_string().as_bytes());
+                    write_frame(&mut stream, &out).await?;
+                    let mut rest = [0u8; 1];
+                    let _ = stream.read(&mut rest).await;
+                    return Ok(());
+                }
+            }
+        } else {
+            None
+        };
         let is_blob = protocol == canopy_node::cluster::BLOB_PROTOCOL;
         let (tx, rx) = oneshot::channel();
         let event = NetEvent::Request {
@@ -224,10 +280,12 @@ impl SimNet {
         let answer = rx
             .await
             .unwrap_or_else(|_| Err("the peer dropped the request".into()));
+        // Answered: the peer's slot is free.
+        drop(slot);
         let mut out = Vec::new();
         match answer {
             Ok(body) => {
-                out.push(0u8);
+                out.push(STATUS_OK);
                 out.extend_from_slice(&body);
                 // Chunks only (answers to `have` are a few bytes of JSON).
                 if is_blob && body.len() >= 256 && self.chance(&self.inner.corrupt_ppm) {
@@ -236,7 +294,7 @@ impl SimNet {
                 }
             }
             Err(reason) => {
-                out.push(1u8);
+                out.push(STATUS_REFUSED);
                 out.extend_from_slice(reason.as_bytes());
             }
         }
@@ -245,6 +303,20 @@ impl SimNet {
         let mut rest = [0u8; 1];
         let _ = stream.read(&mut rest).await;
         Ok(())
+    }
+}
+
+/// One admitted request's slot in its peer's limits, freed when dropped
+/// (answered, or the exchange ended early).
+struct Slot<'a> {
+    net: &'a SimNet,
+    peer: NodeId,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let now = self.net.now();
+        self.net.limits().release(self.peer, now);
     }
 }
 
@@ -287,14 +359,24 @@ async fn read_frame(stream: &mut turmoil::net::TcpStream) -> std::io::Result<Vec
     Ok(body)
 }
 
+/// A peer's answer that is not a payload.
+struct Refused {
+    /// Its limits turned the request away (retry later).
+    busy: bool,
+    reason: String,
+}
+
 /// One request/answer exchange on a fresh connection.
-async fn exchange(host: String, frame: Arc<Vec<u8>>) -> std::io::Result<Result<Bytes, String>> {
+async fn exchange(host: String, frame: Arc<Vec<u8>>) -> std::io::Result<Result<Bytes, Refused>> {
     let mut stream = turmoil::net::TcpStream::connect((host.as_str(), PORT)).await?;
     write_frame(&mut stream, &frame).await?;
     let answer = read_frame(&mut stream).await?;
     match answer.split_first() {
-        Some((0, body)) => Ok(Ok(Bytes::copy_from_slice(body))),
-        Some((_, reason)) => Ok(Err(String::from_utf8_lossy(reason).into_owned())),
+        Some((&STATUS_OK, body)) => Ok(Ok(Bytes::copy_from_slice(body))),
+        Some((&status, reason)) => Ok(Err(Refused {
+            busy: status == STATUS_BUSY,
+            reason: String::from_utf8_lossy(reason).into_owned(),
+        })),
         None => Err(std::io::Error::other("empty answer")),
     }
 }
@@ -344,7 +426,10 @@ impl Net for SimNet {
             match tokio::time::timeout(timeout, exchange(host, frame)).await {
                 Err(_) => Err(NetError::Timeout { peer, timeout_ms }),
                 Ok(Err(_)) => Err(NetError::NotConnected(peer)),
-                Ok(Ok(answer)) => answer.map_err(|reason| NetError::Refused { peer, reason }),
+                Ok(Ok(answer)) => answer.map_err(|Refused { busy, reason }| match busy {
+                    true => NetError::Busy { peer, reason },
+                    false => NetError::Refused { peer, reason },
+                }),
             }
         }
         .boxed()
@@ -357,5 +442,9 @@ impl Net for SimNet {
 
     fn subscribe(&self, _topic: &str) -> Result<(), NetError> {
         Ok(())
+    }
+
+    fn busy_refusals(&self) -> BTreeMap<NodeId, u64> {
+        self.limits().refusals().clone()
     }
 }

@@ -16,6 +16,7 @@ use crate::gc::GcConfig;
 use crate::git::GitLimits;
 use crate::net::admission::InviteToken;
 use crate::net::p2p::{Multiaddr, P2pConfig};
+use crate::net::peer_limits::PeerLimitsConfig;
 use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 
 /// Run one production node from a config file.
@@ -67,6 +68,13 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///     cluster:                    #   what peers send
 ///       max_sync_message: 256MiB  #   one state-sync message (a new node's
 ///                                 #   first one carries the state's history)
+///       max_requests_in_flight_per_peer: 64    # one peer's requests open
+///                                 #   here at once
+///       max_requests_per_second_per_peer: 1000 # its sustained rate
+///       request_burst_per_peer: 2000  # and burst above the rate; past one a
+///                                 #   request is answered "busy, retry later"
+///                                 #   (this node's own drivers stay far
+///                                 #   below these; see docs/limits.md)
 ///   gc:                           # optional: garbage collection (defaults shown)
 ///     interval: 10m               #   time between passes
 ///     grace: 1h                   #   how long an unreferenced blob stays;
@@ -221,9 +229,28 @@ impl WasmLimitsConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClusterLimitsConfig {
     pub max_sync_message: Option<ByteSize>,
+    pub max_requests_in_flight_per_peer: Option<u32>,
+    pub max_requests_per_second_per_peer: Option<u32>,
+    pub request_burst_per_peer: Option<u32>,
 }
 
 impl ClusterLimitsConfig {
+    /// What one peer may ask of this node; 0 is refused naming the field.
+    fn peer_limits(&self) -> Result<PeerLimitsConfig, String> {
+        let defaults = PeerLimitsConfig::default();
+        let limits = PeerLimitsConfig {
+            max_in_flight: self
+                .max_requests_in_flight_per_peer
+                .unwrap_or(defaults.max_in_flight),
+            max_requests_per_second: self
+                .max_requests_per_second_per_peer
+                .unwrap_or(defaults.max_requests_per_second),
+            burst: self.request_burst_per_peer.unwrap_or(defaults.burst),
+        };
+        limits.check().map_err(|e| e.to_string())?;
+        Ok(limits)
+    }
+
     /// The largest state-sync message this node gathers from a peer.
     fn max_sync_message_bytes(&self) -> usize {
         self.max_sync_message
@@ -555,6 +582,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .gc
         .config()
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let peer_limits = config
+        .limits
+        .cluster
+        .peer_limits()
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let options = NodeOptions {
         gc,
         http_listen: config.http,
@@ -565,6 +597,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         cluster: match &config.cluster {
             Some(c) => Some(ClusterSetup {
                 max_sync_message_bytes: config.limits.cluster.max_sync_message_bytes(),
+                peer_limits,
                 ..cluster_setup(c, base).with_context(|| format!("{name}: cluster"))?
             }),
             None => None,
@@ -758,6 +791,7 @@ fn cluster_setup(config: &ClusterConfig, base: &Path) -> anyhow::Result<ClusterS
         invite,
         replication_factor: config.replication,
         max_sync_message_bytes: crate::cluster::sync::DEFAULT_MAX_MESSAGE_BYTES,
+        peer_limits: PeerLimitsConfig::default(),
     })
 }
 
@@ -903,6 +937,38 @@ mod tests {
         assert!(err.starts_with("limits.builds.max_queued: 0"), "{err}");
         let err = config(&format!("{base}limits:\n  builds:\n    max_queue: 3\n")).unwrap_err();
         assert!(err.contains("max_queue"), "{err}");
+    }
+
+    #[test]
+    fn peer_limits_come_from_the_config_or_their_defaults() {
+        let base = "data_dir: /d\nhttp: 127.0.0.1:80\nadmin: 127.0.0.1:7070\n";
+        let none = config(base).unwrap();
+        assert_eq!(
+            none.limits.cluster.peer_limits().unwrap(),
+            PeerLimitsConfig::default()
+        );
+        let some = config(&format!(
+            "{base}limits:\n  cluster:\n    max_requests_in_flight_per_peer: 8\n    request_burst_per_peer: 50\n"
+        ))
+        .unwrap();
+        let limits = some.limits.cluster.peer_limits().unwrap();
+        assert_eq!((limits.max_in_flight, limits.burst), (8, 50));
+        assert_eq!(
+            limits.max_requests_per_second,
+            PeerLimitsConfig::default().max_requests_per_second
+        );
+        for field in [
+            "max_requests_in_flight_per_peer",
+            "max_requests_per_second_per_peer",
+            "request_burst_per_peer",
+        ] {
+            let zero = config(&format!("{base}limits:\n  cluster:\n    {field}: 0\n")).unwrap();
+            let err = zero.limits.cluster.peer_limits().unwrap_err();
+            assert!(
+                err.starts_with(&format!("limits.cluster.{field}: 0 would refuse")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub struct PeerReport {
     pub serving: BTreeMap<String, String>,
     /// Blobs recorded as held by this node.
     pub holds: usize,
+    /// Requests this node refused as busy, per peer (short id): the peer was
+    /// over its per-peer limits (`limits.cluster.*_per_peer`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub busy_refusals: BTreeMap<String, u64>,
 }
 
 /// A join request: the token and where the newcomer can be reached.
@@ -295,6 +299,7 @@ impl ClusterNode {
                 peers: Vec::new(),
                 serving: BTreeMap::new(),
                 holds: 0,
+                busy_refusals: BTreeMap::new(),
             },
             addresses: options.addresses.clone(),
             role: options.role,
@@ -499,6 +504,12 @@ impl ClusterNode {
             peers: self.net.peers().iter().map(NodeId::to_string).collect(),
             serving,
             holds,
+            busy_refusals: self
+                .net
+                .busy_refusals()
+                .into_iter()
+                .map(|(peer, count)| (peer.to_string(), count))
+                .collect(),
             ..self.report_base.clone()
         }
     }

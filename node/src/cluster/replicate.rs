@@ -33,6 +33,14 @@
 //! asked `Have`. Each failed try (an error, a short chunk, a corrupt blob, a
 //! round where nobody had it) counts towards `max_attempts`; a round where
 //! nobody had it waits `retry_delay` before the next.
+//!
+//! A *busy* answer ([`NetError::Busy`]: the holder has too many of this
+//! node's requests open, or this node asks faster than its per-peer limits
+//! allow) says nothing about the holder's copy: the holder is skipped for
+//! the rest of the round (another is tried), never rejected, and the try
+//! does not count towards `max_attempts`. A round that found no copy but
+//! met a busy holder backs off `retry_delay` and tries again, for at most
+//! `max_busy_rounds` such rounds.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -81,6 +89,9 @@ pub struct ReplicateConfig {
     pub chunks_in_flight: usize,
     /// Wait after a round in which no peer had the blob.
     pub retry_delay: Duration,
+    /// Rounds that found no copy but met a busy holder, retried (after
+    /// `retry_delay`) without counting towards `max_attempts`.
+    pub max_busy_rounds: u32,
     /// R; `None` means min(3, number of admitted members).
     pub replication_factor: Option<usize>,
 }
@@ -93,6 +104,8 @@ impl Default for ReplicateConfig {
             chunk_bytes: MAX_PAYLOAD_BYTES,
             chunks_in_flight: 2,
             retry_delay: Duration::from_secs(2),
+            // A minute of busy holders at the default `retry_delay`.
+            max_busy_rounds: 30,
             replication_factor: None,
         }
     }
@@ -186,6 +199,11 @@ impl TryError {
     fn rejects_peer(&self) -> bool {
         matches!(self, TryError::ShortChunk { .. } | TryError::Corrupt)
     }
+
+    /// Whether the peer only asked to be asked later: not a failed try.
+    fn is_busy(&self) -> bool {
+        matches!(self, TryError::Net(NetError::Busy { .. }))
+    }
 }
 
 #[derive(Debug)]
@@ -229,6 +247,11 @@ struct Job {
     rejected: BTreeSet<NodeId>,
     probed: bool,
     attempts: u32,
+    /// A holder answered busy in this round.
+    busy_in_round: bool,
+    /// Rounds retried because of busy holders (see
+    /// [`ReplicateConfig::max_busy_rounds`]).
+    busy_rounds: u32,
     last_error: String,
     phase: Phase,
 }
@@ -305,6 +328,8 @@ impl ReplicateCore {
                 rejected: BTreeSet::new(),
                 probed: false,
                 attempts: 0,
+                busy_in_round: false,
+                busy_rounds: 0,
                 last_error: String::new(),
                 phase: Phase::Queued,
             },
@@ -342,6 +367,7 @@ impl ReplicateCore {
                 job.phase = Phase::Queued;
                 job.tried.clear();
                 job.probed = false;
+                job.busy_in_round = false;
                 self.queue.push_back(cid);
             }
         }
@@ -379,8 +405,12 @@ impl ReplicateCore {
                     return;
                 };
                 let done = outstanding.is_empty();
-                if let Ok(Ok(Some(_))) = answer.map(|p| decode_have(&p)) {
-                    job.candidates.insert(peer);
+                match answer.map(|p| decode_have(&p)) {
+                    Ok(Ok(Some(_))) => {
+                        job.candidates.insert(peer);
+                    }
+                    Err(NetError::Busy { .. }) => job.busy_in_round = true,
+                    _ => {}
                 }
                 if done {
                     self.advance(cid, now);
@@ -550,7 +580,15 @@ impl ReplicateCore {
                 return;
             }
         }
-        // Nobody had it this round: wait, then start a new round.
+        // Nobody had it this round: wait, then start a new round. A busy
+        // holder may have it: that round is not a failed try.
+        if job.busy_in_round && job.busy_rounds < self.config.max_busy_rounds {
+            job.busy_rounds += 1;
+            job.phase = Phase::Backoff {
+                until: now + self.config.retry_delay,
+            };
+            return self.start_queued(now);
+        }
         job.attempts += 1;
         if job.last_error.is_empty() {
             job.last_error = "no connected peer holds it".into();
@@ -641,8 +679,16 @@ impl ReplicateCore {
             return;
         };
         tracing::debug!(peer = %peer, cid = %cid, reason = %error, "blob replication: try failed");
-        job.attempts += 1;
         job.tried.insert(peer);
+        if error.is_busy() {
+            // Ask another holder now; this one again next round.
+            job.busy_in_round = true;
+            if job.last_error.is_empty() {
+                job.last_error = format!("peer {peer}: {error}");
+            }
+            return self.advance(cid, now);
+        }
+        job.attempts += 1;
         job.last_error = format!("peer {peer}: {error}");
         if error.rejects_peer() {
             job.rejected.insert(peer);
@@ -822,6 +868,112 @@ mod tests {
         let actions = drain(&mut core);
         assert!(
             matches!(actions.as_slice(), [Action::Failed { attempts: 2, .. }]),
+            "{actions:?}"
+        );
+    }
+
+    /// A busy holder is skipped for the round, not rejected, and the try
+    /// does not count: with `max_attempts: 1`, a fetch whose only holder
+    /// is busy three times over still succeeds once the holder has room.
+    #[test]
+    fn busy_holder_is_asked_again_later_and_never_rejected() {
+        let mut now = tokio::time::Instant::now().into_std();
+        let config = ReplicateConfig {
+            max_attempts: 1,
+            retry_delay: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let mut core = ReplicateCore::new(node(1), config);
+        core.handle_peer_up(node(2));
+        let data = b"0123456789";
+        let cid = cid_of(data);
+        core.handle_want(cid, BTreeSet::from([node(2)]), now);
+        let busy = || {
+            Err(NetError::Busy {
+                peer: node(2),
+                reason: "busy: retry later".into(),
+            })
+        };
+        for round in 0..3 {
+            let s = sends(&drain(&mut core));
+            assert_eq!(s.len(), 1, "round {round}: {s:?}");
+            assert!(matches!(s[0].2, BlobRequest::Have { .. }));
+            core.handle_response(s[0].0, busy(), now);
+            // Nobody else to ask: back off, no failure.
+            let actions = drain(&mut core);
+            assert!(actions.is_empty(), "round {round}: {actions:?}");
+            now = core.poll_timeout().expect("a retry is due");
+            core.handle_timeout(now);
+        }
+        let s = sends(&drain(&mut core));
+        core.handle_response(s[0].0, Ok(have(Some(10))), now);
+        let actions = drain(&mut core);
+        let s = sends(&actions);
+        let (id, peer, BlobRequest::Get { .. }) = s[0].clone() else {
+            panic!("expected a Get: {actions:?}")
+        };
+        assert_eq!(peer, node(2));
+        // Busy in the middle of a blob: the write starts over, still no failure.
+        core.handle_response(id, busy(), now);
+        assert!(
+            drain(&mut core)
+                .iter()
+                .all(|a| matches!(a, Action::AbortWrite { .. })),
+        );
+        now = core.poll_timeout().expect("a retry is due");
+        core.handle_timeout(now);
+        let s = sends(&drain(&mut core));
+        core.handle_response(s[0].0, Ok(have(Some(10))), now);
+        let s = sends(&drain(&mut core));
+        core.handle_response(s[0].0, Ok(Bytes::from_static(data)), now);
+        assert!(
+            drain(&mut core)
+                .iter()
+                .any(|a| matches!(a, Action::FinishWrite { .. }))
+        );
+        core.handle_write_finished(cid, WriteOutcome::Stored, now);
+        assert_eq!(
+            drain(&mut core),
+            vec![Action::Fetched {
+                cid,
+                from: node(2),
+                rejected: vec![]
+            }]
+        );
+    }
+
+    /// Busy rounds are bounded: past `max_busy_rounds`, rounds count as
+    /// failed tries again and the fetch gives up.
+    #[test]
+    fn busy_rounds_are_bounded() {
+        let mut now = tokio::time::Instant::now().into_std();
+        let config = ReplicateConfig {
+            max_attempts: 1,
+            max_busy_rounds: 2,
+            retry_delay: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let mut core = ReplicateCore::new(node(1), config);
+        let cid = cid_of(b"y");
+        core.handle_want(cid, BTreeSet::from([node(2)]), now);
+        for _ in 0..3 {
+            let s = sends(&drain(&mut core));
+            core.handle_response(
+                s[0].0,
+                Err(NetError::Busy {
+                    peer: node(2),
+                    reason: "busy".into(),
+                }),
+                now,
+            );
+            if let Some(at) = core.poll_timeout() {
+                now = at;
+                core.handle_timeout(now);
+            }
+        }
+        let actions = drain(&mut core);
+        assert!(
+            matches!(actions.as_slice(), [Action::Failed { attempts: 1, reason, .. }] if reason.contains("busy")),
             "{actions:?}"
         );
     }

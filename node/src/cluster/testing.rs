@@ -9,6 +9,10 @@
 //! - [`MemoryHub::partition`] — packets are lost silently: requests across
 //!   the cut fail with a timeout error and nobody is told, as when a network
 //!   path dies under a live connection. [`MemoryHub::heal`] restores it.
+//!
+//! Each node's inbound requests pass its per-peer limits
+//! ([`PeerLimits`], default bounds, the tokio clock) as on libp2p: over a
+//! bound a request fails with [`NetError::Busy`] and is never queued.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +23,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::env::Clock;
+use crate::net::peer_limits::{PeerLimits, PeerLimitsConfig};
 use crate::net::{MAX_PAYLOAD_BYTES, Net, NetError, NetEvent, NodeId, Protocol, Responder};
 
 /// Events queued per node before `request` waits for room.
@@ -46,7 +52,12 @@ struct HubInner {
 struct NodeSlot {
     events: mpsc::Sender<NetEvent>,
     topics: BTreeSet<String>,
+    /// Requests of each peer open on this node, and their rate.
+    limits: PeerLimits,
 }
+
+/// The most peers a hub node keeps request limits for.
+const MAX_TRACKED_PEERS: usize = 1024;
 
 fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
     if a <= b { (a, b) } else { (b, a) }
@@ -90,6 +101,7 @@ impl MemoryHub {
             NodeSlot {
                 events: tx,
                 topics: BTreeSet::new(),
+                limits: PeerLimits::new(PeerLimitsConfig::default(), MAX_TRACKED_PEERS),
             },
         );
         drop(inner);
@@ -141,6 +153,22 @@ impl MemoryHub {
     /// Traffic figures of `protocol` so far.
     pub fn stats(&self, protocol: &str) -> ProtocolStats {
         self.lock().stats.get(protocol).cloned().unwrap_or_default()
+    }
+}
+
+/// A request admitted by its target's limits; dropping it frees the slot.
+struct OpenRequest {
+    hub: MemoryHub,
+    on: NodeId,
+    from: NodeId,
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        if let Some(slot) = self.hub.lock().nodes.get_mut(&self.on) {
+            slot.limits
+                .release(self.from, Clock::tokio().now().into_std());
+        }
     }
 }
 
@@ -204,15 +232,30 @@ impl Net for MemoryNet {
                 if inner.down.contains(&pair(from, peer)) {
                     return Err(NetError::NotConnected(peer));
                 }
-                let Some(slot) = inner.nodes.get(&peer) else {
+                let cut = inner.cut.contains(&pair(from, peer));
+                let Some(slot) = inner.nodes.get_mut(&peer) else {
                     return Err(NetError::NotConnected(peer));
                 };
-                (slot.events.clone(), inner.cut.contains(&pair(from, peer)))
+                if !cut
+                    && let Err(refusal) = slot.limits.admit(from, Clock::tokio().now().into_std())
+                {
+                    return Err(NetError::Busy {
+                        peer,
+                        reason: refusal.busy.to_string(),
+                    });
+                }
+                (slot.events.clone(), cut)
             };
             if cut {
                 tokio::time::sleep(hub.request_timeout).await;
                 return Err(NetError::Timeout { peer, timeout_ms });
             }
+            // Freed when answered, or when this exchange ends early.
+            let _slot = OpenRequest {
+                hub: hub.clone(),
+                on: peer,
+                from,
+            };
             let (tx, rx) = oneshot::channel();
             let event = NetEvent::Request {
                 from,

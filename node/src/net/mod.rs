@@ -16,11 +16,16 @@
 //! node's protocol driver reads. Admission (which peers may talk to this node)
 //! is enforced inside the implementation: protocol code never sees an event
 //! from a peer that is not admitted, except a request on [`JOIN_PROTOCOL`].
+//! So are the per-peer request limits ([`peer_limits`]): a request over its
+//! peer's bounds is answered [`NetError::Busy`] at once and never reaches
+//! protocol code.
 
 pub mod admission;
 pub mod identity;
 pub mod p2p;
+pub mod peer_limits;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
@@ -111,6 +116,12 @@ pub enum NetError {
     Timeout { peer: NodeId, timeout_ms: u64 },
     #[error("peer {peer} refused the request: {reason}")]
     Refused { peer: NodeId, reason: String },
+    /// The peer has too many of this node's requests open, or this node
+    /// sends faster than the peer accepts ([`peer_limits`]): nothing is wrong
+    /// with the request or the peer; back off and retry later, or ask
+    /// another peer.
+    #[error("peer {peer} is busy, retry later: {reason}")]
+    Busy { peer: NodeId, reason: String },
     #[error("payload of {size_bytes} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")]
     TooLarge { size_bytes: usize },
     #[error("the network has stopped")]
@@ -143,6 +154,11 @@ pub trait Net: Send + Sync + 'static {
 
     /// Receive messages published on `topic`.
     fn subscribe(&self, topic: &str) -> Result<(), NetError>;
+
+    /// Requests refused as busy so far, per peer ([`peer_limits`]).
+    fn busy_refusals(&self) -> BTreeMap<NodeId, u64> {
+        BTreeMap::new()
+    }
 }
 
 impl<T: Net + ?Sized> Net for std::sync::Arc<T> {
@@ -169,5 +185,9 @@ impl<T: Net + ?Sized> Net for std::sync::Arc<T> {
 
     fn subscribe(&self, topic: &str) -> Result<(), NetError> {
         (**self).subscribe(topic)
+    }
+
+    fn busy_refusals(&self) -> BTreeMap<NodeId, u64> {
+        (**self).busy_refusals()
     }
 }

@@ -100,6 +100,9 @@ pub struct ClusterSetup {
     /// The largest state-sync message gathered from a peer
     /// (`limits.cluster.max_sync_message`).
     pub max_sync_message_bytes: usize,
+    /// What one peer may ask of this node: requests open at once and their
+    /// rate (`limits.cluster.*_per_peer`).
+    pub peer_limits: crate::net::peer_limits::PeerLimitsConfig,
 }
 
 /// A running node. Dropping it does not stop it; call [`Node::stop`].

@@ -36,6 +36,7 @@ impl P2pTransport {
             mdns: setup.mdns,
             cluster_secret: setup.secret,
             quic: setup.quic,
+            peer_limits: setup.peer_limits,
             ..P2pConfig::default()
         })
     }

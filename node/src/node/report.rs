@@ -50,6 +50,7 @@ impl Info {
             serving: Default::default(),
             holds: None,
             gc: self.gc.last(),
+            busy_refusals: Default::default(),
         };
         if let Some((cluster, ..)) = &self.cluster {
             let report = cluster.report();
@@ -58,6 +59,7 @@ impl Info {
             status.state_hash = Some(report.state_hash);
             status.serving = report.serving;
             status.holds = Some(report.holds);
+            status.busy_refusals = report.busy_refusals;
         }
         status
     }
@@ -78,6 +80,7 @@ fn peer_status(report: PeerReport) -> NodeStatus {
         serving: report.serving,
         holds: Some(report.holds),
         gc: None,
+        busy_refusals: report.busy_refusals,
     }
 }
 

@@ -18,5 +18,6 @@ mod determinism_rules;
 mod gateway;
 mod git_push;
 mod p2p;
+mod peer_limits;
 mod runtime;
 mod tls;

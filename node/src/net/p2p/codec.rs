@@ -4,7 +4,11 @@
 //! requests as `(protocol name, payload)` frames, length-prefixed:
 //!
 //! - request:  `u8 name_len | name (UTF-8) | u32 payload_len (BE) | payload`
-//! - response: `u8 status (0 ok, 1 error) | u32 len (BE) | payload or UTF-8 reason`
+//! - response: `u8 status (0 ok, 1 error, 2 busy) | u32 len (BE) | payload or UTF-8 reason`
+//!
+//! "Busy" is the answer of the per-peer request limits
+//! ([`peer_limits`](crate::net::peer_limits)): retry later, nothing is wrong
+//! with the request; the requester sees [`NetError::Busy`](crate::net::NetError::Busy).
 //!
 //! Lengths are checked against [`MAX_PAYLOAD_BYTES`] before anything is
 //! allocated, so a peer cannot make this node buffer more than the limit.
@@ -28,6 +32,7 @@ pub const MAX_REASON_BYTES: usize = 4 * 1024;
 
 const STATUS_OK: u8 = 0;
 const STATUS_ERR: u8 = 1;
+const STATUS_BUSY: u8 = 2;
 
 /// A request on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +41,25 @@ pub struct WireRequest {
     pub payload: Bytes,
 }
 
-/// A response on the wire: the payload, or the responder's reason for refusing.
-pub type WireResponse = Result<Bytes, String>;
+/// A response on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireResponse {
+    /// The answer's payload.
+    Answer(Bytes),
+    /// The responder's reason for refusing.
+    Refused(String),
+    /// The responder's per-peer limits turned the request away: retry later.
+    Busy(String),
+}
+
+impl From<Result<Bytes, String>> for WireResponse {
+    fn from(answer: Result<Bytes, String>) -> Self {
+        match answer {
+            Ok(payload) => WireResponse::Answer(payload),
+            Err(reason) => WireResponse::Refused(reason),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FrameCodec;
@@ -110,12 +132,16 @@ impl libp2p::request_response::Codec for FrameCodec {
         match status[0] {
             STATUS_OK => {
                 let len = read_len(io, MAX_PAYLOAD_BYTES).await?;
-                Ok(Ok(Bytes::from(read_body(io, len).await?)))
+                Ok(WireResponse::Answer(Bytes::from(read_body(io, len).await?)))
             }
-            STATUS_ERR => {
+            STATUS_ERR | STATUS_BUSY => {
                 let len = read_len(io, MAX_REASON_BYTES).await?;
-                let reason = read_body(io, len).await?;
-                Ok(Err(String::from_utf8_lossy(&reason).into_owned()))
+                let reason = String::from_utf8_lossy(&read_body(io, len).await?).into_owned();
+                Ok(if status[0] == STATUS_BUSY {
+                    WireResponse::Busy(reason)
+                } else {
+                    WireResponse::Refused(reason)
+                })
             }
             other => Err(invalid(format!("unknown response status {other}"))),
         }
@@ -157,26 +183,27 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        match res {
-            Ok(payload) => {
+        let (status, reason) = match res {
+            WireResponse::Answer(payload) => {
                 let len = frame_len(payload.len(), MAX_PAYLOAD_BYTES)?;
                 io.write_all(&[STATUS_OK]).await?;
                 io.write_all(&len).await?;
                 io.write_all(&payload).await?;
+                return io.close().await;
             }
-            Err(reason) => {
-                // Cut an over-long reason at a char boundary rather than fail.
-                let mut end = reason.len().min(MAX_REASON_BYTES);
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                let reason = &reason.as_bytes()[..end];
-                let len = frame_len(reason.len(), MAX_REASON_BYTES)?;
-                io.write_all(&[STATUS_ERR]).await?;
-                io.write_all(&len).await?;
-                io.write_all(reason).await?;
-            }
+            WireResponse::Refused(reason) => (STATUS_ERR, reason),
+            WireResponse::Busy(reason) => (STATUS_BUSY, reason),
+        };
+        // Cut an over-long reason at a char boundary rather than fail.
+        let mut end = reason.len().min(MAX_REASON_BYTES);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
         }
+        let reason = &reason.as_bytes()[..end];
+        let len = frame_len(reason.len(), MAX_REASON_BYTES)?;
+        io.write_all(&[status]).await?;
+        io.write_all(&len).await?;
+        io.write_all(reason).await?;
         io.close().await
     }
 }
@@ -207,8 +234,9 @@ mod tests {
     #[test]
     fn response_round_trip() {
         for res in [
-            Ok(Bytes::from_static(b"ok")),
-            Err("no such blob".to_owned()),
+            WireResponse::Answer(Bytes::from_static(b"ok")),
+            WireResponse::Refused("no such blob".to_owned()),
+            WireResponse::Busy("busy: too many requests open".to_owned()),
         ] {
             let mut buf = Cursor::new(Vec::new());
             block_on(FrameCodec.write_response(&REQUEST_PROTOCOL, &mut buf, res.clone())).unwrap();

@@ -13,6 +13,12 @@
 //! [`P2pConfig::clock`]) and obeys. It is promoted in place when the set
 //! comes to include it, and disconnected when its probation runs out first.
 //!
+//! Per-peer request limits: every request of an admitted peer passes the
+//! sans-IO [`PeerLimits`] core before it is queued for protocol code; over
+//! its peer's bounds it is answered busy at once (nothing queued, the peer
+//! stays connected), and an admitted request frees its slot when its answer
+//! leaves (or its responder is dropped, or it times out).
+//!
 //! Inputs are handled by `handle_*` methods (commands, swarm events, the
 //! redial tick, the probation timer), one per source.
 
@@ -39,13 +45,16 @@ use super::probation::Probation;
 use super::{Command, MAX_JOIN_REQUESTS_PER_CONNECTION, P2pConfig, Shared, lock};
 use crate::env::Clock;
 use crate::net::identity::NodeKey;
+use crate::net::peer_limits::{PeerLimits, Refusal};
 use crate::net::{NetError, NetEvent, NodeId, Responder};
 
 /// How often kad may start a bootstrap query on new peers.
 const KAD_BOOTSTRAP_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// An answer from protocol code on its way back to a requester.
-type PendingResponse = BoxFuture<'static, (ResponseChannel<WireResponse>, WireResponse)>;
+/// An answer from protocol code on its way back to a requester; `Some(peer)`
+/// when the request holds one of the peer's [`PeerLimits`] slots.
+type PendingResponse =
+    BoxFuture<'static, (Option<NodeId>, ResponseChannel<WireResponse>, WireResponse)>;
 
 /// A dial waiting for the peer to identify itself.
 struct PendingDial {
@@ -73,6 +82,8 @@ pub struct Driver {
     probation: Probation,
     /// Fires at the earliest probation deadline.
     probation_timer: Pin<Box<tokio::time::Sleep>>,
+    /// Requests open and their rate, per admitted peer.
+    peer_limits: PeerLimits,
     /// The node's clock: probation deadlines, kad bootstrap spacing.
     clock: Clock,
     shared: Arc<Shared>,
@@ -104,6 +115,9 @@ impl Driver {
                 .with_idle_connection_timeout(config.idle_connection_timeout),
         );
         let probation = Probation::new(config.probation, MAX_JOIN_REQUESTS_PER_CONNECTION);
+        // Only peers with a connection send requests, so no more peers than
+        // connections need state.
+        let peer_limits = PeerLimits::new(config.peer_limits, config.max_connections as usize);
         let clock = config.clock.clone();
         let mut driver = Self {
             swarm,
@@ -118,6 +132,7 @@ impl Driver {
             up: BTreeSet::new(),
             probation,
             probation_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            peer_limits,
             clock,
             shared,
             requests: HashMap::new(),
@@ -218,7 +233,11 @@ impl Driver {
                     Err(_) => self.admitted_open = false,
                 },
                 () = &mut self.probation_timer, if !self.probation.is_empty() => self.handle_probation_timeout(),
-                Some((channel, response)) = self.responses.next(), if !self.responses.is_empty() => {
+                Some((limited, channel, response)) = self.responses.next(), if !self.responses.is_empty() => {
+                    if let Some(peer) = limited {
+                        let now = self.clock.now().into_std();
+                        self.peer_limits.release(peer, now);
+                    }
                     if self.swarm.behaviour_mut().requests.send_response(channel, response).is_err() {
                         tracing::debug!("a requester went away before its answer was sent");
                     }
@@ -271,7 +290,12 @@ impl Driver {
             behaviour.kad.admit(peer);
             self.promote(peer);
         }
+        let now = self.clock.now().into_std();
         for peer in removed {
+            if let Some(id) = NodeId::from_peer_id(&peer) {
+                self.peer_limits.forget(id, now);
+                lock(&self.shared.busy_refusals).remove(&id);
+            }
             let behaviour = self.swarm.behaviour_mut();
             behaviour.gossip.revoke(&peer);
             behaviour.kad.revoke(&peer);
@@ -367,6 +391,7 @@ impl Driver {
         };
         if self.up.insert(peer) {
             tracing::info!(%peer, node = %id, "peer up");
+            self.peer_limits.handle_peer_up(id);
             lock(&self.shared.peers).insert(id);
             self.emit(NetEvent::PeerUp(id));
             self.kad_bootstrap();
@@ -378,6 +403,8 @@ impl Driver {
             && let Some(id) = NodeId::from_peer_id(&peer)
         {
             tracing::info!(%peer, node = %id, "peer down");
+            let now = self.clock.now().into_std();
+            self.peer_limits.handle_peer_down(id, now);
             lock(&self.shared.peers).remove(&id);
             self.emit(NetEvent::PeerDown(id));
         }
@@ -710,9 +737,15 @@ impl Driver {
                 let Some(from) = NodeId::from_peer_id(&peer) else {
                     return;
                 };
-                if self.is_admitted(&peer) {
+                let limited = self.is_admitted(&peer);
+                if limited {
                     // A request can overtake identify on a fresh connection.
                     self.mark_up(peer);
+                    let now = self.clock.now().into_std();
+                    if let Err(refusal) = self.peer_limits.admit(from, now) {
+                        self.refuse_busy(from, &request.protocol, refusal, channel);
+                        return;
+                    }
                 } else if let Err(refusal) =
                     self.probation
                         .handle_request(&peer, connection_id, &request.protocol)
@@ -722,7 +755,7 @@ impl Driver {
                         .swarm
                         .behaviour_mut()
                         .requests
-                        .send_response(channel, Err(refusal.to_string()))
+                        .send_response(channel, WireResponse::Refused(refusal.to_string()))
                         .is_err()
                     {
                         tracing::debug!(%peer, "a refused requester went away");
@@ -733,14 +766,16 @@ impl Driver {
                 let timeout = self.config.request_timeout;
                 self.responses.push(Box::pin(async move {
                     let response = match tokio::time::timeout(timeout, rx).await {
-                        Ok(Ok(answer)) => answer,
-                        Ok(Err(_)) => Err("the peer dropped the request without answering".into()),
-                        Err(_) => Err(format!(
+                        Ok(Ok(answer)) => WireResponse::from(answer),
+                        Ok(Err(_)) => WireResponse::Refused(
+                            "the peer dropped the request without answering".into(),
+                        ),
+                        Err(_) => WireResponse::Refused(format!(
                             "the peer did not answer within {} ms",
                             timeout.as_millis()
                         )),
                     };
-                    (channel, response)
+                    (limited.then_some(from), channel, response)
                 }));
                 self.emit(NetEvent::Request {
                     from,
@@ -758,7 +793,11 @@ impl Driver {
                 ..
             } => {
                 if let Some((peer, reply)) = self.requests.remove(&request_id) {
-                    let result = response.map_err(|reason| NetError::Refused { peer, reason });
+                    let result = match response {
+                        WireResponse::Answer(payload) => Ok(payload),
+                        WireResponse::Refused(reason) => Err(NetError::Refused { peer, reason }),
+                        WireResponse::Busy(reason) => Err(NetError::Busy { peer, reason }),
+                    };
                     let _ = reply.send(result);
                 }
             }
@@ -773,6 +812,38 @@ impl Driver {
                 tracing::debug!(%peer, "an inbound request failed: {error}");
             }
             request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Answer a request over its peer's limits: busy, at once, nothing
+    /// queued; the peer stays connected. Logged at most once per peer per
+    /// [`WARN_INTERVAL`](crate::net::peer_limits::WARN_INTERVAL).
+    fn refuse_busy(
+        &mut self,
+        from: NodeId,
+        protocol: &str,
+        refusal: Refusal,
+        channel: ResponseChannel<WireResponse>,
+    ) {
+        if refusal.warn {
+            tracing::warn!(
+                peer = %from,
+                protocol,
+                refused_total = refusal.refused_total,
+                "refusing requests from a peer over its limits (logged at most once a minute per peer): {}",
+                refusal.busy
+            );
+        }
+        lock(&self.shared.busy_refusals).insert(from, refusal.refused_total);
+        let response = WireResponse::Busy(refusal.busy.to_string());
+        if self
+            .swarm
+            .behaviour_mut()
+            .requests
+            .send_response(channel, response)
+            .is_err()
+        {
+            tracing::debug!(peer = %from, "a requester refused as busy went away");
         }
     }
 

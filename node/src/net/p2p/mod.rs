@@ -25,7 +25,7 @@ mod gate;
 mod probation;
 mod psk;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,6 +39,7 @@ use libp2p::multiaddr::Protocol as AddrProtocol;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::identity::NodeKey;
+use super::peer_limits::PeerLimitsConfig;
 use super::{MAX_PAYLOAD_BYTES, Net, NetError, NetEvent, NodeId, Protocol};
 use crate::env::Clock;
 use codec::MAX_PROTOCOL_NAME_BYTES;
@@ -86,8 +87,12 @@ pub struct P2pConfig {
     /// present an invite ([`JOIN_PROTOCOL`](crate::net::JOIN_PROTOCOL)) before
     /// its connections are closed.
     pub probation: Duration,
+    /// What one admitted peer may ask of this node: requests open at once
+    /// and their rate ([`peer_limits`](crate::net::peer_limits)); a request
+    /// over a bound is answered busy at once, never queued.
+    pub peer_limits: PeerLimitsConfig,
     /// The node's clock ([`Env::clock`](crate::env::Env::clock)): probation
-    /// deadlines are read from it. Default: tokio's.
+    /// deadlines and request rates are read from it. Default: tokio's.
     pub clock: Clock,
 }
 
@@ -108,6 +113,7 @@ impl Default for P2pConfig {
             max_pending_connections: 64,
             event_queue_len: 4096,
             probation: Duration::from_secs(30),
+            peer_limits: PeerLimitsConfig::default(),
             clock: Clock::tokio(),
         }
     }
@@ -129,6 +135,7 @@ impl fmt::Debug for P2pConfig {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("redial_interval", &self.redial_interval)
             .field("probation", &self.probation)
+            .field("peer_limits", &self.peer_limits)
             .finish_non_exhaustive()
     }
 }
@@ -174,7 +181,12 @@ impl P2pConfig {
         if self.event_queue_len == 0 {
             return Err(NetError::Setup("event_queue_len must be above zero".into()));
         }
-        Ok(())
+        if self.max_connections == 0 {
+            return Err(NetError::Setup("max_connections must be above zero".into()));
+        }
+        self.peer_limits
+            .check()
+            .map_err(|e| NetError::Setup(e.to_string()))
     }
 }
 
@@ -209,6 +221,8 @@ enum Command {
 struct Shared {
     peers: Mutex<BTreeSet<NodeId>>,
     listen_addrs: Mutex<Vec<Multiaddr>>,
+    /// Requests refused as busy, per admitted peer.
+    busy_refusals: Mutex<BTreeMap<NodeId, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -364,5 +378,9 @@ impl Net for P2pNet {
                 topic: topic.to_owned(),
             })
             .map_err(|_| NetError::Stopped)
+    }
+
+    fn busy_refusals(&self) -> BTreeMap<NodeId, u64> {
+        lock(&self.shared.busy_refusals).clone()
     }
 }
