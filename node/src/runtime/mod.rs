@@ -6,9 +6,10 @@
 //! interruption), the linker (all of WASI 0.2 plus wasi:http, matched by
 //! semver so components built against any 0.2.x link), compiled code cached
 //! by CID in memory and on disk, and serving one request with a fresh
-//! instance under memory and time limits. It does not own routing, fetching
-//! artifacts from the store, or deciding limits: callers pass bytes, a CID
-//! and [`FunctionLimits`].
+//! instance under memory, time, fuel and request-body limits. It does not
+//! own routing, fetching artifacts from the store, or deciding limits:
+//! callers pass bytes, a CID and [`FunctionLimits`] (the node's
+//! request-body default and maximum come with [`RuntimeConfig`]).
 //!
 //! ```no_run
 //! # async fn example(wasm: Vec<u8>, cid: cid::Cid, request: hyper::Request<hyper::body::Incoming>)
