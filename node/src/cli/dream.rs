@@ -126,6 +126,7 @@ pub async fn run(args: DreamArgs) -> anyhow::Result<()> {
             gc: crate::gc::GcConfig::default(),
             gateway: crate::gateway::GatewayConfig::default(),
             wasm_memory_budget_bytes: crate::runtime::DEFAULT_MEMORY_BUDGET_BYTES,
+            wasm_request_body: crate::runtime::RequestBodyLimits::default(),
             cluster: None,
             admin: AdminOptions {
                 loopback_hosts_only: true,

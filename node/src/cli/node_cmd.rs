@@ -18,6 +18,7 @@ use crate::net::admission::InviteToken;
 use crate::net::p2p::{Multiaddr, P2pConfig};
 use crate::net::peer_limits::PeerLimitsConfig;
 use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
+use crate::runtime::RequestBodyLimits;
 
 /// Run one production node from a config file.
 ///
@@ -65,6 +66,11 @@ use crate::node::{AdminTls, ClusterSetup, Node, NodeOptions};
 ///       memory_budget: 2GiB       #   linear memory of all running instances
 ///                                 #   together; a function asking for more
 ///                                 #   than this is refused at deploy
+///       request_body: 32MiB       #   the largest request body of a function
+///                                 #   that sets no limits.body; larger: 413
+///       max_request_body: 1GiB    #   the most a function's limits.body may
+///                                 #   say; one asking more is refused at deploy
+///                                 #   (request_body, unset, is at most this)
 ///     cluster:                    #   what peers send
 ///       max_sync_message: 256MiB  #   one state-sync message (a new node's
 ///                                 #   first one carries the state's history)
@@ -214,6 +220,9 @@ pub(crate) struct LimitsConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct WasmLimitsConfig {
     pub memory_budget: Option<ByteSize>,
+    /// Read as any size, 0 included, so that a 0 is refused naming its field.
+    pub request_body: Option<SizeSetting>,
+    pub max_request_body: Option<SizeSetting>,
 }
 
 impl WasmLimitsConfig {
@@ -221,6 +230,45 @@ impl WasmLimitsConfig {
     fn memory_budget_bytes(&self) -> u64 {
         self.memory_budget
             .map_or(crate::runtime::DEFAULT_MEMORY_BUDGET_BYTES, |b| b.0)
+    }
+
+    /// The request-body limits of functions: each one set here, else its
+    /// default. A `request_body` set above the maximum is refused; an unset
+    /// one follows a lowered maximum down.
+    fn request_body_limits(&self) -> Result<RequestBodyLimits, String> {
+        let defaults = RequestBodyLimits::default();
+        let size = |name: &str, value: Option<SizeSetting>, default: u64| match value {
+            Some(SizeSetting(0)) => Err(format!(
+                "limits.wasm.{name}: 0 would refuse every request with a body; leave it out for the default ({})",
+                crate::config::format_size(default)
+            )),
+            Some(SizeSetting(bytes)) => Ok(bytes),
+            None => Ok(default),
+        };
+        let max_bytes = size(
+            "max_request_body",
+            self.max_request_body,
+            defaults.max_bytes,
+        )?;
+        let limits = RequestBodyLimits {
+            default_bytes: size(
+                "request_body",
+                self.request_body,
+                defaults.default_bytes.min(max_bytes),
+            )?,
+            max_bytes,
+        };
+        if limits.default_bytes > limits.max_bytes {
+            let (default, max) = (
+                crate::runtime::format_bytes(limits.default_bytes),
+                crate::runtime::format_bytes(limits.max_bytes),
+            );
+            return Err(format!(
+                "limits.wasm.request_body: {default} is more than limits.wasm.max_request_body ({max}); \
+                 the default a function gets must be one it could ask for"
+            ));
+        }
+        Ok(limits)
     }
 }
 
@@ -394,11 +442,12 @@ pub(crate) struct GitLimitsConfig {
     pub max_object_bytes: Option<ByteSize>,
 }
 
-/// A size written as bytes (`1048576`) or with a unit (`512MiB`).
+/// A size written as bytes (`1048576`) or with a unit (`512MiB`), 0
+/// included (the setting that reads it refuses a 0, naming itself).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ByteSize(u64);
+pub(crate) struct SizeSetting(u64);
 
-impl<'de> Deserialize<'de> for ByteSize {
+impl<'de> Deserialize<'de> for SizeSetting {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -412,6 +461,17 @@ impl<'de> Deserialize<'de> for ByteSize {
                 serde::de::Error::custom(format!("{e}; write {}", crate::config::SIZE_FORMS))
             })?,
         };
+        Ok(SizeSetting(bytes))
+    }
+}
+
+/// A size written as bytes (`1048576`) or with a unit (`512MiB`), not 0.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let SizeSetting(bytes) = SizeSetting::deserialize(deserializer)?;
         if bytes == 0 {
             return Err(serde::de::Error::custom(
                 "a limit of 0 bytes would refuse everything",
@@ -613,6 +673,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         },
         builds: config.build_sandbox.unwrap_or(SandboxMode::Required),
         wasm_memory_budget_bytes: config.limits.wasm.memory_budget_bytes(),
+        wasm_request_body: config
+            .limits
+            .wasm
+            .request_body_limits()
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
         git_limits,
         build_limits,
         gateway: config
@@ -886,6 +951,69 @@ mod tests {
             .config()
             .unwrap_err();
         assert!(err.starts_with("gc.interval: 0s"), "{err}");
+    }
+
+    #[test]
+    fn request_body_limits_come_from_the_config_or_their_defaults() {
+        let base = "data_dir: /d\nhttp: 127.0.0.1:80\nadmin: 127.0.0.1:7070\n";
+        let none = config(base).unwrap();
+        assert_eq!(
+            none.limits.wasm.request_body_limits().unwrap(),
+            RequestBodyLimits {
+                default_bytes: 32 << 20,
+                max_bytes: 1 << 30,
+            }
+        );
+        let some = config(&format!(
+            "{base}limits:\n  wasm:\n    request_body: 1MiB\n    max_request_body: 8MiB\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            some.limits.wasm.request_body_limits().unwrap(),
+            RequestBodyLimits {
+                default_bytes: 1 << 20,
+                max_bytes: 8 << 20,
+            }
+        );
+
+        let wasm_err = |section: &str| {
+            config(&format!("{base}limits:\n  wasm:\n{section}"))
+                .unwrap()
+                .limits
+                .wasm
+                .request_body_limits()
+                .unwrap_err()
+        };
+        assert_eq!(
+            wasm_err("    request_body: 0\n"),
+            "limits.wasm.request_body: 0 would refuse every request with a body; \
+             leave it out for the default (32MiB)"
+        );
+        assert_eq!(
+            wasm_err("    max_request_body: 0B\n"),
+            "limits.wasm.max_request_body: 0 would refuse every request with a body; \
+             leave it out for the default (1GiB)"
+        );
+        let err = config(&format!("{base}limits:\n  wasm:\n    request_body: big\n")).unwrap_err();
+        assert!(err.contains("`big` is not a size"), "{err}");
+        // A lowered maximum takes the default down with it, unless the
+        // default is set: then it must fit.
+        let lowered = config(&format!(
+            "{base}limits:\n  wasm:\n    max_request_body: 16MiB\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            lowered.limits.wasm.request_body_limits().unwrap(),
+            RequestBodyLimits {
+                default_bytes: 16 << 20,
+                max_bytes: 16 << 20,
+            }
+        );
+        assert_eq!(
+            wasm_err("    request_body: 32MiB\n    max_request_body: 16MiB\n"),
+            "limits.wasm.request_body: 32 MiB is more than limits.wasm.max_request_body (16 MiB); \
+             the default a function gets must be one it could ask for"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! each error located through the source map.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use super::diagnostic::Diagnostic;
@@ -446,10 +447,87 @@ fn check_limits(reporter: &mut Reporter<'_>, name: &str, raw: Option<RawLimits>)
         DEFAULT_MEMORY_BYTES,
         MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES,
     );
+    let fuel = check_fuel(
+        reporter,
+        &["functions", name, "limits", "fuel"],
+        raw.fuel.as_ref(),
+    );
+    let body_bytes = check_body(
+        reporter,
+        &["functions", name, "limits", "body"],
+        raw.body.as_ref(),
+    );
     // On error the caller drops the function; the defaults are never used.
     Limits {
         timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
         memory_bytes: memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
+        fuel: fuel.unwrap_or(None),
+        body_bytes: body_bytes.unwrap_or(None),
+    }
+}
+
+/// `limits.fuel`: a whole number; 0 means unlimited, as absent does.
+/// `None` on error.
+fn check_fuel(
+    reporter: &mut Reporter<'_>,
+    path: &[&str],
+    raw: Option<&Humane>,
+) -> Option<Option<NonZeroU64>> {
+    let Some(Humane(text)) = raw else {
+        return Some(None);
+    };
+    // `1_000_000` reads better than `1000000`; YAML leaves it a string.
+    let digits: String = text.trim().chars().filter(|c| *c != '_').collect();
+    let well_formed = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !text.trim().starts_with('_')
+        && !text.trim().ends_with('_');
+    let help = "write a whole number of fuel units (about one per wasm instruction), e.g. `100000000`, or 0 for no limit";
+    if !well_formed {
+        reporter.error(path, format!("`{text}` is not a whole number"), help);
+        return None;
+    }
+    match digits.parse::<u64>() {
+        Ok(fuel) => Some(NonZeroU64::new(fuel)),
+        Err(_) => {
+            reporter.error(
+                path,
+                format!("`{text}` is too large: it must be at most {}", u64::MAX),
+                help,
+            );
+            None
+        }
+    }
+}
+
+/// `limits.body`: a size of at least one byte; absent means the node's
+/// default. `None` on error.
+fn check_body(
+    reporter: &mut Reporter<'_>,
+    path: &[&str],
+    raw: Option<&Humane>,
+) -> Option<Option<u64>> {
+    let Some(Humane(text)) = raw else {
+        return Some(None);
+    };
+    match units::parse_size(text) {
+        Ok(0) => {
+            reporter.error(
+                path,
+                format!("`{text}` would refuse every request with a body"),
+                "give the largest request body the function accepts, e.g. `1MiB`, or remove `body` for the node's default (32MiB unless its operator changed limits.wasm.request_body)",
+            );
+            None
+        }
+        Ok(size) => Some(Some(size)),
+        Err(error) => {
+            reporter.error(
+                path,
+                error.to_string(),
+                format!("write {}", units::SIZE_FORMS),
+            );
+            None
+        }
     }
 }
 

@@ -304,7 +304,6 @@ const PLANNED_KEYS: &[&str] = &[
     "pubsub",
     "timer",
     "storage",
-    "fuel",
 ];
 
 /// serde_yaml_ng's error, located, with its position suffix removed and a

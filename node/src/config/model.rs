@@ -5,6 +5,7 @@
 //! paths are normalised and inside the repository, limits are in bounds.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -119,6 +120,15 @@ pub struct Limits {
     pub timeout: Duration,
     /// Linear memory, in bytes.
     pub memory_bytes: u64,
+    /// Wasm fuel (about one unit per instruction) one request may use;
+    /// `None` (`fuel: 0` or absent): unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<NonZeroU64>,
+    /// The largest request body, in bytes; `None`: the node's default
+    /// (`limits.wasm.request_body`). Never 0. Whether the node allows this
+    /// much is checked at deploy, not here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -126,6 +136,8 @@ impl Default for Limits {
         Self {
             timeout: DEFAULT_TIMEOUT,
             memory_bytes: DEFAULT_MEMORY_BYTES,
+            fuel: None,
+            body_bytes: None,
         }
     }
 }

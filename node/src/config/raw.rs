@@ -69,13 +69,18 @@ pub struct RawHttp {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "limits: a mapping with `timeout` and/or `memory`"
+    expecting = "limits: a mapping with any of `timeout`, `memory`, `fuel`, `body`"
 )]
 pub struct RawLimits {
     #[serde(default)]
     pub timeout: Option<Humane>,
     #[serde(default)]
     pub memory: Option<Humane>,
+    /// A whole number; read as text so its errors can name the field.
+    #[serde(default)]
+    pub fuel: Option<Humane>,
+    #[serde(default)]
+    pub body: Option<Humane>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +118,16 @@ impl<'de> Deserialize<'de> for Humane {
             }
 
             fn visit_i64<E: de::Error>(self, value: i64) -> Result<Humane, E> {
+                Ok(Humane(value.to_string()))
+            }
+
+            // YAML integers past 64 bits (a fuel limit too large, say):
+            // kept as written, so the check can say it is too large.
+            fn visit_u128<E: de::Error>(self, value: u128) -> Result<Humane, E> {
+                Ok(Humane(value.to_string()))
+            }
+
+            fn visit_i128<E: de::Error>(self, value: i128) -> Result<Humane, E> {
                 Ok(Humane(value.to_string()))
             }
 

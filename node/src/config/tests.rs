@@ -60,7 +60,7 @@ functions:
   hello:
     wasm: ./functions//hello.wasm
     http: { path: /hello/, methods: [get, POST] }
-    limits: { timeout: 2s, memory: 64MiB }
+    limits: { timeout: 2s, memory: 64MiB, fuel: 1_000_000, body: 1MiB }
   api:
     build:
       dir: functions/api
@@ -71,7 +71,7 @@ functions:
       path: /api
   quiet:
     wasm: functions/quiet.wasm
-    limits: { memory: 1048576 }
+    limits: { memory: 1048576, fuel: 0 }
 websites:
   www: { dir: public, path: / }
 "#;
@@ -96,6 +96,8 @@ websites:
                     limits: Limits {
                         timeout: Duration::from_secs(2),
                         memory_bytes: 64 << 20,
+                        fuel: std::num::NonZeroU64::new(1_000_000),
+                        body_bytes: Some(1 << 20),
                     },
                 },
             ),
@@ -123,9 +125,12 @@ websites:
                         path: "functions/quiet.wasm".to_string(),
                     },
                     http: None,
+                    // `fuel: 0` is no limit, like no `fuel`.
                     limits: Limits {
                         timeout: DEFAULT_TIMEOUT,
                         memory_bytes: 1 << 20,
+                        fuel: None,
+                        body_bytes: None,
                     },
                 },
             ),
@@ -244,6 +249,45 @@ functions:
     build: { dir: api, command: make, output: api.wasm, timeout: 500ms }
 "
     ));
+}
+
+#[test]
+fn bad_fuel_and_body() {
+    insta::assert_snapshot!(errors(
+        "project: shop
+functions:
+  hello:
+    wasm: a.wasm
+    limits: { fuel: 1.5, body: 0 }
+  api:
+    wasm: b.wasm
+    limits:
+      fuel: lots
+      body: 1 megabyte
+  big:
+    wasm: c.wasm
+    limits: { fuel: 99999999999999999999, body: 99999999999TiB }
+"
+    ));
+}
+
+#[test]
+fn limits_without_fuel_or_body_serialize_as_before() {
+    // Manifests and stored projects written before `fuel` and `body`
+    // existed read back with both unset, and a project that sets neither
+    // writes the same JSON as then.
+    let old = r#"{"timeout":{"secs":2,"nanos":0},"memory_bytes":67108864}"#;
+    let limits: Limits = serde_json::from_str(old).unwrap();
+    assert_eq!(
+        limits,
+        Limits {
+            timeout: Duration::from_secs(2),
+            memory_bytes: 64 << 20,
+            fuel: None,
+            body_bytes: None,
+        }
+    );
+    assert_eq!(serde_json::to_string(&limits).unwrap(), old);
 }
 
 #[test]

@@ -54,6 +54,7 @@ impl ReleaseBuilder<'_> {
         }
 
         self.check_memory_budget(&project_file)?;
+        self.check_request_body_limits(&project_file)?;
 
         let mut functions = BTreeMap::new();
         let mut artifacts = BTreeMap::new();
@@ -125,6 +126,40 @@ impl ReleaseBuilder<'_> {
         }
     }
 
+    /// Refuse, before anything is built, a function whose `limits.body` is
+    /// more than this node lets any function accept
+    /// (`limits.wasm.max_request_body`).
+    fn check_request_body_limits(&self, project_file: &ProjectFile) -> Result<(), DeployError> {
+        let max = self.runtime.request_body_limits().max_bytes;
+        let over: Vec<_> = project_file
+            .project
+            .functions
+            .iter()
+            .filter_map(|(name, f)| Some((name, f.limits.body_bytes?)))
+            .filter(|(_, body_bytes)| *body_bytes > max)
+            .map(|(name, body_bytes)| {
+                project_file.diagnostic(
+                    &["functions", name, "limits", "body"],
+                    format!(
+                        "{} is more than this node lets a function accept, \
+                         limits.wasm.max_request_body = {}",
+                        crate::runtime::format_bytes(body_bytes),
+                        crate::runtime::format_bytes(max)
+                    ),
+                    Some(
+                        "accept smaller request bodies, or ask the node's operator to raise limits.wasm.max_request_body"
+                            .into(),
+                    ),
+                )
+            })
+            .collect();
+        if over.is_empty() {
+            Ok(())
+        } else {
+            Err(config::Diagnostics(over).into())
+        }
+    }
+
     /// Check `commit` out into a fresh directory under the work directory,
     /// removed when the returned handle drops.
     async fn check_out(
@@ -171,6 +206,8 @@ impl ReleaseBuilder<'_> {
             }),
             timeout_ms: function.limits.timeout.as_millis() as u64,
             memory_bytes: function.limits.memory_bytes,
+            fuel: function.limits.fuel,
+            body_bytes: function.limits.body_bytes,
         };
         Ok((loaded, artifact))
     }

@@ -87,6 +87,8 @@ pub(super) fn route_table<'a>(
                     limits: FunctionLimits {
                         timeout: std::time::Duration::from_millis(artifact.timeout_ms),
                         memory_bytes: artifact.memory_bytes,
+                        fuel: artifact.fuel,
+                        body_bytes: artifact.body_bytes,
                     },
                 })),
             ));

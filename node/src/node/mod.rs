@@ -69,6 +69,9 @@ pub struct NodeOptions {
     /// The linear memory all running functions may hold together
     /// (`limits.wasm.memory_budget` in the node config).
     pub wasm_memory_budget_bytes: u64,
+    /// Functions' request-body limits (`limits.wasm.request_body` and
+    /// `limits.wasm.max_request_body` in the node config).
+    pub wasm_request_body: crate::runtime::RequestBodyLimits,
 }
 
 /// TLS on the admin port, with a certificate from the node's CA
@@ -200,6 +203,7 @@ impl Node {
         let spec = NodeSpec {
             runtime: RuntimeConfig {
                 memory_budget_bytes: options.wasm_memory_budget_bytes,
+                request_body: options.wasm_request_body,
                 ..RuntimeConfig::new(env.data_dir.join("compiled"))
             },
             builds: options.builds,

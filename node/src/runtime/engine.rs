@@ -7,8 +7,9 @@
 //! of them would ever yield: a deadlock. Fuel metering makes every guest
 //! yield after a fixed amount of work ([`YIELD_INTERVAL_FUEL`]), whatever
 //! the clock does, so the ticker (and every other task) keeps running and
-//! the epoch deadline can do its job. Fuel is never a limit here: each
-//! store gets `u64::MAX`.
+//! the epoch deadline can do its job. Fuel is a limit only for a function
+//! with `limits.fuel` (its store starts with that much, see `function.rs`);
+//! every other store gets `u64::MAX`.
 
 use std::time::Duration;
 

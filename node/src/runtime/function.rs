@@ -1,8 +1,10 @@
 //! A loaded function and how one request runs through it: a fresh instance
-//! per request, limited in memory and wall-clock time, with the request
-//! body streamed in and the response body streamed out.
+//! per request, limited in memory, wall-clock time and (when asked) fuel,
+//! with the request body streamed in (up to its limit) and the response
+//! body streamed out.
 
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,9 @@ use super::engine::YIELD_INTERVAL_FUEL;
 use super::guest_body::GuestBody;
 use super::guest_log::{GuestLog, Stream};
 use super::host::{Host, HttpHooks, MemoryLimiter};
+use super::request_body::{
+    BodyLimit, LimitedBody, Overflow, RefusalBody, RequestBody, declared_length, request_body,
+};
 use super::responses::Failure;
 use crate::body::Body;
 
@@ -43,14 +48,23 @@ pub struct FunctionLimits {
     /// Largest linear memory the guest may grow to (capped at the runtime's
     /// `max_memory_bytes`).
     pub memory_bytes: u64,
+    /// Fuel (about one unit per wasm instruction, instantiation included)
+    /// one request may use; `None`: unlimited.
+    pub fuel: Option<NonZeroU64>,
+    /// The function's own request-body limit (`limits.body`); `None`: the
+    /// runtime's default. Capped at the runtime's maximum (see
+    /// [`RequestBodyLimits`](super::RequestBodyLimits)).
+    pub body_bytes: Option<u64>,
 }
 
 impl Default for FunctionLimits {
-    /// Two seconds and 64 MiB.
+    /// Two seconds, 64 MiB, unlimited fuel, the runtime's body limit.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(2),
             memory_bytes: 64 << 20,
+            fuel: None,
+            body_bytes: None,
         }
     }
 }
@@ -147,8 +161,12 @@ impl Function {
     /// Serve one request with a fresh instance of the function, named `name`
     /// in messages and logs.
     ///
-    /// Never fails: a trap, a timeout, the memory limit or a full instance
-    /// pool become 500 / 504 / 500 / 503 responses. The response head is
+    /// Never fails: a trap, a timeout, the memory or fuel limit or a full
+    /// instance pool become 500 / 504 / 500 / 503 responses. A request body
+    /// over the limit gets 413: at once when its `Content-Length` says so,
+    /// else when it goes past the limit while the guest reads it (if the
+    /// guest has not answered by then; otherwise the guest's body read
+    /// fails and its response breaks off as it decides). The response head is
     /// returned as soon as the guest sets it; its body streams while the
     /// guest keeps running, and breaks off (rather than ending) if the guest
     /// then fails. The URI's scheme is passed on when the request carries
@@ -167,15 +185,30 @@ impl Function {
     {
         let memory_bytes = limits.memory_bytes.min(self.shared.max_memory_bytes);
         let timeout = limits.timeout;
+        let fuel = limits.fuel;
         let deadline = tokio::time::Instant::now() + timeout;
         let name: Arc<str> = Arc::from(name);
+
+        // Refused before an instance is taken or a byte of the body read.
+        let body_limit = self.shared.request_body.resolve(limits.body_bytes);
+        if let Some(size) = declared_length(request.headers())
+            && size > body_limit.bytes
+        {
+            let rest = request_body(request.into_body());
+            return too_large(body_limit, Some(size), Some(rest), deadline, &name);
+        }
+        let overflow = Overflow::default();
+        let request = request
+            .map(|body| LimitedBody::new(request_body(body), body_limit.bytes, overflow.clone()));
+        let refuse_overflow = || too_large(body_limit, None, overflow.take_rest(), deadline, &name);
+
         self.uses.fetch_add(1, Ordering::Relaxed);
         let pre = match self.ready().await {
             Ok(pre) => pre,
             Err(failure) => return failure.response(&name),
         };
 
-        let mut store = match self.new_store(&name, memory_bytes, deadline) {
+        let mut store = match self.new_store(&name, memory_bytes, fuel, deadline) {
             Ok(store) => store,
             Err(failure) => return failure.response(&name),
         };
@@ -196,14 +229,32 @@ impl Function {
             .await;
             match run {
                 Err(_elapsed) => Outcome::Failed(Failure::Timeout { timeout }),
-                Ok(result) => classify(result, store.data(), &task_name, timeout, memory_bytes),
+                Ok(result) => classify(
+                    result,
+                    store.data(),
+                    &task_name,
+                    timeout,
+                    memory_bytes,
+                    fuel,
+                ),
             }
         });
 
+        // Whatever the guest made of a body that broke off at the limit
+        // (an error, a trap, its own response) before it answered, the
+        // client is told the body was too large.
         match tokio::time::timeout_at(deadline, response_rx).await {
+            Ok(Ok(Ok(_response))) if overflow.happened() => {
+                task.abort();
+                refuse_overflow()
+            }
             Ok(Ok(Ok(response))) => response.map(|body: HyperOutgoingBody| {
                 Body::new(GuestBody::new(body, task, name.to_string()))
             }),
+            Ok(Ok(Err(_code))) if overflow.happened() => {
+                task.detach();
+                refuse_overflow()
+            }
             Ok(Ok(Err(code))) => {
                 // Let the guest finish on its own; it has answered.
                 task.detach();
@@ -215,6 +266,7 @@ impl Function {
             // The guest dropped its response-outparam: it is done, one way
             // or another.
             Ok(Err(_closed)) => match std::future::poll_fn(|cx| task.poll_outcome(cx)).await {
+                _ if overflow.happened() => refuse_overflow(),
                 Outcome::Returned => Failure::NoResponse.response(&name),
                 Outcome::Failed(failure) => failure.response(&name),
             },
@@ -235,7 +287,8 @@ impl Function {
         let Ok(pre) = self.ready().await else {
             return;
         };
-        let Ok(mut store) = self.new_store(&name, self.shared.max_memory_bytes, deadline) else {
+        let Ok(mut store) = self.new_store(&name, self.shared.max_memory_bytes, None, deadline)
+        else {
             return;
         };
         if let Err(error) = pre.instantiate_async(&mut store).await {
@@ -247,6 +300,7 @@ impl Function {
         &self,
         name: &Arc<str>,
         memory_bytes: u64,
+        fuel: Option<NonZeroU64>,
         deadline: tokio::time::Instant,
     ) -> Result<Store<Host>, Failure> {
         let mut wasi = WasiCtxBuilder::new();
@@ -268,9 +322,10 @@ impl Function {
         };
         let mut store = Store::new(&self.shared.engine, host);
         store.limiter(|host| &mut host.limiter);
-        // Fuel only paces the guest (see `engine.rs`): it never runs out.
+        // Fuel paces the guest (see `engine.rs`) and, when the function has
+        // a fuel limit, bounds it: out of fuel, the guest traps.
         store
-            .set_fuel(u64::MAX)
+            .set_fuel(fuel.map_or(u64::MAX, NonZeroU64::get))
             .and_then(|()| store.fuel_async_yield_interval(Some(YIELD_INTERVAL_FUEL)))
             .map_err(|error| Failure::Trap {
                 reason: format!("the runtime could not pace it: {}", short_reason(&error)),
@@ -288,6 +343,23 @@ impl Function {
         });
         Ok(store)
     }
+}
+
+/// The 413 for a request body over `limit` (`size_bytes` when declared),
+/// reading the rest of that body before its own body ends (see
+/// [`RefusalBody`]).
+fn too_large(
+    limit: BodyLimit,
+    size_bytes: Option<u64>,
+    rest: Option<RequestBody>,
+    deadline: tokio::time::Instant,
+    name: &str,
+) -> Response<Body> {
+    let failure = Failure::BodyTooLarge { limit, size_bytes };
+    let message = format!("{}\n", failure.message(name));
+    failure
+        .response(name)
+        .map(|_| Body::new(RefusalBody::new(message, rest, deadline)))
 }
 
 /// Turn the hyper request into the guest's `incoming-request` and create the
@@ -352,6 +424,7 @@ fn classify(
     name: &str,
     timeout: Duration,
     memory_bytes: u64,
+    fuel: Option<NonZeroU64>,
 ) -> Outcome {
     let Err(error) = result else {
         return Outcome::Returned;
@@ -365,6 +438,10 @@ fn classify(
         Failure::Timeout { timeout }
     } else if host.limiter.memory_limit_hit {
         Failure::MemoryLimit { memory_bytes }
+    } else if let Some(fuel) = fuel
+        && find_cause::<Trap>(&error) == Some(&Trap::OutOfFuel)
+    {
+        Failure::FuelLimit { fuel: fuel.get() }
     } else if host.limiter.budget_hit {
         Failure::MemoryBudget {
             budget_bytes: host.limiter.budget_bytes(),

@@ -6,9 +6,10 @@
 //! interruption), the linker (all of WASI 0.2 plus wasi:http, matched by
 //! semver so components built against any 0.2.x link), compiled code cached
 //! by CID in memory and on disk, and serving one request with a fresh
-//! instance under memory and time limits. It does not own routing, fetching
-//! artifacts from the store, or deciding limits: callers pass bytes, a CID
-//! and [`FunctionLimits`].
+//! instance under memory, time, fuel and request-body limits. It does not
+//! own routing, fetching artifacts from the store, or deciding limits:
+//! callers pass bytes, a CID and [`FunctionLimits`] (the node's
+//! request-body default and maximum come with [`RuntimeConfig`]).
 //!
 //! ```no_run
 //! # async fn example(wasm: Vec<u8>, cid: cid::Cid, request: hyper::Request<hyper::body::Incoming>)
@@ -30,6 +31,7 @@ mod guest_body;
 mod guest_env;
 mod guest_log;
 mod host;
+mod request_body;
 mod responses;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,6 +51,10 @@ pub use self::error::RuntimeError;
 pub use self::function::{Function, FunctionLimits};
 pub use self::guest_body::GuestBodyError;
 pub use self::guest_env::{GuestClock, GuestEnv, NodeClock};
+pub use self::request_body::{
+    BodyLimit, BodyLimitSource, DEFAULT_MAX_REQUEST_BODY_BYTES, DEFAULT_REQUEST_BODY_BYTES,
+    RequestBodyLimits,
+};
 pub use self::responses::format_bytes;
 
 use self::cache::DiskCache;
@@ -68,6 +74,9 @@ pub struct RuntimeConfig {
     /// The linear memory all running instances may hold together
     /// (`limits.wasm.memory_budget`; see [`MemoryBudget`]).
     pub memory_budget_bytes: u64,
+    /// The request-body limit of functions that set none, and the most one
+    /// may set (`limits.wasm.request_body`, `…max_request_body`).
+    pub request_body: RequestBodyLimits,
     /// How often running guests are interrupted to yield and check their
     /// deadline: the granularity of timeouts.
     pub epoch_tick: Duration,
@@ -75,13 +84,15 @@ pub struct RuntimeConfig {
 
 impl RuntimeConfig {
     /// 1000 instances, 4 GiB per function at most, 2 GiB for all of them
-    /// together, a 10 ms epoch tick.
+    /// together, request bodies of 32 MiB unless a function asks for up to
+    /// 1 GiB, a 10 ms epoch tick.
     pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
         Self {
             cache_dir: cache_dir.into(),
             max_instances: 1000,
             max_memory_bytes: 4 << 30,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
+            request_body: RequestBodyLimits::default(),
             epoch_tick: Duration::from_millis(10),
         }
     }
@@ -104,6 +115,7 @@ pub(crate) struct Shared {
     engine: Engine,
     max_memory_bytes: u64,
     budget: Arc<MemoryBudget>,
+    request_body: RequestBodyLimits,
     /// How an unloaded function's code comes back.
     reload: Arc<Reload>,
     guest: GuestEnv,
@@ -163,6 +175,15 @@ impl Runtime {
                 reason: "the memory budget must be more than zero".to_string(),
             });
         }
+        let body = config.request_body;
+        if body.default_bytes == 0 || body.default_bytes > body.max_bytes {
+            return Err(RuntimeError::Engine {
+                reason: format!(
+                    "the default request-body limit ({} bytes) must be more than zero and at most the maximum ({} bytes)",
+                    body.default_bytes, body.max_bytes
+                ),
+            });
+        }
         if config.epoch_tick.is_zero() {
             return Err(RuntimeError::Engine {
                 reason: "epoch_tick must be longer than zero (10ms is usual)".to_string(),
@@ -188,6 +209,7 @@ impl Runtime {
                 engine,
                 max_memory_bytes: config.max_memory_bytes,
                 budget: Arc::new(MemoryBudget::new(config.memory_budget_bytes)),
+                request_body: config.request_body,
                 guest,
                 _ticker: ticker,
             }),
@@ -202,6 +224,11 @@ impl Runtime {
     /// The node-wide memory budget of functions, and its use.
     pub fn memory_budget(&self) -> MemoryBudgetReport {
         self.shared.budget.report()
+    }
+
+    /// The node's request-body limits for functions.
+    pub fn request_body_limits(&self) -> RequestBodyLimits {
+        self.shared.request_body
     }
 
     /// The wasmtime engine (for benchmarks and tooling).

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::{Response, StatusCode, header};
 
+use super::request_body::BodyLimit;
 use crate::body::{self, Body};
 
 /// Seconds a client should wait before retrying when every instance slot
@@ -20,6 +21,14 @@ pub enum Failure {
     MemoryLimit { memory_bytes: u64 },
     /// The guest ran past its wall-clock timeout.
     Timeout { timeout: Duration },
+    /// The guest used up its fuel (`limits.fuel`).
+    FuelLimit { fuel: u64 },
+    /// The request body is larger than the function accepts; `size_bytes`
+    /// when its `Content-Length` said so (else it broke off while streaming).
+    BodyTooLarge {
+        limit: BodyLimit,
+        size_bytes: Option<u64>,
+    },
     /// Every instance slot of the pool is in use.
     PoolExhausted { reason: String },
     /// The node's memory budget for functions is in use by other requests.
@@ -41,8 +50,10 @@ impl Failure {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Failure::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Failure::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::Trap { .. }
             | Failure::MemoryLimit { .. }
+            | Failure::FuelLimit { .. }
             | Failure::NoResponse
             | Failure::GuestError { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -60,6 +71,20 @@ impl Failure {
                 "function `{name}` exceeded its {} timeout",
                 format_duration(*timeout)
             ),
+            Failure::FuelLimit { fuel } => format!(
+                "function `{name}` failed: it used all its fuel (functions.{name}.limits.fuel = {fuel})"
+            ),
+            Failure::BodyTooLarge { limit, size_bytes } => {
+                let this_one = match size_bytes {
+                    Some(size) => format!("this one is {}", format_bytes(*size)),
+                    None => "this one is larger".to_string(),
+                };
+                format!(
+                    "function `{name}` accepts request bodies up to {} ({}); {this_one}",
+                    format_bytes(limit.bytes),
+                    limit.setting(name)
+                )
+            }
             Failure::PoolExhausted { reason } => format!(
                 "function `{name}` cannot run now: every instance slot is busy ({reason}); retry shortly"
             ),
@@ -147,6 +172,41 @@ mod tests {
             }
             .message("f"),
             "function `f` failed: wasm `unreachable` instruction executed"
+        );
+    }
+
+    #[test]
+    fn fuel_and_body_messages_name_their_setting() {
+        use super::super::request_body::BodyLimitSource;
+        let fuel = Failure::FuelLimit { fuel: 1_000_000 };
+        assert_eq!(fuel.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            fuel.message("api"),
+            "function `api` failed: it used all its fuel (functions.api.limits.fuel = 1000000)"
+        );
+        let declared = Failure::BodyTooLarge {
+            limit: BodyLimit {
+                bytes: 1 << 20,
+                set_by: BodyLimitSource::Function,
+            },
+            size_bytes: Some(5 << 20),
+        };
+        assert_eq!(declared.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            declared.message("api"),
+            "function `api` accepts request bodies up to 1 MiB (functions.api.limits.body); this one is 5 MiB"
+        );
+        let streamed = Failure::BodyTooLarge {
+            limit: BodyLimit {
+                bytes: 32 << 20,
+                set_by: BodyLimitSource::NodeDefault,
+            },
+            size_bytes: None,
+        };
+        assert_eq!(
+            streamed.message("api"),
+            "function `api` accepts request bodies up to 32 MiB (limits.wasm.request_body, \
+             the node's default; functions.api.limits.body sets the function's own); this one is larger"
         );
     }
 

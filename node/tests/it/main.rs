@@ -15,6 +15,7 @@
 mod cluster;
 mod deploy_queue;
 mod determinism_rules;
+mod function_limits;
 mod gateway;
 mod git_push;
 mod p2p;

@@ -22,11 +22,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 /// How long any single step may take before the test fails (compiling a
 /// component in a debug build on a busy 2-core machine is the slow part).
-const STEP_DEADLINE: Duration = Duration::from_secs(120);
+pub(super) const STEP_DEADLINE: Duration = Duration::from_secs(120);
 
-type ClientBody = BoxBody<Bytes, Infallible>;
+pub(super) type ClientBody = BoxBody<Bytes, Infallible>;
 
-fn testfn_wasm() -> &'static [u8] {
+pub(super) fn testfn_wasm() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     WASM.get_or_init(|| read_guest(Guest::TESTFN))
 }
@@ -42,14 +42,14 @@ fn read_guest(guest: Guest) -> Vec<u8> {
     std::fs::read(&wasm).unwrap_or_else(|e| panic!("read {}: {e}", wasm.display()))
 }
 
-fn config(cache_dir: &std::path::Path) -> RuntimeConfig {
+pub(super) fn config(cache_dir: &std::path::Path) -> RuntimeConfig {
     RuntimeConfig {
         max_instances: 16,
         ..RuntimeConfig::new(cache_dir)
     }
 }
 
-async fn load(runtime: &Runtime, wasm: &[u8]) -> Arc<Function> {
+pub(super) async fn load(runtime: &Runtime, wasm: &[u8]) -> Arc<Function> {
     tokio::time::timeout(STEP_DEADLINE, runtime.load(&raw_cid(wasm), wasm))
         .await
         .expect("loading took too long")
@@ -58,7 +58,7 @@ async fn load(runtime: &Runtime, wasm: &[u8]) -> Arc<Function> {
 
 /// Serve `function` as `testfn` on a fresh port (hyper-util's auto server,
 /// HTTP/1.1) and return the address.
-async fn serve(function: Arc<Function>, limits: FunctionLimits) -> SocketAddr {
+pub(super) async fn serve(function: Arc<Function>, limits: FunctionLimits) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -82,23 +82,23 @@ async fn serve(function: Arc<Function>, limits: FunctionLimits) -> SocketAddr {
     address
 }
 
-fn client() -> Client<HttpConnector, ClientBody> {
+pub(super) fn client() -> Client<HttpConnector, ClientBody> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-fn empty() -> ClientBody {
+pub(super) fn empty() -> ClientBody {
     Full::new(Bytes::new()).boxed()
 }
 
 /// GET `path` and return the status, headers and whole body.
-async fn get(address: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+pub(super) async fn get(address: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
     let request = Request::get(format!("http://{address}{path}"))
         .body(empty())
         .unwrap();
     send(request).await
 }
 
-async fn send(request: Request<ClientBody>) -> (StatusCode, http::HeaderMap, Bytes) {
+pub(super) async fn send(request: Request<ClientBody>) -> (StatusCode, http::HeaderMap, Bytes) {
     tokio::time::timeout(STEP_DEADLINE, async {
         let response = client()
             .request(request)
@@ -116,7 +116,7 @@ async fn send(request: Request<ClientBody>) -> (StatusCode, http::HeaderMap, Byt
     .expect("the response took too long")
 }
 
-fn text(body: &Bytes) -> String {
+pub(super) fn text(body: &Bytes) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
@@ -204,6 +204,7 @@ async fn a_memory_bomb_hits_its_limit_and_the_next_request_succeeds() {
     let limits = FunctionLimits {
         timeout: Duration::from_secs(30),
         memory_bytes: 32 << 20,
+        ..FunctionLimits::default()
     };
     let address = serve(load(&runtime, testfn_wasm()).await, limits).await;
 

@@ -5,7 +5,8 @@
 //! closes clients that do not send their headers in time; its gateway
 //! answers quickly while thousands of idle connections are held open; one
 //! project's slow build holds up no other project's deploy, and a push past
-//! the deploy queue's bound is refused.
+//! the deploy queue's bound is refused; a function's `limits.body` bounds
+//! its request bodies, and one over the node's maximum is refused at deploy.
 
 use std::time::Duration;
 
@@ -621,6 +622,107 @@ async fn a_function_over_the_node_memory_budget_is_refused_at_deploy() {
     let memory = &status["nodes"][0]["runtime"]["memory"];
     assert_eq!(memory["budget_bytes"], 1u64 << 30, "{status}");
     assert!(memory["in_use_bytes"].as_u64().is_some(), "{status}");
+}
+
+/// Issue 13: `limits.body` in canopy.yaml bounds a function's request
+/// bodies — a declared or streamed body over it gets 413 naming the field,
+/// one within it reaches the function whole — and a push whose
+/// `limits.body` is over the node's `limits.wasm.max_request_body` is
+/// refused at deploy naming both, while the live release keeps serving.
+#[tokio::test]
+async fn a_functions_body_limit_is_enforced_and_one_over_the_node_maximum_is_refused() {
+    const MIB: usize = 1 << 20;
+    let _machine = share_machine().await;
+    let (_dir, node) = node_with_limits("  wasm:\n    max_request_body: 4MiB\n").await;
+    let (http, admin, token) = (node.fact("http"), node.fact("admin"), node.admin_token());
+    let remote = node.remote("shop");
+    let client = canopy_tests::client();
+    let post = |path: &str, body: reqwest::Body| {
+        client
+            .post(format!("{http}{path}"))
+            .header("host", "shop.localhost")
+            .body(body)
+            .send()
+    };
+    let yaml = |body: &str| {
+        format!(
+            "project: shop\nfunctions:\n  api:\n    wasm: functions/testfn.wasm\n    http: {{ path: /api }}\n    limits: {{ body: {body} }}\n"
+        )
+    };
+    let project = Project::new().unwrap();
+    project
+        .write("canopy.yaml", yaml("1MiB"))
+        .write("functions/testfn.wasm", testfn("bodies"));
+    let good = project.commit("1 MiB bodies").unwrap();
+    project.push(&remote, "main").unwrap();
+    wait_for(
+        "the release to go live",
+        Duration::from_secs(60),
+        || async { (node.live_commit("shop", "main").await? == good).then_some(()) },
+    )
+    .await;
+
+    // Declared over the limit.
+    let over = post("/api/echo", pseudo_random_bytes(5 * MIB).into())
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 413);
+    assert_eq!(
+        over.text().await.unwrap(),
+        "function `api` accepts request bodies up to 1 MiB (functions.api.limits.body); this one is 5 MiB\n"
+    );
+    // Streamed (chunked) just over the limit, to a function that reads it
+    // all before answering.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = pseudo_random_bytes(MIB + 4096)
+        .chunks(64 << 10)
+        .map(|chunk| Ok(chunk.to_vec()))
+        .collect();
+    let streamed = post(
+        "/api/collect",
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(streamed.status(), 413);
+    let message = streamed.text().await.unwrap();
+    assert!(
+        message.ends_with("(functions.api.limits.body); this one is larger\n"),
+        "{message}"
+    );
+    // Within the limit: echoed whole.
+    let within = pseudo_random_bytes(MIB);
+    let echoed = post("/api/echo", within.clone().into()).await.unwrap();
+    assert_eq!(echoed.status(), 200);
+    assert!(
+        echoed.bytes().await.unwrap() == within[..],
+        "the echo differs"
+    );
+
+    // Over the node's maximum: refused at deploy.
+    project.write("canopy.yaml", yaml("8MiB"));
+    let greedy = project.commit("8 MiB bodies").unwrap();
+    project.push(&remote, "main").unwrap();
+    let error = wait_for("the deploy to fail", Duration::from_secs(60), || async {
+        let status = canopy_tests::status_json(&admin, &token).await?;
+        let env = status["deployments"].as_array()?.first()?.clone();
+        (env["failed_commit"] == greedy.as_str()).then(|| env["error"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert!(
+        error.contains("functions.api.limits.body: 8 MiB"),
+        "{error}"
+    );
+    assert!(
+        error.contains("limits.wasm.max_request_body = 4 MiB"),
+        "{error}"
+    );
+    assert_eq!(
+        node.live_commit("shop", "main").await.as_deref(),
+        Some(good.as_str())
+    );
+    let still = post("/api/collect", vec![7u8; 1000].into()).await.unwrap();
+    assert_eq!(still.status(), 200);
+    assert_eq!(still.text().await.unwrap(), "read 1000 bytes\n");
 }
 
 /// Issue 13: a website file of any size streams with constant memory —

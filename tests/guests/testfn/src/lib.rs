@@ -6,6 +6,8 @@
 //! - `.../loop`        → never answers (spins forever)
 //! - `.../oom`         → allocates 1 MiB blocks until memory runs out
 //! - `.../echo`        → streams the request body back, chunk by chunk
+//! - `.../collect`     → reads the whole request body, then answers
+//!   `read N bytes` (or, if the body breaks off, `400 body error <code>`)
 //! - `.../headers`     → the method, path and `Host` header it received
 //! - `.../stream?n=N`  → N chunks of 64 KiB
 //! - `.../env`         → the environment variables it sees, `K=V` per line
@@ -59,6 +61,7 @@ impl wasi::exports::http::incoming_handler::Guest for TestFn {
             "loop" => spin_forever(),
             "oom" => allocate_forever(),
             "echo" => echo(request, response_out),
+            "collect" => collect(request, response_out),
             "headers" => {
                 let host = request
                     .headers()
@@ -210,6 +213,25 @@ fn echo(request: IncomingRequest, response_out: ResponseOutparam) {
     drop(out);
     drop(input);
     let _ = OutgoingBody::finish(body, None);
+}
+
+/// Read the whole body before answering: the response head waits for it.
+fn collect(request: IncomingRequest, response_out: ResponseOutparam) {
+    let incoming = request.consume().expect("the body is consumed once");
+    let input = incoming.stream().expect("the body has a stream");
+    let mut total_bytes = 0usize;
+    loop {
+        match input.blocking_read(CHUNK_SIZE_BYTES as u64) {
+            Ok(chunk) => total_bytes += chunk.len(),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(error)) => {
+                let detail = error.to_debug_string();
+                drop(input);
+                return respond(response_out, 400, format!("body error {detail}\n"));
+            }
+        }
+    }
+    respond(response_out, 200, format!("read {total_bytes} bytes\n"))
 }
 
 fn stream_chunks(response_out: ResponseOutparam, chunks: usize) {
