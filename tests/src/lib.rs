@@ -656,6 +656,16 @@ impl NodeProcess {
             .and_then(|d| d["live_commit"].as_str().map(str::to_owned))
     }
 
+    /// Wait until `commit` is `project`@`branch`'s live commit.
+    pub async fn wait_live(&self, project: &str, branch: &str, commit: &str) {
+        wait_for(
+            &format!("{project}@{branch} {commit} to go live"),
+            Duration::from_secs(60),
+            || async { (self.live_commit(project, branch).await? == commit).then_some(()) },
+        )
+        .await;
+    }
+
     /// A `node.json` fact, like `admin`.
     pub fn fact(&self, name: &str) -> String {
         self.facts[name]

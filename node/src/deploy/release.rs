@@ -97,67 +97,34 @@ impl ReleaseBuilder<'_> {
     /// is more than the node's whole memory budget for functions: it could
     /// never run here.
     fn check_memory_budget(&self, project_file: &ProjectFile) -> Result<(), DeployError> {
-        let budget = self.runtime.memory_budget().budget_bytes;
-        let over: Vec<_> = project_file
-            .project
-            .functions
-            .iter()
-            .filter(|(_, f)| f.limits.memory_bytes > budget)
-            .map(|(name, f)| {
-                project_file.diagnostic(
-                    &["functions", name, "limits", "memory"],
-                    format!(
-                        "{} is more than this node's memory budget for all functions, \
-                         limits.wasm.memory_budget = {}",
-                        crate::runtime::format_bytes(f.limits.memory_bytes),
-                        crate::runtime::format_bytes(budget)
-                    ),
-                    Some(
-                        "ask for less memory, or ask the node's operator to raise limits.wasm.memory_budget"
-                            .into(),
-                    ),
-                )
-            })
-            .collect();
-        if over.is_empty() {
-            Ok(())
-        } else {
-            Err(config::Diagnostics(over).into())
-        }
+        refuse_over_node_limit(
+            project_file,
+            NodeLimit {
+                field: "memory",
+                what: "this node's memory budget for all functions",
+                name: "limits.wasm.memory_budget",
+                max_bytes: self.runtime.memory_budget().budget_bytes,
+                help: "ask for less memory, or ask the node's operator to raise limits.wasm.memory_budget",
+            },
+            |limits| Some(limits.memory_bytes),
+        )
     }
 
     /// Refuse, before anything is built, a function whose `limits.body` is
     /// more than this node lets any function accept
     /// (`limits.wasm.max_request_body`).
     fn check_request_body_limits(&self, project_file: &ProjectFile) -> Result<(), DeployError> {
-        let max = self.runtime.request_body_limits().max_bytes;
-        let over: Vec<_> = project_file
-            .project
-            .functions
-            .iter()
-            .filter_map(|(name, f)| Some((name, f.limits.body_bytes?)))
-            .filter(|(_, body_bytes)| *body_bytes > max)
-            .map(|(name, body_bytes)| {
-                project_file.diagnostic(
-                    &["functions", name, "limits", "body"],
-                    format!(
-                        "{} is more than this node lets a function accept, \
-                         limits.wasm.max_request_body = {}",
-                        crate::runtime::format_bytes(body_bytes),
-                        crate::runtime::format_bytes(max)
-                    ),
-                    Some(
-                        "accept smaller request bodies, or ask the node's operator to raise limits.wasm.max_request_body"
-                            .into(),
-                    ),
-                )
-            })
-            .collect();
-        if over.is_empty() {
-            Ok(())
-        } else {
-            Err(config::Diagnostics(over).into())
-        }
+        refuse_over_node_limit(
+            project_file,
+            NodeLimit {
+                field: "body",
+                what: "this node lets a function accept",
+                name: "limits.wasm.max_request_body",
+                max_bytes: self.runtime.request_body_limits().max_bytes,
+                help: "accept smaller request bodies, or ask the node's operator to raise limits.wasm.max_request_body",
+            },
+            |limits| limits.body_bytes,
+        )
     }
 
     /// Check `commit` out into a fresh directory under the work directory,
@@ -401,6 +368,52 @@ fn walk_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// A node-wide bound a function's own `limits.<field>` may not pass.
+struct NodeLimit {
+    /// The field under `functions.<name>.limits`.
+    field: &'static str,
+    /// What the bound is, for the message ("… is more than {what}").
+    what: &'static str,
+    /// Its name in the node config.
+    name: &'static str,
+    max_bytes: u64,
+    help: &'static str,
+}
+
+/// One diagnostic per function whose `limits.<field>` (read by `value`) is
+/// over `limit`, naming both.
+fn refuse_over_node_limit(
+    project_file: &ProjectFile,
+    limit: NodeLimit,
+    value: impl Fn(&config::Limits) -> Option<u64>,
+) -> Result<(), DeployError> {
+    let over: Vec<_> = project_file
+        .project
+        .functions
+        .iter()
+        .filter_map(|(name, f)| Some((name, value(&f.limits)?)))
+        .filter(|(_, bytes)| *bytes > limit.max_bytes)
+        .map(|(name, bytes)| {
+            project_file.diagnostic(
+                &["functions", name, "limits", limit.field],
+                format!(
+                    "{} is more than {}, {} = {}",
+                    crate::runtime::format_bytes(bytes),
+                    limit.what,
+                    limit.name,
+                    crate::runtime::format_bytes(limit.max_bytes)
+                ),
+                Some(limit.help.into()),
+            )
+        })
+        .collect();
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(config::Diagnostics(over).into())
+    }
 }
 
 #[cfg(test)]

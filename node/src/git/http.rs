@@ -41,8 +41,9 @@ pub struct GitHttp {
     events: Arc<dyn PushListener>,
     mount_prefix: String,
     limits: GitLimits,
-    /// When a push merges its repository's packs; `None`: never.
-    repack: Option<RepackPolicy>,
+    /// When a push merges its repository's packs, and the clock pack ages
+    /// are read against; `None`: never.
+    repack: Option<(RepackPolicy, crate::env::Clock)>,
     /// One lock per repository: pushes to one repository are applied and
     /// reported one at a time, so events arrive in ref-update order.
     repo_locks: Arc<Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -78,9 +79,10 @@ impl GitHttp {
     }
 
     /// After a push, merge the repository's packs as `policy` says
-    /// ([`RepackPolicy`]); `None` (the default): never.
-    pub fn with_repack(mut self, policy: Option<RepackPolicy>) -> Self {
-        self.repack = policy;
+    /// ([`RepackPolicy`]), pack ages read against `clock`; `None` (the
+    /// default): never.
+    pub fn with_repack(mut self, policy: Option<RepackPolicy>, clock: crate::env::Clock) -> Self {
+        self.repack = policy.map(|policy| (policy, clock));
         self
     }
 
@@ -271,7 +273,7 @@ impl GitHttp {
     /// background under the repository's lock (the push is answered at
     /// once; the next push to it waits for the repack).
     fn repack_after_push(&self, repo: &str, deleted_a_branch: bool) {
-        let Some(policy) = self.repack.clone() else {
+        let Some((policy, clock)) = self.repack.clone() else {
             return;
         };
         let Ok(dir) = self.repos.dir(repo) else {
@@ -285,7 +287,8 @@ impl GitHttp {
                 if !super::repack::due(&dir, &policy, deleted_a_branch) {
                     return Ok(None);
                 }
-                super::repack::repack(&dir, &policy, std::time::SystemTime::now())
+                let now = std::time::UNIX_EPOCH + clock.unix_now();
+                super::repack::repack(&dir, &policy, now)
             })
             .await;
             match done {

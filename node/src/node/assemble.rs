@@ -140,7 +140,7 @@ pub async fn assemble<T: Transport>(
         GitHttp::new(repos, pushes.clone())
             .with_mount_prefix(GIT_MOUNT)
             .with_limits(spec.git)
-            .with_repack(spec.gc.git_repack.clone()),
+            .with_repack(spec.gc.git_repack.clone(), env.clock.clone()),
     );
     let deploy_events = deployer.subscribe();
     deployer.restore().await;

@@ -49,7 +49,7 @@ impl Remote {
         let git = GitHttp::new(Repos::new(&repos_root).unwrap(), tx)
             .with_mount_prefix("/git/")
             .with_limits(limits)
-            .with_repack(repack);
+            .with_repack(repack, canopy_node::env::Clock::tokio());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {

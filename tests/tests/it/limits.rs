@@ -514,12 +514,7 @@ async fn a_full_disk_refuses_a_push_keeps_serving_and_recovers_when_space_return
         .write("functions/testfn.wasm", testfn("before-full"));
     let good = project.commit("good").unwrap();
     project.push(&remote, "main").unwrap();
-    wait_for(
-        "the first release to go live",
-        Duration::from_secs(60),
-        || async { (node.live_commit("shop", "main").await? == good).then_some(()) },
-    )
-    .await;
+    node.wait_live("shop", "main", &good).await;
 
     let filler = data.join("filler");
     let filled = fill(&filler);
@@ -546,12 +541,7 @@ async fn a_full_disk_refuses_a_push_keeps_serving_and_recovers_when_space_return
 
     std::fs::remove_file(&filler).unwrap();
     project.push(&remote, "main").unwrap();
-    wait_for(
-        "the next release to go live",
-        Duration::from_secs(60),
-        || async { (node.live_commit("shop", "main").await? == next).then_some(()) },
-    )
-    .await;
+    node.wait_live("shop", "main", &next).await;
     let body = answer().await.unwrap_or_default();
     assert!(body.contains("after-freed"), "{body}");
 }
@@ -589,12 +579,7 @@ async fn a_function_over_the_node_memory_budget_is_refused_at_deploy() {
         .write("functions/testfn.wasm", testfn("within"));
     let good = project.commit("within the budget").unwrap();
     project.push(&remote, "main").unwrap();
-    wait_for(
-        "the release to go live",
-        Duration::from_secs(60),
-        || async { (node.live_commit("shop", "main").await? == good).then_some(()) },
-    )
-    .await;
+    node.wait_live("shop", "main", &good).await;
 
     project.write("canopy.yaml", yaml("4GiB"));
     let greedy = project.commit("4 GiB").unwrap();
@@ -655,12 +640,7 @@ async fn a_functions_body_limit_is_enforced_and_one_over_the_node_maximum_is_ref
         .write("functions/testfn.wasm", testfn("bodies"));
     let good = project.commit("1 MiB bodies").unwrap();
     project.push(&remote, "main").unwrap();
-    wait_for(
-        "the release to go live",
-        Duration::from_secs(60),
-        || async { (node.live_commit("shop", "main").await? == good).then_some(()) },
-    )
-    .await;
+    node.wait_live("shop", "main", &good).await;
 
     // Declared over the limit.
     let over = post("/api/echo", pseudo_random_bytes(5 * MIB).into())
