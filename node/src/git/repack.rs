@@ -5,17 +5,19 @@
 //! would keep thousands of packs (every object lookup searches each index),
 //! and every object a deleted branch or a force push left behind. So after
 //! a push, when a repository holds more than [`RepackPolicy::max_packs`]
-//! packs or the push deleted a branch, its packs older than
-//! [`RepackPolicy::min_age`] are merged into one pack of the objects its
-//! branches and tags reach; whatever none of them reaches goes with the old
-//! packs.
+//! packs or the push deleted a branch, all its packs are merged into one:
+//! the objects its branches and tags reach, and every object of a pack
+//! younger than [`RepackPolicy::min_age`]. Whatever else the old packs held
+//! goes with them.
 //!
-//! Packs younger than `min_age` stay as they are: a deploy reads its
-//! commit's objects after the push is acknowledged, and a force push or a
-//! branch deletion meanwhile must not take them from under it. The caller
-//! holds the repository's push lock, so no pack appears meanwhile. The new
-//! pack and its index are complete before any old pack is removed, and a
-//! reader with an old pack open keeps reading it until it closes it.
+//! A young pack's objects are all kept: a deploy reads its commit's objects
+//! after the push is acknowledged, and a force push or a branch deletion
+//! meanwhile must not take them from under it. They go at a later merge,
+//! once older (the merged pack's age is the merge's). Each merge writes the
+//! whole history once, so merges are spaced by `max_packs` pushes. The
+//! caller holds the repository's push lock, so no pack appears meanwhile.
+//! The new pack and its index are complete before any old pack is removed,
+//! and a reader with an old pack open keeps reading it until it closes it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,8 +35,8 @@ use super::error::error_chain;
 pub struct RepackPolicy {
     /// Packs a repository may hold before a push repacks it.
     pub max_packs: usize,
-    /// How old a pack must be to be merged (younger ones may hold a commit
-    /// a deploy is about to read).
+    /// How old a pack must be for what no ref reaches in it to go (a
+    /// younger one may hold a commit a deploy is about to read).
     pub min_age: Duration,
 }
 
@@ -137,9 +139,9 @@ pub(crate) fn due(repo_dir: &Path, policy: &RepackPolicy, deleted_a_branch: bool
     packs(&pack_dir(repo_dir)).is_ok_and(|packs| packs.len() > policy.max_packs)
 }
 
-/// Merge the packs of `repo_dir` older than `policy.min_age` (at `now`)
-/// into one holding what its refs reach. `None` if fewer than two packs
-/// are that old and no branch is gone (nothing to gain).
+/// Merge every pack of `repo_dir` into one holding what its refs reach and
+/// everything in the packs younger than `policy.min_age` (at `now`).
+/// `None` if there are fewer than two packs and no branch is gone.
 pub(crate) fn repack(
     repo_dir: &Path,
     policy: &RepackPolicy,
@@ -151,25 +153,25 @@ pub(crate) fn repack(
         source,
     };
     let before = packs(&dir).map_err(list_error)?;
-    let old: Vec<PackFile> = before
+    if before.is_empty() {
+        return Ok(None);
+    }
+    let young: Vec<&PackFile> = before
         .iter()
         .filter(|p| {
             now.duration_since(p.modified)
-                .is_ok_and(|age| age >= policy.min_age)
+                .map_or(true, |age| age < policy.min_age)
         })
-        .cloned()
         .collect();
-    if old.is_empty() {
-        return Ok(None);
-    }
     let repo = gix::open(repo_dir).map_err(|e| RepackError::Open {
         path: repo_dir.to_owned(),
         message: error_chain(&e),
     })?;
-    let written = write_reachable(&repo, &dir)?;
+    let keep = young_objects(&repo, &young)?;
+    let written = write_reachable(&repo, &dir, keep)?;
     // The new pack may have the name of an old one (nothing changed): it
     // then stays, whole.
-    let merged: Vec<&PackFile> = old.iter().filter(|p| p.data != written.data).collect();
+    let merged: Vec<&PackFile> = before.iter().filter(|p| p.data != written.data).collect();
     if merged.is_empty() {
         return Ok(None);
     }
@@ -194,6 +196,23 @@ pub(crate) fn repack(
     }))
 }
 
+/// Every object of the `young` packs.
+fn young_objects(
+    repo: &gix::Repository,
+    young: &[&PackFile],
+) -> Result<Vec<gix::ObjectId>, RepackError> {
+    let mut out = Vec::new();
+    for pack in young {
+        let index = pack::index::File::at(pack.data.with_extension("idx"), repo.object_hash())
+            .map_err(|e| RepackError::Count {
+                path: repo.path().to_owned(),
+                message: error_chain(&e),
+            })?;
+        out.extend(index.iter().map(|entry| entry.oid));
+    }
+    Ok(out)
+}
+
 /// A pack written into the repository, indexed.
 struct WrittenPack {
     data: PathBuf,
@@ -202,8 +221,13 @@ struct WrittenPack {
 }
 
 /// Write one pack of every object the refs of `repo` reach (commits, their
-/// trees and files, annotated tags) into `dir`, with its index.
-fn write_reachable(repo: &gix::Repository, dir: &Path) -> Result<WrittenPack, RepackError> {
+/// trees and files, annotated tags) and of `keep` into `dir`, with its
+/// index.
+fn write_reachable(
+    repo: &gix::Repository,
+    dir: &Path,
+    keep: Vec<gix::ObjectId>,
+) -> Result<WrittenPack, RepackError> {
     let count_error = |message: String| RepackError::Count {
         path: repo.path().to_owned(),
         message,
@@ -221,7 +245,12 @@ fn write_reachable(repo: &gix::Repository, dir: &Path) -> Result<WrittenPack, Re
         .map(|info| info.map(|info| info.id))
         .collect::<Result<_, _>>()
         .map_err(|e| count_error(error_chain(&e)))?;
-    let mut input = commits.into_iter().chain(tags).map(Ok::<_, gix::Error>);
+    // Counting keeps each object once, whichever way it is reached.
+    let mut input = commits
+        .into_iter()
+        .chain(tags)
+        .chain(keep)
+        .map(Ok::<_, gix::Error>);
     let interrupt = AtomicBool::new(false);
     let (counts, _) = pack::data::output::count::objects_unthreaded(
         &handle,

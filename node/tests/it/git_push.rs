@@ -765,3 +765,46 @@ async fn pushes_merge_packs_and_a_deleted_branch_leaves_nothing_behind() {
         "version 8"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_young_pack_keeps_every_object_when_packs_are_merged() {
+    // Every pack is younger than an hour: merged, but nothing dropped.
+    let policy = RepackPolicy {
+        max_packs: 2,
+        min_age: Duration::from_secs(3600),
+    };
+    let mut remote = Remote::start_configured(GitLimits::default(), Some(policy)).await;
+    let client = Client::new(&remote.url("shop.git")).await;
+    let repo = remote.repo_dir("shop");
+    client.write("canopy.yaml", b"project: shop\n");
+    client.commit_all("First").await;
+    client.ok(&["push", "origin", "main"]).await;
+    remote.next_event().await;
+    client.ok(&["checkout", "-q", "-b", "preview"]).await;
+    client.write("site/draft.html", b"a draft");
+    client.commit_all("Draft").await;
+    client.ok(&["push", "origin", "preview"]).await;
+    remote.next_event().await;
+    let draft = client.ok(&["rev-parse", "HEAD:site/draft.html"]).await;
+    let draft = draft.trim().to_owned();
+    client.ok(&["checkout", "-q", "main"]).await;
+    for i in 0..4 {
+        client.write("site/index.html", format!("version {i}").as_bytes());
+        client.commit_all(&format!("Push {i}")).await;
+        client.ok(&["push", "origin", "main"]).await;
+        remote.next_event().await;
+    }
+    client.ok(&["push", "origin", ":preview"]).await;
+    eventually("the packs to be merged", || {
+        pack_files(&repo)
+            .iter()
+            .filter(|f| f.ends_with(".pack"))
+            .count()
+            <= 2
+    })
+    .await;
+    assert!(
+        has_object(&repo, &draft),
+        "a young pack's object was dropped"
+    );
+}
