@@ -421,7 +421,7 @@ struct ReplicateDriver<N> {
     waiters: BTreeMap<Cid, Vec<FetchReply>>,
     /// Blobs fetched and not yet recorded as held (see [`ANNOUNCE_DELAY`]),
     /// and when they will be.
-    fetched: BTreeSet<Cid>,
+    unannounced: BTreeSet<Cid>,
     announce_due: Option<std::time::Instant>,
 }
 
@@ -444,7 +444,7 @@ impl<N: Net> ReplicateDriver<N> {
             requests: FuturesUnordered::new(),
             writers: BTreeMap::new(),
             waiters: BTreeMap::new(),
-            fetched: BTreeSet::new(),
+            unannounced: BTreeSet::new(),
             announce_due: None,
         }
     }
@@ -510,8 +510,8 @@ impl<N: Net> ReplicateDriver<N> {
     /// record this node as a holder with the others fetched meanwhile.
     fn fetched(&mut self, cid: Cid, from: NodeId, rejected: &[NodeId]) {
         tracing::debug!(cid = %cid, from = %from, "blob replication: fetched and verified");
-        self.fetched.insert(cid);
-        if self.fetched.len() >= MAX_ANNOUNCE_BATCH {
+        self.unannounced.insert(cid);
+        if self.unannounced.len() >= MAX_ANNOUNCE_BATCH {
             self.announce_fetched();
         } else if self.announce_due.is_none() {
             self.announce_due = Some(self.now() + ANNOUNCE_DELAY);
@@ -528,26 +528,32 @@ impl<N: Net> ReplicateDriver<N> {
     /// state change.
     fn announce_fetched(&mut self) {
         self.announce_due = None;
-        if self.fetched.is_empty() {
+        if self.unannounced.is_empty() {
             return;
         }
-        let fetched = std::mem::take(&mut self.fetched);
-        let local = self.local;
-        let result = self
-            .cluster
-            .update(|s| fetched.iter().try_for_each(|cid| s.add_holder(cid, local)));
-        match result {
-            Ok(()) => {
-                tracing::info!(
-                    blobs = fetched.len(),
-                    "blob replication: fetched and recorded as held"
-                )
-            }
-            // The next replan announces what is stored but not recorded.
-            Err(e) => {
-                tracing::error!(error = %e, "blob replication: cannot record this node as holder")
-            }
+        let fetched = std::mem::take(&mut self.unannounced);
+        // On failure, the next replan announces what is stored but not
+        // recorded.
+        if self.record_held(&fetched) {
+            tracing::info!(
+                blobs = fetched.len(),
+                "blob replication: fetched and recorded as held"
+            );
         }
+    }
+
+    /// Record this node as holder of `cids`, in one state change; `false`
+    /// (logged) if the state refused.
+    fn record_held<'a>(&self, cids: impl IntoIterator<Item = &'a Cid>) -> bool {
+        let local = self.local;
+        let result = self.cluster.update(|s| {
+            cids.into_iter()
+                .try_for_each(|cid| s.add_holder(cid, local))
+        });
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "blob replication: cannot record held blobs");
+        }
+        result.is_ok()
     }
 
     /// The core gave up on `cid`: tell whoever waits for it.
@@ -622,14 +628,9 @@ impl<N: Net> ReplicateDriver<N> {
             (plan, holders)
         });
         // Blobs fetched and waiting for their batch are announced with it.
-        let announce: Vec<Cid> = plan.announce.difference(&self.fetched).copied().collect();
+        let announce: Vec<&Cid> = plan.announce.difference(&self.unannounced).collect();
         if !announce.is_empty() {
-            let result = self
-                .cluster
-                .update(|s| announce.iter().try_for_each(|cid| s.add_holder(cid, local)));
-            if let Err(e) = result {
-                tracing::error!(error = %e, "blob replication: cannot record held blobs");
-            }
+            self.record_held(announce);
         }
         let now = self.now();
         for (cid, holders) in holders {

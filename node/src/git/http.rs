@@ -284,11 +284,8 @@ impl GitHttp {
         tokio::spawn(async move {
             let _guard = lock.lock_owned().await;
             let done = crate::env::spawn_blocking(move || {
-                if !super::repack::due(&dir, &policy, deleted_a_branch) {
-                    return Ok(None);
-                }
                 let now = std::time::UNIX_EPOCH + clock.unix_now();
-                super::repack::repack(&dir, &policy, now)
+                super::repack::repack_if_due(&dir, &policy, deleted_a_branch, now)
             })
             .await;
             match done {

@@ -131,20 +131,14 @@ fn pack_dir(repo_dir: &Path) -> PathBuf {
     repo_dir.join("objects").join("pack")
 }
 
-/// Whether a push just applied should repack `repo_dir`.
-pub(crate) fn due(repo_dir: &Path, policy: &RepackPolicy, deleted_a_branch: bool) -> bool {
-    if deleted_a_branch {
-        return true;
-    }
-    packs(&pack_dir(repo_dir)).is_ok_and(|packs| packs.len() > policy.max_packs)
-}
-
-/// Merge every pack of `repo_dir` into one holding what its refs reach and
-/// everything in the packs younger than `policy.min_age` (at `now`).
-/// `None` if there are fewer than two packs and no branch is gone.
-pub(crate) fn repack(
+/// After a push: if it deleted a branch or `repo_dir` holds more than
+/// `policy.max_packs` packs, merge every pack into one holding what its
+/// refs reach and everything in the packs younger than `policy.min_age`
+/// (at `now`). `None` if it was not due, or the merge changed nothing.
+pub(crate) fn repack_if_due(
     repo_dir: &Path,
     policy: &RepackPolicy,
+    deleted_a_branch: bool,
     now: SystemTime,
 ) -> Result<Option<Repacked>, RepackError> {
     let dir = pack_dir(repo_dir);
@@ -153,7 +147,7 @@ pub(crate) fn repack(
         source,
     };
     let before = packs(&dir).map_err(list_error)?;
-    if before.is_empty() {
+    if before.is_empty() || !(deleted_a_branch || before.len() > policy.max_packs) {
         return Ok(None);
     }
     let young: Vec<&PackFile> = before
